@@ -1,0 +1,95 @@
+#!/usr/bin/env bun
+/**
+ * The command line: citty commands only. Flags become options, errors become one line and exit 1.
+ *
+ * @module
+ */
+import { defineCommand, runMain, type ArgsDef } from "citty";
+import pkg from "../package.json" with { type: "json" };
+import { parseFlags } from "./_argv.ts";
+import { buildOptions, ConfigError, START_FLAGS, type GatewayOptions } from "./config.ts";
+import { formatDuration } from "./duration.ts";
+import { startGateway } from "./gateway.ts";
+import { createLogger, errorText, type Logger } from "./log.ts";
+
+/** Exit codes; documented in the README. */
+export const EXIT_OK = 0;
+export const EXIT_USAGE = 1;
+
+function fail(message: string): never {
+  process.stderr.write(`etcd-gateway: ${message}\n`);
+  process.exit(EXIT_USAGE);
+}
+
+// citty renders help from this; parsing is ours (src/_argv.ts), since citty ignores unknown flags and
+// keeps only the last of repeated ones.
+const startArgs: ArgsDef = Object.fromEntries(
+  Object.entries(START_FLAGS).map(([name, spec]) => [
+    name,
+    { type: spec.type, description: spec.description, valueHint: "valueHint" in spec ? spec.valueHint : undefined, default: "default" in spec ? spec.default : undefined },
+  ]),
+) as ArgsDef;
+
+const start = defineCommand({
+  meta: { name: "start", description: "Start the gateway: proxy TCP connections from --listen-addr to the etcd endpoints" },
+  args: startArgs,
+  async run({ rawArgs }) {
+    let opts: GatewayOptions;
+    try {
+      opts = buildOptions(parseFlags(rawArgs, START_FLAGS));
+      if (opts.discoverySrv !== null) {
+        throw new ConfigError("discovery-srv", opts.discoverySrv, "DNS SRV discovery is not yet supported by this version of etcd-gateway; list the members with --endpoints");
+      }
+    } catch (e) {
+      fail(errorText(e));
+    }
+    const log = createLogger({ level: opts.logLevel, format: opts.logFormat });
+    await serve(opts, log);
+  },
+});
+
+async function serve(opts: GatewayOptions, log: Logger): Promise<void> {
+  // At run time nothing a client or member does may end the process: log and carry on.
+  process.on("uncaughtException", (e) => log.error("unexpected error", { error: errorText(e), stack: e.stack }));
+  process.on("unhandledRejection", (e) => log.error("unexpected rejection", { error: errorText(e) }));
+  let gateway;
+  try {
+    gateway = await startGateway(opts, log);
+  } catch (e) {
+    fail(errorText(e));
+  }
+  let draining = false;
+  const onSignal = async (signal: NodeJS.Signals) => {
+    if (draining) {
+      log.warn("second signal: closing open connections now", { signal });
+      gateway.proxy.closeAll();
+      process.exit(EXIT_OK);
+    }
+    draining = true;
+    log.info("draining: stopped accepting, waiting for open connections", {
+      signal,
+      connections: gateway.proxy.active,
+      "drain-timeout": formatDuration(opts.drainTimeoutMs),
+    });
+    const closed = await gateway.drain(opts.drainTimeoutMs);
+    if (closed > 0) log.warn("drain timeout reached: closed open connections", { connections: closed });
+    log.info("stopped");
+    process.exit(EXIT_OK);
+  };
+  process.on("SIGTERM", onSignal);
+  process.on("SIGINT", onSignal);
+}
+
+const version = defineCommand({
+  meta: { name: "version", description: "Print the version" },
+  run() {
+    process.stdout.write(`etcd-gateway ${pkg.version}\nBun ${Bun.version}\nPlatform ${process.platform}/${process.arch}\n`);
+  },
+});
+
+export const main = defineCommand({
+  meta: { name: "etcd-gateway", version: pkg.version, description: pkg.description },
+  subCommands: { start, version },
+});
+
+if (import.meta.main) void runMain(main);

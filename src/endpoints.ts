@@ -1,0 +1,119 @@
+/**
+ * Addresses (endpoints and listen addresses) and the member table that every other part of the
+ * gateway reads: which etcd members exist, which are active, when each last worked.
+ *
+ * @module
+ */
+import { isIP } from "node:net";
+
+/** A parsed `host:port`. `host` has no brackets; IPv6 literals are bracketed again in `address`. */
+export interface HostPort {
+  readonly host: string;
+  readonly port: number;
+  /** `host:port`, or `[v6]:port`: the form used in logs and in `ready to proxy client requests`. */
+  readonly address: string;
+}
+
+const HOSTNAME = /^(?=.{1,253}\.?$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?$/;
+
+/**
+ * Parses `host:port`, `[IPv6]:port` or `hostname:port`. The port is required and must be 1..65535.
+ *
+ * @throws {Error} naming what is wrong with `text`.
+ * @example parseHostPort("[::1]:2379") // { host: "::1", port: 2379, address: "[::1]:2379" }
+ */
+export function parseHostPort(text: string): HostPort {
+  const q = JSON.stringify(text);
+  let host: string;
+  let portText: string;
+  if (text.startsWith("[")) {
+    const close = text.indexOf("]");
+    if (close < 0) throw new Error(`missing "]" in address ${q}`);
+    host = text.slice(1, close);
+    if (isIP(host) !== 6) throw new Error(`invalid IPv6 address in ${q}`);
+    const after = text.slice(close + 1);
+    if (after === "") throw new Error(`missing port in address ${q}`);
+    if (!after.startsWith(":")) throw new Error(`unexpected text after "]" in address ${q}`);
+    portText = after.slice(1);
+  } else {
+    const colon = text.lastIndexOf(":");
+    if (colon < 0) throw new Error(`missing port in address ${q}`);
+    host = text.slice(0, colon);
+    portText = text.slice(colon + 1);
+    if (host.includes(":")) throw new Error(`IPv6 address must be in brackets, as in "[::1]:2379", in ${q}`);
+    if (host === "") throw new Error(`missing host in address ${q}`);
+    if (/^[\d.]+$/.test(host) ? isIP(host) !== 4 : !HOSTNAME.test(host)) {
+      throw new Error(`invalid host ${JSON.stringify(host)} in address ${q}`);
+    }
+  }
+  return { host, port: parsePort(portText, q), address: formatHostPort(host, Number(portText)) };
+}
+
+function parsePort(text: string, q: string): number {
+  if (text === "") throw new Error(`missing port in address ${q}`);
+  if (!/^\d{1,5}$/.test(text)) throw new Error(`invalid port ${JSON.stringify(text)} in address ${q}`);
+  const port = Number(text);
+  if (port < 1 || port > 65535) throw new Error(`port ${port} out of range 1..65535 in address ${q}`);
+  return port;
+}
+
+/** `host:port`, bracketing IPv6 literals. */
+export function formatHostPort(host: string, port: number): string {
+  return isIP(host) === 6 ? `[${host}]:${port}` : `${host}:${port}`;
+}
+
+/**
+ * Parses one `--endpoints` entry: an optional `http://` or `https://` scheme is stripped (as etcd
+ * does), surrounding spaces are trimmed, the port is required.
+ *
+ * @example parseEndpoint("https://10.0.0.1:2379") // { host: "10.0.0.1", port: 2379, ... }
+ */
+export function parseEndpoint(text: string): HostPort {
+  let rest = text.trim();
+  const scheme = /^([A-Za-z][A-Za-z0-9+.-]*):\/\//.exec(rest);
+  if (scheme) {
+    const name = scheme[1]!.toLowerCase();
+    if (name !== "http" && name !== "https") {
+      throw new Error(`unsupported scheme ${JSON.stringify(name + "://")} in endpoint ${JSON.stringify(text)}`);
+    }
+    rest = rest.slice(scheme[0].length).replace(/\/$/, "");
+  }
+  if (rest === "") throw new Error(`empty endpoint ${JSON.stringify(text)}`);
+  return parseHostPort(rest);
+}
+
+/**
+ * Splits the accumulated values of a repeatable, comma-separated `--endpoints` flag.
+ *
+ * @throws {Error} on an empty list or an empty item.
+ * @example parseEndpointList(["a:1,b:2", "c:3"]).map((e) => e.address) // ["a:1", "b:2", "c:3"]
+ */
+export function parseEndpointList(values: readonly string[]): HostPort[] {
+  const items = values.flatMap((v) => v.split(","));
+  if (items.every((i) => i.trim() === "")) throw new Error("no endpoints given");
+  return items.map((item) => {
+    if (item.trim() === "") throw new Error(`empty item in ${JSON.stringify(values.join(","))}`);
+    return parseEndpoint(item);
+  });
+}
+
+/** One etcd member as the gateway sees it. Mutated only by health.ts (state) and select.ts (reads). */
+export class Member {
+  /** Marked failed after a failed dial; probed every retry delay until a connect succeeds. */
+  active = true;
+  /** `performance.now()` of the last successful connect, 0 if none yet. */
+  lastSuccess = 0;
+  /** Why it was last marked failed. */
+  reason = "";
+  constructor(readonly endpoint: HostPort) {}
+  get address(): string {
+    return this.endpoint.address;
+  }
+}
+
+/** Members in `--endpoints` order; order matters for the policies and for logs. */
+export type MemberTable = readonly Member[];
+
+export function createMemberTable(endpoints: readonly HostPort[]): MemberTable {
+  return endpoints.map((e) => new Member(e));
+}

@@ -1,0 +1,142 @@
+/**
+ * Wires a gateway together from validated options: member table, health, policy, listener.
+ * Tests and the CLI both start gateways through `startGateway`.
+ *
+ * @module
+ */
+import { lookup } from "node:dns/promises";
+import { isIP } from "node:net";
+import { networkInterfaces } from "node:os";
+import type { GatewayOptions } from "./config.ts";
+import { ConfigError } from "./config.ts";
+import { createMemberTable, type HostPort, type MemberTable } from "./endpoints.ts";
+import { createMemberHealth } from "./health.ts";
+import { errorText, type Logger } from "./log.ts";
+import { startProxy, type Proxy } from "./proxy.ts";
+import { createPolicy } from "./select.ts";
+
+export interface Gateway {
+  readonly members: MemberTable;
+  readonly proxy: Proxy;
+  /** The bound port (differs from the option when it was 0 in tests). */
+  readonly port: number;
+  /**
+   * Stops accepting, waits up to `timeoutMs` for open connections to finish, then resets the rest.
+   * Resolves to the number of connections that had to be reset.
+   */
+  drain(timeoutMs: number): Promise<number>;
+}
+
+/**
+ * Checks the endpoints against the listen address, listens, and logs `ready to proxy client requests`.
+ *
+ * @throws {ConfigError} when the listen host or an endpoint host does not resolve, or an endpoint
+ * resolves to the gateway's own listen address (a self-loop), or the address cannot be bound.
+ */
+export async function startGateway(opts: GatewayOptions, log: Logger): Promise<Gateway> {
+  await checkSelfLoop(opts.listenAddr, opts.endpoints);
+  const members = createMemberTable(opts.endpoints);
+  const health = createMemberHealth({
+    members,
+    retryDelayMs: opts.retryDelayMs,
+    connectTimeoutMs: opts.connectTimeoutMs,
+    log,
+  });
+  let proxy: Proxy;
+  try {
+    proxy = startProxy({
+      hostname: opts.listenAddr.host,
+      port: opts.listenAddr.port,
+      policy: createPolicy(opts.policy, members),
+      health,
+      connectTimeoutMs: opts.connectTimeoutMs,
+      log,
+    });
+  } catch (e) {
+    throw new ConfigError("listen-addr", opts.listenAddr.address, `cannot listen: ${errorText(e)}`);
+  }
+  log.info("ready to proxy client requests", {
+    "listen-addr": opts.listenAddr.address,
+    endpoints: members.map((m) => m.address),
+    policy: opts.policy,
+  });
+  return {
+    members,
+    proxy,
+    port: proxy.listener.port,
+    async drain(timeoutMs) {
+      proxy.stopAccepting();
+      health.stop();
+      let timer: Timer | undefined;
+      const timedOut = await Promise.race([
+        proxy.idle().then(() => false),
+        new Promise<boolean>((r) => (timer = setTimeout(() => r(true), timeoutMs))),
+      ]);
+      clearTimeout(timer);
+      if (!timedOut) return 0;
+      const left = proxy.active;
+      proxy.closeAll();
+      return left;
+    },
+  };
+}
+
+/** All addresses `host` resolves to (itself when it is an IP literal). */
+async function resolveAll(host: string): Promise<string[]> {
+  if (isIP(host)) return [host];
+  const found = await lookup(host, { all: true });
+  return found.map((a) => a.address);
+}
+
+const WILDCARD = new Set(["0.0.0.0", "::"]);
+
+function canonicalIP(ip: string): string {
+  const lower = ip.toLowerCase();
+  if (lower.startsWith("::ffff:") && isIP(lower.slice(7)) === 4) return lower.slice(7);
+  if (lower === "0:0:0:0:0:0:0:0" || lower === "::0") return "::";
+  if (lower === "0:0:0:0:0:0:0:1") return "::1";
+  return lower;
+}
+
+/** Addresses a connection to which would arrive at this host. */
+function isLocal(ip: string): boolean {
+  if (ip.startsWith("127.") || ip === "::1" || WILDCARD.has(ip)) return true;
+  for (const list of Object.values(networkInterfaces())) {
+    for (const a of list ?? []) if (canonicalIP(a.address) === ip) return true;
+  }
+  return false;
+}
+
+/**
+ * Refuses endpoints that resolve to the gateway's own listen address and port, including a wildcard
+ * listen (`0.0.0.0`, `::`) with a loopback or local endpoint on the same port, which etcd's gateway
+ * misses (it then dials itself until it runs out of file descriptors).
+ */
+export async function checkSelfLoop(listen: HostPort, endpoints: readonly HostPort[]): Promise<void> {
+  let listenIPs: string[];
+  try {
+    listenIPs = (await resolveAll(listen.host)).map(canonicalIP);
+  } catch (e) {
+    throw new ConfigError("listen-addr", listen.address, `failed to resolve listen host ${JSON.stringify(listen.host)}: ${errorText(e)}`);
+  }
+  const wildcard = listenIPs.some((ip) => WILDCARD.has(ip));
+  for (const ep of endpoints) {
+    let ips: string[];
+    try {
+      ips = (await resolveAll(ep.host)).map(canonicalIP);
+    } catch (e) {
+      throw new ConfigError("endpoints", ep.address, `failed to resolve endpoint host ${JSON.stringify(ep.host)}: ${errorText(e)}`);
+    }
+    if (ep.port !== listen.port) continue;
+    for (const ip of ips) {
+      const loops = wildcard ? isLocal(ip) : listenIPs.includes(ip) || (WILDCARD.has(ip) && listenIPs.some(isLocal));
+      if (loops) {
+        throw new ConfigError(
+          "endpoints",
+          ep.address,
+          `endpoint (${ep.address}->${ip}:${ep.port}) should not resolve to the gateway listen addr (${listen.address})`,
+        );
+      }
+    }
+  }
+}

@@ -1,0 +1,320 @@
+/**
+ * The data path: accept, choose, dial, pipe, close. Bytes are never parsed or changed.
+ *
+ * Each proxied connection is two legs (client and upstream). A leg's `out` holds the bytes read
+ * from its peer that the kernel did not take yet; while it is non-empty the peer is paused, so each
+ * direction buffers at most about one read (≈512 KiB) however slow the reader is.
+ *
+ * @module
+ */
+import type { Socket, SocketHandler, TCPSocketListener } from "bun";
+import type { Member } from "./endpoints.ts";
+import type { MemberHealth } from "./health.ts";
+import { formatDuration } from "./duration.ts";
+import { errorText, type Logger } from "./log.ts";
+import type { Policy } from "./select.ts";
+
+/** TCP keepalive idle time on both legs, as etcd's gateway (Go's 15 s default). */
+const KEEPALIVE_MS = 15_000;
+
+/** One socket of a proxied pair, as `socket.data`. */
+interface Leg {
+  sock: Socket<Leg> | null;
+  peer: Leg | null;
+  /** Bytes from the peer waiting to be written to this leg; the peer is paused while this is set. */
+  out: Uint8Array[] | null;
+  /** The peer sent FIN: forward it with shutdown() once `out` is flushed. */
+  finPending: boolean;
+  /** This socket's peer process sent FIN. */
+  readDone: boolean;
+  /** We forwarded a FIN on this socket. */
+  writeDone: boolean;
+  closed: boolean;
+  /** An upstream dial that timed out or was superseded: its socket is closed if it ever opens. */
+  abandoned: boolean;
+  conn: Conn;
+}
+
+/** One client connection and its (current) upstream. */
+interface Conn {
+  client: Leg;
+  up: Leg | null;
+  member: Member | null;
+  candidates: Member[];
+  attempt: number;
+  dialing: boolean;
+  dialTimer: Timer | null;
+  /** Client bytes read before an upstream was paired (rare: the client is paused until then). */
+  early: Uint8Array[] | null;
+}
+
+export interface ProxyOptions {
+  hostname: string;
+  port: number;
+  policy: Policy;
+  health: MemberHealth;
+  connectTimeoutMs: number;
+  log: Logger;
+}
+
+export interface Proxy {
+  readonly listener: TCPSocketListener<Leg>;
+  /** Client connections open now (including those still dialing). */
+  readonly active: number;
+  /** Stops accepting; open connections carry on. */
+  stopAccepting(): void;
+  /** Resolves when no connection is open any more. */
+  idle(): Promise<void>;
+  /** Resets every open connection (both legs). */
+  closeAll(): void;
+}
+
+function newLeg(conn: Conn): Leg {
+  return { sock: null, peer: null, out: null, finPending: false, readDone: false, writeDone: false, closed: false, abandoned: false, conn };
+}
+
+/**
+ * Listens on `hostname:port` and proxies every accepted connection to a member chosen by `policy`.
+ *
+ * @throws {Error} from Bun.listen (e.g. EADDRINUSE) synchronously.
+ */
+export function startProxy(opts: ProxyOptions): Proxy {
+  const { policy, health, connectTimeoutMs, log } = opts;
+  const timeoutText = `connect timeout after ${formatDuration(connectTimeoutMs)}`;
+  const conns = new Set<Conn>();
+  let idleWaiters: (() => void)[] = [];
+  let lastNoMemberLog = 0;
+  let suppressedNoMember = 0;
+
+  const finished = (conn: Conn) => {
+    if (!conn.client.closed || conn.dialing || (conn.up !== null && !conn.up.closed)) return;
+    if (!conns.delete(conn)) return;
+    if (conns.size === 0 && idleWaiters.length > 0) {
+      const waiters = idleWaiters;
+      idleWaiters = [];
+      for (const w of waiters) w();
+    }
+  };
+
+  /** Writes as much of `leg.out` as the kernel takes; on success forwards a pending FIN or resumes the peer. */
+  const flush = (leg: Leg) => {
+    const out = leg.out;
+    const sock = leg.sock;
+    if (out === null || sock === null || leg.closed) return;
+    while (out.length > 0) {
+      const buf = out[0]!;
+      // Trap 1: write() is unbuffered and may take only part of buf.
+      const n = sock.write(buf);
+      if (n < 0) return; // closing: the close handler cleans up
+      if (n < buf.byteLength) {
+        out[0] = buf.subarray(n);
+        return; // drain will call us again
+      }
+      out.shift();
+    }
+    leg.out = null;
+    if (leg.finPending) shutdownWrite(leg);
+    else leg.peer?.sock?.resume();
+  };
+
+  /** Sends `chunk` to `leg`, queueing what the kernel does not take; false when the source must pause. */
+  const send = (leg: Leg, chunk: Uint8Array): boolean => {
+    if (leg.out !== null) {
+      leg.out.push(chunk);
+      return false;
+    }
+    const n = leg.sock!.write(chunk);
+    if (n === chunk.byteLength || n < 0) return true;
+    leg.out = [n > 0 ? chunk.subarray(n) : chunk];
+    return false;
+  };
+
+  /** Trap 2: forward a FIN with shutdown() (SHUT_WR), never end(), which is a full close(2). */
+  const shutdownWrite = (leg: Leg) => {
+    leg.finPending = false;
+    if (leg.writeDone || leg.closed) return;
+    leg.writeDone = true;
+    leg.sock!.shutdown();
+    closeIfDone(leg);
+  };
+
+  const forwardFin = (leg: Leg) => {
+    if (leg.closed) return;
+    if (leg.out !== null) leg.finPending = true;
+    else shutdownWrite(leg);
+  };
+
+  /** Both directions of `leg` have ended: release the socket (nothing unread, nothing unsent here). */
+  const closeIfDone = (leg: Leg) => {
+    if (leg.readDone && leg.writeDone && !leg.closed) leg.sock!.end();
+  };
+
+  const pipe: Omit<SocketHandler<Leg>, "open"> = {
+    data(s, chunk) {
+      const leg = s.data;
+      const peer = leg.peer;
+      if (peer === null) {
+        (leg.conn.early ??= []).push(chunk);
+        s.pause();
+        return;
+      }
+      if (peer.closed) {
+        // The other side is gone; the kernel would answer these bytes with a reset, and so do we.
+        s.terminate();
+        return;
+      }
+      if (!send(peer, chunk)) s.pause();
+    },
+    drain(s) {
+      flush(s.data);
+    },
+    // Trap 3: an end handler (with allowHalfOpen) is what keeps Bun from closing on FIN.
+    end(s) {
+      const leg = s.data;
+      leg.readDone = true;
+      if (leg.peer !== null) forwardFin(leg.peer);
+      closeIfDone(leg);
+    },
+    close(s, err) {
+      const leg = s.data;
+      if (leg.closed) return;
+      leg.closed = true;
+      const conn = leg.conn;
+      if (leg.abandoned) return;
+      const peer = leg.peer;
+      if (peer !== null && !peer.closed && peer.sock !== null) {
+        if (err !== undefined) peer.sock.terminate(); // a reset on one side becomes a reset on the other
+        else if (!peer.writeDone) forwardFin(peer);
+        else closeIfDone(peer);
+      }
+      finished(conn);
+    },
+    error(s, err) {
+      log.warn("connection error", { error: errorText(err) });
+    },
+  };
+
+  const upstreamHandlers: SocketHandler<Leg> = {
+    ...pipe,
+    open(s) {
+      const leg = s.data;
+      const conn = leg.conn;
+      if (leg.abandoned) {
+        s.end(); // a connect that finished after its timeout: nothing was sent on it
+        return;
+      }
+      leg.sock = s;
+      conn.dialing = false;
+      clearTimeout(conn.dialTimer!);
+      s.setNoDelay(true);
+      s.setKeepAlive(true, KEEPALIVE_MS);
+      health.dialSucceeded(conn.member!);
+      const client = conn.client;
+      if (client.closed) {
+        s.terminate();
+        return;
+      }
+      leg.peer = client;
+      client.peer = leg;
+      if (conn.early !== null) {
+        leg.out = conn.early;
+        conn.early = null;
+        flush(leg);
+      }
+      if (client.readDone) forwardFin(leg);
+      else if (leg.out === null) client.sock!.resume();
+    },
+  };
+
+  const dialNext = (conn: Conn) => {
+    if (conn.client.closed) {
+      conn.dialing = false;
+      finished(conn);
+      return;
+    }
+    const member = conn.candidates[conn.attempt++];
+    if (member === undefined) {
+      conn.dialing = false;
+      noMember(conn);
+      return;
+    }
+    conn.dialing = true;
+    conn.member = member;
+    const leg = newLeg(conn);
+    conn.up = leg;
+    const failed = (reason: string) => {
+      if (leg.abandoned) return;
+      leg.abandoned = true;
+      clearTimeout(conn.dialTimer!);
+      health.dialFailed(member, reason);
+      dialNext(conn);
+    };
+    // Trap 5: Bun.connect has no timeout and cannot be cancelled; race a timer, close late sockets.
+    conn.dialTimer = setTimeout(() => failed(timeoutText), connectTimeoutMs);
+    Bun.connect<Leg>({
+      hostname: member.endpoint.host,
+      port: member.endpoint.port,
+      allowHalfOpen: true,
+      data: leg,
+      socket: upstreamHandlers,
+    }).catch((e: unknown) => failed(errorText(e)));
+  };
+
+  const noMember = (conn: Conn) => {
+    const now = performance.now();
+    if (now - lastNoMemberLog >= 1000) {
+      log.warn("no endpoint could be reached; closing client connection", {
+        client: conn.client.sock?.remoteAddress,
+        tried: conn.candidates.map((m) => m.address),
+        suppressed: suppressedNoMember,
+      });
+      lastNoMemberLog = now;
+      suppressedNoMember = 0;
+    } else suppressedNoMember++;
+    conn.up = null;
+    conn.client.sock!.terminate();
+  };
+
+  const listener = Bun.listen<Leg>({
+    hostname: opts.hostname,
+    port: opts.port,
+    allowHalfOpen: true,
+    socket: {
+      ...pipe,
+      open(s) {
+        // Trap 7: the listener's `data` option is shared by every socket; give each its own state.
+        const conn: Conn = { client: null!, up: null, member: null, candidates: policy.candidates(), attempt: 0, dialing: true, dialTimer: null, early: null };
+        const leg = newLeg(conn);
+        conn.client = leg;
+        leg.sock = s;
+        s.data = leg;
+        conns.add(conn);
+        s.setNoDelay(true);
+        s.setKeepAlive(true, KEEPALIVE_MS);
+        // Hold the client's bytes in the kernel until an upstream is connected.
+        s.pause();
+        dialNext(conn);
+      },
+    },
+  });
+
+  return {
+    listener,
+    get active() {
+      return conns.size;
+    },
+    stopAccepting() {
+      listener.stop(false);
+    },
+    idle() {
+      if (conns.size === 0) return Promise.resolve();
+      return new Promise((resolve) => idleWaiters.push(resolve));
+    },
+    closeAll() {
+      for (const conn of conns) {
+        conn.up?.sock?.terminate();
+        conn.client.sock?.terminate();
+      }
+    },
+  };
+}

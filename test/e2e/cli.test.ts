@@ -1,0 +1,82 @@
+import { afterAll, describe, expect, test } from "bun:test";
+import { runBinary } from "../support/gateway.ts";
+import { freePort } from "../support/net.ts";
+
+const port = freePort();
+
+describe("startup errors: one line on stderr naming the flag and value, exit 1", () => {
+  const cases: [string[], RegExp][] = [
+    [["start", "--bogus"], /^etcd-gateway: unknown flag: --bogus$/],
+    [["start", "stray"], /^etcd-gateway: unexpected argument "stray"$/],
+    [["start", "--retry-delay=123"], /^etcd-gateway: --retry-delay: missing unit in duration "123"$/],
+    [["start", "--endpoints=127.0.0.1:70000"], /^etcd-gateway: --endpoints: port 70000 out of range 1\.\.65535/],
+    [["start", "--endpoints=127.0.0.1"], /^etcd-gateway: --endpoints: missing port in address "127\.0\.0\.1"$/],
+    [["start", "--endpoints="], /^etcd-gateway: --endpoints: no endpoints given$/],
+    [["start", "--discovery-srv=example.com"], /^etcd-gateway: --discovery-srv: DNS SRV discovery is not yet supported/],
+    [["start", "--endpoints=nonexistent.invalid:2379", `--listen-addr=127.0.0.1:${port}`], /^etcd-gateway: --endpoints: failed to resolve endpoint host "nonexistent\.invalid"/],
+    [["start", `--listen-addr=nonexistent.invalid:${port}`], /^etcd-gateway: --listen-addr: failed to resolve listen host "nonexistent\.invalid"/],
+    // Self-loop guard, including the wildcard listen that etcd's gateway misses.
+    [["start", `--listen-addr=127.0.0.1:${port}`, `--endpoints=127.0.0.1:${port}`], /^etcd-gateway: --endpoints: endpoint \(127\.0\.0\.1:\d+->127\.0\.0\.1:\d+\) should not resolve to the gateway listen addr/],
+    [["start", `--listen-addr=127.0.0.1:${port}`, `--endpoints=http://localhost:${port}`], /should not resolve to the gateway listen addr/],
+    [["start", `--listen-addr=0.0.0.0:${port}`, `--endpoints=127.0.0.1:${port}`], /should not resolve to the gateway listen addr \(0\.0\.0\.0:\d+\)/],
+    [["start", `--listen-addr=0.0.0.0:${port}`, `--endpoints=127.0.0.2:${port}`], /should not resolve to the gateway listen addr/],
+    [["start", `--listen-addr=[::]:${port}`, `--endpoints=[::1]:${port}`], /should not resolve to the gateway listen addr/],
+    [["start", `--listen-addr=127.0.0.1:${port}`, `--endpoints=0.0.0.0:${port}`], /should not resolve to the gateway listen addr/],
+  ];
+  for (const [args, pattern] of cases) {
+    test(args.slice(1).join(" "), () => {
+      const r = runBinary(args);
+      expect(r.code).toBe(1);
+      expect(r.stderr.trimEnd()).toMatch(pattern);
+      expect(r.stderr.trimEnd().split("\n")).toHaveLength(1);
+    });
+  }
+});
+
+describe("startup errors at listen time", () => {
+  const held = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
+  afterAll(() => held.stop(true));
+  test("an address in use is a one-line error naming --listen-addr, exit 1", () => {
+    const r = runBinary(["start", `--listen-addr=127.0.0.1:${held.port}`, "--endpoints=127.0.0.1:1"]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/^etcd-gateway: --listen-addr: cannot listen: .*(EADDRINUSE|in use)/);
+  });
+});
+
+describe("version and help", () => {
+  const pkg = require("../../package.json") as { version: string };
+  test("--version prints the version, exit 0", () => {
+    const r = runBinary(["--version"]);
+    expect(r.code).toBe(0);
+    expect(r.stdout.trim()).toBe(pkg.version);
+  });
+  test("version prints the version with Bun's, exit 0", () => {
+    const r = runBinary(["version"]);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toContain(`etcd-gateway ${pkg.version}`);
+    expect(r.stdout).toContain(`Bun ${Bun.version}`);
+  });
+  test("start --help lists every flag of etcd gateway start with its default", () => {
+    const r = runBinary(["start", "--help"]);
+    expect(r.code).toBe(0);
+    for (const [flag, def] of [
+      ["--listen-addr", "127.0.0.1:23790"],
+      ["--endpoints", "127.0.0.1:2379"],
+      ["--retry-delay", "1m0s"],
+      ["--connect-timeout", "1s"],
+      ["--drain-timeout", "10s"],
+    ]) {
+      expect(r.stdout).toMatch(new RegExp(`${flag}=<[^>]+>\\s+.*\\(Default: ${def.replaceAll(".", "\\.")}\\)`));
+    }
+    for (const flag of ["--discovery-srv", "--discovery-srv-name", "--insecure-discovery", "--trusted-ca-file", "--policy", "--log-format", "--log-level"]) {
+      expect(r.stdout).toContain(flag);
+    }
+  });
+  test("--help works on the root and on version", () => {
+    expect(runBinary(["--help"]).stdout).toContain("start");
+    expect(runBinary(["version", "--help"]).code).toBe(0);
+  });
+  test("an unknown command exits 1", () => {
+    expect(runBinary(["bogus"]).code).toBe(1);
+  });
+});

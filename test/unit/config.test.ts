@@ -1,0 +1,79 @@
+import { describe, expect, test } from "bun:test";
+import { parseFlags } from "../../src/_argv.ts";
+import { buildOptions, ConfigError, START_FLAGS } from "../../src/config.ts";
+
+const parse = (argv: string[]) => buildOptions(parseFlags(argv, START_FLAGS));
+
+describe("defaults are etcd gateway start's", () => {
+  const o = parse([]);
+  test("listen-addr 127.0.0.1:23790", () => expect(o.listenAddr.address).toBe("127.0.0.1:23790"));
+  test("endpoints 127.0.0.1:2379", () => expect(o.endpoints.map((e) => e.address)).toEqual(["127.0.0.1:2379"]));
+  test("retry-delay 1m0s", () => expect(o.retryDelayMs).toBe(60_000));
+  test("connect-timeout 1s, drain-timeout 10s", () => expect([o.connectTimeoutMs, o.drainTimeoutMs]).toEqual([1000, 10_000]));
+  test("policy sticky, json logs at info", () => expect([o.policy, o.logFormat, o.logLevel]).toEqual(["sticky", "json", "info"]));
+  test("no discovery", () => expect([o.discoverySrv, o.discoverySrvName, o.insecureDiscovery, o.trustedCaFile]).toEqual([null, null, false, null]));
+});
+
+describe("flag syntax follows pflag", () => {
+  const cases: { argv: string[]; check: (o: ReturnType<typeof parse>) => unknown; want: unknown }[] = [
+    { argv: ["--endpoints=a:1,b:2"], check: (o) => o.endpoints.map((e) => e.address), want: ["a:1", "b:2"] },
+    { argv: ["--endpoints", "a:1", "--endpoints=b:2,c:3"], check: (o) => o.endpoints.map((e) => e.address), want: ["a:1", "b:2", "c:3"] },
+    { argv: ["--listen-addr", "[::1]:23790"], check: (o) => o.listenAddr.address, want: "[::1]:23790" },
+    { argv: ["--retry-delay=500ms"], check: (o) => o.retryDelayMs, want: 500 },
+    { argv: ["--retry-delay", "0"], check: (o) => o.retryDelayMs, want: 0 },
+    { argv: ["--insecure-discovery"], check: (o) => o.insecureDiscovery, want: true },
+    { argv: ["--insecure-discovery=false"], check: (o) => o.insecureDiscovery, want: false },
+    { argv: ["--no-insecure-discovery"], check: (o) => o.insecureDiscovery, want: false },
+    { argv: ["--policy=round-robin"], check: (o) => o.policy, want: "round-robin" },
+    { argv: ["--retry-delay=1s", "--retry-delay=2s"], check: (o) => o.retryDelayMs, want: 2000 },
+    { argv: ["--connect-timeout=250ms"], check: (o) => o.connectTimeoutMs, want: 250 },
+    { argv: ["--discovery-srv-name=foo"], check: (o) => o.discoverySrvName, want: "foo" },
+    { argv: ["--discovery-srv=example.com"], check: (o) => o.discoverySrv, want: "example.com" },
+    { argv: ["--log-format=text", "--log-level=debug"], check: (o) => [o.logFormat, o.logLevel], want: ["text", "debug"] },
+  ];
+  for (const c of cases) test(c.argv.join(" "), () => expect(c.check(parse(c.argv))).toEqual(c.want));
+});
+
+describe("bad input is a one-line error naming the flag and the value", () => {
+  const cases: [string[], string][] = [
+    [["--bogus"], "unknown flag: --bogus"],
+    [["--bogus-flag", "x"], "unknown flag: --bogus-flag"],
+    [["-l", "x"], "unknown flag: -l"],
+    [["--listenAddr=1.2.3.4:1"], "unknown flag: --listenAddr"],
+    [["extra"], 'unexpected argument "extra"'],
+    [["--", "extra"], 'unexpected argument "extra"'],
+    [["--retry-delay=123"], '--retry-delay: missing unit in duration "123"'],
+    [["--retry-delay=-1s"], '--retry-delay: negative duration "-1s"'],
+    [["--connect-timeout=0"], '--connect-timeout: duration "0" must be greater than 0'],
+    [["--drain-timeout=soon"], "--drain-timeout: "],
+    [["--endpoints"], "--endpoints: flag needs an argument"],
+    [["--endpoints="], "--endpoints: no endpoints given"],
+    [["--endpoints=127.0.0.1"], '--endpoints: missing port in address "127.0.0.1"'],
+    [["--endpoints=127.0.0.1:0"], "--endpoints: port 0 out of range 1..65535"],
+    [["--endpoints=127.0.0.1:70000"], "--endpoints: port 70000 out of range 1..65535"],
+    [["--endpoints=a:1,,b:2"], "--endpoints: empty item"],
+    [["--listen-addr=127.0.0.1:99999"], "--listen-addr: port 99999 out of range"],
+    [["--listen-addr=:23790"], '--listen-addr: missing host in address ":23790"'],
+    [["--policy=random"], '--policy: invalid value "random"; expected one of sticky, round-robin'],
+    [["--log-level=loud"], '--log-level: invalid value "loud"'],
+    [["--insecure-discovery=maybe"], '--insecure-discovery: invalid boolean "maybe"'],
+    [["--discovery-srv=not a domain"], '--discovery-srv: invalid domain "not a domain"'],
+    [["--discovery-srv-name=a.b"], '--discovery-srv-name: invalid service name "a.b"'],
+    [["--trusted-ca-file=/nonexistent/ca.pem"], '--trusted-ca-file: cannot read "/nonexistent/ca.pem": ENOENT'],
+    [["--trusted-ca-file=/etc/hostname"], '--trusted-ca-file: "/etc/hostname" holds no PEM certificate'],
+  ];
+  for (const [argv, message] of cases) {
+    test(argv.join(" ") || "(empty)", () => {
+      let err: unknown;
+      try {
+        parse(argv);
+      } catch (e) {
+        err = e;
+      }
+      expect(err).toBeInstanceOf(ConfigError);
+      const text = (err as Error).message;
+      expect(text).toContain(message);
+      expect(text).not.toContain("\n");
+    });
+  }
+});

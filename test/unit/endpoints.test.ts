@@ -1,0 +1,63 @@
+import { describe, expect, test } from "bun:test";
+import { parseEndpoint, parseEndpointList, parseHostPort } from "../../src/endpoints.ts";
+
+describe("parseEndpoint", () => {
+  const ok: [string, string, number, string][] = [
+    ["127.0.0.1:2379", "127.0.0.1", 2379, "127.0.0.1:2379"],
+    ["http://10.0.0.1:2379", "10.0.0.1", 2379, "10.0.0.1:2379"],
+    ["https://10.0.0.1:2379", "10.0.0.1", 2379, "10.0.0.1:2379"],
+    ["HTTPS://10.0.0.1:2379/", "10.0.0.1", 2379, "10.0.0.1:2379"],
+    ["[::1]:2379", "::1", 2379, "[::1]:2379"],
+    ["https://[fc00::ccf0]:2379", "fc00::ccf0", 2379, "[fc00::ccf0]:2379"],
+    ["infra0.example.com:2379", "infra0.example.com", 2379, "infra0.example.com:2379"],
+    ["infra0.example.com.:2379", "infra0.example.com.", 2379, "infra0.example.com.:2379"],
+    ["localhost:1", "localhost", 1, "localhost:1"],
+    ["  127.0.0.1:65535 ", "127.0.0.1", 65535, "127.0.0.1:65535"],
+  ];
+  for (const [input, host, port, address] of ok) {
+    test(`${JSON.stringify(input)} is ${address}`, () => expect(parseEndpoint(input)).toEqual({ host, port, address }));
+  }
+  const bad: [string, RegExp][] = [
+    ["127.0.0.1", /missing port in address "127.0.0.1"/],
+    ["127.0.0.1:", /missing port/],
+    ["127.0.0.1:0", /port 0 out of range 1..65535/],
+    ["127.0.0.1:65536", /port 65536 out of range/],
+    ["127.0.0.1:70000", /port 70000 out of range/],
+    ["127.0.0.1:abc", /invalid port "abc"/],
+    ["127.0.0.1:-1", /invalid port "-1"/],
+    ["::1:2379", /IPv6 address must be in brackets/],
+    ["[::1]", /missing port/],
+    ["[::1:2379", /missing "]"/],
+    ["[nope]:2379", /invalid IPv6 address/],
+    ["[::1]x:2379", /unexpected text after "]"/],
+    ["256.1.1.1:2379", /invalid host "256.1.1.1"/],
+    ["foo bar:2379", /invalid host/],
+    [":2379", /missing host/],
+    ["unix:///tmp/x.sock", /unsupported scheme "unix:\/\/"/],
+    ["http://", /empty endpoint/],
+    ["foo", /missing port in address "foo"/],
+  ];
+  for (const [input, err] of bad) test(`rejects ${JSON.stringify(input)}`, () => expect(() => parseEndpoint(input)).toThrow(err));
+});
+
+describe("parseEndpointList", () => {
+  test("splits commas and accumulates repeated flags in order", () => {
+    expect(parseEndpointList(["a:1,b:2", "c:3"]).map((e) => e.address)).toEqual(["a:1", "b:2", "c:3"]);
+  });
+  test("trims spaces around items", () => {
+    expect(parseEndpointList(["a:1, b:2"]).map((e) => e.address)).toEqual(["a:1", "b:2"]);
+  });
+  test("rejects an empty list", () => expect(() => parseEndpointList([""])).toThrow("no endpoints given"));
+  test("rejects an empty item", () => expect(() => parseEndpointList(["a:1,,b:2"])).toThrow(/empty item/));
+});
+
+describe("parseHostPort (listen addresses)", () => {
+  test("accepts IPv4, [IPv6] and hostnames", () => {
+    expect(parseHostPort("0.0.0.0:23790").host).toBe("0.0.0.0");
+    expect(parseHostPort("[::]:23790").host).toBe("::");
+    expect(parseHostPort("localhost:23790").host).toBe("localhost");
+  });
+  test("keeps the scheme out: a listen address is host:port only", () => {
+    expect(() => parseHostPort("http://127.0.0.1:1")).toThrow();
+  });
+});

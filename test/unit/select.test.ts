@@ -1,0 +1,67 @@
+import { describe, expect, test } from "bun:test";
+import { createMemberTable, parseEndpoint } from "../../src/endpoints.ts";
+import { createPolicy } from "../../src/select.ts";
+
+const table = () => createMemberTable(["a:1", "b:2", "c:3"].map(parseEndpoint));
+const names = (ms: { address: string }[]) => ms.map((m) => m.address[0]).join("");
+
+describe("sticky", () => {
+  test("sends every connection to the member picked at random at start", () => {
+    for (const [r, first] of [[0, "a"], [0.4, "b"], [0.99, "c"]] as const) {
+      const p = createPolicy("sticky", table(), () => r);
+      for (let i = 0; i < 100; i++) expect(p.candidates()[0]!.address[0]).toBe(first);
+    }
+  });
+  test("lists the other active members after the current one, in list order", () => {
+    expect(names(createPolicy("sticky", table(), () => 0.4).candidates())).toBe("bca");
+  });
+  test("switches to the next active member when the current one fails, and stays there after it recovers", () => {
+    const ms = table();
+    const p = createPolicy("sticky", ms, () => 0);
+    ms[0]!.active = false;
+    expect(names(p.candidates())).toBe("bca");
+    ms[0]!.active = true;
+    expect(names(p.candidates())).toBe("bca");
+  });
+  test("puts failed members last, most recently successful first", () => {
+    const ms = table();
+    const p = createPolicy("sticky", ms, () => 0);
+    for (const m of ms) m.active = false;
+    ms[0]!.lastSuccess = 1;
+    ms[1]!.lastSuccess = 3;
+    ms[2]!.lastSuccess = 2;
+    expect(names(p.candidates())).toBe("bca");
+  });
+});
+
+describe("round-robin", () => {
+  test("rotates over active members per connection", () => {
+    const p = createPolicy("round-robin", table());
+    expect([0, 1, 2, 3, 4, 5].map(() => p.candidates()[0]!.address[0]).join("")).toBe("abcabc");
+  });
+  test("skips failed members and tries them last", () => {
+    const ms = table();
+    const p = createPolicy("round-robin", ms);
+    ms[1]!.active = false;
+    const firsts = [0, 1, 2, 3].map(() => names(p.candidates()));
+    expect(firsts).toEqual(["acb", "cab", "acb", "cab"]);
+  });
+  test("spreads 3000 connections evenly", () => {
+    const p = createPolicy("round-robin", table());
+    const counts: Record<string, number> = {};
+    for (let i = 0; i < 3000; i++) {
+      const k = p.candidates()[0]!.address;
+      counts[k] = (counts[k] ?? 0) + 1;
+    }
+    expect(Object.values(counts)).toEqual([1000, 1000, 1000]);
+  });
+});
+
+test("every policy returns every member exactly once", () => {
+  for (const name of ["sticky", "round-robin"] as const) {
+    const ms = table();
+    ms[2]!.active = false;
+    const got = createPolicy(name, ms).candidates();
+    expect(new Set(got).size).toBe(3);
+  }
+});
