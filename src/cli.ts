@@ -9,7 +9,7 @@ import pkg from "../package.json" with { type: "json" };
 import { parseFlags } from "./_argv.ts";
 import { buildOptions, ConfigError, START_FLAGS, type GatewayOptions } from "./config.ts";
 import { formatDuration } from "./duration.ts";
-import { startGateway } from "./gateway.ts";
+import { startGateway, type Gateway } from "./gateway.ts";
 import { createLogger, errorText, type Logger } from "./log.ts";
 
 /** Exit codes; documented in the README. */
@@ -52,14 +52,12 @@ async function serve(opts: GatewayOptions, log: Logger): Promise<void> {
   // At run time nothing a client or member does may end the process: log and carry on.
   process.on("uncaughtException", (e) => log.error("unexpected error", { error: errorText(e), stack: e.stack }));
   process.on("unhandledRejection", (e) => log.error("unexpected rejection", { error: errorText(e) }));
-  let gateway;
-  try {
-    gateway = await startGateway(opts, log);
-  } catch (e) {
-    fail(errorText(e));
-  }
+  // Signal handlers go in before the listener exists: a SIGTERM right after `ready to proxy client
+  // requests` must drain, not kill.
+  let gateway: Gateway | undefined;
   let draining = false;
   const onSignal = async (signal: NodeJS.Signals) => {
+    if (gateway === undefined) process.exit(EXIT_OK);
     if (draining) {
       log.warn("second signal: closing open connections now", { signal });
       gateway.proxy.closeAll();
@@ -78,6 +76,11 @@ async function serve(opts: GatewayOptions, log: Logger): Promise<void> {
   };
   process.on("SIGTERM", onSignal);
   process.on("SIGINT", onSignal);
+  try {
+    gateway = await startGateway(opts, log);
+  } catch (e) {
+    fail(errorText(e));
+  }
 }
 
 const version = defineCommand({

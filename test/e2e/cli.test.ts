@@ -59,7 +59,7 @@ describe("version and help", () => {
   test("start --help lists every flag of etcd gateway start with its default", () => {
     const r = runBinary(["start", "--help"]);
     expect(r.code).toBe(0);
-    for (const [flag, def] of [
+    for (const [flag, def] of <[string, string][]>[
       ["--listen-addr", "127.0.0.1:23790"],
       ["--endpoints", "127.0.0.1:2379"],
       ["--retry-delay", "1m0s"],

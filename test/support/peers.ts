@@ -87,12 +87,18 @@ export function readAll(s: Socket): Promise<{ hash: string; bytes: number; error
   return new Promise((resolve) => {
     const h = createHash("sha256");
     let bytes = 0;
+    let settled = false;
+    const settle = (error?: string) => {
+      if (settled) return;
+      settled = true;
+      resolve({ hash: h.digest("hex"), bytes, ...(error === undefined ? {} : { error }) });
+    };
     s.on("data", (c: Buffer) => {
       h.update(c);
       bytes += c.length;
     });
-    s.once("end", () => resolve({ hash: h.digest("hex"), bytes }));
-    s.once("error", (e: NodeJS.ErrnoException) => resolve({ hash: h.digest("hex"), bytes, error: e.code ?? e.message }));
+    s.once("end", () => settle());
+    s.once("error", (e: NodeJS.ErrnoException) => settle(e.code ?? e.message));
   });
 }
 
