@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs what the test suite talks to, from Debian's packages, when it is missing:
+# etcd-server and etcd-client (a real 3-member cluster and etcdctl), python3 (a SYN-blackhole helper).
+# Safe to run repeatedly; prints nothing when everything is present.
+set -euo pipefail
+missing=()
+command -v etcd >/dev/null || missing+=(etcd-server)
+command -v etcdctl >/dev/null || missing+=(etcd-client)
+command -v python3 >/dev/null || missing+=(python3)
+[ ${#missing[@]} -eq 0 ] && exit 0
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then
+  command -v sudo >/dev/null || { echo "ensure-deps: need root or sudo to install: ${missing[*]}" >&2; exit 1; }
+  sudo="sudo"
+fi
+echo "ensure-deps: installing Debian packages: ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+$sudo apt-get install -y -qq "${missing[@]}" >&2
