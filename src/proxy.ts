@@ -83,7 +83,7 @@ export function startProxy(opts: ProxyOptions): Proxy {
   const timeoutText = `connect timeout after ${formatDuration(connectTimeoutMs)}`;
   const conns = new Set<Conn>();
   let idleWaiters: (() => void)[] = [];
-  let lastNoMemberLog = 0;
+  let lastNoMemberLog = -Infinity;
   let suppressedNoMember = 0;
 
   const finished = (conn: Conn) => {

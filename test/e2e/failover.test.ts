@@ -1,0 +1,121 @@
+/**
+ * Member state through the binary: deactivation, bounded retry probes, reactivation, the
+ * all-members-failed fallback, and the log phrases scripts depend on. Members here are plain echo
+ * servers (fault injection needs ports that can be closed and reopened); etcd itself is exercised in
+ * etcd-cluster.test.ts.
+ */
+import { afterEach, describe, expect, test } from "bun:test";
+import { createServer, type Server } from "node:net";
+import { startGatewayProcess, stopAllGateways } from "../support/gateway.ts";
+import { freePort, sleep, waitFor } from "../support/net.ts";
+import { dial, roundTrip } from "../support/peers.ts";
+
+afterEach(stopAllGateways);
+
+/** An echo server on a fixed port that can be stopped and started again. */
+function echoOn(port: number): Promise<Server> {
+  return new Promise((resolve) => {
+    const server = createServer({ allowHalfOpen: true }, (s) => s.on("error", () => {}).pipe(s));
+    server.listen(port, "127.0.0.1", () => resolve(server));
+  });
+}
+const close = (s: Server) => new Promise<void>((r) => s.close(() => r()));
+
+describe("failover", () => {
+  test("sticky sends every connection to one member and moves to another when its dial fails, without the client noticing", async () => {
+    const ports = [freePort(), freePort(), freePort()];
+    const servers = await Promise.all(ports.map(echoOn));
+    const seen = new Map<number, number>();
+    servers.forEach((s, i) => s.on("connection", () => seen.set(i, (seen.get(i) ?? 0) + 1)));
+    try {
+      const gw = await startGatewayProcess([`--endpoints=${ports.map((p) => `127.0.0.1:${p}`).join(",")}`]);
+      for (let i = 0; i < 30; i++) expect(await roundTrip(gw.port, `a${i}`)).toBe(`a${i}`);
+      expect(seen.size).toBe(1);
+      const [used] = [...seen.keys()];
+      await close(servers[used!]!);
+      seen.clear();
+      for (let i = 0; i < 30; i++) expect(await roundTrip(gw.port, `b${i}`)).toBe(`b${i}`);
+      expect(seen.size).toBe(1);
+      expect(seen.has(used!)).toBe(false);
+      const record = await gw.waitForLog("deactivated endpoint");
+      expect(record).toMatchObject({ level: "warn", msg: "deactivated endpoint", address: `127.0.0.1:${ports[used!]}`, interval: "1m0s" });
+      expect(typeof record.error).toBe("string");
+    } finally {
+      await Promise.all(servers.map((s) => close(s).catch(() => {})));
+    }
+  });
+
+  test("round-robin rotates connections over the active members", async () => {
+    const ports = [freePort(), freePort(), freePort()];
+    const servers = await Promise.all(ports.map(echoOn));
+    const counts = [0, 0, 0];
+    servers.forEach((s, i) => s.on("connection", () => counts[i]!++));
+    try {
+      const gw = await startGatewayProcess([`--endpoints=${ports.map((p) => `127.0.0.1:${p}`).join(",")}`, "--policy=round-robin"]);
+      for (let i = 0; i < 30; i++) await roundTrip(gw.port, "x");
+      expect(counts).toEqual([10, 10, 10]);
+    } finally {
+      await Promise.all(servers.map(close));
+    }
+  });
+
+  test("a failed member is probed every --retry-delay, logged, and activated when it listens again", async () => {
+    const down = freePort();
+    const upPort = freePort();
+    const up = await echoOn(upPort);
+    let back: Server | undefined;
+    try {
+      const gw = await startGatewayProcess([`--endpoints=127.0.0.1:${down},127.0.0.1:${upPort}`, "--policy=round-robin", "--retry-delay=300ms"]);
+      for (let i = 0; i < 4; i++) expect(await roundTrip(gw.port, "x")).toBe("x");
+      await gw.waitForLog("deactivated endpoint");
+      const failedProbe = await gw.waitForLog("failed to activate endpoint (stay inactive for another interval)", 3000);
+      expect(failedProbe).toMatchObject({ level: "warn", address: `127.0.0.1:${down}`, interval: "300ms" });
+      back = await echoOn(down);
+      const activated = await gw.waitForLog('"msg":"activated"', 3000);
+      expect(activated).toMatchObject({ level: "info", address: `127.0.0.1:${down}` });
+      // Probes do not pile up: at most one per retry delay.
+      const probes = gw.lines.filter((l) => l.includes("failed to activate endpoint")).length;
+      const firstDeactivation = gw.records().find((r) => r.msg === "deactivated endpoint")!.ts as string;
+      const elapsed = Date.parse(activated.ts as string) - Date.parse(firstDeactivation);
+      expect(probes).toBeLessThanOrEqual(Math.ceil(elapsed / 300));
+    } finally {
+      await close(up);
+      if (back) await close(back);
+    }
+  });
+
+  test("with every member marked failed, the first connection after the cluster returns is served at once, not a retry delay later", async () => {
+    const port = freePort();
+    let server = await echoOn(port);
+    try {
+      const gw = await startGatewayProcess([`--endpoints=127.0.0.1:${port}`, "--retry-delay=1h"]);
+      expect(await roundTrip(gw.port, "x")).toBe("x");
+      await close(server);
+      await expect(roundTrip(gw.port, "y")).rejects.toThrow();
+      await gw.waitForLog("deactivated endpoint");
+      await gw.waitForLog("no endpoint could be reached; closing client connection");
+      server = await echoOn(port);
+      expect(await roundTrip(gw.port, "z")).toBe("z");
+      await gw.waitForLog('"msg":"activated"', 2000);
+    } finally {
+      await close(server).catch(() => {});
+    }
+  });
+});
+
+describe("logging", () => {
+  test("--log-format=text writes readable lines with etcd's phrases", async () => {
+    const gw = await startGatewayProcess(["--endpoints=127.0.0.1:2379", "--log-format=text"]);
+    expect(gw.lines[0]).toMatch(/^\d{4}-\d\d-\d\dT[\d:.]+Z INFO  ready to proxy client requests listen-addr=127\.0\.0\.1:\d+ endpoints=\["127\.0\.0\.1:2379"\]/);
+  });
+  test("--log-level=warn hides info lines", async () => {
+    const port = freePort();
+    const gw = await startGatewayProcess([`--endpoints=127.0.0.1:${port}`, "--log-level=warn"], { waitReady: false });
+    const client = await waitFor("the listener", () => dial(gw.port), 5000);
+    client.write("x");
+    await gw.waitForLog("deactivated endpoint");
+    await sleep(100);
+    client.destroy();
+    expect(gw.lines.some((l) => l.includes('"level":"info"'))).toBe(false);
+  });
+});
