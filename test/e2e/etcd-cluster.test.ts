@@ -1,0 +1,224 @@
+/**
+ * The compiled gateway in front of a real 3-member etcd cluster (Debian's etcd 3.4): etcdctl through
+ * it, a watch surviving the loss of its member, failover for new connections, and dead endpoints
+ * (refusing and blackholed) that must not slow new connections beyond the connect timeout.
+ *
+ * One cluster serves the whole file; a test that kills a member gets it restarted in afterEach.
+ */
+import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test";
+import { connect } from "node:net";
+import { etcdctl, startCluster, which, type Cluster } from "../../scripts/lib/cluster.ts";
+import { startBlackhole, type Blackhole } from "../support/blackhole.ts";
+import { startGatewayProcess, stopAllGateways, type GatewayProcess } from "../support/gateway.ts";
+import { freePort, sleep, waitFor } from "../support/net.ts";
+
+let cluster: Cluster;
+
+beforeAll(async () => {
+  cluster = await startCluster({ size: 3 });
+}, 30_000);
+
+afterEach(async () => {
+  await stopAllGateways();
+  // Bring back what a test killed, so the next one starts from three healthy members.
+  for (let i = 0; i < cluster.members.length; i++) if (!cluster.isRunning(i)) await cluster.restart(i);
+  await cluster.waitHealthy();
+}, 30_000);
+
+afterAll(async () => {
+  await stopAllGateways();
+  await cluster?.stop();
+});
+
+/** `etcdctl` through the gateway at `port`, with the short timeouts failover tests want. */
+function viaGateway(gw: GatewayProcess, args: string[]) {
+  return etcdctl(args, { endpoints: `127.0.0.1:${gw.port}`, dialTimeout: "2s", commandTimeout: "3s" });
+}
+
+/** The index of the member the (sticky) gateway sends its connections to, asked through the gateway. */
+async function gatewayMember(gw: GatewayProcess): Promise<number> {
+  const r = await viaGateway(gw, ["endpoint", "status", "-w", "json"]);
+  expect(r.code, `endpoint status through the gateway: ${r.stderr}`).toBe(0);
+  // etcdctl prints IDs as bare JSON numbers above 2^53: read the digits, never JSON.parse them.
+  const id = /"member_id":(\d+)/.exec(r.stdout)?.[1];
+  if (id === undefined) throw new Error(`no member_id in ${r.stdout}`);
+  const i = await cluster.indexOfId(id);
+  if (i < 0) throw new Error(`member ID ${id} reported through the gateway is not one of the cluster's`);
+  return i;
+}
+
+/**
+ * Makes sure member `i` is not the leader (moves leadership to another member when it is), so
+ * killing it does not leave the cluster leaderless for an election, which cancels watches that
+ * require a leader (etcdctl's do) and fails linearizable reads.
+ */
+async function ensureNotLeader(i: number): Promise<void> {
+  if ((await cluster.leaderIndex()) !== i) return;
+  const target = cluster.members.findIndex((_, j) => j !== i && cluster.isRunning(j));
+  const hexId = BigInt(await cluster.memberIdOf(target)).toString(16);
+  const r = await etcdctl(["move-leader", hexId], { endpoints: cluster.members[i]!.endpoint });
+  expect(r.code, `move-leader ${hexId}: ${r.stderr}`).toBe(0);
+  await waitFor(`leadership to leave ${cluster.members[i]!.name}`, async () => (await cluster.leaderIndex()) !== i, 10_000, 100);
+}
+
+/** `etcdctl put` straight to a running member other than `except`, retried while the cluster settles. */
+async function putDirect(key: string, value: string, except: number): Promise<void> {
+  const others = cluster.members.filter((_, j) => j !== except && cluster.isRunning(j)).map((m) => m.endpoint);
+  let last = "";
+  const deadline = performance.now() + 10_000;
+  while (performance.now() < deadline) {
+    const r = await etcdctl(["put", key, value], { endpoints: others.join(","), dialTimeout: "1s", commandTimeout: "2s" });
+    if (r.code === 0) return;
+    last = r.stderr;
+    await sleep(100);
+  }
+  throw new Error(`put ${key}=${value} to ${others.join(",")} kept failing: ${last}`);
+}
+
+/** One `GET /health` over a fresh TCP connection to `port`; resolves to the whole HTTP reply. */
+function httpHealth(port: number, timeoutMs: number): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const s = connect({ host: "127.0.0.1", port });
+    let reply = "";
+    const timer = setTimeout(() => {
+      s.destroy();
+      reject(new Error(`no complete /health reply within ${timeoutMs} ms (got ${JSON.stringify(reply)})`));
+    }, timeoutMs);
+    s.on("connect", () => s.write("GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"));
+    s.on("data", (c: Buffer) => (reply += c.toString()));
+    s.on("end", () => {
+      clearTimeout(timer);
+      s.destroy();
+      resolve(reply);
+    });
+    s.on("error", (e) => {
+      clearTimeout(timer);
+      reject(e);
+    });
+  });
+}
+
+describe("gateway in front of a 3-member etcd cluster", () => {
+  test("etcdctl put then get through the gateway returns the value", async () => {
+    const gw = await startGatewayProcess([`--endpoints=${cluster.endpoints}`]);
+    const put = await viaGateway(gw, ["put", "e2e/greeting", "hello through the gateway"]);
+    expect(put.code, put.stderr).toBe(0);
+    expect(put.stdout.trim()).toBe("OK");
+    const get = await viaGateway(gw, ["get", "e2e/greeting", "--print-value-only"]);
+    expect(get.code, get.stderr).toBe(0);
+    expect(get.stdout.trim()).toBe("hello through the gateway");
+  });
+
+  test("a watch through the gateway keeps receiving events after the member it is connected to is killed", async () => {
+    const gw = await startGatewayProcess([`--endpoints=${cluster.endpoints}`]);
+    const victim = await gatewayMember(gw);
+    await ensureNotLeader(victim);
+    const key = `e2e/watch-${Date.now()}`;
+
+    // Watch from the revision after the current one, so no event is missed while the watch is set up.
+    const start = await etcdctl(["put", key, "0", "-w", "json"], { endpoints: cluster.members[victim]!.endpoint });
+    expect(start.code, start.stderr).toBe(0);
+    const rev = Number(/"revision":(\d+)/.exec(start.stdout)?.[1]);
+    expect(rev).toBeGreaterThan(0);
+
+    const watch = Bun.spawn(
+      [which("etcdctl"), `--endpoints=127.0.0.1:${gw.port}`, "--dial-timeout=2s", "watch", key, `--rev=${rev + 1}`],
+      { stdin: "ignore", stdout: "pipe", stderr: "pipe", env: { ...process.env, ETCDCTL_API: "3" } },
+    );
+    let out = "";
+    let err = "";
+    void (async () => {
+      const decoder = new TextDecoder();
+      for await (const c of watch.stdout) out += decoder.decode(c, { stream: true });
+    })();
+    void (async () => {
+      const decoder = new TextDecoder();
+      for await (const c of watch.stderr) err += decoder.decode(c, { stream: true });
+    })();
+    // etcdctl prints each event as three lines: PUT, key, value.
+    const seen = (v: string) => out.includes(`PUT\n${key}\n${v}\n`);
+    const state = () => `watch stdout:\n${out}\nwatch stderr:\n${err}\nexit: ${watch.exitCode ?? watch.signalCode ?? "running"}`;
+
+    /** Waits for events `values`, failing with what the watch printed so far. */
+    const waitEvents = async (what: string, values: string[], timeoutMs: number) => {
+      try {
+        await waitFor(what, () => values.every(seen), timeoutMs, 50);
+      } catch (e) {
+        throw new Error(`${String(e)}\n${state()}`);
+      }
+    };
+
+    try {
+      await putDirect(key, "1", victim);
+      await waitEvents("the first event", ["1"], 5_000);
+
+      await cluster.kill(victim, "SIGKILL");
+      for (const v of ["2", "3", "4", "5"]) await putDirect(key, v, victim);
+      await waitEvents("events 2..5 after the kill", ["2", "3", "4", "5"], 15_000);
+      expect(watch.exitCode, state()).toBeNull();
+      // The watch came back through the gateway, which had to find the member gone on its way.
+      const killed = cluster.members[victim]!.endpoint;
+      await waitFor(`"deactivated endpoint" for ${killed}`, () => gw.records().some((r) => r.msg === "deactivated endpoint" && r.address === killed), 2_000);
+    } finally {
+      watch.kill("SIGKILL");
+      await watch.exited;
+    }
+  });
+
+  test("after the member the gateway uses is killed, 20 new etcdctl gets in a row all succeed and the gateway logs it deactivated", async () => {
+    const gw = await startGatewayProcess([`--endpoints=${cluster.endpoints}`]);
+    const put = await viaGateway(gw, ["put", "e2e/failover", "still here"]);
+    expect(put.code, put.stderr).toBe(0);
+    const victim = await gatewayMember(gw);
+    // A leaderless moment would fail linearizable gets for reasons that are not the gateway's.
+    await ensureNotLeader(victim);
+    await cluster.kill(victim, "SIGKILL");
+
+    const failures: string[] = [];
+    for (let n = 1; n <= 20; n++) {
+      const r = await viaGateway(gw, ["get", "e2e/failover", "--print-value-only"]);
+      if (r.code !== 0 || r.stdout.trim() !== "still here") failures.push(`get #${n}: code ${r.code}, stdout ${JSON.stringify(r.stdout)}, stderr ${r.stderr.trim()}`);
+    }
+    expect(failures).toEqual([]);
+
+    const killed = cluster.members[victim]!.endpoint;
+    const deactivated = gw.records().filter((r) => r.msg === "deactivated endpoint").map((r) => r.address);
+    expect(deactivated).toContain(killed);
+  });
+
+  describe("with a refusing and a blackholed endpoint listed before the members", () => {
+    let blackhole: Blackhole | undefined;
+    afterEach(async () => {
+      await blackhole?.close();
+      blackhole = undefined;
+    });
+
+    test("round-robin serves each new connection within --connect-timeout plus a little", async () => {
+      blackhole = await startBlackhole();
+      const refusing = freePort();
+      const dead = [`127.0.0.1:${refusing}`, `127.0.0.1:${blackhole.port}`];
+      const gw = await startGatewayProcess([
+        "--policy=round-robin",
+        "--connect-timeout=500ms",
+        `--endpoints=${[...dead, cluster.endpoints].join(",")}`,
+      ]);
+
+      // Raw HTTP, not etcdctl: this times the gateway, not a Go process starting.
+      const boundMs = 500 + 700;
+      const times: number[] = [];
+      for (let n = 1; n <= 10; n++) {
+        const t0 = performance.now();
+        const reply = await httpHealth(gw.port, 5_000);
+        times.push(Math.round(performance.now() - t0));
+        expect(reply, `reply #${n}`).toContain(`"health":"true"`);
+      }
+      expect(times.filter((t) => t >= boundMs), `times (ms): ${times.join(", ")}`).toEqual([]);
+
+      // Both dead endpoints were really tried, and each was dropped for its own reason.
+      const deactivated = gw.records().filter((r) => r.msg === "deactivated endpoint");
+      const reasonFor = (addr: string) => String(deactivated.find((r) => r.address === addr)?.error);
+      expect(reasonFor(dead[0]!)).toMatch(/refused/i);
+      expect(reasonFor(dead[1]!)).toMatch(/timeout/i);
+    });
+  });
+});
