@@ -10,6 +10,7 @@ import { parseFlags } from "./_argv.ts";
 import { buildOptions, ConfigError, START_FLAGS, type GatewayOptions } from "./config.ts";
 import { formatDuration } from "./duration.ts";
 import { startGateway, type Gateway } from "./gateway.ts";
+import { adopt, joinPrimary, reportingHealth, sendToPrimary, snapshot, startWorkers, workerNumber, type WorkerPool } from "./workers.ts";
 import { createLogger, errorText, type Logger } from "./log.ts";
 
 /** Exit codes; documented in the README. */
@@ -43,7 +44,8 @@ const start = defineCommand({
     } catch (e) {
       fail(errorText(e));
     }
-    const log = createLogger({ level: opts.logLevel, format: opts.logFormat });
+    const worker = workerNumber();
+    const log = createLogger({ level: opts.logLevel, format: opts.logFormat, base: worker === null ? undefined : { worker } });
     await serve(opts, log);
   },
 });
@@ -52,11 +54,13 @@ async function serve(opts: GatewayOptions, log: Logger): Promise<void> {
   // At run time nothing a client or member does may end the process: log and carry on.
   process.on("uncaughtException", (e) => log.error("unexpected error", { error: errorText(e), stack: e.stack }));
   process.on("unhandledRejection", (e) => log.error("unexpected rejection", { error: errorText(e) }));
+  const worker = workerNumber();
   // Signal handlers go in before the listener exists: a SIGTERM right after `ready to proxy client
   // requests` must drain, not kill.
   let gateway: Gateway | undefined;
+  let pool: WorkerPool | undefined;
   let draining = false;
-  const onSignal = async (signal: NodeJS.Signals) => {
+  const drain = async (signal: string) => {
     if (gateway === undefined) process.exit(EXIT_OK);
     if (draining) {
       log.warn("second signal: closing open connections now", { signal });
@@ -69,18 +73,61 @@ async function serve(opts: GatewayOptions, log: Logger): Promise<void> {
       connections: gateway.proxy.active,
       "drain-timeout": formatDuration(opts.drainTimeoutMs),
     });
+    const workersDone = pool?.stop("SIGTERM", opts.drainTimeoutMs + 2000);
     const closed = await gateway.drain(opts.drainTimeoutMs);
     if (closed > 0) log.warn("drain timeout reached: closed open connections", { connections: closed });
+    await workersDone;
     log.info("stopped");
     process.exit(EXIT_OK);
   };
-  process.on("SIGTERM", onSignal);
-  process.on("SIGINT", onSignal);
+  process.on("SIGTERM", () => void drain("SIGTERM"));
+  process.on("SIGINT", () => void drain("SIGINT"));
+
+  if (worker !== null) {
+    // A worker: its primary checked the configuration, decides member state, and logs readiness.
+    const state = await joinPrimary(
+      (s) => gateway && adopt(s, gateway.members, gateway.policy),
+      () => void drain("primary gone"),
+    );
+    try {
+      gateway = await startGateway(opts, log, { reusePort: true, health: (members) => reportingHealth(members, sendToPrimary) });
+    } catch (e) {
+      fail(errorText(e));
+    }
+    adopt(state, gateway.members, gateway.policy);
+    sendToPrimary({ t: "ready" });
+    return;
+  }
+
+  const multi = opts.workers > 1;
   try {
-    gateway = await startGateway(opts, log);
+    gateway = await startGateway(opts, log, multi ? { reusePort: true, onChange: () => share() } : undefined);
   } catch (e) {
     fail(errorText(e));
   }
+  const gw = gateway;
+  const share = () => pool?.broadcast(snapshot(gw.members, gw.policy));
+  if (multi) {
+    pool = startWorkers({
+      count: opts.workers,
+      log,
+      state: () => snapshot(gw.members, gw.policy),
+      onReport: (msg) => {
+        const m = gw.members[msg.i];
+        if (m === undefined) return;
+        if (msg.t === "failed") gw.health.dialFailed(m, msg.reason);
+        else gw.health.dialSucceeded(m);
+        share(); // also when nothing changed here: the reporting worker already moved on its own
+      },
+    });
+    await pool.ready;
+  }
+  log.info("ready to proxy client requests", {
+    "listen-addr": opts.listenAddr.address,
+    endpoints: gw.members.map((m) => m.address),
+    policy: opts.policy,
+    workers: opts.workers,
+  });
 }
 
 const version = defineCommand({

@@ -5,6 +5,7 @@
  * @module
  */
 import { readFileSync } from "node:fs";
+import { availableParallelism } from "node:os";
 import { parseDuration } from "./duration.ts";
 import { parseEndpointList, parseHostPort, type HostPort } from "./endpoints.ts";
 import { LOG_FORMATS, LOG_LEVELS, type LogFormat, type LogLevel } from "./log.ts";
@@ -31,6 +32,7 @@ export const START_FLAGS = {
   "connect-timeout": { type: "string", default: "1s", valueHint: "duration", description: "how long one dial to an endpoint may take before the next endpoint is tried" },
   "drain-timeout": { type: "string", default: "10s", valueHint: "duration", description: "on SIGTERM/SIGINT, how long open connections may finish before they are closed" },
   policy: { type: "string", default: "sticky", valueHint: POLICY_NAMES.join("|"), description: "endpoint selection: sticky (one random endpoint until it fails) or round-robin (per connection, like etcd's gateway)" },
+  workers: { type: "string", default: "1", valueHint: "N|auto", description: "processes accepting on the listen address (SO_REUSEPORT); auto = one per core; they share member state" },
   "log-format": { type: "string", default: "json", valueHint: LOG_FORMATS.join("|"), description: "log format on stderr" },
   "log-level": { type: "string", default: "info", valueHint: LOG_LEVELS.join("|"), description: "lowest level logged" },
 } as const satisfies Record<string, FlagSpec>;
@@ -54,6 +56,8 @@ export interface GatewayOptions {
   drainTimeoutMs: number;
   /** @default "sticky" */
   policy: PolicyName;
+  /** Processes serving the listen address. @default 1 */
+  workers: number;
   logFormat: LogFormat;
   logLevel: LogLevel;
 }
@@ -115,6 +119,7 @@ export function buildOptions(values: FlagValues): GatewayOptions {
     connectTimeoutMs: duration("connect-timeout", 1),
     drainTimeoutMs: duration("drain-timeout"),
     policy: oneOf("policy", POLICY_NAMES),
+    workers: check("workers", parseWorkers),
     logFormat: oneOf("log-format", LOG_FORMATS),
     logLevel: oneOf("log-level", LOG_LEVELS),
   };
@@ -126,6 +131,12 @@ export function buildOptions(values: FlagValues): GatewayOptions {
   }
   if (opts.trustedCaFile !== null) check("trusted-ca-file", validateCaFile);
   return opts;
+}
+
+function parseWorkers(text: string): number {
+  if (text === "auto") return availableParallelism();
+  if (!/^\d+$/.test(text) || Number(text) < 1 || Number(text) > 64) throw new Error(`invalid worker count ${JSON.stringify(text)}; expected 1..64 or auto`);
+  return Number(text);
 }
 
 function validateDomain(text: string): void {

@@ -10,13 +10,15 @@ import { networkInterfaces } from "node:os";
 import type { GatewayOptions } from "./config.ts";
 import { ConfigError } from "./config.ts";
 import { createMemberTable, type HostPort, type MemberTable } from "./endpoints.ts";
-import { createMemberHealth } from "./health.ts";
+import { createMemberHealth, type MemberHealth } from "./health.ts";
 import { errorText, type Logger } from "./log.ts";
 import { startProxy, type Proxy } from "./proxy.ts";
-import { createPolicy } from "./select.ts";
+import { createPolicy, type Policy } from "./select.ts";
 
 export interface Gateway {
   readonly members: MemberTable;
+  readonly policy: Policy;
+  readonly health: MemberHealth;
   readonly proxy: Proxy;
   /** The bound port (differs from the option when it was 0 in tests). */
   readonly port: number;
@@ -27,27 +29,43 @@ export interface Gateway {
   drain(timeoutMs: number): Promise<number>;
 }
 
+/** How a process takes part in a multi-process gateway (src/workers.ts); absent for a single one. */
+export interface GatewayRole {
+  /** Share the listen port with the other processes (SO_REUSEPORT). */
+  reusePort: boolean;
+  /** A worker's member health, which defers to the primary; absent in the primary. */
+  health?: (members: MemberTable) => MemberHealth;
+  /** The primary's hook, called after every member state change. */
+  onChange?: () => void;
+}
+
 /**
- * Checks the endpoints against the listen address, listens, and logs `ready to proxy client requests`.
+ * Checks the endpoints against the listen address (unless a worker, whose primary did), then listens.
+ * The caller logs `ready to proxy client requests`.
  *
  * @throws {ConfigError} when the listen host or an endpoint host does not resolve, or an endpoint
  * resolves to the gateway's own listen address (a self-loop), or the address cannot be bound.
  */
-export async function startGateway(opts: GatewayOptions, log: Logger): Promise<Gateway> {
-  await checkSelfLoop(opts.listenAddr, opts.endpoints);
+export async function startGateway(opts: GatewayOptions, log: Logger, role?: GatewayRole): Promise<Gateway> {
+  if (role?.health === undefined) await checkSelfLoop(opts.listenAddr, opts.endpoints);
   const members = createMemberTable(opts.endpoints);
-  const health = createMemberHealth({
-    members,
-    retryDelayMs: opts.retryDelayMs,
-    connectTimeoutMs: opts.connectTimeoutMs,
-    log,
-  });
+  const health =
+    role?.health?.(members) ??
+    createMemberHealth({
+      members,
+      retryDelayMs: opts.retryDelayMs,
+      connectTimeoutMs: opts.connectTimeoutMs,
+      log,
+      onChange: role?.onChange,
+    });
+  const policy = createPolicy(opts.policy, members);
   let proxy: Proxy;
   try {
     proxy = startProxy({
       hostname: opts.listenAddr.host,
       port: opts.listenAddr.port,
-      policy: createPolicy(opts.policy, members),
+      reusePort: role?.reusePort ?? false,
+      policy,
       health,
       connectTimeoutMs: opts.connectTimeoutMs,
       log,
@@ -55,13 +73,10 @@ export async function startGateway(opts: GatewayOptions, log: Logger): Promise<G
   } catch (e) {
     throw new ConfigError("listen-addr", opts.listenAddr.address, `cannot listen: ${errorText(e)}`);
   }
-  log.info("ready to proxy client requests", {
-    "listen-addr": opts.listenAddr.address,
-    endpoints: members.map((m) => m.address),
-    policy: opts.policy,
-  });
   return {
     members,
+    policy,
+    health,
     proxy,
     port: proxy.listener.port,
     async drain(timeoutMs) {

@@ -28,6 +28,8 @@ export function createMemberHealth(opts: {
   retryDelayMs: number;
   connectTimeoutMs: number;
   log: Logger;
+  /** Called after every change of a member's state (to share it with worker processes). */
+  onChange?: () => void;
 }): MemberHealth {
   const { log, connectTimeoutMs } = opts;
   // etcd's gateway: "--retry-delay=0" means its internal default of 5 minutes.
@@ -44,6 +46,7 @@ export function createMemberHealth(opts: {
     if (t) clearTimeout(t);
     timers.delete(m);
     log.info("activated", { address: m.address });
+    opts.onChange?.();
   };
 
   const schedule = (m: Member) => {
@@ -82,6 +85,7 @@ export function createMemberHealth(opts: {
       m.reason = reason;
       log.warn("deactivated endpoint", { address: m.address, interval, error: reason });
       schedule(m);
+      opts.onChange?.();
     },
     dialSucceeded(m) {
       m.lastSuccess = performance.now();

@@ -38,6 +38,8 @@ export function createLogger(opts: {
   level?: LogLevel;
   format?: LogFormat;
   write?: (line: string) => void;
+  /** Fields added to every record (e.g. `worker` in worker processes). */
+  base?: LogFields;
 }): Logger {
   const min = rank[opts.level ?? "info"];
   const format = opts.format ?? "json";
@@ -45,7 +47,8 @@ export function createLogger(opts: {
   const emit = (level: LogLevel, msg: string, fields?: LogFields) => {
     if (rank[level] < min) return;
     const ts = new Date().toISOString();
-    write(format === "json" ? jsonLine(level, ts, msg, fields) : textLine(level, ts, msg, fields));
+    const all = opts.base === undefined ? fields : { ...opts.base, ...fields };
+    write(format === "json" ? jsonLine(level, ts, msg, all) : textLine(level, ts, msg, all));
   };
   return {
     enabled: (level) => rank[level] >= min,

@@ -51,6 +51,8 @@ interface Conn {
 export interface ProxyOptions {
   hostname: string;
   port: number;
+  /** SO_REUSEPORT, for worker processes sharing one port. */
+  reusePort: boolean;
   policy: Policy;
   health: MemberHealth;
   connectTimeoutMs: number;
@@ -279,6 +281,8 @@ export function startProxy(opts: ProxyOptions): Proxy {
     hostname: opts.hostname,
     port: opts.port,
     allowHalfOpen: true,
+    // Typed only on Bun.connect's options in bun-types, but honoured by Bun.listen (bun-platform.md §1.3).
+    ...({ reusePort: opts.reusePort } as object),
     socket: {
       ...pipe,
       open(s) {

@@ -16,6 +16,13 @@ export interface Policy {
   readonly name: PolicyName;
   /** The members to try, in order, for one new client connection. Never empty for a non-empty table. */
   candidates(): Member[];
+  /**
+   * The index of the member this policy prefers now (sticky's chosen member), or -1 for policies
+   * without one. Worker processes adopt the primary's so that sticky stays sticky across them.
+   */
+  position(): number;
+  /** Adopts a position decided elsewhere (the primary process). */
+  adopt(position: number): void;
 }
 
 /**
@@ -38,11 +45,16 @@ export function createPolicy(name: PolicyName, members: MemberTable, random: () 
  */
 function sticky(members: MemberTable, random: () => number): Policy {
   let current = Math.floor(random() * members.length);
+  const settle = () => {
+    for (let i = 0; i < members.length && !members[current]!.active; i++) current = (current + 1) % members.length;
+    return current;
+  };
   return {
     name: "sticky",
-    candidates() {
-      for (let i = 0; i < members.length && !members[current]!.active; i++) current = (current + 1) % members.length;
-      return ordered(members, current);
+    candidates: () => ordered(members, settle()),
+    position: settle,
+    adopt(position) {
+      if (position >= 0 && position < members.length) current = position;
     },
   };
 }
@@ -58,6 +70,8 @@ function roundRobin(members: MemberTable): Policy {
       const first = active[next++ % active.length]!;
       return ordered(members, members.indexOf(first));
     },
+    position: () => -1,
+    adopt() {},
   };
 }
 

@@ -10,7 +10,7 @@ describe("defaults are etcd gateway start's", () => {
   test("endpoints 127.0.0.1:2379", () => expect(o.endpoints.map((e) => e.address)).toEqual(["127.0.0.1:2379"]));
   test("retry-delay 1m0s", () => expect(o.retryDelayMs).toBe(60_000));
   test("connect-timeout 1s, drain-timeout 10s", () => expect([o.connectTimeoutMs, o.drainTimeoutMs]).toEqual([1000, 10_000]));
-  test("policy sticky, json logs at info", () => expect([o.policy, o.logFormat, o.logLevel]).toEqual(["sticky", "json", "info"]));
+  test("policy sticky, json logs at info, one process", () => expect([o.policy, o.logFormat, o.logLevel, o.workers]).toEqual(["sticky", "json", "info", 1]));
   test("no discovery", () => expect([o.discoverySrv, o.discoverySrvName, o.insecureDiscovery, o.trustedCaFile]).toEqual([null, null, false, null]));
 });
 
@@ -29,6 +29,8 @@ describe("flag syntax follows pflag", () => {
     { argv: ["--connect-timeout=250ms"], check: (o) => o.connectTimeoutMs, want: 250 },
     { argv: ["--discovery-srv-name=foo"], check: (o) => o.discoverySrvName, want: "foo" },
     { argv: ["--discovery-srv=example.com"], check: (o) => o.discoverySrv, want: "example.com" },
+    { argv: ["--workers=2"], check: (o) => o.workers, want: 2 },
+    { argv: ["--workers", "auto"], check: (o) => o.workers >= 1, want: true },
     { argv: ["--log-format=text", "--log-level=debug"], check: (o) => [o.logFormat, o.logLevel], want: ["text", "debug"] },
   ];
   for (const c of cases) test(c.argv.join(" "), () => expect(c.check(parse(c.argv))).toEqual(c.want));
@@ -56,6 +58,8 @@ describe("bad input is a one-line error naming the flag and the value", () => {
     [["--listen-addr=:23790"], '--listen-addr: missing host in address ":23790"'],
     [["--policy=random"], '--policy: invalid value "random"; expected one of sticky, round-robin'],
     [["--log-level=loud"], '--log-level: invalid value "loud"'],
+    [["--workers=0"], '--workers: invalid worker count "0"; expected 1..64 or auto'],
+    [["--workers=two"], '--workers: invalid worker count "two"'],
     [["--insecure-discovery=maybe"], '--insecure-discovery: invalid boolean "maybe"'],
     [["--discovery-srv=not a domain"], '--discovery-srv: invalid domain "not a domain"'],
     [["--discovery-srv-name=a.b"], '--discovery-srv-name: invalid service name "a.b"'],

@@ -1,0 +1,164 @@
+/**
+ * `--workers N`: N processes accept on one port (SO_REUSEPORT), and one of them, the primary,
+ * decides member state for all. Workers report their dial outcomes to the primary over Bun's IPC
+ * channel and adopt the state it broadcasts (which members are active, sticky's chosen member), so
+ * every worker sends new connections where the others do and probes run only once.
+ *
+ * @module
+ */
+import type { Subprocess } from "bun";
+import type { Member, MemberTable } from "./endpoints.ts";
+import type { MemberHealth } from "./health.ts";
+import type { Logger } from "./log.ts";
+import type { Policy } from "./select.ts";
+
+/** Environment variable that makes a process a worker; its value is the worker number (1..N-1). */
+export const WORKER_ENV = "ETCD_GATEWAY_WORKER";
+
+export type ToPrimary = { t: "hello" } | { t: "ready" } | { t: "failed"; i: number; reason: string } | { t: "ok"; i: number };
+export type MemberState = { t: "state"; active: boolean[]; current: number };
+
+/** This process's worker number, or null for the primary (or a single process). */
+export function workerNumber(): number | null {
+  const v = process.env[WORKER_ENV];
+  return v === undefined || !/^\d+$/.test(v) ? null : Number(v);
+}
+
+/** The state the primary shares with its workers. */
+export function snapshot(members: MemberTable, policy: Policy): MemberState {
+  return { t: "state", active: members.map((m) => m.active), current: policy.position() };
+}
+
+/** Applies the primary's state in a worker. */
+export function adopt(state: MemberState, members: MemberTable, policy: Policy): void {
+  members.forEach((m, i) => {
+    const active = state.active[i];
+    if (active !== undefined) m.active = active;
+  });
+  policy.adopt(state.current);
+}
+
+/**
+ * Member health in a worker: marks a member locally at once (so this worker stops dialling a dead
+ * member before the primary's broadcast arrives) and reports the transition to the primary, which
+ * logs it, probes, and broadcasts the outcome to every worker.
+ */
+export function reportingHealth(members: MemberTable, send: (msg: ToPrimary) => void): MemberHealth {
+  const index = (m: Member) => members.indexOf(m);
+  return {
+    dialFailed(m, reason) {
+      if (!m.active) return;
+      m.active = false;
+      m.reason = reason;
+      send({ t: "failed", i: index(m), reason });
+    },
+    dialSucceeded(m) {
+      m.lastSuccess = performance.now();
+      if (m.active) return;
+      m.active = true;
+      send({ t: "ok", i: index(m) });
+    },
+    stop() {},
+  };
+}
+
+/** The command line that runs this same program again (compiled binary or `bun src/cli.ts`). */
+function selfCommand(): string[] {
+  const script = process.argv[1] ?? "";
+  const args = process.argv.slice(2);
+  return script.startsWith("/$bunfs/") || script === "" ? [process.execPath, ...args] : [process.execPath, script, ...args];
+}
+
+export interface WorkerPool {
+  /** Resolves once every worker has reported it is listening. */
+  readonly ready: Promise<void>;
+  /** Sends the current member state to every worker. */
+  broadcast(state: MemberState): void;
+  /** Forwards `signal` (drain) to every worker; resolves when all have exited, killing stragglers after `graceMs`. */
+  stop(signal: NodeJS.Signals, graceMs: number): Promise<void>;
+}
+
+/**
+ * Starts workers 1..count-1 (the primary is worker 0 and serves too). A worker that dies is
+ * logged and started again after a second.
+ */
+export function startWorkers(opts: {
+  count: number;
+  log: Logger;
+  state: () => MemberState;
+  onReport: (msg: ToPrimary & { t: "failed" | "ok" }) => void;
+}): WorkerPool {
+  const { log } = opts;
+  const procs = new Map<number, Subprocess>();
+  let stopping = false;
+  let pendingReady = opts.count - 1;
+  let resolveReady!: () => void;
+  const ready = new Promise<void>((r) => (resolveReady = r));
+  if (pendingReady === 0) resolveReady();
+
+  const spawn = (k: number, first: boolean) => {
+    const proc = Bun.spawn(selfCommand(), {
+      env: { ...process.env, [WORKER_ENV]: String(k) },
+      stdio: ["ignore", "inherit", "inherit"],
+      serialization: "json",
+      ipc(msg: ToPrimary) {
+        switch (msg.t) {
+          case "hello":
+            proc.send(opts.state());
+            break;
+          case "ready":
+            if (first && --pendingReady === 0) resolveReady();
+            break;
+          default:
+            opts.onReport(msg);
+        }
+      },
+    });
+    procs.set(k, proc);
+    void proc.exited.then((code) => {
+      procs.delete(k);
+      if (stopping) return;
+      log.error("worker exited; starting it again", { worker: k, code, signal: proc.signalCode });
+      setTimeout(() => !stopping && spawn(k, false), 1000);
+    });
+  };
+  for (let k = 1; k < opts.count; k++) spawn(k, true);
+
+  return {
+    ready,
+    broadcast(state) {
+      for (const p of procs.values()) p.send(state);
+    },
+    async stop(signal, graceMs) {
+      stopping = true;
+      const all = [...procs.values()];
+      for (const p of all) p.kill(signal);
+      const timer = setTimeout(() => all.forEach((p) => p.kill("SIGKILL")), graceMs);
+      await Promise.all(all.map((p) => p.exited));
+      clearTimeout(timer);
+    },
+  };
+}
+
+/**
+ * In a worker: says hello to the primary and resolves with the first member state it sends; later
+ * states go to `onState`. `onPrimaryGone` runs if the primary's channel closes.
+ */
+export function joinPrimary(onState: (s: MemberState) => void, onPrimaryGone: () => void): Promise<MemberState> {
+  return new Promise((resolve) => {
+    let first = true;
+    process.on("message", (msg: MemberState) => {
+      if (msg.t !== "state") return;
+      if (first) {
+        first = false;
+        resolve(msg);
+      } else onState(msg);
+    });
+    process.on("disconnect", onPrimaryGone);
+    sendToPrimary({ t: "hello" });
+  });
+}
+
+export function sendToPrimary(msg: ToPrimary): void {
+  process.send?.(msg);
+}
