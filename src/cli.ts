@@ -86,7 +86,7 @@ async function serve(opts: GatewayOptions, log: Logger): Promise<void> {
   if (worker !== null) {
     // A worker: its primary checked the configuration, decides member state, and logs readiness.
     const state = await joinPrimary(
-      (s) => gateway && adopt(s, gateway.members, gateway.policy),
+      (s) => gateway && adopt(s, gateway.members, gateway.policy, gateway.memberDown),
       () => void drain("primary gone"),
     );
     try {

@@ -6,7 +6,9 @@
  */
 import { readFileSync } from "node:fs";
 import { availableParallelism } from "node:os";
-import { parseDuration } from "./duration.ts";
+import { CHECK_KINDS, loadCheckTLS } from "./checks.ts";
+import { formatDuration, parseDuration } from "./duration.ts";
+import type { HealthOptions } from "./health.ts";
 import { parseEndpointList, parseHostPort, type HostPort } from "./endpoints.ts";
 import { LOG_FORMATS, LOG_LEVELS, type LogFormat, type LogLevel } from "./log.ts";
 import { POLICY_NAMES, type PolicyName } from "./select.ts";
@@ -32,6 +34,16 @@ export const START_FLAGS = {
   "connect-timeout": { type: "string", default: "1s", valueHint: "duration", description: "how long one dial to an endpoint may take before the next endpoint is tried" },
   "drain-timeout": { type: "string", default: "10s", valueHint: "duration", description: "on SIGTERM/SIGINT, how long open connections may finish before they are closed" },
   policy: { type: "string", default: "sticky", valueHint: POLICY_NAMES.join("|"), description: "endpoint selection: sticky (one random endpoint until it fails) or round-robin (per connection, like etcd's gateway)" },
+  "health-check": { type: "string", default: "etcd", valueHint: CHECK_KINDS.join("|"), description: "active health check: etcd (/readyz, or /health + status: leader, not a learner, no alarm), health (/health), tcp (connect), none" },
+  "health-interval": { type: "string", default: "2s", valueHint: "duration", description: "time between health checks of a member (jittered; faster while a member changes state)" },
+  "health-timeout": { type: "string", default: "1s", valueHint: "duration", description: "bound on one health check" },
+  "health-rise": { type: "string", default: "2", valueHint: "N", description: "passing checks in a row that bring a down member up" },
+  "health-fall": { type: "string", default: "3", valueHint: "N", description: "failing checks, or failed dials, in a row that take a member down (eject it)" },
+  "health-cacert": { type: "string", valueHint: "path", description: "CA bundle to verify members' TLS certificates in health checks (checks then use https)" },
+  "health-cert": { type: "string", valueHint: "path", description: "client certificate for health checks of members with client-cert auth" },
+  "health-key": { type: "string", valueHint: "path", description: "key of --health-cert" },
+  "close-on-member-down": { type: "boolean", default: true, description: "when a member is marked down, reset the connections to it (if a healthy member exists) so clients reconnect to a healthy one" },
+  "keepalive-time": { type: "string", default: "5s", valueHint: "duration", description: "TCP keepalive idle time on both legs; Bun then probes every 1s, 10 times, so a silent peer is dropped within this + 10s" },
   workers: { type: "string", default: "1", valueHint: "N|auto", description: "processes accepting on the listen address (SO_REUSEPORT); auto = one per core; they share member state" },
   "log-format": { type: "string", default: "json", valueHint: LOG_FORMATS.join("|"), description: "log format on stderr" },
   "log-level": { type: "string", default: "info", valueHint: LOG_LEVELS.join("|"), description: "lowest level logged" },
@@ -58,6 +70,11 @@ export interface GatewayOptions {
   policy: PolicyName;
   /** Processes serving the listen address. @default 1 */
   workers: number;
+  health: HealthOptions;
+  /** @default true */
+  closeOnMemberDown: boolean;
+  /** @default 5000 */
+  keepAliveMs: number;
   logFormat: LogFormat;
   logLevel: LogLevel;
 }
@@ -101,7 +118,7 @@ export function buildOptions(values: FlagValues): GatewayOptions {
   const duration = (flag: StartFlag, min = 0) =>
     check(flag, (t) => {
       const ms = parseDuration(t);
-      if (ms < min) throw new Error(`duration ${JSON.stringify(t)} must be greater than 0`);
+      if (ms < min) throw new Error(`duration ${JSON.stringify(t)} must be ${min <= 1 ? "greater than 0" : `at least ${formatDuration(min)}`}`);
       return ms;
     });
   const optional = (flag: StartFlag): string | null => (values[flag] === undefined ? null : str(flag));
@@ -120,6 +137,18 @@ export function buildOptions(values: FlagValues): GatewayOptions {
     drainTimeoutMs: duration("drain-timeout"),
     policy: oneOf("policy", POLICY_NAMES),
     workers: check("workers", parseWorkers),
+    health: {
+      check: oneOf("health-check", CHECK_KINDS),
+      intervalMs: duration("health-interval", 1),
+      timeoutMs: duration("health-timeout", 1),
+      rise: check("health-rise", count),
+      fall: check("health-fall", count),
+      retryDelayMs: 0, // filled below
+      connectTimeoutMs: 0,
+      tls: null,
+    },
+    closeOnMemberDown: values["close-on-member-down"] !== false,
+    keepAliveMs: duration("keepalive-time", 1000),
     logFormat: oneOf("log-format", LOG_FORMATS),
     logLevel: oneOf("log-level", LOG_LEVELS),
   };
@@ -130,6 +159,19 @@ export function buildOptions(values: FlagValues): GatewayOptions {
     });
   }
   if (opts.trustedCaFile !== null) check("trusted-ca-file", validateCaFile);
+  opts.health.retryDelayMs = opts.retryDelayMs;
+  opts.health.connectTimeoutMs = opts.connectTimeoutMs;
+  const cacert = optional("health-cacert");
+  const cert = optional("health-cert");
+  const key = optional("health-key");
+  if (cacert !== null) check("health-cacert", validateCaFile);
+  if (cert !== null) check("health-cert", (p) => readPem(p, "CERTIFICATE"));
+  if (key !== null) check("health-key", (p) => readPem(p, "PRIVATE KEY"));
+  if ((cert === null) !== (key === null)) {
+    const missing = cert === null ? "health-cert" : "health-key";
+    throw new ConfigError(missing, null, `--health-cert and --health-key go together; --${missing} is missing`);
+  }
+  opts.health.tls = loadCheckTLS({ ca: cacert, cert, key });
   return opts;
 }
 
@@ -151,12 +193,25 @@ function validateDomain(text: string): void {
   if (text.startsWith("[") || text.includes(":")) throw new Error(`invalid domain ${q}`);
 }
 
+function count(text: string): number {
+  if (!/^\d+$/.test(text) || Number(text) < 1 || Number(text) > 100) throw new Error(`invalid count ${JSON.stringify(text)}; expected 1..100`);
+  return Number(text);
+}
+
 function validateCaFile(path: string): void {
+  readPem(path, "CERTIFICATE");
+}
+
+/** Reads a PEM file and checks it holds a block of `kind` ("CERTIFICATE", "PRIVATE KEY"). */
+function readPem(path: string, kind: string): string {
   let pem: string;
   try {
     pem = readFileSync(path, "utf8");
   } catch (e) {
     throw new Error(`cannot read ${JSON.stringify(path)}: ${(e as NodeJS.ErrnoException).code ?? String(e)}`);
   }
-  if (!pem.includes("-----BEGIN CERTIFICATE-----")) throw new Error(`${JSON.stringify(path)} holds no PEM certificate`);
+  if (!new RegExp(`-----BEGIN [A-Z ]*${kind}-----`).test(pem)) {
+    throw new Error(`${JSON.stringify(path)} holds no PEM ${kind === "CERTIFICATE" ? "certificate" : "private key"}`);
+  }
+  return pem;
 }

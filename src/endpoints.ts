@@ -68,18 +68,20 @@ export function formatHostPort(host: string, port: number): string {
  *
  * @example parseEndpoint("https://10.0.0.1:2379") // { host: "10.0.0.1", port: 2379, ... }
  */
-export function parseEndpoint(text: string): HostPort {
+export function parseEndpoint(text: string): HostPort & { tls: boolean } {
   let rest = text.trim();
   const scheme = /^([A-Za-z][A-Za-z0-9+.-]*):\/\//.exec(rest);
+  let tls = false;
   if (scheme) {
     const name = scheme[1]!.toLowerCase();
     if (name !== "http" && name !== "https") {
       throw new Error(`unsupported scheme ${JSON.stringify(name + "://")} in endpoint ${JSON.stringify(text)}`);
     }
+    tls = name === "https";
     rest = rest.slice(scheme[0].length).replace(/\/$/, "");
   }
   if (rest === "") throw new Error(`empty endpoint ${JSON.stringify(text)}`);
-  return parseHostPort(rest);
+  return { ...parseHostPort(rest), tls };
 }
 
 /**
@@ -88,7 +90,7 @@ export function parseEndpoint(text: string): HostPort {
  * @throws {Error} on an empty list or an empty item.
  * @example parseEndpointList(["a:1,b:2", "c:3"]).map((e) => e.address) // ["a:1", "b:2", "c:3"]
  */
-export function parseEndpointList(values: readonly string[]): HostPort[] {
+export function parseEndpointList(values: readonly string[]): (HostPort & { tls: boolean })[] {
   const items = values.flatMap((v) => v.split(","));
   if (items.every((i) => i.trim() === "")) throw new Error("no endpoints given");
   return items.map((item) => {
@@ -97,15 +99,36 @@ export function parseEndpointList(values: readonly string[]): HostPort[] {
   });
 }
 
-/** One etcd member as the gateway sees it. Mutated only by health.ts (state) and select.ts (reads). */
+/**
+ * What the gateway thinks of a member: `up` (usable), `down` (its active health check failed
+ * `--health-fall` times) or `ejected` (`--health-fall` dials in a row failed).
+ */
+export type MemberState = "up" | "down" | "ejected";
+
+/**
+ * One etcd member as the gateway sees it. State is written by health.ts (and, in worker processes,
+ * by the primary's broadcasts); policies in select.ts and the proxy only read it, except the
+ * connection count, which the proxy keeps.
+ */
 export class Member {
-  /** Marked failed after a failed dial; probed every retry delay until a connect succeeds. */
+  /** `state === "up"`, kept as a plain field because every policy reads it per connection. */
   active = true;
+  state: MemberState = "up";
+  /** Why it was last marked down or ejected, or what the last check said. */
+  reason = "";
+  /** Dials (or resets right after connect) that failed in a row; 0 after a successful dial. */
+  failures = 0;
   /** `performance.now()` of the last successful connect, 0 if none yet. */
   lastSuccess = 0;
-  /** Why it was last marked failed. */
-  reason = "";
-  constructor(readonly endpoint: HostPort) {}
+  /** Proxied connections open to this member in this process. */
+  connections = 0;
+  /** The member answered 404 on /readyz (etcd older than 3.5.11): check /health and status instead. */
+  noReadyz = false;
+  /** Given with an `https://` scheme: health checks use TLS. */
+  readonly tls: boolean;
+  constructor(readonly endpoint: HostPort & { tls?: boolean }) {
+    this.tls = endpoint.tls === true;
+  }
   get address(): string {
     return this.endpoint.address;
   }
@@ -114,6 +137,6 @@ export class Member {
 /** Members in `--endpoints` order; order matters for the policies and for logs. */
 export type MemberTable = readonly Member[];
 
-export function createMemberTable(endpoints: readonly HostPort[]): MemberTable {
+export function createMemberTable(endpoints: readonly (HostPort & { tls?: boolean })[]): MemberTable {
   return endpoints.map((e) => new Member(e));
 }

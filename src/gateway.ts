@@ -9,7 +9,7 @@ import { isIP } from "node:net";
 import { networkInterfaces } from "node:os";
 import type { GatewayOptions } from "./config.ts";
 import { ConfigError } from "./config.ts";
-import { createMemberTable, type HostPort, type MemberTable } from "./endpoints.ts";
+import { createMemberTable, type HostPort, type Member, type MemberTable } from "./endpoints.ts";
 import { createMemberHealth, type MemberHealth } from "./health.ts";
 import { errorText, type Logger } from "./log.ts";
 import { startProxy, type Proxy } from "./proxy.ts";
@@ -20,6 +20,8 @@ export interface Gateway {
   readonly policy: Policy;
   readonly health: MemberHealth;
   readonly proxy: Proxy;
+  /** Applies `--close-on-member-down` to `member` (workers call it when the primary says so). */
+  memberDown(member: Member): void;
   /** The bound port (differs from the option when it was 0 in tests). */
   readonly port: number;
   /**
@@ -49,17 +51,29 @@ export interface GatewayRole {
 export async function startGateway(opts: GatewayOptions, log: Logger, role?: GatewayRole): Promise<Gateway> {
   if (role?.health === undefined) await checkSelfLoop(opts.listenAddr, opts.endpoints);
   const members = createMemberTable(opts.endpoints);
+  let proxy: Proxy | undefined;
   const health =
     role?.health?.(members) ??
     createMemberHealth({
       members,
-      retryDelayMs: opts.retryDelayMs,
-      connectTimeoutMs: opts.connectTimeoutMs,
+      health: opts.health,
       log,
-      onChange: role?.onChange,
+      onChange: (m, _from, to) => {
+        if (to !== "up") memberDown(m);
+        role?.onChange?.();
+      },
     });
+  /**
+   * `--close-on-member-down`: reset the connections of a member that went down, so gRPC clients
+   * reconnect through the gateway now instead of after their keepalive; only when a usable member
+   * exists to take them (else they would come straight back to the same member).
+   */
+  const memberDown = (m: Member) => {
+    if (!opts.closeOnMemberDown || proxy === undefined || !members.some((o) => o.active)) return;
+    const closed = proxy.closeMember(m);
+    if (closed > 0) log.warn("closed connections to a member that went down", { address: m.address, state: m.state, connections: closed });
+  };
   const policy = createPolicy(opts.policy, members);
-  let proxy: Proxy;
   try {
     proxy = startProxy({
       hostname: opts.listenAddr.host,
@@ -68,29 +82,33 @@ export async function startGateway(opts: GatewayOptions, log: Logger, role?: Gat
       policy,
       health,
       connectTimeoutMs: opts.connectTimeoutMs,
+      keepAliveMs: opts.keepAliveMs,
       log,
     });
   } catch (e) {
     throw new ConfigError("listen-addr", opts.listenAddr.address, `cannot listen: ${errorText(e)}`);
   }
+  health.start();
+  const started = proxy;
   return {
     members,
     policy,
     health,
-    proxy,
-    port: proxy.listener.port,
+    proxy: started,
+    memberDown,
+    port: started.listener.port,
     async drain(timeoutMs) {
-      proxy.stopAccepting();
+      started.stopAccepting();
       health.stop();
       let timer: Timer | undefined;
       const timedOut = await Promise.race([
-        proxy.idle().then(() => false),
+        started.idle().then(() => false),
         new Promise<boolean>((r) => (timer = setTimeout(() => r(true), timeoutMs))),
       ]);
       clearTimeout(timer);
       if (!timedOut) return 0;
-      const left = proxy.active;
-      proxy.closeAll();
+      const left = started.active;
+      started.closeAll();
       return left;
     },
   };

@@ -1,100 +1,183 @@
 /**
- * Member state: a member is marked failed when a dial to it fails, and probed every retry delay
- * until a bounded TCP connect succeeds (etcd's `--retry-delay` monitor, without its unbounded,
- * piling-up probes).
+ * Member health: active checks (src/checks.ts) with rise/fall hysteresis, and passive signals from
+ * the data path (failed dials, resets right after connect), which eject a member after
+ * `--health-fall` in a row. A member is usable (`up`) when its check passes and it is not ejected.
+ *
+ * Without active checks (`--health-check none`), an ejected member is probed with a bounded TCP
+ * connect every `--retry-delay`, as etcd's gateway does (without its unbounded, piling-up probes).
+ *
+ * Every transition is logged once, with etcd's phrases: `deactivated endpoint` when a member
+ * becomes unusable, `activated` when it is usable again.
  *
  * @module
  */
 import { connect as netConnect } from "node:net";
+import { runCheck, type CheckKind, type CheckTLS } from "./checks.ts";
 import { formatDuration } from "./duration.ts";
-import type { Member, MemberTable } from "./endpoints.ts";
+import type { Member, MemberState, MemberTable } from "./endpoints.ts";
 import type { Logger } from "./log.ts";
 
 export interface MemberHealth {
-  /** A dial to `member` failed: mark it failed (logged once) and schedule its probe. */
+  /** A dial to `member` failed (or was reset right after connect). */
   dialFailed(member: Member, reason: string): void;
-  /** A dial to `member` succeeded: record it, and reactivate the member if it was marked failed. */
+  /** A dial to `member` succeeded. */
   dialSucceeded(member: Member): void;
-  /** Cancels pending probes (at shutdown). */
+  /** Starts the active checks (no-op with `--health-check none`). */
+  start(): void;
+  /** Cancels checks and probes (at shutdown). */
   stop(): void;
 }
 
+export interface HealthOptions {
+  /** @default "etcd" */
+  check: CheckKind;
+  /** @default 2000 */
+  intervalMs: number;
+  /** @default 1000 */
+  timeoutMs: number;
+  /** Passing checks in a row that bring a down member up. @default 2 */
+  rise: number;
+  /** Failing checks (or failed dials) in a row that take a member down (or eject it). @default 3 */
+  fall: number;
+  /** `--retry-delay` (0 means 5m, as in etcd): probe interval of ejected members without active checks. */
+  retryDelayMs: number;
+  /** Bound on one retry probe's connect. */
+  connectTimeoutMs: number;
+  tls: CheckTLS | null;
+}
+
+/** Per-member bookkeeping that only this module needs. */
+interface Track {
+  checkUp: boolean;
+  ejected: boolean;
+  okStreak: number;
+  failStreak: number;
+  timer: Timer | null;
+  probing: boolean;
+}
+
 /**
- * @param retryDelayMs time between probes of a failed member (etcd: `--retry-delay`, 0 means 5m).
- * @param connectTimeoutMs bound on one probe's connect.
+ * @param onChange called after every state change, e.g. to close connections to a member that went
+ * down or to share the state with worker processes.
  */
 export function createMemberHealth(opts: {
   members: MemberTable;
-  retryDelayMs: number;
-  connectTimeoutMs: number;
+  health: HealthOptions;
   log: Logger;
-  /** Called after every change of a member's state (to share it with worker processes). */
-  onChange?: () => void;
+  onChange?: (member: Member, from: MemberState, to: MemberState) => void;
 }): MemberHealth {
-  const { log, connectTimeoutMs } = opts;
+  const { log, health: h } = opts;
+  const active = h.check !== "none";
   // etcd's gateway: "--retry-delay=0" means its internal default of 5 minutes.
-  const intervalMs = opts.retryDelayMs > 0 ? opts.retryDelayMs : 300_000;
-  const interval = formatDuration(intervalMs);
-  const timers = new Map<Member, Timer>();
-  const probing = new Set<Member>();
+  const retryMs = h.retryDelayMs > 0 ? h.retryDelayMs : 300_000;
+  const interval = formatDuration(active ? h.intervalMs : retryMs);
+  // Check faster while a member is between states, as HAProxy's fastinter does.
+  const fastMs = Math.max(Math.min(h.intervalMs / 4, 1000), 100);
+  const tracks = new Map<Member, Track>();
+  const track = (m: Member): Track => {
+    let t = tracks.get(m);
+    if (t === undefined) tracks.set(m, (t = { checkUp: true, ejected: false, okStreak: 0, failStreak: 0, timer: null, probing: false }));
+    return t;
+  };
   let stopped = false;
 
-  const activate = (m: Member) => {
-    m.active = true;
-    m.reason = "";
-    const t = timers.get(m);
-    if (t) clearTimeout(t);
-    timers.delete(m);
-    log.info("activated", { address: m.address });
-    opts.onChange?.();
+  /** Recomputes `m.state` from its track; logs and reports a change. */
+  const settle = (m: Member, reason: string) => {
+    const t = track(m);
+    const to: MemberState = !t.checkUp ? "down" : t.ejected ? "ejected" : "up";
+    const from = m.state;
+    m.reason = reason;
+    if (to === from) return;
+    m.state = to;
+    m.active = to === "up";
+    if (to === "up") log.info("activated", { address: m.address, from, to, reason });
+    else if (from === "up") log.warn("deactivated endpoint", { address: m.address, interval, error: reason, from, to });
+    else log.warn("member state changed", { address: m.address, from, to, reason });
+    opts.onChange?.(m, from, to);
   };
 
-  const schedule = (m: Member) => {
-    if (stopped || timers.has(m) || probing.has(m)) return;
-    timers.set(
-      m,
-      setTimeout(() => void probe(m), intervalMs),
-    );
+  const schedule = (m: Member, ms: number, fn: () => Promise<void>) => {
+    const t = track(m);
+    if (stopped || t.timer !== null) return;
+    t.timer = setTimeout(async () => {
+      t.timer = null;
+      t.probing = true;
+      try {
+        await fn();
+      } finally {
+        t.probing = false;
+      }
+    }, ms);
   };
 
-  // One probe per member at a time: the next is only scheduled once this one has settled.
+  // --- active checks: one loop per member, never overlapping, each bounded by the timeout ---
+  const jitter = (ms: number) => ms * (0.9 + Math.random() * 0.2);
+  const check = async (m: Member) => {
+    const t = track(m);
+    const r = await runCheck(h.check, m, h.timeoutMs, h.tls);
+    if (stopped) return;
+    if (r.ok) {
+      t.failStreak = 0;
+      t.okStreak++;
+      if (!t.checkUp && t.okStreak >= h.rise) t.checkUp = true;
+      if (t.checkUp && t.ejected) {
+        // A passing check re-admits a member that failed dials (it may have restarted meanwhile).
+        t.ejected = false;
+        m.failures = 0;
+      }
+    } else {
+      t.okStreak = 0;
+      t.failStreak++;
+      if (t.checkUp && t.failStreak >= h.fall) t.checkUp = false;
+    }
+    settle(m, r.reason);
+    const transition = (t.checkUp && t.failStreak > 0) || (!t.checkUp && t.okStreak > 0);
+    schedule(m, jitter(transition ? fastMs : h.intervalMs), () => check(m));
+  };
+
+  // --- without active checks: etcd's retry-delay probe of ejected members ---
   const probe = async (m: Member) => {
-    timers.delete(m);
-    probing.add(m);
-    const err = await tcpProbe(m.endpoint.host, m.endpoint.port, connectTimeoutMs);
-    probing.delete(m);
-    if (stopped || m.active) return;
+    const t = track(m);
+    const err = await tcpProbe(m.endpoint.host, m.endpoint.port, h.connectTimeoutMs);
+    if (stopped || !t.ejected) return;
     if (err === null) {
+      t.ejected = false;
+      m.failures = 0;
       m.lastSuccess = performance.now();
-      activate(m);
+      settle(m, "retry probe connected");
       return;
     }
-    m.reason = err;
-    log.warn("failed to activate endpoint (stay inactive for another interval)", {
-      address: m.address,
-      interval,
-      error: err,
-    });
-    schedule(m);
+    log.warn("failed to activate endpoint (stay inactive for another interval)", { address: m.address, interval, error: err });
+    schedule(m, retryMs, () => probe(m));
   };
 
   return {
     dialFailed(m, reason) {
-      if (!m.active) return;
-      m.active = false;
-      m.reason = reason;
-      log.warn("deactivated endpoint", { address: m.address, interval, error: reason });
-      schedule(m);
-      opts.onChange?.();
+      m.failures++;
+      const t = track(m);
+      if (t.ejected || m.failures < h.fall) return;
+      t.ejected = true;
+      settle(m, `${m.failures} failed dials in a row, last: ${reason}`);
+      // A probe still in flight carries on (it sees the member ejected again): one chain per member.
+      if (!active && !t.probing) schedule(m, retryMs, () => probe(m));
     },
     dialSucceeded(m) {
       m.lastSuccess = performance.now();
-      if (!m.active) activate(m);
+      if (m.failures === 0) return;
+      m.failures = 0;
+      const t = track(m);
+      if (!t.ejected) return;
+      t.ejected = false;
+      settle(m, "dial succeeded");
+    },
+    start() {
+      if (!active) return;
+      // Spread the first checks over a short window so members are not all checked at once.
+      for (const m of opts.members) schedule(m, Math.random() * Math.min(h.intervalMs, 200), () => check(m));
     },
     stop() {
       stopped = true;
-      for (const t of timers.values()) clearTimeout(t);
-      timers.clear();
+      for (const t of tracks.values()) if (t.timer !== null) clearTimeout(t.timer);
     },
   };
 }

@@ -14,8 +14,7 @@ import { formatDuration } from "./duration.ts";
 import { errorText, type Logger } from "./log.ts";
 import type { Policy } from "./select.ts";
 
-/** TCP keepalive idle time on both legs, as etcd's gateway (Go's 15 s default). */
-const KEEPALIVE_MS = 15_000;
+const NO_MEMBERS: Member[] = [];
 
 /** One socket of a proxied pair, as `socket.data`. */
 interface Leg {
@@ -32,6 +31,8 @@ interface Leg {
   closed: boolean;
   /** An upstream dial that timed out or was superseded: its socket is closed if it ever opens. */
   abandoned: boolean;
+  /** Bytes arrived from this socket (a reset before any counts against an upstream member). */
+  gotData: boolean;
   conn: Conn;
 }
 
@@ -46,6 +47,8 @@ interface Conn {
   dialTimer: Timer | null;
   /** Client bytes read before an upstream was paired (rare: the client is paused until then). */
   early: Uint8Array[] | null;
+  /** performance.now() when the upstream connected. */
+  pairedAt: number;
 }
 
 export interface ProxyOptions {
@@ -56,6 +59,11 @@ export interface ProxyOptions {
   policy: Policy;
   health: MemberHealth;
   connectTimeoutMs: number;
+  /**
+   * TCP keepalive idle time on both legs. Bun then probes every second, 10 times (TCP_KEEPINTVL=1,
+   * TCP_KEEPCNT=10, not settable), so a silent peer is found within this plus 10 s.
+   */
+  keepAliveMs: number;
   log: Logger;
 }
 
@@ -69,10 +77,12 @@ export interface Proxy {
   idle(): Promise<void>;
   /** Resets every open connection (both legs). */
   closeAll(): void;
+  /** Resets the connections paired with `member`; returns how many. */
+  closeMember(member: Member): number;
 }
 
 function newLeg(conn: Conn): Leg {
-  return { sock: null, peer: null, out: null, finPending: false, readDone: false, writeDone: false, closed: false, abandoned: false, conn };
+  return { sock: null, peer: null, out: null, finPending: false, readDone: false, writeDone: false, closed: false, abandoned: false, gotData: false, conn };
 }
 
 /**
@@ -81,7 +91,7 @@ function newLeg(conn: Conn): Leg {
  * @throws {Error} from Bun.listen (e.g. EADDRINUSE) synchronously.
  */
 export function startProxy(opts: ProxyOptions): Proxy {
-  const { policy, health, connectTimeoutMs, log } = opts;
+  const { policy, health, connectTimeoutMs, keepAliveMs, log } = opts;
   const timeoutText = `connect timeout after ${formatDuration(connectTimeoutMs)}`;
   const conns = new Set<Conn>();
   let idleWaiters: (() => void)[] = [];
@@ -154,6 +164,7 @@ export function startProxy(opts: ProxyOptions): Proxy {
   const pipe: Omit<SocketHandler<Leg>, "open"> = {
     data(s, chunk) {
       const leg = s.data;
+      leg.gotData = true;
       const peer = leg.peer;
       if (peer === null) {
         (leg.conn.early ??= []).push(chunk);
@@ -183,6 +194,13 @@ export function startProxy(opts: ProxyOptions): Proxy {
       leg.closed = true;
       const conn = leg.conn;
       if (leg.abandoned) return;
+      if (leg === conn.up && conn.member !== null) {
+        conn.member.connections--;
+        // A reset before the member said anything, right after connect, counts like a failed dial.
+        if (err !== undefined && !leg.gotData && performance.now() - conn.pairedAt < connectTimeoutMs) {
+          health.dialFailed(conn.member, `reset right after connect: ${errorText(err)}`);
+        }
+      }
       const peer = leg.peer;
       if (peer !== null && !peer.closed && peer.sock !== null) {
         if (err !== undefined) peer.sock.terminate(); // a reset on one side becomes a reset on the other
@@ -209,8 +227,12 @@ export function startProxy(opts: ProxyOptions): Proxy {
       conn.dialing = false;
       clearTimeout(conn.dialTimer!);
       s.setNoDelay(true);
-      s.setKeepAlive(true, KEEPALIVE_MS);
-      health.dialSucceeded(conn.member!);
+      s.setKeepAlive(true, keepAliveMs);
+      const member = conn.member!;
+      member.connections++;
+      conn.pairedAt = performance.now();
+      conn.candidates = NO_MEMBERS; // not needed any more; keep idle connections small
+      health.dialSucceeded(member);
       const client = conn.client;
       if (client.closed) {
         s.terminate();
@@ -287,14 +309,14 @@ export function startProxy(opts: ProxyOptions): Proxy {
       ...pipe,
       open(s) {
         // Trap 7: the listener's `data` option is shared by every socket; give each its own state.
-        const conn: Conn = { client: null!, up: null, member: null, candidates: policy.candidates(), attempt: 0, dialing: true, dialTimer: null, early: null };
+        const conn: Conn = { client: null!, up: null, member: null, candidates: policy.candidates(), attempt: 0, dialing: true, dialTimer: null, early: null, pairedAt: 0 };
         const leg = newLeg(conn);
         conn.client = leg;
         leg.sock = s;
         s.data = leg;
         conns.add(conn);
         s.setNoDelay(true);
-        s.setKeepAlive(true, KEEPALIVE_MS);
+        s.setKeepAlive(true, keepAliveMs);
         // Hold the client's bytes in the kernel until an upstream is connected.
         s.pause();
         dialNext(conn);
@@ -319,6 +341,16 @@ export function startProxy(opts: ProxyOptions): Proxy {
         conn.up?.sock?.terminate();
         conn.client.sock?.terminate();
       }
+    },
+    closeMember(member) {
+      let n = 0;
+      for (const conn of conns) {
+        if (conn.member !== member || conn.up === null || conn.up.sock === null || conn.up.closed) continue;
+        conn.up.sock.terminate();
+        conn.client.sock?.terminate();
+        n++;
+      }
+      return n;
     },
   };
 }

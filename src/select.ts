@@ -9,8 +9,8 @@
  */
 import type { Member, MemberTable } from "./endpoints.ts";
 
-export type PolicyName = "sticky" | "round-robin";
-export const POLICY_NAMES: readonly PolicyName[] = ["sticky", "round-robin"];
+export type PolicyName = "sticky" | "round-robin" | "least-connections" | "ordered";
+export const POLICY_NAMES: readonly PolicyName[] = ["sticky", "round-robin", "least-connections", "ordered"];
 
 export interface Policy {
   readonly name: PolicyName;
@@ -36,17 +36,37 @@ export function createPolicy(name: PolicyName, members: MemberTable, random: () 
       return sticky(members, random);
     case "round-robin":
       return roundRobin(members);
+    case "least-connections":
+      return leastConnections(members, random);
+    case "ordered":
+      return {
+        name: "ordered",
+        candidates: () => ordered(members, 0),
+        position: () => -1,
+        adopt() {},
+      };
   }
 }
 
 /**
- * The seed's policy: one member chosen at random at start takes every connection until it fails;
- * then the next active member in list order takes over, and keeps them until it fails in turn.
+ * The seed's policy: one member chosen at random at start takes every connection until a dial to
+ * it fails (or it is marked down); then the next usable member in list order takes over, and keeps
+ * them until it fails in turn. It does not switch back when the first one recovers.
  */
 function sticky(members: MemberTable, random: () => number): Policy {
   let current = Math.floor(random() * members.length);
+  const good = (m: Member) => m.active && m.failures === 0;
   const settle = () => {
-    for (let i = 0; i < members.length && !members[current]!.active; i++) current = (current + 1) % members.length;
+    if (good(members[current]!)) return current;
+    for (let i = 1; i < members.length; i++) {
+      const j = (current + i) % members.length;
+      if (good(members[j]!)) return (current = j);
+    }
+    // No member without a failed dial: settle for a usable one, if any.
+    for (let i = 0; i < members.length; i++) {
+      const j = (current + i) % members.length;
+      if (members[j]!.active) return (current = j);
+    }
     return current;
   };
   return {
@@ -69,6 +89,31 @@ function roundRobin(members: MemberTable): Policy {
       if (active.length === 0) return ordered(members, 0);
       const first = active[next++ % active.length]!;
       return ordered(members, members.indexOf(first));
+    },
+    position: () => -1,
+    adopt() {},
+  };
+}
+
+/**
+ * Power of two random choices: of two random usable members, the one with fewer open connections
+ * (HAProxy's random(2), Envoy's LEAST_REQUEST); balances long-lived gRPC connections without the
+ * herding of a strict least-connections pick.
+ */
+function leastConnections(members: MemberTable, random: () => number): Policy {
+  return {
+    name: "least-connections",
+    candidates() {
+      const active = members.filter((m) => m.active);
+      if (active.length < 2) return ordered(members, active.length === 1 ? members.indexOf(active[0]!) : 0);
+      // Two distinct indexes, uniformly: j skips over i.
+      const i = Math.floor(random() * active.length);
+      let j = Math.floor(random() * (active.length - 1));
+      if (j >= i) j++;
+      const a = active[i]!;
+      const b = active[j]!;
+      const best = b.connections < a.connections ? b : a;
+      return ordered(members, members.indexOf(best));
     },
     position: () => -1,
     adopt() {},

@@ -7,7 +7,7 @@
  * @module
  */
 import type { Subprocess } from "bun";
-import type { Member, MemberTable } from "./endpoints.ts";
+import type { Member, MemberState, MemberTable } from "./endpoints.ts";
 import type { MemberHealth } from "./health.ts";
 import type { Logger } from "./log.ts";
 import type { Policy } from "./select.ts";
@@ -16,7 +16,7 @@ import type { Policy } from "./select.ts";
 export const WORKER_ENV = "ETCD_GATEWAY_WORKER";
 
 export type ToPrimary = { t: "hello" } | { t: "ready" } | { t: "failed"; i: number; reason: string } | { t: "ok"; i: number };
-export type MemberState = { t: "state"; active: boolean[]; current: number };
+export type SharedState = { t: "state"; states: MemberState[]; current: number };
 
 /** This process's worker number, or null for the primary (or a single process). */
 export function workerNumber(): number | null {
@@ -25,39 +25,43 @@ export function workerNumber(): number | null {
 }
 
 /** The state the primary shares with its workers. */
-export function snapshot(members: MemberTable, policy: Policy): MemberState {
-  return { t: "state", active: members.map((m) => m.active), current: policy.position() };
+export function snapshot(members: MemberTable, policy: Policy): SharedState {
+  return { t: "state", states: members.map((m) => m.state), current: policy.position() };
 }
 
-/** Applies the primary's state in a worker. */
-export function adopt(state: MemberState, members: MemberTable, policy: Policy): void {
+/** Applies the primary's state in a worker; `wentDown` gets each member that stopped being usable. */
+export function adopt(state: SharedState, members: MemberTable, policy: Policy, wentDown: (m: Member) => void = () => {}): void {
   members.forEach((m, i) => {
-    const active = state.active[i];
-    if (active !== undefined) m.active = active;
+    const to = state.states[i];
+    if (to === undefined || to === m.state) return;
+    const was = m.active;
+    m.state = to;
+    m.active = to === "up";
+    if (to === "up") m.failures = 0;
+    if (was && !m.active) wentDown(m);
   });
   policy.adopt(state.current);
 }
 
 /**
- * Member health in a worker: marks a member locally at once (so this worker stops dialling a dead
- * member before the primary's broadcast arrives) and reports the transition to the primary, which
- * logs it, probes, and broadcasts the outcome to every worker.
+ * Member health in a worker: counts failed dials locally at once (so sticky moves on before the
+ * primary's broadcast arrives) and reports each to the primary, which counts them against
+ * `--health-fall`, logs, checks, and broadcasts the outcome to every worker.
  */
 export function reportingHealth(members: MemberTable, send: (msg: ToPrimary) => void): MemberHealth {
   const index = (m: Member) => members.indexOf(m);
   return {
     dialFailed(m, reason) {
-      if (!m.active) return;
-      m.active = false;
-      m.reason = reason;
+      m.failures++;
       send({ t: "failed", i: index(m), reason });
     },
     dialSucceeded(m) {
       m.lastSuccess = performance.now();
-      if (m.active) return;
-      m.active = true;
+      if (m.failures === 0 && m.active) return;
+      m.failures = 0;
       send({ t: "ok", i: index(m) });
     },
+    start() {},
     stop() {},
   };
 }
@@ -73,7 +77,7 @@ export interface WorkerPool {
   /** Resolves once every worker has reported it is listening. */
   readonly ready: Promise<void>;
   /** Sends the current member state to every worker. */
-  broadcast(state: MemberState): void;
+  broadcast(state: SharedState): void;
   /** Forwards `signal` (drain) to every worker; resolves when all have exited, killing stragglers after `graceMs`. */
   stop(signal: NodeJS.Signals, graceMs: number): Promise<void>;
 }
@@ -85,7 +89,7 @@ export interface WorkerPool {
 export function startWorkers(opts: {
   count: number;
   log: Logger;
-  state: () => MemberState;
+  state: () => SharedState;
   onReport: (msg: ToPrimary & { t: "failed" | "ok" }) => void;
 }): WorkerPool {
   const { log } = opts;
@@ -144,10 +148,10 @@ export function startWorkers(opts: {
  * In a worker: says hello to the primary and resolves with the first member state it sends; later
  * states go to `onState`. `onPrimaryGone` runs if the primary's channel closes.
  */
-export function joinPrimary(onState: (s: MemberState) => void, onPrimaryGone: () => void): Promise<MemberState> {
+export function joinPrimary(onState: (s: SharedState) => void, onPrimaryGone: () => void): Promise<SharedState> {
   return new Promise((resolve) => {
     let first = true;
-    process.on("message", (msg: MemberState) => {
+    process.on("message", (msg: SharedState) => {
       if (msg.t !== "state") return;
       if (first) {
         first = false;

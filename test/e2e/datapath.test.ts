@@ -6,9 +6,12 @@ import { afterAll, afterEach, describe, expect, test } from "bun:test";
 import type { Socket as BunSocket } from "bun";
 import { createHash, randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
-import { startGatewayProcess, stopAllGateways } from "../support/gateway.ts";
+import { startGatewayProcess as startGateway, stopAllGateways } from "../support/gateway.ts";
 import { fdCount, freePort, rssKiB, sleep, waitFor } from "../support/net.ts";
 import { dial, echoServer, hashServer, readAll, roundTrip, writeRandom, type Listening } from "../support/peers.ts";
+
+/** These members are plain TCP peers, not etcd: no etcd health check (see health.test.ts for those). */
+const startGatewayProcess = (args: string[], opts?: Parameters<typeof startGateway>[1]) => startGateway(["--health-check=none", ...args], opts);
 
 const MiB = 1 << 20;
 const servers: Listening[] = [];

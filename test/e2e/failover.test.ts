@@ -6,9 +6,12 @@
  */
 import { afterEach, describe, expect, test } from "bun:test";
 import { createServer, type Server } from "node:net";
-import { startGatewayProcess, stopAllGateways } from "../support/gateway.ts";
+import { startGatewayProcess as startGateway, stopAllGateways } from "../support/gateway.ts";
 import { freePort, sleep, waitFor } from "../support/net.ts";
 import { dial, roundTrip } from "../support/peers.ts";
+
+/** These members are plain TCP peers, not etcd: no etcd health check (see health.test.ts for those). */
+const startGatewayProcess = (args: string[], opts?: Parameters<typeof startGateway>[1]) => startGateway(["--health-check=none", ...args], opts);
 
 afterEach(stopAllGateways);
 
@@ -22,7 +25,7 @@ function echoOn(port: number): Promise<Server> {
 const close = (s: Server) => new Promise<void>((r) => s.close(() => r()));
 
 describe("failover", () => {
-  test("sticky sends every connection to one member and moves to another when its dial fails, without the client noticing", async () => {
+  test("sticky sends every connection to one member and moves to another on its first failed dial, without the client noticing", async () => {
     const ports = [freePort(), freePort(), freePort()];
     const servers = await Promise.all(ports.map(echoOn));
     const seen = new Map<number, number>();
@@ -37,9 +40,8 @@ describe("failover", () => {
       for (let i = 0; i < 30; i++) expect(await roundTrip(gw.port, `b${i}`)).toBe(`b${i}`);
       expect(seen.size).toBe(1);
       expect(seen.has(used!)).toBe(false);
-      const record = await gw.waitForLog("deactivated endpoint");
-      expect(record).toMatchObject({ level: "warn", msg: "deactivated endpoint", address: `127.0.0.1:${ports[used!]}`, interval: "1m0s" });
-      expect(typeof record.error).toBe("string");
+      // One failed dial moves sticky on; ejecting the member takes --health-fall (3) of them.
+      expect(gw.lines.some((l) => l.includes("deactivated endpoint"))).toBe(false);
     } finally {
       await Promise.all(servers.map((s) => close(s).catch(() => {})));
     }
@@ -65,7 +67,7 @@ describe("failover", () => {
     const up = await echoOn(upPort);
     let back: Server | undefined;
     try {
-      const gw = await startGatewayProcess([`--endpoints=127.0.0.1:${down},127.0.0.1:${upPort}`, "--policy=round-robin", "--retry-delay=300ms"]);
+      const gw = await startGatewayProcess([`--endpoints=127.0.0.1:${down},127.0.0.1:${upPort}`, "--policy=round-robin", "--retry-delay=300ms", "--health-fall=1"]);
       for (let i = 0; i < 4; i++) expect(await roundTrip(gw.port, "x")).toBe("x");
       await gw.waitForLog("deactivated endpoint");
       const failedProbe = await gw.waitForLog("failed to activate endpoint (stay inactive for another interval)", 3000);
@@ -88,7 +90,7 @@ describe("failover", () => {
     const port = freePort();
     let server = await echoOn(port);
     try {
-      const gw = await startGatewayProcess([`--endpoints=127.0.0.1:${port}`, "--retry-delay=1h"]);
+      const gw = await startGatewayProcess([`--endpoints=127.0.0.1:${port}`, "--retry-delay=1h", "--health-fall=1"]);
       expect(await roundTrip(gw.port, "x")).toBe("x");
       await close(server);
       await expect(roundTrip(gw.port, "y")).rejects.toThrow();
@@ -103,6 +105,41 @@ describe("failover", () => {
   });
 });
 
+describe("passive ejection", () => {
+  test("a member is ejected after --health-fall failed dials in a row, logged once with etcd's phrase", async () => {
+    const refusing = freePort();
+    const upPort = freePort();
+    const up = await echoOn(upPort);
+    try {
+      const gw = await startGatewayProcess([`--endpoints=127.0.0.1:${refusing},127.0.0.1:${upPort}`, "--policy=round-robin"]);
+      for (let i = 0; i < 4; i++) expect(await roundTrip(gw.port, "x")).toBe("x");
+      expect(gw.lines.some((l) => l.includes("deactivated endpoint"))).toBe(false); // 2 failed dials so far
+      for (let i = 0; i < 4; i++) expect(await roundTrip(gw.port, "x")).toBe("x");
+      const record = await gw.waitForLog("deactivated endpoint");
+      expect(record).toMatchObject({ level: "warn", address: `127.0.0.1:${refusing}`, interval: "1m0s", from: "up", to: "ejected" });
+      expect(String(record.error)).toMatch(/^3 failed dials in a row, last: .*ECONNREFUSED/);
+      for (let i = 0; i < 10; i++) expect(await roundTrip(gw.port, "x")).toBe("x");
+      expect(gw.lines.filter((l) => l.includes("deactivated endpoint"))).toHaveLength(1);
+    } finally {
+      await close(up);
+    }
+  });
+
+  test("--health-fall=1 gives etcd's behaviour: deactivated on the first failed dial", async () => {
+    const refusing = freePort();
+    const upPort = freePort();
+    const up = await echoOn(upPort);
+    try {
+      const gw = await startGatewayProcess([`--endpoints=127.0.0.1:${refusing},127.0.0.1:${upPort}`, "--policy=round-robin", "--health-fall=1"]);
+      expect(await roundTrip(gw.port, "x")).toBe("x");
+      expect(await roundTrip(gw.port, "x")).toBe("x");
+      expect(await gw.waitForLog("deactivated endpoint")).toMatchObject({ address: `127.0.0.1:${refusing}` });
+    } finally {
+      await close(up);
+    }
+  });
+});
+
 describe("logging", () => {
   test("--log-format=text writes readable lines with etcd's phrases", async () => {
     const gw = await startGatewayProcess(["--endpoints=127.0.0.1:2379", "--log-format=text"]);
@@ -110,7 +147,7 @@ describe("logging", () => {
   });
   test("--log-level=warn hides info lines", async () => {
     const port = freePort();
-    const gw = await startGatewayProcess([`--endpoints=127.0.0.1:${port}`, "--log-level=warn"], { waitReady: false });
+    const gw = await startGatewayProcess([`--endpoints=127.0.0.1:${port}`, "--log-level=warn", "--health-fall=1"], { waitReady: false });
     const client = await waitFor("the listener", () => dial(gw.port), 5000);
     client.write("x");
     await gw.waitForLog("deactivated endpoint");

@@ -4,9 +4,12 @@
  */
 import { afterEach, describe, expect, test } from "bun:test";
 import { createServer, type Server, type Socket } from "node:net";
-import { startGatewayProcess, stopAllGateways } from "../support/gateway.ts";
+import { startGatewayProcess as startGateway, stopAllGateways } from "../support/gateway.ts";
 import { fdCount, freePort, sleep, waitFor } from "../support/net.ts";
 import { dial, roundTrip } from "../support/peers.ts";
+
+/** These members are plain TCP peers, not etcd: no etcd health check (see health.test.ts for those). */
+const startGatewayProcess = (args: string[], opts?: Parameters<typeof startGateway>[1]) => startGateway(["--health-check=none", ...args], opts);
 
 afterEach(stopAllGateways);
 
@@ -43,7 +46,7 @@ describe("--workers", () => {
     const servers = await Promise.all(ports.map((p, i) => echoOn(p, () => counts[i]!++)));
     const held: Socket[] = [];
     try {
-      const gw = await startGatewayProcess([`--endpoints=${ports.map((p) => `127.0.0.1:${p}`).join(",")}`, "--workers=2"]);
+      const gw = await startGatewayProcess([`--endpoints=${ports.map((p) => `127.0.0.1:${p}`).join(",")}`, "--workers=2", "--health-fall=1"]);
       const workers = children(gw.proc.pid);
       expect(workers).toHaveLength(1);
       const before = [gw.proc.pid, ...workers].map(fdCount);

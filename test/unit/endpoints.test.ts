@@ -2,20 +2,20 @@ import { describe, expect, test } from "bun:test";
 import { parseEndpoint, parseEndpointList, parseHostPort } from "../../src/endpoints.ts";
 
 describe("parseEndpoint", () => {
-  const ok: [string, string, number, string][] = [
-    ["127.0.0.1:2379", "127.0.0.1", 2379, "127.0.0.1:2379"],
-    ["http://10.0.0.1:2379", "10.0.0.1", 2379, "10.0.0.1:2379"],
-    ["https://10.0.0.1:2379", "10.0.0.1", 2379, "10.0.0.1:2379"],
-    ["HTTPS://10.0.0.1:2379/", "10.0.0.1", 2379, "10.0.0.1:2379"],
-    ["[::1]:2379", "::1", 2379, "[::1]:2379"],
-    ["https://[fc00::ccf0]:2379", "fc00::ccf0", 2379, "[fc00::ccf0]:2379"],
-    ["infra0.example.com:2379", "infra0.example.com", 2379, "infra0.example.com:2379"],
-    ["infra0.example.com.:2379", "infra0.example.com.", 2379, "infra0.example.com.:2379"],
-    ["localhost:1", "localhost", 1, "localhost:1"],
-    ["  127.0.0.1:65535 ", "127.0.0.1", 65535, "127.0.0.1:65535"],
+  const ok: [string, string, number, string, boolean][] = [
+    ["127.0.0.1:2379", "127.0.0.1", 2379, "127.0.0.1:2379", false],
+    ["http://10.0.0.1:2379", "10.0.0.1", 2379, "10.0.0.1:2379", false],
+    ["https://10.0.0.1:2379", "10.0.0.1", 2379, "10.0.0.1:2379", true],
+    ["HTTPS://10.0.0.1:2379/", "10.0.0.1", 2379, "10.0.0.1:2379", true],
+    ["[::1]:2379", "::1", 2379, "[::1]:2379", false],
+    ["https://[fc00::ccf0]:2379", "fc00::ccf0", 2379, "[fc00::ccf0]:2379", true],
+    ["infra0.example.com:2379", "infra0.example.com", 2379, "infra0.example.com:2379", false],
+    ["infra0.example.com.:2379", "infra0.example.com.", 2379, "infra0.example.com.:2379", false],
+    ["localhost:1", "localhost", 1, "localhost:1", false],
+    ["  127.0.0.1:65535 ", "127.0.0.1", 65535, "127.0.0.1:65535", false],
   ];
-  for (const [input, host, port, address] of ok) {
-    test(`${JSON.stringify(input)} is ${address}`, () => expect(parseEndpoint(input)).toEqual({ host, port, address }));
+  for (const [input, host, port, address, tls] of ok) {
+    test(`${JSON.stringify(input)} is ${address}${tls ? " (TLS)" : ""}`, () => expect(parseEndpoint(input)).toEqual({ host, port, address, tls }));
   }
   const bad: [string, RegExp][] = [
     ["127.0.0.1", /missing port in address "127.0.0.1"/],

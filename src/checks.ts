@@ -1,0 +1,88 @@
+/**
+ * Active health checks of one member, each bounded by a timeout. They judge what etcd's gateway
+ * cannot see: a member that accepts TCP but has no leader, is a learner, has an alarm, or hangs.
+ *
+ * @module
+ */
+import { readFileSync } from "node:fs";
+import type { Member } from "./endpoints.ts";
+import { tcpProbe } from "./health.ts";
+import { errorText } from "./log.ts";
+
+export type CheckKind = "etcd" | "health" | "tcp" | "none";
+export const CHECK_KINDS: readonly CheckKind[] = ["etcd", "health", "tcp", "none"];
+
+export interface CheckTLS {
+  ca?: string;
+  cert?: string;
+  key?: string;
+}
+
+export interface CheckResult {
+  ok: boolean;
+  /** Why it failed (or what passed), in a few words for the log. */
+  reason: string;
+}
+
+/** Reads the PEM files of the check TLS options once (they are re-read on restart). */
+export function loadCheckTLS(files: { ca: string | null; cert: string | null; key: string | null }): CheckTLS | null {
+  if (files.ca === null && files.cert === null && files.key === null) return null;
+  const read = (p: string | null) => (p === null ? undefined : readFileSync(p, "utf8"));
+  return { ca: read(files.ca), cert: read(files.cert), key: read(files.key) };
+}
+
+/**
+ * Runs one check of `kind` against `member`; never throws, never outlives `timeoutMs`.
+ *
+ * - `etcd`: `GET /readyz` (etcd 3.5.11+); where it answers 404 (etcd ≤ 3.5.10, Debian's 3.4),
+ *   `GET /health` must say `"health":"true"` and `POST /v3/maintenance/status` must show a leader,
+ *   no learner and no alarm. The 404 is remembered per member.
+ * - `health`: `GET /health` alone. `tcp`: a connect.
+ */
+export async function runCheck(kind: CheckKind, member: Member, timeoutMs: number, tls: CheckTLS | null): Promise<CheckResult> {
+  const { host, port } = member.endpoint;
+  if (kind === "tcp" || kind === "none") {
+    const err = await tcpProbe(host, port, timeoutMs);
+    return err === null ? { ok: true, reason: "connected" } : { ok: false, reason: err };
+  }
+  const scheme = tls !== null || member.tls ? "https" : "http";
+  const base = `${scheme}://${member.endpoint.address}`;
+  const signal = AbortSignal.timeout(timeoutMs);
+  const init = { signal, tls: tls ?? undefined, keepalive: false, headers: { connection: "close" } };
+  try {
+    if (kind === "etcd" && !member.noReadyz) {
+      const r = await fetch(`${base}/readyz`, init);
+      const body = await r.text();
+      if (r.status !== 404) return r.ok ? { ok: true, reason: "readyz ok" } : { ok: false, reason: `readyz ${r.status}: ${oneLine(body)}` };
+      member.noReadyz = true;
+    }
+    const h = await fetch(`${base}/health`, init);
+    const health = await h.text();
+    if (!h.ok || !/"health"\s*:\s*"true"/.test(health)) return { ok: false, reason: `health ${h.status}: ${oneLine(health)}` };
+    if (kind === "health") return { ok: true, reason: "health ok" };
+    const s = await fetch(`${base}/v3/maintenance/status`, { ...init, method: "POST", body: "{}", headers: { ...init.headers, "content-type": "application/json" } });
+    if (!s.ok) return { ok: false, reason: `status ${s.status}: ${oneLine(await s.text())}` };
+    return judgeStatus((await s.json()) as MaintenanceStatus);
+  } catch (e) {
+    return { ok: false, reason: signal.aborted ? `check timeout after ${timeoutMs}ms` : errorText(e) };
+  }
+}
+
+interface MaintenanceStatus {
+  leader?: string;
+  isLearner?: boolean;
+  errors?: string[];
+}
+
+/** etcd's JSON status (IDs are strings): a leader is known, not a learner, no alarm. */
+export function judgeStatus(s: MaintenanceStatus): CheckResult {
+  if (s.leader === undefined || s.leader === "0") return { ok: false, reason: "no leader" };
+  if (s.isLearner === true) return { ok: false, reason: "member is a learner" };
+  if (s.errors !== undefined && s.errors.length > 0) return { ok: false, reason: `errors: ${s.errors.join("; ")}` };
+  return { ok: true, reason: "health and status ok" };
+}
+
+function oneLine(text: string): string {
+  const t = text.replace(/\s+/g, " ").trim();
+  return t.length > 120 ? `${t.slice(0, 117)}...` : t;
+}
