@@ -4,6 +4,11 @@
  * and an `etcdctl` runner. Members log to a file in their own dir, never to our stderr, so a test
  * runner is not kept waiting on a pipe a member holds open.
  *
+ * With `tls`, members serve their client URLs over https (optionally requiring client certificates)
+ * while peer traffic stays plain http on loopback: a gateway only ever sees client URLs, and plain
+ * peers keep the cluster's start and its failure modes independent of the certificates under test.
+ * `addLearner` grows the cluster by a non-voting member (etcd 3.4 allows one learner at a time).
+ *
  * @module
  */
 import type { Subprocess } from "bun";
@@ -16,8 +21,9 @@ export interface ClusterMember {
   name: string;
   clientPort: number;
   peerPort: number;
-  /** `http://127.0.0.1:<clientPort>` */
+  /** `http://127.0.0.1:<clientPort>`, or `https://` when the cluster was started with `tls`. */
   clientURL: string;
+  /** Always plain `http://127.0.0.1:<peerPort>`, TLS or not. */
   peerURL: string;
   /** `127.0.0.1:<clientPort>`, the form `--endpoints` takes. */
   endpoint: string;
@@ -27,14 +33,21 @@ export interface ClusterMember {
   /** The current process (replaced by `restart`). */
   proc: Subprocess<"ignore", number, number>;
   pid: number;
+  /** True for a member added by `Cluster.addLearner` (a learner until someone promotes it). */
+  learner?: boolean;
 }
 
 export interface Cluster {
   /** The root dir holding one dir per member. */
   readonly dir: string;
   readonly members: ClusterMember[];
-  /** Every member's client address, comma separated: `127.0.0.1:p0,127.0.0.1:p1,...` */
+  /**
+   * The client addresses of the members `startCluster` started, comma separated:
+   * `127.0.0.1:p0,127.0.0.1:p1,...`. Learners added later are not in it: they refuse most requests.
+   */
   readonly endpoints: string;
+  /** The credentials this launcher presents to the members (`tls.ca` plus its client pair), or undefined for plain http. */
+  readonly clientTLS: ClientTLS | undefined;
   /** Sends `signal` to member `i` and waits for it to exit. @default signal "SIGKILL" */
   kill(i: number, signal?: NodeJS.Signals): Promise<void>;
   /** Starts member `i` again on its ports and data dir (`--initial-cluster-state existing`) and waits until it is healthy. */
@@ -49,8 +62,46 @@ export interface Cluster {
   indexOfId(id: string): Promise<number>;
   /** Whether member `i`'s process is running. */
   isRunning(i: number): boolean;
+  /**
+   * Runs `etcdctl` against this cluster: `opts.endpoints` default to `endpoints`, and the TLS options
+   * to `clientTLS`. Never throws for a failing command.
+   */
+  etcdctl(args: string[], opts?: EtcdctlOptions): Promise<EtcdctlResult>;
+  /**
+   * Adds a learner (`etcdctl member add mN --learner`) on fresh ports, starts it with
+   * `--initial-cluster-state existing`, and resolves with its index in `members` once it answers
+   * its status request as a learner. `restart` and `stop` handle it like any member. On a cluster
+   * younger than 5 s this waits: etcd refuses membership changes until its members have been
+   * connected that long. `timeoutMs` bounds the whole and defaults to the cluster's start bound.
+   *
+   * @throws when etcd refuses (3.4 allows one learner at a time) or the learner does not come up; it is then removed again.
+   */
+  addLearner(timeoutMs?: number): Promise<number>;
   /** Kills every member, waits for them, and removes the dirs this cluster created. */
   stop(): Promise<void>;
+}
+
+/** The certificates of a cluster whose members serve their client URLs over https. */
+export interface ClusterTLS {
+  /** The members' certificate (`--cert-file`). It needs clientAuth usage too: etcd 3.4 presents it to its own gRPC server. */
+  cert: string;
+  /** Its key (`--key-file`). */
+  key: string;
+  /** The CA members trust for client certificates (`--trusted-ca-file`) and the launcher trusts for theirs. */
+  ca: string;
+  /** `--client-cert-auth`: members refuse clients without a certificate signed by `ca`. @default false */
+  clientCertAuth?: boolean;
+  /** The certificate the launcher and `Cluster.etcdctl` present. @default cert */
+  clientCert?: string;
+  /** Its key. @default key */
+  clientKey?: string;
+}
+
+/** What a client presents to a TLS member: the CA it trusts, and its own certificate pair when members ask for one. */
+export interface ClientTLS {
+  ca: string;
+  cert?: string;
+  key?: string;
 }
 
 export interface ClusterOptions {
@@ -60,6 +111,8 @@ export interface ClusterOptions {
   dir?: string;
   /** Bound on the start, health included. @default 20_000 */
   timeoutMs?: number;
+  /** Serve client URLs over https with these certificates. @default undefined (plain http) */
+  tls?: ClusterTLS;
 }
 
 /** Options of one `etcdctl` run. */
@@ -72,6 +125,12 @@ export interface EtcdctlOptions {
   commandTimeout?: string;
   /** The process is killed after this long (and the result has code null). @default 10_000 */
   timeoutMs?: number;
+  /** `--cacert`: with it etcdctl speaks TLS even to scheme-less endpoints. */
+  cacert?: string;
+  /** `--cert`, the client certificate. */
+  cert?: string;
+  /** `--key`, its key. */
+  key?: string;
 }
 
 export interface EtcdctlResult {
@@ -105,6 +164,9 @@ export async function etcdctl(args: string[], opts: EtcdctlOptions = {}): Promis
     ...(opts.endpoints ? [`--endpoints=${opts.endpoints}`] : []),
     `--dial-timeout=${opts.dialTimeout ?? "2s"}`,
     `--command-timeout=${opts.commandTimeout ?? "5s"}`,
+    ...(opts.cacert ? [`--cacert=${opts.cacert}`] : []),
+    ...(opts.cert ? [`--cert=${opts.cert}`] : []),
+    ...(opts.key ? [`--key=${opts.key}`] : []),
     ...args,
   ];
   const proc = Bun.spawn(cmd, { stdin: "ignore", stdout: "pipe", stderr: "pipe", env: { ...process.env, ETCDCTL_API: "3" } });
@@ -136,39 +198,57 @@ function tail(path: string, lines = 20): string {
   return readFileSync(path, "utf8").trimEnd().split("\n").slice(-lines).join("\n");
 }
 
-interface MemberStatus {
+/** What `memberStatus` reads from a member's maintenance status. */
+export interface MemberStatus {
+  /** The answering member's ID, decimal. */
   memberId: string;
+  /** The leader's ID as that member sees it, decimal; "0" when it knows none. */
   leader: string;
+  /** Whether the answering member is a learner. */
+  isLearner: boolean;
+}
+
+/** The origin and fetch options for a member on `127.0.0.1:port`: https with `tls`, plain http without. */
+function memberRequest(port: number, tls: ClientTLS | undefined): { origin: string; init: BunFetchRequestInit } {
+  // No pooled connection left behind: it would pin a member (or a gateway's client slot) open.
+  const init: BunFetchRequestInit = { headers: { connection: "close" } };
+  if (tls === undefined) return { origin: `http://127.0.0.1:${port}`, init };
+  init.tls = {
+    ca: Bun.file(tls.ca),
+    ...(tls.cert !== undefined ? { cert: Bun.file(tls.cert) } : {}),
+    ...(tls.key !== undefined ? { key: Bun.file(tls.key) } : {}),
+  };
+  return { origin: `https://127.0.0.1:${port}`, init };
 }
 
 /**
  * The maintenance status of the etcd member reachable at `127.0.0.1:port` (a member or a gateway in
  * front of one), over etcd's JSON gateway: it encodes 64-bit IDs as decimal strings, so nothing is
- * rounded. Null when it does not answer within `timeoutMs`.
+ * rounded. Over https when `tls` is given (its cert and key are presented when set). Null when it
+ * does not answer within `timeoutMs`, TLS failures included.
+ *
+ * @example const s = await memberStatus(m.clientPort, 2000, { ca, cert, key }); s?.isLearner
  */
-export async function memberStatus(port: number, timeoutMs = 2000): Promise<MemberStatus | null> {
+export async function memberStatus(port: number, timeoutMs = 2000, tls?: ClientTLS): Promise<MemberStatus | null> {
+  const { origin, init } = memberRequest(port, tls);
   try {
-    const res = await fetch(`http://127.0.0.1:${port}/v3/maintenance/status`, {
-      method: "POST",
-      body: "{}",
-      // No pooled connection left behind: it would pin a member (or a gateway's client slot) open.
-      headers: { connection: "close" },
-      signal: AbortSignal.timeout(timeoutMs),
-    });
+    const res = await fetch(`${origin}/v3/maintenance/status`, { ...init, method: "POST", body: "{}", signal: AbortSignal.timeout(timeoutMs) });
     if (!res.ok) return null;
-    const body = (await res.json()) as { header?: { member_id?: string }; leader?: string };
+    // The JSON gateway leaves out fields at their zero value: no isLearner means false.
+    const body = (await res.json()) as { header?: { member_id?: string }; leader?: string; isLearner?: boolean };
     const memberId = body.header?.member_id;
     if (memberId === undefined) return null;
-    return { memberId, leader: body.leader ?? "0" };
+    return { memberId, leader: body.leader ?? "0", isLearner: body.isLearner === true };
   } catch {
     return null;
   }
 }
 
 /** Whether `127.0.0.1:port/health` says `"health":"true"` within `timeoutMs`. */
-async function healthy(port: number, timeoutMs = 1000): Promise<boolean> {
+async function healthy(port: number, tls: ClientTLS | undefined, timeoutMs = 1000): Promise<boolean> {
+  const { origin, init } = memberRequest(port, tls);
   try {
-    const res = await fetch(`http://127.0.0.1:${port}/health`, { headers: { connection: "close" }, signal: AbortSignal.timeout(timeoutMs) });
+    const res = await fetch(`${origin}/health`, { ...init, signal: AbortSignal.timeout(timeoutMs) });
     const body = (await res.json()) as { health?: string };
     return body.health === "true";
   } catch {
@@ -186,9 +266,11 @@ function decimalId(id: string): string {
 /**
  * Starts a `size`-member etcd cluster on 127.0.0.1 and resolves once every member is healthy.
  * Elections are fast (50 ms heartbeat, 500 ms election timeout) so failover tests stay short.
+ * With `tls`, client URLs are https and every request of the launcher presents `clientTLS`.
  *
  * @throws when a member exits or the cluster is not healthy within `timeoutMs`, with the log tails.
  * @example const cluster = await startCluster(); try { ... } finally { await cluster.stop(); }
+ * @example await startCluster({ size: 3, tls: { cert: certs.server, key: certs.serverKey, ca: certs.ca, clientCertAuth: true } })
  */
 export async function startCluster(opts: ClusterOptions = {}): Promise<Cluster> {
   const size = opts.size ?? 3;
@@ -199,7 +281,7 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<Cluster> 
   // A port taken by someone else between freePorts() and etcd's bind makes a member exit: try anew.
   for (let attempt = 1; ; attempt++) {
     try {
-      return await startOnce(size, root, ownRoot, timeoutMs);
+      return await startOnce(size, root, ownRoot, timeoutMs, opts.tls);
     } catch (e) {
       const portTaken = e instanceof MemberExited && /address already in use/.test(e.message);
       if (attempt >= 3 || !portTaken) {
@@ -212,13 +294,41 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<Cluster> 
 
 class MemberExited extends Error {}
 
-async function startOnce(size: number, root: string, ownRoot: boolean, timeoutMs: number): Promise<Cluster> {
+/** etcdctl's TLS flags for `tls`. */
+function etcdctlTLS(tls: ClientTLS | undefined): Pick<EtcdctlOptions, "cacert" | "cert" | "key"> {
+  return tls === undefined ? {} : { cacert: tls.ca, cert: tls.cert, key: tls.key };
+}
+
+async function startOnce(size: number, root: string, ownRoot: boolean, timeoutMs: number, tls: ClusterTLS | undefined): Promise<Cluster> {
   const etcd = which("etcd");
   const token = `etcd-gateway-cluster-${process.pid}-${Date.now()}-${Math.random().toString(36).slice(2, 8)}`;
   const ports = freePorts(size * 2);
   const members: ClusterMember[] = [];
   const initialCluster = Array.from({ length: size }, (_, i) => `m${i}=http://127.0.0.1:${ports[2 * i + 1]!}`).join(",");
+  // A learner joins with the membership etcd printed when it was added, which names the learner too.
+  const initialClusterOf = new Map<string, string>();
   const ids = new Map<number, string>();
+  const scheme = tls === undefined ? "http" : "https";
+  const clientTLS: ClientTLS | undefined = tls && { ca: tls.ca, cert: tls.clientCert ?? tls.cert, key: tls.clientKey ?? tls.key };
+  const tlsFlags =
+    tls === undefined ? [] : [`--cert-file=${tls.cert}`, `--key-file=${tls.key}`, `--trusted-ca-file=${tls.ca}`, ...(tls.clientCertAuth ? ["--client-cert-auth"] : [])];
+
+  /** A fresh dir and the addresses of member `m<i>`. */
+  const newMember = (i: number, clientPort: number, peerPort: number): Omit<ClusterMember, "proc" | "pid"> => {
+    const dir = join(root, `m${i}`);
+    rmSync(dir, { recursive: true, force: true });
+    mkdirSync(dir, { recursive: true });
+    return {
+      name: `m${i}`,
+      clientPort,
+      peerPort,
+      clientURL: `${scheme}://127.0.0.1:${clientPort}`,
+      peerURL: `http://127.0.0.1:${peerPort}`,
+      endpoint: `127.0.0.1:${clientPort}`,
+      dir,
+      logFile: join(dir, "etcd.log"),
+    };
+  };
 
   const spawnMember = (m: Omit<ClusterMember, "proc" | "pid">, state: "new" | "existing") => {
     const log = openSync(m.logFile, "a");
@@ -230,9 +340,10 @@ async function startOnce(size: number, root: string, ownRoot: boolean, timeoutMs
       `--advertise-client-urls=${m.clientURL}`,
       `--listen-peer-urls=${m.peerURL}`,
       `--initial-advertise-peer-urls=${m.peerURL}`,
-      `--initial-cluster=${initialCluster}`,
+      `--initial-cluster=${initialClusterOf.get(m.name) ?? initialCluster}`,
       `--initial-cluster-state=${state}`,
       `--initial-cluster-token=${token}`,
+      ...tlsFlags,
       "--heartbeat-interval=50",
       "--election-timeout=500",
       "--logger=zap",
@@ -250,28 +361,14 @@ async function startOnce(size: number, root: string, ownRoot: boolean, timeoutMs
   };
 
   for (let i = 0; i < size; i++) {
-    const clientPort = ports[2 * i]!;
-    const peerPort = ports[2 * i + 1]!;
-    const dir = join(root, `m${i}`);
-    rmSync(dir, { recursive: true, force: true });
-    mkdirSync(dir, { recursive: true });
-    const base = {
-      name: `m${i}`,
-      clientPort,
-      peerPort,
-      clientURL: `http://127.0.0.1:${clientPort}`,
-      peerURL: `http://127.0.0.1:${peerPort}`,
-      endpoint: `127.0.0.1:${clientPort}`,
-      dir,
-      logFile: join(dir, "etcd.log"),
-    };
+    const base = newMember(i, ports[2 * i]!, ports[2 * i + 1]!);
     const proc = spawnMember(base, "new");
     members.push({ ...base, proc, pid: proc.pid });
   }
 
   const member = (i: number): ClusterMember => {
     const m = members[i];
-    if (m === undefined) throw new Error(`no member ${i} in a ${size}-member cluster`);
+    if (m === undefined) throw new Error(`no member ${i} in a ${members.length}-member cluster`);
     return m;
   };
   const isRunning = (i: number) => {
@@ -279,6 +376,7 @@ async function startOnce(size: number, root: string, ownRoot: boolean, timeoutMs
     return p.exitCode === null && p.signalCode === null;
   };
   const running = () => members.map((_, i) => i).filter(isRunning);
+  const exited = (m: ClusterMember) => new MemberExited(`etcd member ${m.name} exited (${m.proc.exitCode ?? m.proc.signalCode}); log ${m.logFile}:\n${tail(m.logFile)}`);
 
   const waitHealthy = async (i?: number, waitMs = timeoutMs) => {
     const which = i === undefined ? running() : [i];
@@ -286,10 +384,8 @@ async function startOnce(size: number, root: string, ownRoot: boolean, timeoutMs
     for (const j of which) {
       const m = member(j);
       for (;;) {
-        if (!isRunning(j)) {
-          throw new MemberExited(`etcd member ${m.name} exited (${m.proc.exitCode ?? m.proc.signalCode}); log ${m.logFile}:\n${tail(m.logFile)}`);
-        }
-        if (await healthy(m.clientPort)) break;
+        if (!isRunning(j)) throw exited(m);
+        if (await healthy(m.clientPort, clientTLS)) break;
         if (performance.now() > deadline) {
           throw new Error(`etcd member ${m.name} (${m.clientURL}) not healthy after ${waitMs} ms; log ${m.logFile}:\n${tail(m.logFile)}`);
         }
@@ -301,7 +397,7 @@ async function startOnce(size: number, root: string, ownRoot: boolean, timeoutMs
   const memberIdOf = async (i: number): Promise<string> => {
     const known = ids.get(i);
     if (known !== undefined) return known;
-    const s = await memberStatus(member(i).clientPort);
+    const s = await memberStatus(member(i).clientPort, 2000, clientTLS);
     if (s === null) throw new Error(`etcd member ${member(i).name} did not answer its status request`);
     ids.set(i, s.memberId);
     return s.memberId;
@@ -311,6 +407,7 @@ async function startOnce(size: number, root: string, ownRoot: boolean, timeoutMs
     dir: root,
     members,
     endpoints: members.map((m) => m.endpoint).join(","),
+    clientTLS,
     async kill(i, signal = "SIGKILL") {
       const p = member(i).proc;
       if (isRunning(i)) p.kill(signal);
@@ -329,7 +426,7 @@ async function startOnce(size: number, root: string, ownRoot: boolean, timeoutMs
       for (const j of running()) await memberIdOf(j);
       const deadline = performance.now() + waitMs;
       for (;;) {
-        const views = await Promise.all(running().map((j) => memberStatus(member(j).clientPort)));
+        const views = await Promise.all(running().map((j) => memberStatus(member(j).clientPort, 2000, clientTLS)));
         const leaders = new Set(views.map((v) => v?.leader ?? "0"));
         const [leader] = leaders;
         if (leaders.size === 1 && leader !== undefined && leader !== "0") {
@@ -343,13 +440,64 @@ async function startOnce(size: number, root: string, ownRoot: boolean, timeoutMs
     memberIdOf,
     async indexOfId(id) {
       const dec = decimalId(id);
-      for (let j = 0; j < size; j++) {
+      for (let j = 0; j < members.length; j++) {
         const known = ids.get(j) ?? (isRunning(j) ? await memberIdOf(j).catch(() => undefined) : undefined);
         if (known === dec) return j;
       }
       return -1;
     },
     isRunning,
+    etcdctl: (args, opts = {}) => etcdctl(args, { endpoints: cluster.endpoints, ...etcdctlTLS(clientTLS), ...opts }),
+    async addLearner(waitMs = timeoutMs) {
+      const [clientPort, peerPort] = freePorts(2) as [number, number];
+      const index = members.length;
+      const base = newMember(index, clientPort, peerPort);
+      // Ask the running voters: a learner (an earlier one) would refuse the membership change.
+      const voters = members.filter((m, j) => m.learner !== true && isRunning(j)).map((m) => m.endpoint).join(",");
+      const deadline = performance.now() + waitMs;
+      let add: EtcdctlResult;
+      for (;;) {
+        add = await cluster.etcdctl(["member", "add", base.name, "--learner", `--peer-urls=${base.peerURL}`], { endpoints: voters });
+        // etcd's strict reconfig check refuses membership changes until the member asked has been
+        // connected to every voter for 5 s (etcdserver HealthInterval): a fresh cluster must wait.
+        if (add.code === 0 || !/unhealthy cluster/.test(add.stderr) || performance.now() > deadline) break;
+        await sleep(250);
+      }
+      // etcdctl pads the hex ID to 16 columns with spaces: "Member  5da5f470b6e37c8 added".
+      const hexId = /Member\s+([0-9a-f]+)\s+added/.exec(add.stdout)?.[1];
+      const joined = /ETCD_INITIAL_CLUSTER="([^"]+)"/.exec(add.stdout)?.[1];
+      if (add.code !== 0 || hexId === undefined || joined === undefined) {
+        rmSync(base.dir, { recursive: true, force: true });
+        throw new Error(`etcdctl member add ${base.name} --learner failed (${add.code}): ${add.stderr.trim() || add.stdout.trim()}`);
+      }
+      initialClusterOf.set(base.name, joined);
+      const proc = spawnMember(base, "existing");
+      const m: ClusterMember = { ...base, proc, pid: proc.pid, learner: true };
+      members.push(m);
+      // etcdctl prints IDs in hex; an all-digit hex ID would fool decimalId, so convert here.
+      ids.set(index, BigInt(`0x${hexId}`).toString(10));
+
+      try {
+        // Ready once it answers as a learner and has heard from a leader, so it is in the raft group.
+        for (;;) {
+          if (!isRunning(index)) throw exited(m);
+          const s = await memberStatus(clientPort, 1000, clientTLS);
+          if (s?.isLearner === true && s.leader !== "0") break;
+          if (performance.now() > deadline) throw new Error(`etcd learner ${m.name} (${m.clientURL}) not up after ${waitMs} ms; log ${m.logFile}:\n${tail(m.logFile)}`);
+          await sleep(100);
+        }
+      } catch (e) {
+        proc.kill("SIGKILL");
+        await proc.exited;
+        members.splice(members.indexOf(m), 1);
+        ids.delete(index);
+        initialClusterOf.delete(base.name);
+        await cluster.etcdctl(["member", "remove", hexId], { endpoints: voters });
+        rmSync(base.dir, { recursive: true, force: true });
+        throw e;
+      }
+      return index;
+    },
     async stop() {
       await Promise.all(members.map((m) => {
         m.proc.kill("SIGKILL");

@@ -58,10 +58,64 @@ describe("round-robin", () => {
 });
 
 test("every policy returns every member exactly once", () => {
-  for (const name of ["sticky", "round-robin"] as const) {
+  for (const name of ["sticky", "round-robin", "least-connections", "ordered"] as const) {
     const ms = table();
     ms[2]!.active = false;
     const got = createPolicy(name, ms).candidates();
     expect(new Set(got).size).toBe(3);
   }
+});
+
+describe("least-connections", () => {
+  test("balances long-lived connections: 3000 held connections end up within 5% of even", () => {
+    const ms = table();
+    const p = createPolicy("least-connections", ms);
+    for (let i = 0; i < 3000; i++) p.candidates()[0]!.connections++;
+    for (const m of ms) expect(Math.abs(m.connections - 1000)).toBeLessThan(50);
+  });
+  test("prefers the member with fewer connections of the two it draws", () => {
+    const ms = table();
+    ms[0]!.connections = 10;
+    ms[1]!.connections = 0;
+    ms[2]!.connections = 10;
+    // Draws a then b (random 0, then 0 -> index 1 after skipping 0).
+    const p = createPolicy("least-connections", ms, () => 0);
+    expect(p.candidates()[0]!.address[0]).toBe("b");
+  });
+  test("never picks a member that is not usable while another is", () => {
+    const ms = table();
+    ms[0]!.active = false;
+    ms[2]!.active = false;
+    const p = createPolicy("least-connections", ms);
+    for (let i = 0; i < 100; i++) expect(p.candidates()[0]!.address[0]).toBe("b");
+  });
+});
+
+describe("ordered", () => {
+  test("always prefers the first usable member in list order", () => {
+    const ms = table();
+    const p = createPolicy("ordered", ms);
+    expect(names(p.candidates())).toBe("abc");
+    ms[0]!.active = false;
+    expect(names(p.candidates())).toBe("bca");
+    ms[0]!.active = true;
+    expect(names(p.candidates())).toBe("abc");
+  });
+});
+
+describe("sticky and failed dials", () => {
+  test("moves on after one failed dial even before the member is ejected", () => {
+    const ms = table();
+    const p = createPolicy("sticky", ms, () => 0);
+    ms[0]!.failures = 1;
+    expect(p.candidates()[0]!.address[0]).toBe("b");
+    ms[0]!.failures = 0;
+    expect(p.candidates()[0]!.address[0]).toBe("b");
+  });
+  test("adopts a position decided by the primary process", () => {
+    const p = createPolicy("sticky", table(), () => 0);
+    p.adopt(2);
+    expect(p.position()).toBe(2);
+    expect(p.candidates()[0]!.address[0]).toBe("c");
+  });
 });
