@@ -48,6 +48,8 @@ export interface HealthOptions {
 
 /** Per-member bookkeeping that only this module needs. */
 interface Track {
+  /** The first check decides at once (no fall/rise): a learner or dead member is out within one check. */
+  checked: boolean;
   checkUp: boolean;
   ejected: boolean;
   okStreak: number;
@@ -76,7 +78,7 @@ export function createMemberHealth(opts: {
   const tracks = new Map<Member, Track>();
   const track = (m: Member): Track => {
     let t = tracks.get(m);
-    if (t === undefined) tracks.set(m, (t = { checkUp: true, ejected: false, okStreak: 0, failStreak: 0, timer: null, probing: false }));
+    if (t === undefined) tracks.set(m, (t = { checked: false, checkUp: true, ejected: false, okStreak: 0, failStreak: 0, timer: null, probing: false }));
     return t;
   };
   let stopped = false;
@@ -116,6 +118,10 @@ export function createMemberHealth(opts: {
     const t = track(m);
     const r = await runCheck(h.check, m, h.timeoutMs, h.tls);
     if (stopped) return;
+    if (!t.checked) {
+      t.checked = true;
+      if (!r.ok) t.checkUp = false;
+    }
     if (r.ok) {
       t.failStreak = 0;
       t.okStreak++;

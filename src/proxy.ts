@@ -229,7 +229,6 @@ export function startProxy(opts: ProxyOptions): Proxy {
       s.setNoDelay(true);
       s.setKeepAlive(true, keepAliveMs);
       const member = conn.member!;
-      member.connections++;
       conn.pairedAt = performance.now();
       conn.candidates = NO_MEMBERS; // not needed any more; keep idle connections small
       health.dialSucceeded(member);
@@ -264,11 +263,14 @@ export function startProxy(opts: ProxyOptions): Proxy {
     }
     conn.dialing = true;
     conn.member = member;
+    // Counted from the dial on, so least-connections sees a burst of new connections as it happens.
+    member.connections++;
     const leg = newLeg(conn);
     conn.up = leg;
     const failed = (reason: string) => {
       if (leg.abandoned) return;
       leg.abandoned = true;
+      member.connections--;
       clearTimeout(conn.dialTimer!);
       health.dialFailed(member, reason);
       dialNext(conn);

@@ -10,6 +10,7 @@ import { connect } from "node:net";
 import { etcdctl, startCluster, which, type Cluster } from "../../scripts/lib/cluster.ts";
 import { startBlackhole, type Blackhole } from "../support/blackhole.ts";
 import { startGatewayProcess, stopAllGateways, type GatewayProcess } from "../support/gateway.ts";
+import { memberBehind, viaGateway } from "../support/etcd.ts";
 import { freePort, sleep, waitFor } from "../support/net.ts";
 
 let cluster: Cluster;
@@ -30,22 +31,7 @@ afterAll(async () => {
   await cluster?.stop();
 });
 
-/** `etcdctl` through the gateway at `port`, with the short timeouts failover tests want. */
-function viaGateway(gw: GatewayProcess, args: string[]) {
-  return etcdctl(args, { endpoints: `127.0.0.1:${gw.port}`, dialTimeout: "2s", commandTimeout: "3s" });
-}
-
-/** The index of the member the (sticky) gateway sends its connections to, asked through the gateway. */
-async function gatewayMember(gw: GatewayProcess): Promise<number> {
-  const r = await viaGateway(gw, ["endpoint", "status", "-w", "json"]);
-  expect(r.code, `endpoint status through the gateway: ${r.stderr}`).toBe(0);
-  // etcdctl prints IDs as bare JSON numbers above 2^53: read the digits, never JSON.parse them.
-  const id = /"member_id":(\d+)/.exec(r.stdout)?.[1];
-  if (id === undefined) throw new Error(`no member_id in ${r.stdout}`);
-  const i = await cluster.indexOfId(id);
-  if (i < 0) throw new Error(`member ID ${id} reported through the gateway is not one of the cluster's`);
-  return i;
-}
+const gatewayMember = (gw: GatewayProcess) => memberBehind(cluster, gw);
 
 /**
  * Makes sure member `i` is not the leader (moves leadership to another member when it is), so

@@ -1,0 +1,241 @@
+/**
+ * Health checks against real etcd members (Debian's 3.4, which has no /readyz, so the `etcd` check
+ * combines /health with maintenance status): quorum loss, a stopped member, a learner, TLS members
+ * with client-cert auth, and how each policy spreads connections over real members.
+ */
+import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test";
+import { mkdtempSync, rmSync } from "node:fs";
+import { connect, type Socket } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { startCluster, type Cluster } from "../../scripts/lib/cluster.ts";
+import { makeCerts, type Certs } from "../support/certs.ts";
+import { memberBehind, viaGateway } from "../support/etcd.ts";
+import { startGatewayProcess, stopAllGateways, type GatewayProcess } from "../support/gateway.ts";
+import { sleep, waitFor } from "../support/net.ts";
+
+/** Fast checks keep the tests short: down within 3 × 500 ms, up within 2 × 500 ms (plus the check timeouts). */
+const FAST = ["--health-interval=500ms", "--health-timeout=400ms"];
+
+const records = (gw: GatewayProcess, msg: string, address?: string) =>
+  gw.records().filter((r) => r.msg === msg && (address === undefined || r.address === address));
+
+/** Sends one HTTP request over `s` (kept alive) and resolves to the reply head and body. */
+function httpOver(s: Socket, request: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    let reply = "";
+    const onData = (c: Buffer) => {
+      reply += c.toString();
+      const headEnd = reply.indexOf("\r\n\r\n");
+      const length = /content-length: *(\d+)/i.exec(reply.slice(0, Math.max(headEnd, 0)))?.[1];
+      if (headEnd >= 0 && length !== undefined && reply.length >= headEnd + 4 + Number(length)) {
+        s.off("data", onData);
+        resolve(reply);
+      }
+    };
+    s.on("data", onData);
+    s.once("error", reject);
+    s.write(request);
+  });
+}
+
+const STATUS = 'POST /v3/maintenance/status HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}';
+
+describe("against a plain 3-member cluster", () => {
+  let cluster: Cluster;
+  beforeAll(async () => {
+    cluster = await startCluster({ size: 3 });
+  }, 30_000);
+  afterEach(async () => {
+    await stopAllGateways();
+    for (let i = 0; i < cluster.members.length; i++) {
+      if (cluster.isRunning(i)) process.kill(cluster.members[i]!.pid, "SIGCONT");
+      else await cluster.restart(i);
+    }
+    await cluster.waitHealthy();
+  }, 30_000);
+  afterAll(async () => {
+    await stopAllGateways();
+    await cluster?.stop();
+  });
+
+  test("with 2 of 3 members stopped, the survivor is marked down within fall × interval, the gateway fails open, and all come back up after rise checks", async () => {
+    const put = await cluster.etcdctl(["put", "health/quorum", "kept"]);
+    expect(put.code, put.stderr).toBe(0);
+    const gw = await startGatewayProcess([`--endpoints=${cluster.endpoints}`, ...FAST]);
+    const survivor = cluster.members[0]!.endpoint;
+    await sleep(1000); // every member has passed its first check
+    expect(records(gw, "deactivated endpoint")).toHaveLength(0);
+    const t0 = performance.now();
+    await Promise.all([cluster.kill(1), cluster.kill(2)]);
+    const down = await waitFor("the survivor marked down", () => records(gw, "deactivated endpoint", survivor)[0], 8000, 50);
+    const tookMs = performance.now() - t0;
+    console.log(`survivor marked down ${tookMs.toFixed(0)} ms after losing quorum: ${String(down.error)}`);
+    expect(down).toMatchObject({ level: "warn", from: "up", to: "down" });
+    // etcd needs an election timeout (500 ms here) to notice it has no leader; then 3 checks at the fast interval.
+    expect(tookMs).toBeLessThan(3 * 500 + 500 + 2000);
+    // Fail open: nothing is usable, the gateway still forwards to the best candidate.
+    const serializable = await viaGateway(gw, ["get", "health/quorum", "--print-value-only", "--consistency=s"]);
+    expect(serializable.code, serializable.stderr).toBe(0);
+    expect(serializable.stdout.trim()).toBe("kept");
+    // ...and clients see etcd's own verdict, not a bare reset.
+    const s = await new Promise<Socket>((r) => {
+      const c = connect({ host: "127.0.0.1", port: gw.port }, () => r(c));
+    });
+    expect(await httpOver(s, "GET /health HTTP/1.1\r\nHost: x\r\n\r\n")).toContain('"health":"false"');
+    s.destroy();
+    await Promise.all([cluster.restart(1), cluster.restart(2)]);
+    for (const m of cluster.members) await waitFor(`${m.endpoint} up`, () => records(gw, "activated", m.endpoint).length > 0 || !records(gw, "deactivated endpoint", m.endpoint).length, 15_000, 100);
+    await waitFor("the survivor activated", () => records(gw, "activated", survivor)[0], 15_000, 100);
+    expect(gw.proc.exitCode).toBeNull();
+  });
+
+  test("a stopped (SIGSTOP) member in use is marked down, its connections are reset, new clients go elsewhere; SIGCONT brings it back", async () => {
+    const gw = await startGatewayProcess([`--endpoints=${cluster.endpoints}`, ...FAST]);
+    const victim = await memberBehind(cluster, gw);
+    const address = cluster.members[victim]!.endpoint;
+    // A client connection through the gateway, kept open, to the victim.
+    const held = await new Promise<Socket>((r) => {
+      const c = connect({ host: "127.0.0.1", port: gw.port }, () => r(c));
+    });
+    expect(await httpOver(held, STATUS)).toContain("200 OK");
+    const heldClosed = new Promise<string>((r) => {
+      held.once("error", (e: NodeJS.ErrnoException) => r(e.code ?? e.message));
+      held.once("close", () => r("closed"));
+    });
+    process.kill(cluster.members[victim]!.pid, "SIGSTOP");
+    const down = await waitFor("the stopped member marked down", () => records(gw, "deactivated endpoint", address)[0], 8000, 50);
+    expect(down).toMatchObject({ to: "down" });
+    expect(String(down.error)).toMatch(/timeout/);
+    // Reset by the gateway (Bun's node:net reports an idle socket's RST as a plain close).
+    expect(["ECONNRESET", "closed"]).toContain(await heldClosed);
+    expect(records(gw, "closed connections to a member that went down", address)[0]).toMatchObject({ connections: 1 });
+    for (let n = 0; n < 5; n++) {
+      const r = await viaGateway(gw, ["get", "health/any", "--consistency=s"]);
+      expect(r.code, r.stderr).toBe(0);
+    }
+    expect(await memberBehind(cluster, gw)).not.toBe(victim);
+    process.kill(cluster.members[victim]!.pid, "SIGCONT");
+    const up = await waitFor("the member activated after SIGCONT", () => records(gw, "activated", address)[0], 8000, 50);
+    expect(up).toMatchObject({ from: "down", to: "up" });
+  });
+
+  describe("policies spread long-lived connections over real members as promised", () => {
+    const held: Socket[] = [];
+    afterEach(() => {
+      for (const s of held.splice(0)) s.destroy();
+    });
+    /** Established connections from the gateway to each member, read from the kernel (ss). */
+    const perMember = () =>
+      cluster.members.slice(0, 3).map((m) => {
+        const out = Bun.spawnSync(["ss", "-Htn", "state", "established", `( dport = :${m.clientPort} )`]).stdout.toString().trim();
+        return out === "" ? 0 : out.split("\n").length;
+      });
+    const cases: [string, (counts: number[]) => void][] = [
+      ["sticky", (c) => expect(c.filter((n) => n > 0)).toEqual([300])],
+      ["round-robin", (c) => expect(c).toEqual([100, 100, 100])],
+      ["least-connections", (c) => c.forEach((n) => expect(Math.abs(n - 100)).toBeLessThanOrEqual(30))],
+      ["ordered", (c) => expect(c).toEqual([300, 0, 0])],
+    ];
+    for (const [policy, promise] of cases) {
+      test(policy, async () => {
+        const gw = await startGatewayProcess([`--endpoints=${cluster.endpoints}`, `--policy=${policy}`]);
+        const before = perMember();
+        for (let i = 0; i < 300; i++) {
+          held.push(
+            await new Promise<Socket>((r, j) => {
+              const c = connect({ host: "127.0.0.1", port: gw.port }, () => r(c));
+              c.once("error", j);
+            }),
+          );
+        }
+        const counts = await waitFor("300 connections established to members", () => {
+          const now = perMember().map((n, i) => n - before[i]!);
+          return now.reduce((a, b) => a + b, 0) >= 300 ? now : undefined;
+        }, 5000);
+        console.log(`${policy}: ${counts.join("/")}`);
+        promise(counts);
+      });
+    }
+  });
+  test("a learner is marked down under the etcd check and gets no clients", async () => {
+    // Last in this group: the learner stays a member of the cluster until the file ends.
+    const learner = await cluster.addLearner();
+    {
+      const address = cluster.members[learner]!.endpoint;
+      const endpoints = [...cluster.members.map((m) => m.endpoint)].join(",");
+      const gw = await startGatewayProcess([`--endpoints=${endpoints}`, "--policy=round-robin", ...FAST]);
+      const down = await waitFor("the learner marked down", () => records(gw, "deactivated endpoint", address)[0], 5000, 50);
+      expect(String(down.error)).toContain("learner");
+      const learnerId = await cluster.memberIdOf(learner);
+      for (let n = 0; n < 12; n++) {
+        const s = await new Promise<Socket>((r) => {
+          const c = connect({ host: "127.0.0.1", port: gw.port }, () => r(c));
+        });
+        const reply = await httpOver(s, STATUS);
+        s.destroy();
+        expect(reply).toContain("200 OK");
+        expect(reply).not.toContain(`"member_id":"${learnerId}"`);
+      }
+    }
+  });
+});
+
+describe("against a TLS cluster with client-cert auth", () => {
+  let cluster: Cluster;
+  let certs: Certs;
+  let dir: string;
+  beforeAll(async () => {
+    dir = mkdtempSync(join(tmpdir(), "etcd-gateway-health-tls-"));
+    certs = await makeCerts(dir);
+    cluster = await startCluster({
+      size: 3,
+      tls: { cert: certs.server, key: certs.serverKey, ca: certs.ca, clientCertAuth: true, clientCert: certs.client, clientKey: certs.clientKey },
+    });
+  }, 30_000);
+  afterEach(stopAllGateways);
+  afterAll(async () => {
+    await stopAllGateways();
+    await cluster?.stop();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  test("members are checked with --health-cert/--health-key and judged up; etcdctl with its own certificate works through the gateway", async () => {
+    const gw = await startGatewayProcess([
+      `--endpoints=${cluster.endpoints}`,
+      `--health-cacert=${certs.ca}`,
+      `--health-cert=${certs.client}`,
+      `--health-key=${certs.clientKey}`,
+      ...FAST,
+    ]);
+    await sleep(1500);
+    expect(records(gw, "deactivated endpoint")).toEqual([]);
+    const tls = { ca: certs.ca, cert: certs.client, key: certs.clientKey };
+    const put = await viaGateway(gw, ["put", "tls/key", "secret"], tls);
+    expect(put.code, put.stderr).toBe(0);
+    const get = await viaGateway(gw, ["get", "tls/key", "--print-value-only"], tls);
+    expect(get.stdout.trim()).toBe("secret");
+  });
+
+  test("with the wrong CA every member is judged down with a reason naming the certificate problem", async () => {
+    const gw = await startGatewayProcess([
+      `--endpoints=${cluster.endpoints}`,
+      `--health-cacert=${certs.otherCa}`,
+      `--health-cert=${certs.client}`,
+      `--health-key=${certs.clientKey}`,
+      ...FAST,
+    ]);
+    for (const m of cluster.members) {
+      const down = await waitFor(`${m.endpoint} down`, () => records(gw, "deactivated endpoint", m.endpoint)[0], 5000, 50);
+      console.log(`wrong CA: ${String(down.error)}`);
+      expect(String(down.error)).toMatch(/certificate|verify|issuer|self.signed/i);
+    }
+  });
+
+  test("without a client certificate the members are judged down with a TLS reason", async () => {
+    const gw = await startGatewayProcess([`--endpoints=${cluster.endpoints}`, `--health-cacert=${certs.ca}`, ...FAST]);
+    const down = await waitFor("a member down", () => records(gw, "deactivated endpoint")[0], 5000, 50);
+    console.log(`no client cert: ${String(down.error)}`);
+    expect(String(down.error)).toMatch(/handshake|certificate|EPROTO|alert/i);
+  });
+});

@@ -1,0 +1,25 @@
+/** Helpers for tests that put the gateway in front of a real etcd cluster (scripts/lib/cluster.ts). */
+import { etcdctl, type ClientTLS, type Cluster } from "../../scripts/lib/cluster.ts";
+import type { GatewayProcess } from "./gateway.ts";
+
+/** `etcdctl` through the gateway, with the short timeouts failover tests want. */
+export function viaGateway(gw: GatewayProcess, args: string[], tls?: ClientTLS) {
+  return etcdctl(args, {
+    endpoints: `127.0.0.1:${gw.port}`,
+    dialTimeout: "2s",
+    commandTimeout: "3s",
+    ...(tls ? { cacert: tls.ca, cert: tls.cert, key: tls.key } : {}),
+  });
+}
+
+/** The index of the member that answers a new connection through the gateway (sticky: the one it uses). */
+export async function memberBehind(cluster: Cluster, gw: GatewayProcess, tls?: ClientTLS): Promise<number> {
+  const r = await viaGateway(gw, ["endpoint", "status", "-w", "json"], tls);
+  if (r.code !== 0) throw new Error(`endpoint status through the gateway failed: ${r.stderr}`);
+  // etcdctl prints IDs as bare JSON numbers above 2^53: read the digits, never JSON.parse them.
+  const id = /"member_id":(\d+)/.exec(r.stdout)?.[1];
+  if (id === undefined) throw new Error(`no member_id in ${r.stdout}`);
+  const i = await cluster.indexOfId(id);
+  if (i < 0) throw new Error(`member ID ${id} reported through the gateway is not one of the cluster's`);
+  return i;
+}
