@@ -47,8 +47,14 @@ interface Conn {
   dialTimer: Timer | null;
   /** Client bytes read before an upstream was paired (rare: the client is paused until then). */
   early: Uint8Array[] | null;
-  /** performance.now() when the upstream connected. */
+  /** performance.now() when the upstream connected; 0 once the early-end window is over. */
   pairedAt: number;
+  /**
+   * The member had failed dials before this connect: its success is only reported once it proves
+   * itself (sends a byte, or the connection ends normally), so a member that accepts and resets at
+   * once keeps counting failures instead of being reset to zero by every accept.
+   */
+  probation: boolean;
 }
 
 export interface ProxyOptions {
@@ -161,10 +167,33 @@ export function startProxy(opts: ProxyOptions): Proxy {
     if (leg.readDone && leg.writeDone && !leg.closed) leg.sock!.end();
   };
 
+  /**
+   * A member that ends a connection before saying anything, within the connect timeout of
+   * accepting it, and before the client ended its side, is as broken as one that refuses: it counts
+   * like a failed dial (once per connection).
+   */
+  const countEarlyEnd = (up: Leg, reason: string) => {
+    const conn = up.conn;
+    const member = conn.member;
+    if (member === null || conn.pairedAt === 0) return;
+    const early = !up.gotData && !conn.client.readDone && performance.now() - conn.pairedAt < connectTimeoutMs;
+    conn.pairedAt = 0; // once
+    if (early) health.dialFailed(member, reason);
+    else if (conn.probation) proven(conn);
+  };
+
+  const proven = (conn: Conn) => {
+    conn.probation = false;
+    health.dialSucceeded(conn.member!);
+  };
+
   const pipe: Omit<SocketHandler<Leg>, "open"> = {
     data(s, chunk) {
       const leg = s.data;
-      leg.gotData = true;
+      if (!leg.gotData) {
+        leg.gotData = true;
+        if (leg.conn.probation && leg === leg.conn.up) proven(leg.conn);
+      }
       const peer = leg.peer;
       if (peer === null) {
         (leg.conn.early ??= []).push(chunk);
@@ -185,6 +214,7 @@ export function startProxy(opts: ProxyOptions): Proxy {
     end(s) {
       const leg = s.data;
       leg.readDone = true;
+      if (leg === leg.conn.up) countEarlyEnd(leg, "closed right after connect");
       if (leg.peer !== null) forwardFin(leg.peer);
       closeIfDone(leg);
     },
@@ -196,10 +226,7 @@ export function startProxy(opts: ProxyOptions): Proxy {
       if (leg.abandoned) return;
       if (leg === conn.up && conn.member !== null) {
         conn.member.connections--;
-        // A reset before the member said anything, right after connect, counts like a failed dial.
-        if (err !== undefined && !leg.gotData && performance.now() - conn.pairedAt < connectTimeoutMs) {
-          health.dialFailed(conn.member, `reset right after connect: ${errorText(err)}`);
-        }
+        countEarlyEnd(leg, err === undefined ? "closed right after connect" : `reset right after connect: ${errorText(err)}`);
       }
       const peer = leg.peer;
       if (peer !== null && !peer.closed && peer.sock !== null) {
@@ -231,7 +258,8 @@ export function startProxy(opts: ProxyOptions): Proxy {
       const member = conn.member!;
       conn.pairedAt = performance.now();
       conn.candidates = NO_MEMBERS; // not needed any more; keep idle connections small
-      health.dialSucceeded(member);
+      if (member.failures === 0 && member.active) health.dialSucceeded(member);
+      else conn.probation = true;
       const client = conn.client;
       if (client.closed) {
         s.terminate();
@@ -311,7 +339,7 @@ export function startProxy(opts: ProxyOptions): Proxy {
       ...pipe,
       open(s) {
         // Trap 7: the listener's `data` option is shared by every socket; give each its own state.
-        const conn: Conn = { client: null!, up: null, member: null, candidates: policy.candidates(), attempt: 0, dialing: true, dialTimer: null, early: null, pairedAt: 0 };
+        const conn: Conn = { client: null!, up: null, member: null, candidates: policy.candidates(), attempt: 0, dialing: true, dialTimer: null, early: null, pairedAt: 0, probation: false };
         const leg = newLeg(conn);
         conn.client = leg;
         leg.sock = s;

@@ -229,6 +229,11 @@ describe("lifecycle", () => {
     const echo = keep(await echoServer());
     const gw = await startGatewayProcess([`--endpoints=127.0.0.1:${echo.port}`, "--drain-timeout=500ms"]);
     const s = await dial(gw.port);
+    // One echoed byte proves the gateway has accepted and paired the connection before the signal.
+    await new Promise<void>((r) => {
+      s.once("data", () => r());
+      s.write("x");
+    });
     const result = readAll(s);
     const t0 = performance.now();
     gw.proc.kill("SIGTERM");

@@ -125,6 +125,24 @@ describe("passive ejection", () => {
     }
   });
 
+  test("a member that closes connections right after accepting them is ejected like one that refuses", async () => {
+    const resetting = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { open: (s) => s.terminate(), data() {} } });
+    const upPort = freePort();
+    const up = await echoOn(upPort);
+    try {
+      const gw = await startGatewayProcess([`--endpoints=127.0.0.1:${resetting.port},127.0.0.1:${upPort}`, "--policy=round-robin"]);
+      for (let i = 0; i < 12; i++) await roundTrip(gw.port, "x").catch(() => "");
+      const record = await gw.waitForLog("deactivated endpoint");
+      expect(record).toMatchObject({ address: `127.0.0.1:${resetting.port}`, to: "ejected" });
+      expect(String(record.error)).toMatch(/(reset|closed) right after connect/);
+      // Once ejected, every connection goes to the working member.
+      for (let i = 0; i < 10; i++) expect(await roundTrip(gw.port, `y${i}`)).toBe(`y${i}`);
+    } finally {
+      resetting.stop(true);
+      await close(up);
+    }
+  });
+
   test("--health-fall=1 gives etcd's behaviour: deactivated on the first failed dial", async () => {
     const refusing = freePort();
     const upPort = freePort();
@@ -136,6 +154,30 @@ describe("passive ejection", () => {
       expect(await gw.waitForLog("deactivated endpoint")).toMatchObject({ address: `127.0.0.1:${refusing}` });
     } finally {
       await close(up);
+    }
+  });
+});
+
+describe("socket options", () => {
+  test("both legs carry TCP keepalive with --keepalive-time as the idle time", async () => {
+    const port = freePort();
+    const server = await echoOn(port);
+    try {
+      const gw = await startGatewayProcess([`--endpoints=127.0.0.1:${port}`, "--keepalive-time=7s"]);
+      const s = await dial(gw.port);
+      s.write("x");
+      await sleep(200);
+      // ss shows the kernel's keepalive timer of the gateway's sockets (client leg and member leg).
+      const out = Bun.spawnSync(["ss", "-tnoH", "state", "established", `( sport = :${gw.port} or dport = :${port} )`]).stdout.toString();
+      // The remaining idle time; iproute2 6.1 prints it as e.g. "6.788ms" though the value is in seconds
+      // (it counts down by one per second), older ones as "6sec".
+      const timers = [...out.matchAll(/timer:\(keepalive,([\d.]+)/g)].map((m) => Number(m[1]));
+      s.destroy();
+      // Two gateway sockets (the peers' own sockets have no keepalive).
+      expect(timers.length).toBe(2);
+      for (const t of timers) expect(t).toBeGreaterThan(5.5), expect(t).toBeLessThanOrEqual(7);
+    } finally {
+      await close(server);
     }
   });
 });
