@@ -10,7 +10,7 @@ import { connect } from "node:net";
 import { etcdctl, startCluster, which, type Cluster } from "../../scripts/lib/cluster.ts";
 import { startBlackhole, type Blackhole } from "../support/blackhole.ts";
 import { startGatewayProcess, stopAllGateways, type GatewayProcess } from "../support/gateway.ts";
-import { memberBehind, viaGateway } from "../support/etcd.ts";
+import { memberBehind, restoreCluster, viaGateway } from "../support/etcd.ts";
 import { freePort, sleep, waitFor } from "../support/net.ts";
 
 let cluster: Cluster;
@@ -22,8 +22,7 @@ beforeAll(async () => {
 afterEach(async () => {
   await stopAllGateways();
   // Bring back what a test killed, so the next one starts from three healthy members.
-  for (let i = 0; i < cluster.members.length; i++) if (!cluster.isRunning(i)) await cluster.restart(i);
-  await cluster.waitHealthy();
+  await restoreCluster(cluster);
 }, 30_000);
 
 afterAll(async () => {

@@ -10,7 +10,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { startCluster, type Cluster } from "../../scripts/lib/cluster.ts";
 import { makeCerts, type Certs } from "../support/certs.ts";
-import { memberBehind, viaGateway } from "../support/etcd.ts";
+import { memberBehind, restoreCluster, viaGateway } from "../support/etcd.ts";
 import { startGatewayProcess, stopAllGateways, type GatewayProcess } from "../support/gateway.ts";
 import { sleep, waitFor } from "../support/net.ts";
 
@@ -51,11 +51,7 @@ describe("against a plain 3-member cluster", () => {
   }, 30_000);
   afterEach(async () => {
     await stopAllGateways();
-    for (let i = 0; i < cluster.members.length; i++) {
-      if (cluster.isRunning(i)) process.kill(cluster.members[i]!.pid, "SIGCONT");
-      else await cluster.restart(i);
-    }
-    await cluster.waitHealthy();
+    await restoreCluster(cluster);
   }, 30_000);
   afterAll(async () => {
     await stopAllGateways();
@@ -206,15 +202,12 @@ describe("against a TLS cluster with client-cert auth", () => {
     await cluster?.stop();
     rmSync(dir, { recursive: true, force: true });
   });
+  /** A gateway whose health checks present the client certificate and trust `ca`. */
+  const checkedTrusting = (ca: string) =>
+    startGatewayProcess([`--endpoints=${cluster.endpoints}`, `--health-cacert=${ca}`, `--health-cert=${certs.client}`, `--health-key=${certs.clientKey}`, ...FAST]);
 
   test("members are checked with --health-cert/--health-key and judged up; etcdctl with its own certificate works through the gateway", async () => {
-    const gw = await startGatewayProcess([
-      `--endpoints=${cluster.endpoints}`,
-      `--health-cacert=${certs.ca}`,
-      `--health-cert=${certs.client}`,
-      `--health-key=${certs.clientKey}`,
-      ...FAST,
-    ]);
+    const gw = await checkedTrusting(certs.ca);
     await sleep(1500);
     expect(records(gw, "deactivated endpoint")).toEqual([]);
     const tls = { ca: certs.ca, cert: certs.client, key: certs.clientKey };
@@ -225,13 +218,7 @@ describe("against a TLS cluster with client-cert auth", () => {
   });
 
   test("with the wrong CA every member is judged down with a reason naming the certificate problem", async () => {
-    const gw = await startGatewayProcess([
-      `--endpoints=${cluster.endpoints}`,
-      `--health-cacert=${certs.otherCa}`,
-      `--health-cert=${certs.client}`,
-      `--health-key=${certs.clientKey}`,
-      ...FAST,
-    ]);
+    const gw = await checkedTrusting(certs.otherCa);
     for (const m of cluster.members) {
       const down = await waitFor(`${m.endpoint} down`, () => records(gw, "deactivated endpoint", m.endpoint)[0], 5000, 50);
       console.log(`wrong CA: ${String(down.error)}`);

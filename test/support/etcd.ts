@@ -23,3 +23,15 @@ export async function memberBehind(cluster: Cluster, gw: GatewayProcess, tls?: C
   if (i < 0) throw new Error(`member ID ${id} reported through the gateway is not one of the cluster's`);
   return i;
 }
+
+/**
+ * Brings a cluster back to all members running and healthy after a test killed or stopped some:
+ * continues stopped (SIGSTOP) members, restarts killed ones, waits for health.
+ */
+export async function restoreCluster(cluster: Cluster): Promise<void> {
+  for (let i = 0; i < cluster.members.length; i++) {
+    if (cluster.isRunning(i)) process.kill(cluster.members[i]!.pid, "SIGCONT");
+    else await cluster.restart(i);
+  }
+  await cluster.waitHealthy();
+}
