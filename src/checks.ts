@@ -40,9 +40,8 @@ export function loadCheckTLS(files: { ca: string | null; cert: string | null; ke
  * - `health`: `GET /health` alone. `tcp`: a connect.
  */
 export async function runCheck(kind: CheckKind, member: Member, timeoutMs: number, tls: CheckTLS | null): Promise<CheckResult> {
-  const { host, port } = member.endpoint;
   if (kind === "tcp" || kind === "none") {
-    const err = await tcpProbe(host, port, timeoutMs);
+    const err = await tcpProbe(member.dialHost, member.endpoint.port, timeoutMs);
     return err === null ? { ok: true, reason: "connected" } : { ok: false, reason: err };
   }
   const scheme = tls !== null || member.tls ? "https" : "http";

@@ -113,7 +113,7 @@ async function serve(opts: GatewayOptions, log: Logger): Promise<void> {
       log,
       state: () => snapshot(gw.members, gw.policy),
       onReport: (msg) => {
-        const m = gw.members[msg.i];
+        const m = gw.members.list[msg.i];
         if (m === undefined) return;
         if (msg.t === "failed") gw.health.dialFailed(m, msg.reason);
         else gw.health.dialSucceeded(m);
@@ -124,7 +124,7 @@ async function serve(opts: GatewayOptions, log: Logger): Promise<void> {
   }
   log.info("ready to proxy client requests", {
     "listen-addr": opts.listenAddr.address,
-    endpoints: gw.members.map((m) => m.address),
+    endpoints: gw.members.list.map((m) => m.address),
     policy: opts.policy,
     workers: opts.workers,
   });

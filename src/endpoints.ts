@@ -105,6 +105,18 @@ export function parseEndpointList(values: readonly string[]): (HostPort & { tls:
  */
 export type MemberState = "up" | "down" | "ejected";
 
+/** An endpoint as discovery yields it: an address plus what RFC 2782 and TLS need. */
+export interface EndpointSpec extends HostPort {
+  /** Given as `https://` (or from an `_etcd-client-ssl` record): health checks use TLS. */
+  tls?: boolean;
+  /** SRV priority: lower is preferred. @default 0 */
+  priority?: number;
+  /** SRV weight within a priority. @default 0 */
+  weight?: number;
+  /** The IP to dial when the name was resolved by the gateway itself (`--dns-server`). */
+  dialHost?: string;
+}
+
 /**
  * One etcd member as the gateway sees it. State is written by health.ts (and, in worker processes,
  * by the primary's broadcasts); policies in select.ts and the proxy only read it, except the
@@ -120,23 +132,62 @@ export class Member {
   failures = 0;
   /** `performance.now()` of the last successful connect, 0 if none yet. */
   lastSuccess = 0;
-  /** Proxied connections open to this member in this process. */
+  /** Proxied connections open to this member in this process (dials in flight included). */
   connections = 0;
   /** The member answered 404 on /readyz (etcd older than 3.5.11): check /health and status instead. */
   noReadyz = false;
-  /** Given with an `https://` scheme: health checks use TLS. */
-  readonly tls: boolean;
-  constructor(readonly endpoint: HostPort & { tls?: boolean }) {
-    this.tls = endpoint.tls === true;
+  /** No longer in the endpoint set (discovery moved on); its open connections carry on. */
+  removed = false;
+  tls: boolean;
+  priority: number;
+  weight: number;
+  /** Host to dial: the resolved IP with `--dns-server`, else the endpoint's host (resolved per dial). */
+  dialHost: string;
+  constructor(readonly endpoint: HostPort, spec: Omit<EndpointSpec, keyof HostPort> = {}) {
+    this.tls = spec.tls === true;
+    this.priority = spec.priority ?? 0;
+    this.weight = spec.weight ?? 0;
+    this.dialHost = spec.dialHost ?? endpoint.host;
   }
   get address(): string {
     return this.endpoint.address;
   }
 }
 
-/** Members in `--endpoints` order; order matters for the policies and for logs. */
-export type MemberTable = readonly Member[];
+/**
+ * The members in order (`--endpoints` order; discovered ones by priority). `list` is replaced as a
+ * whole, never changed in place, so a reader holding it sees one consistent set.
+ */
+export class MemberTable {
+  list: readonly Member[];
+  constructor(endpoints: readonly EndpointSpec[] = []) {
+    this.list = endpoints.map((e) => new Member(e, e));
+  }
 
-export function createMemberTable(endpoints: readonly (HostPort & { tls?: boolean })[]): MemberTable {
-  return endpoints.map((e) => new Member(e));
+  /**
+   * Makes `next` the endpoint set, keeping the Member (health state, connections) of every address
+   * that stays. Returns what changed.
+   */
+  replace(next: readonly EndpointSpec[]): { added: Member[]; removed: Member[] } {
+    const old = new Map(this.list.map((m) => [m.address, m]));
+    const added: Member[] = [];
+    const list = next.map((e) => {
+      const kept = old.get(e.address);
+      if (kept === undefined) {
+        const m = new Member(e, e);
+        added.push(m);
+        return m;
+      }
+      old.delete(e.address);
+      kept.tls = e.tls === true;
+      kept.priority = e.priority ?? 0;
+      kept.weight = e.weight ?? 0;
+      kept.dialHost = e.dialHost ?? e.host;
+      return kept;
+    });
+    const removed = [...old.values()];
+    for (const m of removed) m.removed = true;
+    this.list = list;
+    return { added, removed };
+  }
 }

@@ -9,7 +9,7 @@ import { isIP } from "node:net";
 import { networkInterfaces } from "node:os";
 import type { GatewayOptions } from "./config.ts";
 import { ConfigError } from "./config.ts";
-import { createMemberTable, type HostPort, type Member, type MemberTable } from "./endpoints.ts";
+import { MemberTable, type HostPort, type Member } from "./endpoints.ts";
 import { createMemberHealth, type MemberHealth } from "./health.ts";
 import { errorText, type Logger } from "./log.ts";
 import { startProxy, type Proxy } from "./proxy.ts";
@@ -50,7 +50,7 @@ export interface GatewayRole {
  */
 export async function startGateway(opts: GatewayOptions, log: Logger, role?: GatewayRole): Promise<Gateway> {
   if (role?.health === undefined) await checkSelfLoop(opts.listenAddr, opts.endpoints);
-  const members = createMemberTable(opts.endpoints);
+  const members = new MemberTable(opts.endpoints);
   let proxy: Proxy | undefined;
   const health =
     role?.health?.(members) ??
@@ -69,7 +69,7 @@ export async function startGateway(opts: GatewayOptions, log: Logger, role?: Gat
    * exists to take them (else they would come straight back to the same member).
    */
   const memberDown = (m: Member) => {
-    if (!opts.closeOnMemberDown || proxy === undefined || !members.some((o) => o.active)) return;
+    if (!opts.closeOnMemberDown || proxy === undefined || !members.list.some((o) => o.active)) return;
     const closed = proxy.closeMember(m);
     if (closed > 0) log.warn("closed connections to a member that went down", { address: m.address, state: m.state, connections: closed });
   };

@@ -24,6 +24,8 @@ export interface MemberHealth {
   dialSucceeded(member: Member): void;
   /** Starts the active checks (no-op with `--health-check none`). */
   start(): void;
+  /** The endpoint set changed: check the new members, forget the removed ones. */
+  membersChanged(added: readonly Member[], removed: readonly Member[]): void;
   /** Cancels checks and probes (at shutdown). */
   stop(): void;
 }
@@ -117,7 +119,7 @@ export function createMemberHealth(opts: {
   const check = async (m: Member) => {
     const t = track(m);
     const r = await runCheck(h.check, m, h.timeoutMs, h.tls);
-    if (stopped) return;
+    if (stopped || m.removed) return;
     if (!t.checked) {
       t.checked = true;
       if (!r.ok) t.checkUp = false;
@@ -144,7 +146,7 @@ export function createMemberHealth(opts: {
   // --- without active checks: etcd's retry-delay probe of ejected members ---
   const probe = async (m: Member) => {
     const t = track(m);
-    const err = await tcpProbe(m.endpoint.host, m.endpoint.port, h.connectTimeoutMs);
+    const err = await tcpProbe(m.dialHost, m.endpoint.port, h.connectTimeoutMs);
     if (stopped || !t.ejected) return;
     if (err === null) {
       t.ejected = false;
@@ -179,7 +181,15 @@ export function createMemberHealth(opts: {
     start() {
       if (!active) return;
       // Spread the first checks over a short window so members are not all checked at once.
-      for (const m of opts.members) schedule(m, Math.random() * Math.min(h.intervalMs, 200), () => check(m));
+      for (const m of opts.members.list) schedule(m, Math.random() * Math.min(h.intervalMs, 200), () => check(m));
+    },
+    membersChanged(added, removed) {
+      for (const m of removed) {
+        const t = tracks.get(m);
+        if (t?.timer) clearTimeout(t.timer);
+        tracks.delete(m);
+      }
+      if (active) for (const m of added) schedule(m, Math.random() * Math.min(h.intervalMs, 200), () => check(m));
     },
     stop() {
       stopped = true;

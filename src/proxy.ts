@@ -306,7 +306,7 @@ export function startProxy(opts: ProxyOptions): Proxy {
     // Trap 5: Bun.connect has no timeout and cannot be cancelled; race a timer, close late sockets.
     conn.dialTimer = setTimeout(() => failed(timeoutText), connectTimeoutMs);
     Bun.connect<Leg>({
-      hostname: member.endpoint.host,
+      hostname: member.dialHost,
       port: member.endpoint.port,
       allowHalfOpen: true,
       data: leg,

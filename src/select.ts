@@ -1,9 +1,14 @@
 /**
  * Selection policies: for each new client connection, the members to dial, best first.
  *
- * Every policy puts active members first (in its own order) and then the members marked failed,
- * most recently successful first, so that when every member looks failed the gateway still tries
- * them all and recovers the moment the cluster does. A policy only reads the member table.
+ * Every policy follows RFC 2782 where members carry SRV priority and weight: only the lowest
+ * priority class that has a usable member is chosen from, weights share the choice within it, and
+ * weight-0 members get a small chance (static `--endpoints` all have priority 0 and weight 0, so
+ * they are simply equal). After the chosen member come the other usable ones (by priority), then
+ * the unusable ones, most recently successful first, so that when every member looks bad the
+ * gateway still tries them all and recovers the moment the cluster does.
+ *
+ * A policy only reads the member table (and its own rotation state).
  *
  * @module
  */
@@ -17,8 +22,8 @@ export interface Policy {
   /** The members to try, in order, for one new client connection. Never empty for a non-empty table. */
   candidates(): Member[];
   /**
-   * The index of the member this policy prefers now (sticky's chosen member), or -1 for policies
-   * without one. Worker processes adopt the primary's so that sticky stays sticky across them.
+   * The index (in the table) of the member this policy prefers now (sticky's chosen member), or -1
+   * for policies without one. Worker processes adopt the primary's so that sticky stays sticky.
    */
   position(): number;
   /** Adopts a position decided elsewhere (the primary process). */
@@ -26,108 +31,167 @@ export interface Policy {
 }
 
 /**
- * Creates the policy named `name` over `members`.
+ * Creates the policy named `name` over `table`.
  *
  * @param random source of randomness in [0, 1); injectable for tests. @default Math.random
  */
-export function createPolicy(name: PolicyName, members: MemberTable, random: () => number = Math.random): Policy {
+export function createPolicy(name: PolicyName, table: MemberTable, random: () => number = Math.random): Policy {
   switch (name) {
     case "sticky":
-      return sticky(members, random);
+      return sticky(table, random);
     case "round-robin":
-      return roundRobin(members);
+      return roundRobin(table);
     case "least-connections":
-      return leastConnections(members, random);
+      return leastConnections(table, random);
     case "ordered":
-      return {
-        name: "ordered",
-        candidates: () => ordered(members, 0),
-        position: () => -1,
-        adopt() {},
-      };
+      return positionless("ordered", () => arrange(table.list, bestClass(table.list)[0]));
   }
 }
 
+function positionless(name: PolicyName, candidates: () => Member[]): Policy {
+  return { name, candidates, position: () => -1, adopt() {} };
+}
+
 /**
- * The seed's policy: one member chosen at random at start takes every connection until a dial to
- * it fails (or it is marked down); then the next usable member in list order takes over, and keeps
- * them until it fails in turn. It does not switch back when the first one recovers.
+ * The seed's policy: one member, chosen at random (by weight) at start, takes every connection
+ * until a dial to it fails or it is marked down; then the next usable member in rotation takes over
+ * and keeps them until it fails in turn. It does not switch back when the first one recovers.
  */
-function sticky(members: MemberTable, random: () => number): Policy {
-  let current = Math.floor(random() * members.length);
+function sticky(table: MemberTable, random: () => number): Policy {
+  let current: Member | undefined;
   const good = (m: Member) => m.active && m.failures === 0;
-  const settle = () => {
-    if (good(members[current]!)) return current;
-    for (let i = 1; i < members.length; i++) {
-      const j = (current + i) % members.length;
-      if (good(members[j]!)) return (current = j);
-    }
-    // No member without a failed dial: settle for a usable one, if any.
-    for (let i = 0; i < members.length; i++) {
-      const j = (current + i) % members.length;
-      if (members[j]!.active) return (current = j);
+  const settle = (): Member | undefined => {
+    const list = table.list;
+    const known = current !== undefined && list.includes(current);
+    if (known && good(current!)) return current;
+    // Prefer members without a failed dial; else any usable one.
+    const good1 = bestClass(list.filter(good));
+    const pool = good1.length > 0 ? good1 : bestClass(list);
+    if (pool.length === 0) return known ? current : (current = list[0]);
+    if (!known) return (current = weightedPick(pool, random));
+    // Failover: the next member in rotation, which is also where the failing connection itself went
+    // (see arrange), so every process and every connection agrees without a coin toss.
+    const start = list.indexOf(current!);
+    for (let i = 1; i <= list.length; i++) {
+      const m = list[(start + i) % list.length]!;
+      if (pool.includes(m)) return (current = m);
     }
     return current;
   };
   return {
     name: "sticky",
-    candidates: () => ordered(members, settle()),
-    position: settle,
+    candidates: () => arrange(table.list, settle()),
+    position: () => {
+      const m = settle();
+      return m === undefined ? -1 : table.list.indexOf(m);
+    },
     adopt(position) {
-      if (position >= 0 && position < members.length) current = position;
+      const m = table.list[position];
+      if (m !== undefined) current = m;
     },
-  };
-}
-
-/** etcd's own gateway: each new connection goes to the next active member in rotation. */
-function roundRobin(members: MemberTable): Policy {
-  let next = 0;
-  return {
-    name: "round-robin",
-    candidates() {
-      const active = members.filter((m) => m.active);
-      if (active.length === 0) return ordered(members, 0);
-      const first = active[next++ % active.length]!;
-      return ordered(members, members.indexOf(first));
-    },
-    position: () => -1,
-    adopt() {},
   };
 }
 
 /**
- * Power of two random choices: of two random usable members, the one with fewer open connections
- * (HAProxy's random(2), Envoy's LEAST_REQUEST); balances long-lived gRPC connections without the
- * herding of a strict least-connections pick.
+ * etcd's own gateway: each new connection goes to the next usable member in rotation; with SRV
+ * weights, a smooth weighted round-robin (each member's share equals its weight, interleaved).
  */
-function leastConnections(members: MemberTable, random: () => number): Policy {
-  return {
-    name: "least-connections",
-    candidates() {
-      const active = members.filter((m) => m.active);
-      if (active.length < 2) return ordered(members, active.length === 1 ? members.indexOf(active[0]!) : 0);
-      // Two distinct indexes, uniformly: j skips over i.
-      const i = Math.floor(random() * active.length);
-      let j = Math.floor(random() * (active.length - 1));
-      if (j >= i) j++;
-      const a = active[i]!;
-      const b = active[j]!;
-      const best = b.connections < a.connections ? b : a;
-      return ordered(members, members.indexOf(best));
-    },
-    position: () => -1,
-    adopt() {},
-  };
+function roundRobin(table: MemberTable): Policy {
+  const credit = new WeakMap<Member, number>();
+  return positionless("round-robin", () => {
+    const cls = bestClass(table.list);
+    if (cls.length === 0) return arrange(table.list, undefined);
+    const weights = effectiveWeights(cls);
+    let total = 0;
+    let best = cls[0]!;
+    let bestCredit = -Infinity;
+    cls.forEach((m, i) => {
+      const w = weights[i]!;
+      total += w;
+      const c = (credit.get(m) ?? 0) + w;
+      credit.set(m, c);
+      if (c > bestCredit) {
+        bestCredit = c;
+        best = m;
+      }
+    });
+    credit.set(best, bestCredit - total);
+    return arrange(table.list, best);
+  });
 }
 
-/** Active members in list order starting at `start`, then failed ones by most recent success. */
-function ordered(members: MemberTable, start: number): Member[] {
-  const out: Member[] = [];
-  const failed: Member[] = [];
-  for (let i = 0; i < members.length; i++) {
-    const m = members[(start + i) % members.length]!;
-    (m.active ? out : failed).push(m);
+/**
+ * Power of two random choices: of two random usable members (drawn by weight), the one with fewer
+ * open connections per unit of weight (HAProxy's random(2), Envoy's LEAST_REQUEST); balances
+ * long-lived gRPC connections without the herding of a strict least-connections pick.
+ */
+function leastConnections(table: MemberTable, random: () => number): Policy {
+  return positionless("least-connections", () => {
+    const cls = bestClass(table.list);
+    if (cls.length < 2) return arrange(table.list, cls[0]);
+    const weights = effectiveWeights(cls);
+    const i = weightedIndex(weights, random);
+    // The second draw excludes the first.
+    const rest = weights.map((w, k) => (k === i ? 0 : w));
+    const j = weightedIndex(rest, random);
+    const load = (k: number) => cls[k]!.connections / weights[k]!;
+    return arrange(table.list, load(j) < load(i) ? cls[j] : cls[i]);
+  });
+}
+
+/** Usable members of the lowest SRV priority value that has any, in table order. */
+export function bestClass(list: readonly Member[]): Member[] {
+  let best = Infinity;
+  for (const m of list) if (m.active && m.priority < best) best = m.priority;
+  return list.filter((m) => m.active && m.priority === best);
+}
+
+/**
+ * RFC 2782 weights as numbers to draw with: all zero means equal; otherwise weight-0 members
+ * share a 1 % chance between them ("a very small chance of being selected").
+ */
+export function effectiveWeights(members: readonly Member[]): number[] {
+  const positive = members.reduce((sum, m) => sum + m.weight, 0);
+  if (positive === 0) return members.map(() => 1);
+  const zeros = members.filter((m) => m.weight === 0).length;
+  return members.map((m) => (m.weight > 0 ? m.weight : (positive * 0.01) / zeros));
+}
+
+/** Draws an index with probability proportional to its weight (no off-by-one: each unit of weight is one slot). */
+export function weightedIndex(weights: readonly number[], random: () => number): number {
+  const total = weights.reduce((a, b) => a + b, 0);
+  let x = random() * total;
+  for (let i = 0; i < weights.length; i++) {
+    x -= weights[i]!;
+    if (x < 0 && weights[i]! > 0) return i;
   }
+  // Rounding at the very top of the range: the last member with weight.
+  for (let i = weights.length - 1; i >= 0; i--) if (weights[i]! > 0) return i;
+  return 0;
+}
+
+/** One member of `members` chosen by RFC 2782 weight. */
+export function weightedPick(members: readonly Member[], random: () => number): Member {
+  return members[weightedIndex(effectiveWeights(members), random)]!;
+}
+
+/**
+ * `chosen` (when usable), then the other usable members by priority (table order, rotated to
+ * start after `chosen`), then the unusable ones by most recent success.
+ */
+function arrange(list: readonly Member[], chosen: Member | undefined): Member[] {
+  // With nothing usable, only the record of past successes orders the attempts.
+  const first = chosen?.active ? chosen : undefined;
+  const start = first === undefined ? 0 : Math.max(list.indexOf(first), 0);
+  const usable: Member[] = [];
+  const failed: Member[] = [];
+  for (let i = 0; i < list.length; i++) {
+    const m = list[(start + i) % list.length]!;
+    if (m === first) continue;
+    (m.active ? usable : failed).push(m);
+  }
+  usable.sort((a, b) => a.priority - b.priority);
   failed.sort((a, b) => b.lastSuccess - a.lastSuccess);
-  return out.concat(failed);
+  const out = first === undefined ? [] : [first];
+  return out.concat(usable, failed);
 }

@@ -7,7 +7,7 @@
  * @module
  */
 import type { Subprocess } from "bun";
-import type { Member, MemberState, MemberTable } from "./endpoints.ts";
+import type { EndpointSpec, Member, MemberState, MemberTable } from "./endpoints.ts";
 import type { MemberHealth } from "./health.ts";
 import type { Logger } from "./log.ts";
 import type { Policy } from "./select.ts";
@@ -16,7 +16,9 @@ import type { Policy } from "./select.ts";
 export const WORKER_ENV = "ETCD_GATEWAY_WORKER";
 
 export type ToPrimary = { t: "hello" } | { t: "ready" } | { t: "failed"; i: number; reason: string } | { t: "ok"; i: number };
-export type SharedState = { t: "state"; states: MemberState[]; current: number };
+/** One member as the primary describes it to workers: the endpoint and its state. */
+export type SharedMember = EndpointSpec & { state: MemberState };
+export type SharedState = { t: "state"; members: SharedMember[]; current: number };
 
 /** This process's worker number, or null for the primary (or a single process). */
 export function workerNumber(): number | null {
@@ -26,13 +28,18 @@ export function workerNumber(): number | null {
 
 /** The state the primary shares with its workers. */
 export function snapshot(members: MemberTable, policy: Policy): SharedState {
-  return { t: "state", states: members.map((m) => m.state), current: policy.position() };
+  return {
+    t: "state",
+    members: members.list.map((m) => ({ ...m.endpoint, tls: m.tls, priority: m.priority, weight: m.weight, dialHost: m.dialHost, state: m.state })),
+    current: policy.position(),
+  };
 }
 
 /** Applies the primary's state in a worker; `wentDown` gets each member that stopped being usable. */
 export function adopt(state: SharedState, members: MemberTable, policy: Policy, wentDown: (m: Member) => void = () => {}): void {
-  members.forEach((m, i) => {
-    const to = state.states[i];
+  members.replace(state.members);
+  members.list.forEach((m, i) => {
+    const to = state.members[i]?.state;
     if (to === undefined || to === m.state) return;
     const was = m.active;
     m.state = to;
@@ -49,7 +56,7 @@ export function adopt(state: SharedState, members: MemberTable, policy: Policy, 
  * `--health-fall`, logs, checks, and broadcasts the outcome to every worker.
  */
 export function reportingHealth(members: MemberTable, send: (msg: ToPrimary) => void): MemberHealth {
-  const index = (m: Member) => members.indexOf(m);
+  const index = (m: Member) => members.list.indexOf(m);
   return {
     dialFailed(m, reason) {
       m.failures++;
@@ -62,6 +69,7 @@ export function reportingHealth(members: MemberTable, send: (msg: ToPrimary) => 
       send({ t: "ok", i: index(m) });
     },
     start() {},
+    membersChanged() {},
     stop() {},
   };
 }

@@ -1,8 +1,8 @@
 import { describe, expect, test } from "bun:test";
-import { createMemberTable, parseEndpoint } from "../../src/endpoints.ts";
+import { MemberTable, parseEndpoint } from "../../src/endpoints.ts";
 import { createPolicy } from "../../src/select.ts";
 
-const table = () => createMemberTable(["a:1", "b:2", "c:3"].map(parseEndpoint));
+const table = () => new MemberTable(["a:1", "b:2", "c:3"].map(parseEndpoint));
 const names = (ms: { address: string }[]) => ms.map((m) => m.address[0]).join("");
 
 describe("sticky", () => {
@@ -18,18 +18,18 @@ describe("sticky", () => {
   test("switches to the next active member when the current one fails, and stays there after it recovers", () => {
     const ms = table();
     const p = createPolicy("sticky", ms, () => 0);
-    ms[0]!.active = false;
+    ms.list[0]!.active = false;
     expect(names(p.candidates())).toBe("bca");
-    ms[0]!.active = true;
+    ms.list[0]!.active = true;
     expect(names(p.candidates())).toBe("bca");
   });
   test("puts failed members last, most recently successful first", () => {
     const ms = table();
     const p = createPolicy("sticky", ms, () => 0);
-    for (const m of ms) m.active = false;
-    ms[0]!.lastSuccess = 1;
-    ms[1]!.lastSuccess = 3;
-    ms[2]!.lastSuccess = 2;
+    for (const m of ms.list) m.active = false;
+    ms.list[0]!.lastSuccess = 1;
+    ms.list[1]!.lastSuccess = 3;
+    ms.list[2]!.lastSuccess = 2;
     expect(names(p.candidates())).toBe("bca");
   });
 });
@@ -42,7 +42,7 @@ describe("round-robin", () => {
   test("skips failed members and tries them last", () => {
     const ms = table();
     const p = createPolicy("round-robin", ms);
-    ms[1]!.active = false;
+    ms.list[1]!.active = false;
     const firsts = [0, 1, 2, 3].map(() => names(p.candidates()));
     expect(firsts).toEqual(["acb", "cab", "acb", "cab"]);
   });
@@ -60,7 +60,7 @@ describe("round-robin", () => {
 test("every policy returns every member exactly once", () => {
   for (const name of ["sticky", "round-robin", "least-connections", "ordered"] as const) {
     const ms = table();
-    ms[2]!.active = false;
+    ms.list[2]!.active = false;
     const got = createPolicy(name, ms).candidates();
     expect(new Set(got).size).toBe(3);
   }
@@ -71,21 +71,21 @@ describe("least-connections", () => {
     const ms = table();
     const p = createPolicy("least-connections", ms);
     for (let i = 0; i < 3000; i++) p.candidates()[0]!.connections++;
-    for (const m of ms) expect(Math.abs(m.connections - 1000)).toBeLessThan(50);
+    for (const m of ms.list) expect(Math.abs(m.connections - 1000)).toBeLessThan(50);
   });
   test("prefers the member with fewer connections of the two it draws", () => {
     const ms = table();
-    ms[0]!.connections = 10;
-    ms[1]!.connections = 0;
-    ms[2]!.connections = 10;
+    ms.list[0]!.connections = 10;
+    ms.list[1]!.connections = 0;
+    ms.list[2]!.connections = 10;
     // Draws a then b (random 0, then 0 -> index 1 after skipping 0).
     const p = createPolicy("least-connections", ms, () => 0);
     expect(p.candidates()[0]!.address[0]).toBe("b");
   });
   test("never picks a member that is not usable while another is", () => {
     const ms = table();
-    ms[0]!.active = false;
-    ms[2]!.active = false;
+    ms.list[0]!.active = false;
+    ms.list[2]!.active = false;
     const p = createPolicy("least-connections", ms);
     for (let i = 0; i < 100; i++) expect(p.candidates()[0]!.address[0]).toBe("b");
   });
@@ -96,9 +96,9 @@ describe("ordered", () => {
     const ms = table();
     const p = createPolicy("ordered", ms);
     expect(names(p.candidates())).toBe("abc");
-    ms[0]!.active = false;
+    ms.list[0]!.active = false;
     expect(names(p.candidates())).toBe("bca");
-    ms[0]!.active = true;
+    ms.list[0]!.active = true;
     expect(names(p.candidates())).toBe("abc");
   });
 });
@@ -107,9 +107,9 @@ describe("sticky and failed dials", () => {
   test("moves on after one failed dial even before the member is ejected", () => {
     const ms = table();
     const p = createPolicy("sticky", ms, () => 0);
-    ms[0]!.failures = 1;
+    ms.list[0]!.failures = 1;
     expect(p.candidates()[0]!.address[0]).toBe("b");
-    ms[0]!.failures = 0;
+    ms.list[0]!.failures = 0;
     expect(p.candidates()[0]!.address[0]).toBe("b");
   });
   test("adopts a position decided by the primary process", () => {
