@@ -7,7 +7,7 @@
 import { defineCommand, runMain, type ArgsDef } from "citty";
 import pkg from "../package.json" with { type: "json" };
 import { parseFlags } from "./_argv.ts";
-import { buildOptions, ConfigError, START_FLAGS, type GatewayOptions } from "./config.ts";
+import { buildOptions, START_FLAGS, type GatewayOptions } from "./config.ts";
 import { formatDuration } from "./duration.ts";
 import { startGateway, type Gateway } from "./gateway.ts";
 import { adopt, joinPrimary, reportingHealth, sendToPrimary, snapshot, startWorkers, workerNumber, type WorkerPool } from "./workers.ts";
@@ -38,9 +38,6 @@ const start = defineCommand({
     let opts: GatewayOptions;
     try {
       opts = buildOptions(parseFlags(rawArgs, START_FLAGS));
-      if (opts.discoverySrv !== null) {
-        throw new ConfigError("discovery-srv", opts.discoverySrv, "DNS SRV discovery is not yet supported by this version of etcd-gateway; list the members with --endpoints");
-      }
     } catch (e) {
       fail(errorText(e));
     }
@@ -82,6 +79,8 @@ async function serve(opts: GatewayOptions, log: Logger): Promise<void> {
   };
   process.on("SIGTERM", () => void drain("SIGTERM"));
   process.on("SIGINT", () => void drain("SIGINT"));
+  // SIGHUP: re-read --endpoints-file and re-run discovery (the primary; workers get the result).
+  process.on("SIGHUP", () => void gateway?.refresh());
 
   if (worker !== null) {
     // A worker: its primary checked the configuration, decides member state, and logs readiness.

@@ -5,11 +5,14 @@
  * @module
  */
 import { readFileSync } from "node:fs";
+import { isIP } from "node:net";
 import { availableParallelism } from "node:os";
+import { readEndpointsFile } from "./discovery/refresh.ts";
+import { errorText } from "./log.ts";
 import { CHECK_KINDS, loadCheckTLS } from "./checks.ts";
 import { formatDuration, parseDuration } from "./duration.ts";
 import type { HealthOptions } from "./health.ts";
-import { parseEndpointList, parseHostPort, type HostPort } from "./endpoints.ts";
+import { parseEndpointList, parseHostPort, type EndpointSpec, type HostPort } from "./endpoints.ts";
 import { LOG_FORMATS, LOG_LEVELS, type LogFormat, type LogLevel } from "./log.ts";
 import { POLICY_NAMES, type PolicyName } from "./select.ts";
 
@@ -26,10 +29,15 @@ export interface FlagSpec {
 export const START_FLAGS = {
   "listen-addr": { type: "string", default: "127.0.0.1:23790", valueHint: "host:port", description: "address to accept client connections on (IPv4, [IPv6]:port or hostname:port)" },
   endpoints: { type: "string", default: "127.0.0.1:2379", valueHint: "host:port,...", repeatable: true, description: "comma-separated etcd cluster endpoints; repeatable; http:// and https:// are stripped" },
-  "discovery-srv": { type: "string", valueHint: "domain", description: "DNS domain used to bootstrap cluster endpoints through SRV records (not yet supported)" },
+  "discovery-srv": { type: "string", valueHint: "domain", description: "DNS domain used to bootstrap cluster endpoints through SRV records (_etcd-client-ssl._tcp and _etcd-client._tcp), refreshed on their TTL" },
   "discovery-srv-name": { type: "string", valueHint: "name", description: "service name to query when using DNS discovery" },
   "insecure-discovery": { type: "boolean", default: false, description: "accept SRV records that are insecure or susceptible to man-in-the-middle attacks" },
   "trusted-ca-file": { type: "string", valueHint: "path", description: "path to the client server TLS CA file for verifying the discovered endpoints when discovery-srv is provided" },
+  "discovery-refresh-min": { type: "string", default: "5s", valueHint: "duration", description: "shortest time between SRV refreshes (the records' TTL is clamped to this range)" },
+  "discovery-refresh-max": { type: "string", default: "5m", valueHint: "duration", description: "longest time between SRV refreshes" },
+  "dns-server": { type: "string", valueHint: "host:port", description: "DNS server for SRV records and their targets' addresses (default: the first nameserver of /etc/resolv.conf); targets are then dialled by IP" },
+  "endpoints-auto-sync-interval": { type: "string", default: "0", valueHint: "duration", description: "ask a member for the member list this often and use the voting members' client URLs as endpoints (0 = off)" },
+  "endpoints-file": { type: "string", valueHint: "path", description: "read the endpoints from this file (commas, spaces or lines; # comments) instead of --endpoints; re-read on SIGHUP" },
   "retry-delay": { type: "string", default: "1m0s", valueHint: "duration", description: "duration of delay before retrying failed endpoints (0 means 5m, as etcd)" },
   "connect-timeout": { type: "string", default: "1s", valueHint: "duration", description: "how long one dial to an endpoint may take before the next endpoint is tried" },
   "drain-timeout": { type: "string", default: "10s", valueHint: "duration", description: "on SIGTERM/SIGINT, how long open connections may finish before they are closed" },
@@ -55,7 +63,7 @@ export type FlagValues = Partial<Record<StartFlag, string | boolean | string[]>>
 
 export interface GatewayOptions {
   listenAddr: HostPort;
-  endpoints: HostPort[];
+  endpoints: EndpointSpec[];
   discoverySrv: string | null;
   discoverySrvName: string | null;
   insecureDiscovery: boolean;
@@ -75,6 +83,17 @@ export interface GatewayOptions {
   closeOnMemberDown: boolean;
   /** @default 5000 */
   keepAliveMs: number;
+  discovery: {
+    /** @default 5000 */
+    refreshMinMs: number;
+    /** @default 300000 */
+    refreshMaxMs: number;
+    /** "host:port", or null for the system's resolver. */
+    dnsServer: string | null;
+    /** 0 = off. */
+    syncIntervalMs: number;
+    endpointsFile: string | null;
+  };
   logFormat: LogFormat;
   logLevel: LogLevel;
 }
@@ -149,6 +168,13 @@ export function buildOptions(values: FlagValues): GatewayOptions {
     },
     closeOnMemberDown: values["close-on-member-down"] !== false,
     keepAliveMs: duration("keepalive-time", 1000),
+    discovery: {
+      refreshMinMs: duration("discovery-refresh-min", 1),
+      refreshMaxMs: duration("discovery-refresh-max", 1),
+      dnsServer: values["dns-server"] === undefined ? null : check("dns-server", parseServer),
+      syncIntervalMs: duration("endpoints-auto-sync-interval"),
+      endpointsFile: optional("endpoints-file"),
+    },
     logFormat: oneOf("log-format", LOG_FORMATS),
     logLevel: oneOf("log-level", LOG_LEVELS),
   };
@@ -159,6 +185,19 @@ export function buildOptions(values: FlagValues): GatewayOptions {
     });
   }
   if (opts.trustedCaFile !== null) check("trusted-ca-file", validateCaFile);
+  if (opts.discovery.refreshMinMs > opts.discovery.refreshMaxMs) {
+    throw new ConfigError("discovery-refresh-min", str("discovery-refresh-min"), `must not exceed --discovery-refresh-max (${str("discovery-refresh-max")})`);
+  }
+  if (opts.discovery.endpointsFile !== null) {
+    const file = opts.discovery.endpointsFile;
+    opts.endpoints = check("endpoints-file", () => {
+      try {
+        return readEndpointsFile(file);
+      } catch (e) {
+        throw new Error(`${JSON.stringify(file)}: ${e instanceof Error && "code" in e ? `cannot read: ${String((e as NodeJS.ErrnoException).code)}` : errorText(e)}`);
+      }
+    });
+  }
   opts.health.retryDelayMs = opts.retryDelayMs;
   opts.health.connectTimeoutMs = opts.connectTimeoutMs;
   const cacert = optional("health-cacert");
@@ -191,6 +230,16 @@ function validateDomain(text: string): void {
     throw new Error(`invalid domain ${q}`);
   }
   if (text.startsWith("[") || text.includes(":")) throw new Error(`invalid domain ${q}`);
+}
+
+/** A DNS server address: host:port, or a bare IP for port 53. */
+function parseServer(text: string): string {
+  try {
+    return parseHostPort(text).address;
+  } catch (e) {
+    if (isIP(text.replace(/^\[|\]$/g, "")) !== 0) return parseHostPort(isIP(text) === 6 ? `[${text}]:53` : `${text.replace(/^\[|\]$/g, "")}:53`).address;
+    throw e;
+  }
 }
 
 function count(text: string): number {

@@ -9,7 +9,10 @@ import { isIP } from "node:net";
 import { networkInterfaces } from "node:os";
 import type { GatewayOptions } from "./config.ts";
 import { ConfigError } from "./config.ts";
-import { MemberTable, type HostPort, type Member } from "./endpoints.ts";
+import { discoverSrv, type SrvOptions } from "./discovery/srv.ts";
+import { startRefresh } from "./discovery/refresh.ts";
+import { systemDnsServer } from "./discovery/dns.ts";
+import { MemberTable, type EndpointSpec, type HostPort, type Member } from "./endpoints.ts";
 import { createMemberHealth, type MemberHealth } from "./health.ts";
 import { errorText, type Logger } from "./log.ts";
 import { startProxy, type Proxy } from "./proxy.ts";
@@ -22,6 +25,8 @@ export interface Gateway {
   readonly proxy: Proxy;
   /** Applies `--close-on-member-down` to `member` (workers call it when the primary says so). */
   memberDown(member: Member): void;
+  /** Re-reads `--endpoints-file` and re-runs discovery now (SIGHUP); a no-op in workers. */
+  refresh(): Promise<void>;
   /** The bound port (differs from the option when it was 0 in tests). */
   readonly port: number;
   /**
@@ -49,7 +54,20 @@ export interface GatewayRole {
  * resolves to the gateway's own listen address (a self-loop), or the address cannot be bound.
  */
 export async function startGateway(opts: GatewayOptions, log: Logger, role?: GatewayRole): Promise<Gateway> {
-  if (role?.health === undefined) await checkSelfLoop(opts.listenAddr, opts.endpoints);
+  const primary = role?.health === undefined;
+  // Discovery and its checks run in the primary (or single) process; workers get the set from it.
+  const srv = primary && opts.discoverySrv !== null ? srvOptions(opts) : null;
+  let initialTtl = 0;
+  if (srv !== null) {
+    try {
+      const found = await discoverSrv(srv, log);
+      opts = { ...opts, endpoints: found.endpoints };
+      initialTtl = found.ttl;
+    } catch (e) {
+      throw new ConfigError("discovery-srv", srv.domain, errorText(e));
+    }
+  }
+  if (primary) await checkSelfLoop(opts.listenAddr, opts.endpoints);
   const members = new MemberTable(opts.endpoints);
   let proxy: Proxy | undefined;
   const health =
@@ -90,16 +108,63 @@ export async function startGateway(opts: GatewayOptions, log: Logger, role?: Gat
   }
   health.start();
   const started = proxy;
+  const refresher = !primary
+    ? null
+    : startRefresh({
+        options: {
+          srv,
+          initialTtl,
+          refreshMinMs: opts.discovery.refreshMinMs,
+          refreshMaxMs: opts.discovery.refreshMaxMs,
+          syncIntervalMs: opts.discovery.syncIntervalMs,
+          syncTLS: opts.health.tls,
+          timeoutMs: opts.health.timeoutMs,
+          endpointsFile: opts.discovery.endpointsFile,
+        },
+        seeds: opts.endpoints,
+        table: members,
+        log,
+        apply: async (next, source) => {
+          const usable: EndpointSpec[] = [];
+          for (const ep of next) {
+            try {
+              await checkSelfLoop(opts.listenAddr, [ep]);
+              usable.push(ep);
+            } catch (e) {
+              log.error("ignoring discovered endpoint", { source, endpoint: ep.address, error: errorText(e) });
+            }
+          }
+          if (usable.length === 0) {
+            log.warn("discovery yielded no usable endpoint; keeping the current endpoints", { source });
+            return;
+          }
+          const { added, removed } = members.replace(usable);
+          if (added.length === 0 && removed.length === 0) return;
+          health.membersChanged(added, removed);
+          log.info("endpoints changed", {
+            source,
+            added: added.map((m) => m.address),
+            removed: removed.map((m) => m.address),
+            endpoints: members.list.map((m) => m.address),
+          });
+          role?.onChange?.();
+        },
+      });
   return {
     members,
     policy,
     health,
     proxy: started,
     memberDown,
+    refresh: async () => {
+      log.info("reloading endpoints (SIGHUP)");
+      await refresher?.refreshNow();
+    },
     port: started.listener.port,
     async drain(timeoutMs) {
       started.stopAccepting();
       health.stop();
+      refresher?.stop();
       let timer: Timer | undefined;
       const timedOut = await Promise.race([
         started.idle().then(() => false),
@@ -111,6 +176,18 @@ export async function startGateway(opts: GatewayOptions, log: Logger, role?: Gat
       started.closeAll();
       return left;
     },
+  };
+}
+
+function srvOptions(opts: GatewayOptions): SrvOptions {
+  return {
+    domain: opts.discoverySrv!,
+    serviceName: opts.discoverySrvName,
+    insecure: opts.insecureDiscovery,
+    trustedCaFile: opts.trustedCaFile,
+    dnsServer: opts.discovery.dnsServer ?? systemDnsServer(),
+    resolveTargets: opts.discovery.dnsServer !== null,
+    timeoutMs: Math.max(opts.connectTimeoutMs, 2000),
   };
 }
 
@@ -145,7 +222,7 @@ function isLocal(ip: string): boolean {
  * listen (`0.0.0.0`, `::`) with a loopback or local endpoint on the same port, which etcd's gateway
  * misses (it then dials itself until it runs out of file descriptors).
  */
-export async function checkSelfLoop(listen: HostPort, endpoints: readonly HostPort[]): Promise<void> {
+export async function checkSelfLoop(listen: HostPort, endpoints: readonly EndpointSpec[]): Promise<void> {
   let listenIPs: string[];
   try {
     listenIPs = (await resolveAll(listen.host)).map(canonicalIP);
@@ -156,7 +233,7 @@ export async function checkSelfLoop(listen: HostPort, endpoints: readonly HostPo
   for (const ep of endpoints) {
     let ips: string[];
     try {
-      ips = (await resolveAll(ep.host)).map(canonicalIP);
+      ips = (await resolveAll(ep.dialHost ?? ep.host)).map(canonicalIP);
     } catch (e) {
       throw new ConfigError("endpoints", ep.address, `failed to resolve endpoint host ${JSON.stringify(ep.host)}: ${errorText(e)}`);
     }

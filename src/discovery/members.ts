@@ -1,0 +1,45 @@
+/**
+ * Member-list sync: ask a member for the cluster's member list (etcd's JSON API on the client
+ * URL) and use the voting members' advertised client URLs as the endpoint set, so a rolling
+ * replacement of every member needs no gateway restart. etcd's gateway has nothing like it.
+ *
+ * @module
+ */
+import type { CheckTLS } from "../checks.ts";
+import { parseEndpoint, type EndpointSpec } from "../endpoints.ts";
+
+interface MemberListResponse {
+  members?: { ID?: string; name?: string; clientURLs?: string[]; isLearner?: boolean }[];
+}
+
+/**
+ * `POST /v3/cluster/member/list` on `address` (https when `tls` is set or the endpoint was
+ * https); resolves to the client URLs of voting members that advertise any.
+ *
+ * @throws {Error} on any failure (unreachable, TLS, not etcd, no voting member with a client URL).
+ */
+export async function fetchMemberList(address: string, useTLS: boolean, tls: CheckTLS | null, timeoutMs: number): Promise<EndpointSpec[]> {
+  const scheme = useTLS || tls !== null ? "https" : "http";
+  const r = await fetch(`${scheme}://${address}/v3/cluster/member/list`, {
+    method: "POST",
+    body: "{}",
+    headers: { "content-type": "application/json", connection: "close" },
+    signal: AbortSignal.timeout(timeoutMs),
+    tls: tls ?? undefined,
+  } as RequestInit);
+  if (!r.ok) throw new Error(`member list: HTTP ${r.status}`);
+  const body = (await r.json()) as MemberListResponse;
+  const endpoints: EndpointSpec[] = [];
+  const seen = new Set<string>();
+  for (const m of body.members ?? []) {
+    if (m.isLearner === true) continue;
+    for (const url of m.clientURLs ?? []) {
+      const ep = parseEndpoint(url);
+      if (seen.has(ep.address)) continue;
+      seen.add(ep.address);
+      endpoints.push(ep);
+    }
+  }
+  if (endpoints.length === 0) throw new Error("member list has no voting member with a client URL");
+  return endpoints;
+}
