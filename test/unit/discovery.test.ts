@@ -1,0 +1,53 @@
+import { describe, expect, test } from "bun:test";
+import { mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { judgeStatus } from "../../src/checks.ts";
+import { readEndpointsFile } from "../../src/discovery/refresh.ts";
+import { srvNames } from "../../src/discovery/srv.ts";
+
+describe("SRV names are etcd's", () => {
+  const cases: [string, string | null, string, string][] = [
+    ["example.com", null, "_etcd-client-ssl._tcp.example.com", "_etcd-client._tcp.example.com"],
+    ["example.com", "foo", "_etcd-client-ssl-foo._tcp.example.com", "_etcd-client-foo._tcp.example.com"],
+  ];
+  for (const [domain, name, ssl, plain] of cases) {
+    test(`${domain}${name ? ` with --discovery-srv-name=${name}` : ""}`, () => expect(srvNames(domain, name)).toEqual({ ssl, plain }));
+  }
+});
+
+describe("--endpoints-file", () => {
+  const dir = mkdtempSync(join(tmpdir(), "etcd-gateway-epfile-"));
+  test("takes commas, spaces and lines, and # comments", () => {
+    const f = join(dir, "a");
+    writeFileSync(f, "# the cluster\n127.0.0.1:2379, 127.0.0.2:2379\nhttps://[::1]:2379 # local\n\n");
+    expect(readEndpointsFile(f).map((e) => e.address)).toEqual(["127.0.0.1:2379", "127.0.0.2:2379", "[::1]:2379"]);
+  });
+  test("rejects a bad endpoint with the parser's message", () => {
+    const f = join(dir, "b");
+    writeFileSync(f, "127.0.0.1\n");
+    expect(() => readEndpointsFile(f)).toThrow(/missing port/);
+  });
+  test("rejects an empty file", () => {
+    const f = join(dir, "c");
+    writeFileSync(f, "# nothing\n");
+    expect(() => readEndpointsFile(f)).toThrow(/no endpoints/);
+  });
+});
+
+describe("the etcd check's judgement of maintenance status", () => {
+  const cases: [object, boolean, RegExp][] = [
+    [{ leader: "123", errors: [] }, true, /ok/],
+    [{ leader: "0" }, false, /no leader/],
+    [{}, false, /no leader/],
+    [{ leader: "1", isLearner: true }, false, /learner/],
+    [{ leader: "1", errors: ["memberID:1 alarm:NOSPACE"] }, false, /NOSPACE/],
+  ];
+  for (const [status, ok, reason] of cases) {
+    test(JSON.stringify(status), () => {
+      const r = judgeStatus(status);
+      expect(r.ok).toBe(ok);
+      expect(r.reason).toMatch(reason);
+    });
+  }
+});
