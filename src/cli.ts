@@ -9,13 +9,24 @@ import pkg from "../package.json" with { type: "json" };
 import { parseFlags } from "./_argv.ts";
 import { buildOptions, START_FLAGS, type GatewayOptions } from "./config.ts";
 import { formatDuration } from "./duration.ts";
+import { startAdmin, type Status } from "./admin.ts";
 import { startGateway, type Gateway } from "./gateway.ts";
+import { parseHostPort } from "./endpoints.ts";
+import { colours, renderStatus } from "./status.ts";
 import { adopt, joinPrimary, reportingHealth, sendToPrimary, snapshot, startWorkers, workerNumber, type WorkerPool } from "./workers.ts";
 import { createLogger, errorText, type Logger } from "./log.ts";
 
 /** Exit codes; documented in the README. */
 export const EXIT_OK = 0;
 export const EXIT_USAGE = 1;
+
+function parseHostPortFlag(flag: string, text: string): string {
+  try {
+    return parseHostPort(text).address;
+  } catch (e) {
+    throw new Error(`--${flag}: ${errorText(e)}`);
+  }
+}
 
 function fail(message: string): never {
   process.stderr.write(`etcd-gateway: ${message}\n`);
@@ -57,6 +68,7 @@ async function serve(opts: GatewayOptions, log: Logger): Promise<void> {
   let gateway: Gateway | undefined;
   let pool: WorkerPool | undefined;
   let draining = false;
+  const startedAt = Date.now();
   const drain = async (signal: string) => {
     if (gateway === undefined) process.exit(EXIT_OK);
     if (draining) {
@@ -121,13 +133,51 @@ async function serve(opts: GatewayOptions, log: Logger): Promise<void> {
     });
     await pool.ready;
   }
+  if (opts.adminAddr !== null) {
+    try {
+      startAdmin(opts.adminAddr, gw, opts, pkg.version, startedAt);
+    } catch (e) {
+      fail(`--admin-addr: cannot listen on ${opts.adminAddr.address}: ${errorText(e)}`);
+    }
+  }
   log.info("ready to proxy client requests", {
     "listen-addr": opts.listenAddr.address,
     endpoints: gw.members.list.map((m) => m.address),
     policy: opts.policy,
     workers: opts.workers,
+    ...(opts.adminAddr === null ? {} : { "admin-addr": opts.adminAddr.address }),
   });
 }
+
+const statusCommand = defineCommand({
+  meta: { name: "status", description: "Show the members of a running gateway and their state (asks its --admin-addr)" },
+  args: {
+    "admin-addr": { type: "string", default: "127.0.0.1:23791", valueHint: "host:port", description: "the gateway's --admin-addr" },
+    json: { type: "boolean", default: false, description: "print the raw JSON of /status" },
+  },
+  async run({ rawArgs }) {
+    let addr: string;
+    let json: boolean;
+    try {
+      const v = parseFlags(rawArgs, {
+        "admin-addr": { type: "string", description: "" },
+        json: { type: "boolean", description: "" },
+      });
+      addr = parseHostPortFlag("admin-addr", typeof v["admin-addr"] === "string" ? v["admin-addr"] : "127.0.0.1:23791");
+      json = v.json === true;
+    } catch (e) {
+      fail(errorText(e));
+    }
+    let body: Status;
+    try {
+      const r = await fetch(`http://${addr}/status`, { signal: AbortSignal.timeout(3000) });
+      body = (await r.json()) as Status;
+    } catch (e) {
+      fail(`cannot reach the admin endpoint at ${addr}: ${errorText(e)} (is the gateway running with --admin-addr=${addr}?)`);
+    }
+    process.stdout.write(json ? JSON.stringify(body, null, 2) + "\n" : renderStatus(body, colours()));
+  },
+});
 
 const version = defineCommand({
   meta: { name: "version", description: "Print the version" },
@@ -138,7 +188,7 @@ const version = defineCommand({
 
 export const main = defineCommand({
   meta: { name: "etcd-gateway", version: pkg.version, description: pkg.description },
-  subCommands: { start, version },
+  subCommands: { start, status: statusCommand, version },
 });
 
 if (import.meta.main) void runMain(main);

@@ -52,6 +52,7 @@ export const START_FLAGS = {
   "health-key": { type: "string", valueHint: "path", description: "key of --health-cert" },
   "close-on-member-down": { type: "boolean", default: true, description: "when a member is marked down, reset the connections to it (if a healthy member exists) so clients reconnect to a healthy one" },
   "keepalive-time": { type: "string", default: "5s", valueHint: "duration", description: "TCP keepalive idle time on both legs; Bun then probes every 1s, 10 times, so a silent peer is dropped within this + 10s" },
+  "admin-addr": { type: "string", valueHint: "host:port", description: "serve /metrics, /healthz, /readyz and /status here (off by default; 127.0.0.1:23791 is the documented choice)" },
   workers: { type: "string", default: "1", valueHint: "N|auto", description: "processes accepting on the listen address (SO_REUSEPORT); auto = one per core; they share member state" },
   "log-format": { type: "string", default: "json", valueHint: LOG_FORMATS.join("|"), description: "log format on stderr" },
   "log-level": { type: "string", default: "info", valueHint: LOG_LEVELS.join("|"), description: "lowest level logged" },
@@ -78,6 +79,8 @@ export interface GatewayOptions {
   policy: PolicyName;
   /** Processes serving the listen address. @default 1 */
   workers: number;
+  /** The admin endpoint, or null (off). */
+  adminAddr: HostPort | null;
   health: HealthOptions;
   /** @default true */
   closeOnMemberDown: boolean;
@@ -156,6 +159,7 @@ export function buildOptions(values: FlagValues): GatewayOptions {
     drainTimeoutMs: duration("drain-timeout"),
     policy: oneOf("policy", POLICY_NAMES),
     workers: check("workers", parseWorkers),
+    adminAddr: values["admin-addr"] === undefined ? null : check("admin-addr", parseHostPort),
     health: {
       check: oneOf("health-check", CHECK_KINDS),
       intervalMs: duration("health-interval", 1),

@@ -5,6 +5,7 @@
  * @module
  */
 import { isIP } from "node:net";
+import { MemberStats } from "./metrics.ts";
 
 /** A parsed `host:port`. `host` has no brackets; IPv6 literals are bracketed again in `address`. */
 export interface HostPort {
@@ -143,6 +144,8 @@ export class Member {
   weight: number;
   /** Host to dial: the resolved IP with `--dns-server`, else the endpoint's host (resolved per dial). */
   dialHost: string;
+  /** Counters for /metrics (this process's share). */
+  readonly stats = new MemberStats();
   constructor(readonly endpoint: HostPort, spec: Omit<EndpointSpec, keyof HostPort> = {}) {
     this.tls = spec.tls === true;
     this.priority = spec.priority ?? 0;

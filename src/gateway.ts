@@ -12,6 +12,7 @@ import { ConfigError } from "./config.ts";
 import { discoverSrv, type SrvOptions } from "./discovery/srv.ts";
 import { startRefresh } from "./discovery/refresh.ts";
 import { systemDnsServer } from "./discovery/dns.ts";
+import type { DiscoveryStats } from "./metrics.ts";
 import { MemberTable, type EndpointSpec, type HostPort, type Member } from "./endpoints.ts";
 import { createMemberHealth, type MemberHealth } from "./health.ts";
 import { errorText, type Logger } from "./log.ts";
@@ -27,6 +28,7 @@ export interface Gateway {
   memberDown(member: Member): void;
   /** Re-reads `--endpoints-file` and re-runs discovery now (SIGHUP); a no-op in workers. */
   refresh(): Promise<void>;
+  readonly discoveryStats: DiscoveryStats;
   /** The bound port (differs from the option when it was 0 in tests). */
   readonly port: number;
   /**
@@ -108,9 +110,11 @@ export async function startGateway(opts: GatewayOptions, log: Logger, role?: Gat
   }
   health.start();
   const started = proxy;
+  const discoveryStats: DiscoveryStats = { refreshes: 0, failures: 0, lastGoodAt: srv !== null ? Date.now() : 0 };
   const refresher = !primary
     ? null
     : startRefresh({
+        stats: discoveryStats,
         options: {
           srv,
           initialTtl,
@@ -156,6 +160,7 @@ export async function startGateway(opts: GatewayOptions, log: Logger, role?: Gat
     health,
     proxy: started,
     memberDown,
+    discoveryStats,
     refresh: async () => {
       log.info("reloading endpoints (SIGHUP)");
       await refresher?.refreshNow();

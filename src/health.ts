@@ -94,6 +94,7 @@ export function createMemberHealth(opts: {
     if (to === from) return;
     m.state = to;
     m.active = to === "up";
+    if (to === "ejected") m.stats.ejections++;
     if (to === "up") log.info("activated", { address: m.address, from, to, reason });
     else if (from === "up") log.warn("deactivated endpoint", { address: m.address, interval, error: reason, from, to });
     else log.warn("member state changed", { address: m.address, from, to, reason });

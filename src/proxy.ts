@@ -12,6 +12,7 @@ import type { Member } from "./endpoints.ts";
 import type { MemberHealth } from "./health.ts";
 import { formatDuration } from "./duration.ts";
 import { errorText, type Logger } from "./log.ts";
+import { ListenerStats, type FailureReason } from "./metrics.ts";
 import type { Policy } from "./select.ts";
 
 const NO_MEMBERS: Member[] = [];
@@ -47,6 +48,8 @@ interface Conn {
   dialTimer: Timer | null;
   /** Client bytes read before an upstream was paired (rare: the client is paused until then). */
   early: Uint8Array[] | null;
+  /** performance.now() when the current dial started. */
+  dialStart: number;
   /** performance.now() when the upstream connected; 0 once the early-end window is over. */
   pairedAt: number;
   /**
@@ -77,6 +80,7 @@ export interface Proxy {
   readonly listener: TCPSocketListener<Leg>;
   /** Client connections open now (including those still dialing). */
   readonly active: number;
+  readonly stats: ListenerStats;
   /** Stops accepting; open connections carry on. */
   stopAccepting(): void;
   /** Resolves when no connection is open any more. */
@@ -100,6 +104,7 @@ export function startProxy(opts: ProxyOptions): Proxy {
   const { policy, health, connectTimeoutMs, keepAliveMs, log } = opts;
   const timeoutText = `connect timeout after ${formatDuration(connectTimeoutMs)}`;
   const conns = new Set<Conn>();
+  const stats = new ListenerStats();
   let idleWaiters: (() => void)[] = [];
   let lastNoMemberLog = -Infinity;
   let suppressedNoMember = 0;
@@ -178,7 +183,10 @@ export function startProxy(opts: ProxyOptions): Proxy {
     if (member === null || conn.pairedAt === 0) return;
     const early = !up.gotData && !conn.client.readDone && performance.now() - conn.pairedAt < connectTimeoutMs;
     conn.pairedAt = 0; // once
-    if (early) health.dialFailed(member, reason);
+    if (early) {
+      member.stats.failures.reset++;
+      health.dialFailed(member, reason);
+    }
     else if (conn.probation) proven(conn);
   };
 
@@ -205,6 +213,9 @@ export function startProxy(opts: ProxyOptions): Proxy {
         s.terminate();
         return;
       }
+      const conn = leg.conn;
+      if (leg === conn.up) conn.member!.stats.bytesFromMember += chunk.byteLength;
+      else conn.member!.stats.bytesToMember += chunk.byteLength;
       if (!send(peer, chunk)) s.pause();
     },
     drain(s) {
@@ -257,6 +268,8 @@ export function startProxy(opts: ProxyOptions): Proxy {
       s.setKeepAlive(true, keepAliveMs);
       const member = conn.member!;
       conn.pairedAt = performance.now();
+      member.stats.connectionsTotal++;
+      member.stats.observeConnect((conn.pairedAt - conn.dialStart) / 1000);
       conn.candidates = NO_MEMBERS; // not needed any more; keep idle connections small
       if (member.failures === 0 && member.active) health.dialSucceeded(member);
       else conn.probation = true;
@@ -295,23 +308,28 @@ export function startProxy(opts: ProxyOptions): Proxy {
     member.connections++;
     const leg = newLeg(conn);
     conn.up = leg;
-    const failed = (reason: string) => {
+    const failed = (reason: string, kind: FailureReason) => {
       if (leg.abandoned) return;
       leg.abandoned = true;
       member.connections--;
+      member.stats.failures[kind]++;
       clearTimeout(conn.dialTimer!);
       health.dialFailed(member, reason);
       dialNext(conn);
     };
     // Trap 5: Bun.connect has no timeout and cannot be cancelled; race a timer, close late sockets.
-    conn.dialTimer = setTimeout(() => failed(timeoutText), connectTimeoutMs);
+    conn.dialStart = performance.now();
+    conn.dialTimer = setTimeout(() => failed(timeoutText, "timeout"), connectTimeoutMs);
     Bun.connect<Leg>({
       hostname: member.dialHost,
       port: member.endpoint.port,
       allowHalfOpen: true,
       data: leg,
       socket: upstreamHandlers,
-    }).catch((e: unknown) => failed(errorText(e)));
+    }).catch((e: unknown) => {
+      const text = errorText(e);
+      failed(text, text.includes("ECONNREFUSED") ? "refused" : "other");
+    });
   };
 
   const noMember = (conn: Conn) => {
@@ -338,8 +356,9 @@ export function startProxy(opts: ProxyOptions): Proxy {
     socket: {
       ...pipe,
       open(s) {
+        stats.accepted++;
         // Trap 7: the listener's `data` option is shared by every socket; give each its own state.
-        const conn: Conn = { client: null!, up: null, member: null, candidates: policy.candidates(), attempt: 0, dialing: true, dialTimer: null, early: null, pairedAt: 0, probation: false };
+        const conn: Conn = { client: null!, up: null, member: null, candidates: policy.candidates(), attempt: 0, dialing: true, dialTimer: null, early: null, dialStart: 0, pairedAt: 0, probation: false };
         const leg = newLeg(conn);
         conn.client = leg;
         leg.sock = s;
@@ -356,6 +375,7 @@ export function startProxy(opts: ProxyOptions): Proxy {
 
   return {
     listener,
+    stats,
     get active() {
       return conns.size;
     },

@@ -16,6 +16,7 @@ import { errorText, type Logger } from "../log.ts";
 import { fetchMemberList } from "./members.ts";
 import { discoverSrv, type SrvOptions } from "./srv.ts";
 import { readFileSync } from "node:fs";
+import type { DiscoveryStats } from "../metrics.ts";
 
 export interface RefreshOptions {
   srv: SrvOptions | null;
@@ -53,8 +54,13 @@ export function startRefresh(opts: {
   table: MemberTable;
   log: Logger;
   apply: (endpoints: EndpointSpec[], source: string) => Promise<void>;
+  stats: DiscoveryStats;
 }): Refresher {
-  const { options: o, log, table } = opts;
+  const { options: o, log, table, stats } = opts;
+  const good = () => {
+    stats.refreshes++;
+    stats.lastGoodAt = Date.now();
+  };
   let seeds = opts.seeds;
   let synced = false;
   let stopped = false;
@@ -77,12 +83,14 @@ export function startRefresh(opts: {
     srvBusy = true;
     try {
       const r = await discoverSrv(o.srv, log);
+      good();
       srvFailures = 0;
       seeds = r.endpoints;
       if (!synced) await opts.apply(seeds, "dns srv");
       return clamp(r.ttl * 1000);
     } catch (e) {
       srvFailures++;
+      stats.failures++;
       log.warn("DNS SRV refresh failed; keeping the last good endpoints", { error: errorText(e), endpoints: table.list.map((m) => m.address) });
       return clamp(o.refreshMinMs * 2 ** Math.min(srvFailures - 1, 10));
     } finally {
@@ -110,6 +118,7 @@ export function startRefresh(opts: {
         asked.add(address);
         try {
           const endpoints = await fetchMemberList(address, tls, o.syncTLS, o.timeoutMs);
+          good();
           synced = true;
           await opts.apply(endpoints, `member list from ${address}`);
           return;
@@ -117,6 +126,7 @@ export function startRefresh(opts: {
           lastError = `${address}: ${errorText(e)}`;
         }
       }
+      stats.failures++;
       log.warn("member list sync failed; keeping the current endpoints", { error: lastError });
     } finally {
       syncBusy = false;
@@ -135,11 +145,13 @@ export function startRefresh(opts: {
       if (o.endpointsFile !== null) {
         try {
           const fromFile = readEndpointsFile(o.endpointsFile);
+          good();
           if (o.srv === null) {
             seeds = fromFile;
             if (!synced) await opts.apply(seeds, `endpoints file ${o.endpointsFile}`);
           }
         } catch (e) {
+          stats.failures++;
           log.error("cannot reload the endpoints file; keeping the current endpoints", { file: o.endpointsFile, error: errorText(e) });
         }
       }

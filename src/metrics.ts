@@ -1,0 +1,94 @@
+/**
+ * Counters the data path and health keep for `/metrics`, and their Prometheus text rendering.
+ * Counting costs a few additions per chunk or per connection: no allocation on the data path.
+ *
+ * @module
+ */
+import type { Member } from "./endpoints.ts";
+
+/** Upper bounds (seconds) of the connect-time histogram buckets. */
+export const CONNECT_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5];
+
+export type FailureReason = "refused" | "timeout" | "reset" | "other";
+export const FAILURE_REASONS: readonly FailureReason[] = ["refused", "timeout", "reset", "other"];
+
+export class MemberStats {
+  connectionsTotal = 0;
+  bytesToMember = 0;
+  bytesFromMember = 0;
+  ejections = 0;
+  readonly failures: Record<FailureReason, number> = { refused: 0, timeout: 0, reset: 0, other: 0 };
+  /** Cumulative counts per bucket of CONNECT_BUCKETS, plus +Inf last. */
+  readonly connectBuckets = new Float64Array(CONNECT_BUCKETS.length + 1);
+  connectSum = 0;
+
+  observeConnect(seconds: number): void {
+    this.connectSum += seconds;
+    let i = 0;
+    while (i < CONNECT_BUCKETS.length && seconds > CONNECT_BUCKETS[i]!) i++;
+    this.connectBuckets[i]!++;
+  }
+}
+
+export class ListenerStats {
+  accepted = 0;
+  /** Connections refused at `--max-connections` (not accepted at all). */
+  refused = 0;
+}
+
+export interface DiscoveryStats {
+  refreshes: number;
+  failures: number;
+  /** Date.now() of the last good answer, 0 if none. */
+  lastGoodAt: number;
+}
+
+const esc = (v: string) => v.replace(/\\/g, "\\\\").replace(/"/g, '\\"').replace(/\n/g, "\\n");
+
+/** Renders everything in Prometheus text exposition format 0.0.4, names prefixed `etcd_gateway_`. */
+export function renderMetrics(s: {
+  version: string;
+  startedAt: number;
+  members: readonly Member[];
+  listener: ListenerStats;
+  active: number;
+  discovery: DiscoveryStats;
+}): string {
+  const out: string[] = [];
+  const metric = (name: string, type: "gauge" | "counter" | "histogram", help: string, rows: [labels: string, value: number][]) => {
+    out.push(`# HELP etcd_gateway_${name} ${help}`, `# TYPE etcd_gateway_${name} ${type}`);
+    for (const [labels, value] of rows) out.push(`etcd_gateway_${name}${labels} ${Number.isFinite(value) ? value : 0}`);
+  };
+  const ep = (m: Member, extra = "") => `{endpoint="${esc(m.address)}"${extra}}`;
+  const ms = s.members;
+
+  metric("build_info", "gauge", "Version of etcd-gateway and of the Bun runtime it carries.", [[`{version="${esc(s.version)}",bun="${esc(Bun.version)}"}`, 1]]);
+  metric("start_time_seconds", "gauge", "Start time of the process since the Unix epoch, in seconds.", [["", s.startedAt / 1000]]);
+  metric("member_up", "gauge", "1 when the member is usable (state up), else 0.", ms.map((m) => [ep(m), m.active ? 1 : 0]));
+  metric("member_state", "gauge", "1 for the member's current state (up, down, ejected).", ms.flatMap((m) => (["up", "down", "ejected"] as const).map((st): [string, number] => [ep(m, `,state="${st}"`), m.state === st ? 1 : 0])));
+  metric("member_connections", "gauge", "Proxied connections open to the member (dials in flight included).", ms.map((m) => [ep(m), m.connections]));
+  metric("member_connections_total", "counter", "Proxied connections established to the member.", ms.map((m) => [ep(m), m.stats.connectionsTotal]));
+  metric("member_connect_failures_total", "counter", "Failed dials to the member by reason (refused, timeout, reset right after connect, other).", ms.flatMap((m) => FAILURE_REASONS.map((r): [string, number] => [ep(m, `,reason="${r}"`), m.stats.failures[r]])));
+  metric("member_sent_bytes_total", "counter", "Bytes forwarded from clients to the member.", ms.map((m) => [ep(m), m.stats.bytesToMember]));
+  metric("member_received_bytes_total", "counter", "Bytes forwarded from the member to clients.", ms.map((m) => [ep(m), m.stats.bytesFromMember]));
+  metric("member_ejections_total", "counter", "Times the member was ejected after --health-fall failed dials in a row.", ms.map((m) => [ep(m), m.stats.ejections]));
+  out.push("# HELP etcd_gateway_member_connect_duration_seconds Time from dial to connected.", "# TYPE etcd_gateway_member_connect_duration_seconds histogram");
+  for (const m of ms) {
+    let cumulative = 0;
+    CONNECT_BUCKETS.forEach((le, i) => {
+      cumulative += m.stats.connectBuckets[i]!;
+      out.push(`etcd_gateway_member_connect_duration_seconds_bucket${ep(m, `,le="${le}"`)} ${cumulative}`);
+    });
+    cumulative += m.stats.connectBuckets[CONNECT_BUCKETS.length]!;
+    out.push(`etcd_gateway_member_connect_duration_seconds_bucket${ep(m, ',le="+Inf"')} ${cumulative}`);
+    out.push(`etcd_gateway_member_connect_duration_seconds_sum${ep(m)} ${m.stats.connectSum}`);
+    out.push(`etcd_gateway_member_connect_duration_seconds_count${ep(m)} ${cumulative}`);
+  }
+  metric("listener_accepted_total", "counter", "Client connections accepted.", [["", s.listener.accepted]]);
+  metric("listener_connections", "gauge", "Client connections open now.", [["", s.active]]);
+  metric("listener_refused_total", "counter", "Client connections refused at --max-connections.", [["", s.listener.refused]]);
+  metric("discovery_refreshes_total", "counter", "Successful discovery rounds (DNS SRV, member list, endpoints file).", [["", s.discovery.refreshes]]);
+  metric("discovery_failures_total", "counter", "Failed discovery rounds (the last good endpoints were kept).", [["", s.discovery.failures]]);
+  metric("discovery_last_good_age_seconds", "gauge", "Seconds since the last good discovery answer (-1: none yet).", [["", s.discovery.lastGoodAt === 0 ? -1 : (Date.now() - s.discovery.lastGoodAt) / 1000]]);
+  return out.join("\n") + "\n";
+}
