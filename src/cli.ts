@@ -10,6 +10,7 @@ import { parseFlags } from "./_argv.ts";
 import { buildOptions, START_FLAGS, type GatewayOptions } from "./config.ts";
 import { formatDuration } from "./duration.ts";
 import { startAdmin, type Status } from "./admin.ts";
+import { notify } from "./sdnotify.ts";
 import { startGateway, type Gateway } from "./gateway.ts";
 import { parseHostPort } from "./endpoints.ts";
 import { colours, renderStatus } from "./status.ts";
@@ -77,6 +78,7 @@ async function serve(opts: GatewayOptions, log: Logger): Promise<void> {
       process.exit(EXIT_OK);
     }
     draining = true;
+    if (worker === null) notify("STOPPING=1");
     log.info("draining: stopped accepting, waiting for open connections", {
       signal,
       connections: gateway.proxy.active,
@@ -147,6 +149,10 @@ async function serve(opts: GatewayOptions, log: Logger): Promise<void> {
     workers: opts.workers,
     ...(opts.adminAddr === null ? {} : { "admin-addr": opts.adminAddr.address }),
   });
+  // Like etcd: tell systemd (Type=notify) that the gateway is listening.
+  const notified = notify(`READY=1\nMAINPID=${process.pid}`);
+  if (notified === "sent") log.info("notified init daemon", { state: "READY=1" });
+  else if (notified !== "unset") log.error("failed to notify systemd for readiness", { error: notified });
 }
 
 const statusCommand = defineCommand({

@@ -236,14 +236,12 @@ function validateDomain(text: string): void {
   if (text.startsWith("[") || text.includes(":")) throw new Error(`invalid domain ${q}`);
 }
 
-/** A DNS server address: host:port, or a bare IP for port 53. */
+/** A DNS server address: an IP with a port, or a bare IP for port 53 (a name would need a resolver itself). */
 function parseServer(text: string): string {
-  try {
-    return parseHostPort(text).address;
-  } catch (e) {
-    if (isIP(text.replace(/^\[|\]$/g, "")) !== 0) return parseHostPort(isIP(text) === 6 ? `[${text}]:53` : `${text.replace(/^\[|\]$/g, "")}:53`).address;
-    throw e;
-  }
+  const bare = text.replace(/^\[|\]$/g, "");
+  const hp = isIP(bare) !== 0 ? parseHostPort(isIP(bare) === 6 ? `[${bare}]:53` : `${bare}:53`) : parseHostPort(text);
+  if (isIP(hp.host) === 0) throw new Error(`DNS server must be an IP address, got ${JSON.stringify(text)}`);
+  return hp.address;
 }
 
 function count(text: string): number {

@@ -65,6 +65,7 @@ describe("bad input is a one-line error naming the flag and the value", () => {
     [["--policy=random"], '--policy: invalid value "random"; expected one of sticky, round-robin'],
     [["--log-level=loud"], '--log-level: invalid value "loud"'],
     [["--dns-server=not a server"], "--dns-server: "],
+    [["--dns-server=dns.local:53"], '--dns-server: DNS server must be an IP address, got "dns.local:53"'],
     [["--discovery-refresh-min=10m"], "--discovery-refresh-min: must not exceed --discovery-refresh-max (5m)"],
     [["--endpoints-file=/nonexistent"], '--endpoints-file: "/nonexistent": cannot read: ENOENT'],
     [["--endpoints-auto-sync-interval=often"], "--endpoints-auto-sync-interval: "],
