@@ -42,7 +42,7 @@ export function status(gw: Gateway, opts: GatewayOptions, version: string, start
     pid: process.pid,
     startedAt: new Date(startedAt).toISOString(),
     uptimeSeconds: (Date.now() - startedAt) / 1000,
-    listener: { address: opts.listenAddr.address, accepted: gw.proxy.stats.accepted, active: gw.proxy.active },
+    listener: { address: opts.listenAddrs.map((a) => a.address).join(","), accepted: gw.proxy.stats.accepted, active: gw.proxy.active },
     policy: opts.policy,
     workers: opts.workers,
     members: gw.members.list.map((m) => ({

@@ -143,7 +143,7 @@ async function serve(opts: GatewayOptions, log: Logger): Promise<void> {
     }
   }
   log.info("ready to proxy client requests", {
-    "listen-addr": opts.listenAddr.address,
+    "listen-addr": opts.listenAddrs.map((a) => a.address).join(","),
     endpoints: gw.members.list.map((m) => m.address),
     policy: opts.policy,
     workers: opts.workers,

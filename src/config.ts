@@ -12,7 +12,7 @@ import { errorText } from "./log.ts";
 import { CHECK_KINDS, loadCheckTLS } from "./checks.ts";
 import { formatDuration, parseDuration } from "./duration.ts";
 import type { HealthOptions } from "./health.ts";
-import { parseEndpointList, parseHostPort, type EndpointSpec, type HostPort } from "./endpoints.ts";
+import { parseEndpointList, parseHostPort, parseListenAddress, type EndpointSpec, type HostPort, type ListenAddress } from "./endpoints.ts";
 import { LOG_FORMATS, LOG_LEVELS, type LogFormat, type LogLevel } from "./log.ts";
 import { POLICY_NAMES, type PolicyName } from "./select.ts";
 
@@ -27,7 +27,10 @@ export interface FlagSpec {
 
 /** Every flag of `etcd-gateway start`. The first seven are `etcd gateway start`'s, same names and defaults. */
 export const START_FLAGS = {
-  "listen-addr": { type: "string", default: "127.0.0.1:23790", valueHint: "host:port", description: "address to accept client connections on (IPv4, [IPv6]:port or hostname:port)" },
+  "listen-addr": { type: "string", default: "127.0.0.1:23790", valueHint: "host:port", repeatable: true, description: "address to accept client connections on (IPv4, [IPv6]:port, hostname:port, or unix:///path); repeatable" },
+  "listen-socket-mode": { type: "string", default: "0660", valueHint: "octal", description: "file mode of unix socket listeners" },
+  "max-connections": { type: "string", default: "0", valueHint: "N", description: "client connections at most; at the limit the gateway stops accepting (new connects are refused) until one closes (0 = unlimited)" },
+  "idle-timeout": { type: "string", default: "0", valueHint: "duration", description: "close a proxied connection with no bytes either way for this long (0 = off: etcd watches are idle for long periods)" },
   endpoints: { type: "string", default: "127.0.0.1:2379", valueHint: "host:port,...", repeatable: true, description: "comma-separated etcd cluster endpoints; repeatable; http:// and https:// are stripped" },
   "discovery-srv": { type: "string", valueHint: "domain", description: "DNS domain used to bootstrap cluster endpoints through SRV records (_etcd-client-ssl._tcp and _etcd-client._tcp), refreshed on their TTL" },
   "discovery-srv-name": { type: "string", valueHint: "name", description: "service name to query when using DNS discovery" },
@@ -63,7 +66,14 @@ export type StartFlag = keyof typeof START_FLAGS;
 export type FlagValues = Partial<Record<StartFlag, string | boolean | string[]>>;
 
 export interface GatewayOptions {
-  listenAddr: HostPort;
+  /** Every listener; the TCP ones also feed the self-loop guard. */
+  listenAddrs: ListenAddress[];
+  /** Mode of unix socket listeners. @default 0o660 */
+  listenSocketMode: number;
+  /** 0 = unlimited. */
+  maxConnections: number;
+  /** 0 = off. */
+  idleTimeoutMs: number;
   endpoints: EndpointSpec[];
   discoverySrv: string | null;
   discoverySrvName: string | null;
@@ -147,8 +157,19 @@ export function buildOptions(values: FlagValues): GatewayOptions {
 
   const rawEndpoints = values.endpoints;
   const endpointValues = Array.isArray(rawEndpoints) ? rawEndpoints : [str("endpoints")];
+  const rawListen = values["listen-addr"];
+  const listenValues = Array.isArray(rawListen) ? rawListen : [str("listen-addr")];
   const opts: GatewayOptions = {
-    listenAddr: check("listen-addr", parseHostPort),
+    listenAddrs: check("listen-addr", () => listenValues.flatMap((v) => v.split(",")).map((v) => parseListenAddress(v.trim()))),
+    listenSocketMode: check("listen-socket-mode", (t) => {
+      if (!/^0?[0-7]{3}$/.test(t)) throw new Error(`invalid file mode ${JSON.stringify(t)}; expected octal like 0660`);
+      return parseInt(t, 8);
+    }),
+    maxConnections: check("max-connections", (t) => {
+      if (!/^\d+$/.test(t)) throw new Error(`invalid count ${JSON.stringify(t)}`);
+      return Number(t);
+    }),
+    idleTimeoutMs: duration("idle-timeout"),
     endpoints: check("endpoints", () => parseEndpointList(endpointValues)),
     discoverySrv: optional("discovery-srv"),
     discoverySrvName: optional("discovery-srv-name"),

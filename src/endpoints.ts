@@ -63,6 +63,25 @@ export function formatHostPort(host: string, port: number): string {
   return isIP(host) === 6 ? `[${host}]:${port}` : `${host}:${port}`;
 }
 
+/** Where the gateway accepts clients: a TCP address, or a unix socket path (`unix:///run/etcd.sock`). */
+export type ListenAddress = { kind: "tcp"; tcp: HostPort; address: string } | { kind: "unix"; path: string; address: string };
+
+/**
+ * Parses one `--listen-addr`: `host:port`, `[IPv6]:port`, or `unix://` followed by an absolute path.
+ *
+ * @example parseListenAddress("unix:///run/etcd-gateway.sock") // { kind: "unix", path: "/run/etcd-gateway.sock", ... }
+ */
+export function parseListenAddress(text: string): ListenAddress {
+  if (text.startsWith("unix:")) {
+    const path = text.replace(/^unix:(\/\/)?/, "");
+    if (!path.startsWith("/")) throw new Error(`unix socket path must be absolute in ${JSON.stringify(text)}`);
+    if (Buffer.byteLength(path) > 107) throw new Error(`unix socket path too long (max 107 bytes) in ${JSON.stringify(text)}`);
+    return { kind: "unix", path, address: `unix://${path}` };
+  }
+  const tcp = parseHostPort(text);
+  return { kind: "tcp", tcp, address: tcp.address };
+}
+
 /**
  * Parses one `--endpoints` entry: an optional `http://` or `https://` scheme is stripped (as etcd
  * does), surrounding spaces are trimmed, the port is required.

@@ -5,7 +5,8 @@
  * @module
  */
 import { lookup } from "node:dns/promises";
-import { isIP } from "node:net";
+import { existsSync, unlinkSync } from "node:fs";
+import { connect as netConnect, isIP } from "node:net";
 import { networkInterfaces } from "node:os";
 import type { GatewayOptions } from "./config.ts";
 import { ConfigError } from "./config.ts";
@@ -13,7 +14,7 @@ import { discoverSrv, type SrvOptions } from "./discovery/srv.ts";
 import { startRefresh } from "./discovery/refresh.ts";
 import { systemDnsServer } from "./discovery/dns.ts";
 import type { DiscoveryStats } from "./metrics.ts";
-import { MemberTable, type EndpointSpec, type HostPort, type Member } from "./endpoints.ts";
+import { MemberTable, type EndpointSpec, type HostPort, type ListenAddress, type Member } from "./endpoints.ts";
 import { createMemberHealth, type MemberHealth } from "./health.ts";
 import { errorText, type Logger } from "./log.ts";
 import { startProxy, type Proxy } from "./proxy.ts";
@@ -69,7 +70,8 @@ export async function startGateway(opts: GatewayOptions, log: Logger, role?: Gat
       throw new ConfigError("discovery-srv", srv.domain, errorText(e));
     }
   }
-  if (primary) await checkSelfLoop(opts.listenAddr, opts.endpoints);
+  if (primary) await checkSelfLoops(opts.listenAddrs, opts.endpoints);
+  if (primary) for (const a of opts.listenAddrs) if (a.kind === "unix") await clearStaleSocket(a.path);
   const members = new MemberTable(opts.endpoints);
   let proxy: Proxy | undefined;
   const health =
@@ -96,8 +98,11 @@ export async function startGateway(opts: GatewayOptions, log: Logger, role?: Gat
   const policy = createPolicy(opts.policy, members);
   try {
     proxy = startProxy({
-      hostname: opts.listenAddr.host,
-      port: opts.listenAddr.port,
+      // Workers share the TCP ports (SO_REUSEPORT); a unix socket has one owner, the primary.
+      addresses: primary ? opts.listenAddrs : opts.listenAddrs.filter((a) => a.kind === "tcp"),
+      socketMode: opts.listenSocketMode,
+      maxConnections: opts.maxConnections,
+      idleTimeoutMs: opts.idleTimeoutMs,
       reusePort: role?.reusePort ?? false,
       policy,
       health,
@@ -106,7 +111,7 @@ export async function startGateway(opts: GatewayOptions, log: Logger, role?: Gat
       log,
     });
   } catch (e) {
-    throw new ConfigError("listen-addr", opts.listenAddr.address, `cannot listen: ${errorText(e)}`);
+    throw new ConfigError("listen-addr", opts.listenAddrs.map((a) => a.address).join(","), `cannot listen: ${errorText(e)}`);
   }
   health.start();
   const started = proxy;
@@ -132,7 +137,7 @@ export async function startGateway(opts: GatewayOptions, log: Logger, role?: Gat
           const usable: EndpointSpec[] = [];
           for (const ep of next) {
             try {
-              await checkSelfLoop(opts.listenAddr, [ep]);
+              await checkSelfLoops(opts.listenAddrs, [ep]);
               usable.push(ep);
             } catch (e) {
               log.error("ignoring discovered endpoint", { source, endpoint: ep.address, error: errorText(e) });
@@ -165,7 +170,7 @@ export async function startGateway(opts: GatewayOptions, log: Logger, role?: Gat
       log.info("reloading endpoints (SIGHUP)");
       await refresher?.refreshNow();
     },
-    port: started.listener.port,
+    port: started.port,
     async drain(timeoutMs) {
       started.stopAccepting();
       health.stop();
@@ -220,6 +225,31 @@ function isLocal(ip: string): boolean {
     for (const a of list ?? []) if (canonicalIP(a.address) === ip) return true;
   }
   return false;
+}
+
+/**
+ * A socket file at `path` is only removed when nothing answers on it (a process that died left it);
+ * a live one means another process serves there.
+ */
+async function clearStaleSocket(path: string): Promise<void> {
+  if (!existsSync(path)) return;
+  const live = await new Promise<boolean>((resolve) => {
+    const s = netConnect({ path });
+    const done = (v: boolean) => {
+      s.destroy();
+      resolve(v);
+    };
+    s.once("connect", () => done(true));
+    s.once("error", () => done(false));
+    setTimeout(() => done(false), 500);
+  });
+  if (live) throw new ConfigError("listen-addr", `unix://${path}`, `cannot listen: ${path} is in use by another process`);
+  unlinkSync(path);
+}
+
+/** checkSelfLoop for every TCP listener. */
+export async function checkSelfLoops(listeners: readonly ListenAddress[], endpoints: readonly EndpointSpec[]): Promise<void> {
+  for (const l of listeners) if (l.kind === "tcp") await checkSelfLoop(l.tcp, endpoints);
 }
 
 /**

@@ -32,8 +32,8 @@ export class MemberStats {
 
 export class ListenerStats {
   accepted = 0;
-  /** Connections refused at `--max-connections` (not accepted at all). */
-  refused = 0;
+  /** Times the gateway stopped accepting at `--max-connections` (the kernel refuses new connects meanwhile). */
+  limitReached = 0;
 }
 
 export interface DiscoveryStats {
@@ -86,7 +86,7 @@ export function renderMetrics(s: {
   }
   metric("listener_accepted_total", "counter", "Client connections accepted.", [["", s.listener.accepted]]);
   metric("listener_connections", "gauge", "Client connections open now.", [["", s.active]]);
-  metric("listener_refused_total", "counter", "Client connections refused at --max-connections.", [["", s.listener.refused]]);
+  metric("listener_limit_reached_total", "counter", "Times the gateway stopped accepting at --max-connections (new connects are refused by the kernel until a connection closes).", [["", s.listener.limitReached]]);
   metric("discovery_refreshes_total", "counter", "Successful discovery rounds (DNS SRV, member list, endpoints file).", [["", s.discovery.refreshes]]);
   metric("discovery_failures_total", "counter", "Failed discovery rounds (the last good endpoints were kept).", [["", s.discovery.failures]]);
   metric("discovery_last_good_age_seconds", "gauge", "Seconds since the last good discovery answer (-1: none yet).", [["", s.discovery.lastGoodAt === 0 ? -1 : (Date.now() - s.discovery.lastGoodAt) / 1000]]);

@@ -7,8 +7,9 @@
  *
  * @module
  */
-import type { Socket, SocketHandler, TCPSocketListener } from "bun";
-import type { Member } from "./endpoints.ts";
+import type { Socket, SocketHandler, TCPSocketListener, UnixSocketListener } from "bun";
+import { chmodSync, existsSync, unlinkSync } from "node:fs";
+import type { ListenAddress, Member } from "./endpoints.ts";
 import type { MemberHealth } from "./health.ts";
 import { formatDuration } from "./duration.ts";
 import { errorText, type Logger } from "./log.ts";
@@ -50,6 +51,8 @@ interface Conn {
   early: Uint8Array[] | null;
   /** performance.now() when the current dial started. */
   dialStart: number;
+  /** The idle sweep's counter when bytes last moved (see --idle-timeout). */
+  activeAt: number;
   /** performance.now() when the upstream connected; 0 once the early-end window is over. */
   pairedAt: number;
   /**
@@ -61,8 +64,13 @@ interface Conn {
 }
 
 export interface ProxyOptions {
-  hostname: string;
-  port: number;
+  addresses: readonly ListenAddress[];
+  /** File mode of unix socket listeners. */
+  socketMode: number;
+  /** 0 = unlimited. */
+  maxConnections: number;
+  /** 0 = off. */
+  idleTimeoutMs: number;
   /** SO_REUSEPORT, for worker processes sharing one port. */
   reusePort: boolean;
   policy: Policy;
@@ -76,8 +84,12 @@ export interface ProxyOptions {
   log: Logger;
 }
 
+type Listener = TCPSocketListener<Leg> | UnixSocketListener<Leg>;
+
 export interface Proxy {
-  readonly listener: TCPSocketListener<Leg>;
+  readonly listener: Listener;
+  /** The port of the first TCP listener (0 when there is none). */
+  readonly port: number;
   /** Client connections open now (including those still dialing). */
   readonly active: number;
   readonly stats: ListenerStats;
@@ -101,7 +113,8 @@ function newLeg(conn: Conn): Leg {
  * @throws {Error} from Bun.listen (e.g. EADDRINUSE) synchronously.
  */
 export function startProxy(opts: ProxyOptions): Proxy {
-  const { policy, health, connectTimeoutMs, keepAliveMs, log } = opts;
+  const { policy, health, connectTimeoutMs, keepAliveMs, log, maxConnections } = opts;
+  let epoch = 0;
   const timeoutText = `connect timeout after ${formatDuration(connectTimeoutMs)}`;
   const conns = new Set<Conn>();
   const stats = new ListenerStats();
@@ -112,6 +125,7 @@ export function startProxy(opts: ProxyOptions): Proxy {
   const finished = (conn: Conn) => {
     if (!conn.client.closed || conn.dialing || (conn.up !== null && !conn.up.closed)) return;
     if (!conns.delete(conn)) return;
+    if (paused) resumeAccepting();
     if (conns.size === 0 && idleWaiters.length > 0) {
       const waiters = idleWaiters;
       idleWaiters = [];
@@ -214,6 +228,7 @@ export function startProxy(opts: ProxyOptions): Proxy {
         return;
       }
       const conn = leg.conn;
+      conn.activeAt = epoch;
       if (leg === conn.up) conn.member!.stats.bytesFromMember += chunk.byteLength;
       else conn.member!.stats.bytesToMember += chunk.byteLength;
       if (!send(peer, chunk)) s.pause();
@@ -347,40 +362,107 @@ export function startProxy(opts: ProxyOptions): Proxy {
     conn.client.sock!.terminate();
   };
 
-  const listener = Bun.listen<Leg>({
-    hostname: opts.hostname,
-    port: opts.port,
-    allowHalfOpen: true,
-    // Typed only on Bun.connect's options in bun-types, but honoured by Bun.listen (bun-platform.md §1.3).
-    ...({ reusePort: opts.reusePort } as object),
-    socket: {
-      ...pipe,
-      open(s) {
-        stats.accepted++;
-        // Trap 7: the listener's `data` option is shared by every socket; give each its own state.
-        const conn: Conn = { client: null!, up: null, member: null, candidates: policy.candidates(), attempt: 0, dialing: true, dialTimer: null, early: null, dialStart: 0, pairedAt: 0, probation: false };
-        const leg = newLeg(conn);
-        conn.client = leg;
-        leg.sock = s;
-        s.data = leg;
-        conns.add(conn);
-        s.setNoDelay(true);
-        s.setKeepAlive(true, keepAliveMs);
-        // Hold the client's bytes in the kernel until an upstream is connected.
-        s.pause();
-        dialNext(conn);
-      },
+  const listenerHandlers: SocketHandler<Leg> = {
+    ...pipe,
+    open(s) {
+      stats.accepted++;
+      // Trap 7: the listener's `data` option is shared by every socket; give each its own state.
+      const conn: Conn = { client: null!, up: null, member: null, candidates: policy.candidates(), attempt: 0, dialing: true, dialTimer: null, early: null, dialStart: 0, pairedAt: 0, probation: false, activeAt: epoch };
+      const leg = newLeg(conn);
+      conn.client = leg;
+      leg.sock = s;
+      s.data = leg;
+      conns.add(conn);
+      s.setNoDelay?.(true);
+      s.setKeepAlive?.(true, keepAliveMs);
+      // Hold the client's bytes in the kernel until an upstream is connected.
+      s.pause();
+      if (maxConnections > 0 && conns.size >= maxConnections) pauseAccepting();
+      dialNext(conn);
     },
-  });
+  };
+
+  const listen = (a: ListenAddress): Listener => {
+    if (a.kind === "tcp") {
+      return Bun.listen<Leg>({
+        hostname: a.tcp.host,
+        port: a.tcp.port,
+        allowHalfOpen: true,
+        // Typed only on Bun.connect's options in bun-types, but honoured by Bun.listen (bun-platform.md §1.3).
+        ...({ reusePort: opts.reusePort } as object),
+        socket: listenerHandlers,
+      });
+    }
+    // Our own file after a pause (a stale one from a dead process was cleared at startup).
+    if (existsSync(a.path)) unlinkSync(a.path);
+    const l = Bun.listen<Leg>({ unix: a.path, allowHalfOpen: true, socket: listenerHandlers });
+    chmodSync(a.path, opts.socketMode);
+    return l;
+  };
+  let listeners: Listener[] = [];
+  try {
+    for (const a of opts.addresses) listeners.push(listen(a));
+  } catch (e) {
+    for (const l of listeners) l.stop(true);
+    throw e;
+  }
+  const first = listeners[0]!;
+  const tcpPort = opts.addresses.findIndex((a) => a.kind === "tcp");
+  const port = tcpPort < 0 ? 0 : (listeners[tcpPort] as TCPSocketListener<Leg>).port;
+
+  // --max-connections: at the limit, stop accepting (close the listening sockets: new connects are
+  // refused by the kernel) rather than accept and close; listen again once a connection ends.
+  let paused = false;
+  let stopped = false;
+  function pauseAccepting() {
+    if (paused || stopped) return;
+    paused = true;
+    stats.limitReached++;
+    for (const l of listeners) l.stop(false);
+    log.warn("connection limit reached: stopped accepting", { "max-connections": maxConnections });
+  }
+  const resumeAccepting = () => {
+    if (!paused || stopped || conns.size >= maxConnections) return;
+    try {
+      listeners = opts.addresses.map(listen);
+      paused = false;
+      log.info("below the connection limit: accepting again", { connections: conns.size });
+    } catch (e) {
+      log.error("cannot listen again after the connection limit; retrying", { error: errorText(e) });
+      setTimeout(resumeAccepting, 1000);
+    }
+  };
+
+  // --idle-timeout: one sweep for all connections (no timer per connection); the data path only
+  // stamps a connection with the sweep counter.
+  let sweeper: Timer | null = null;
+  if (opts.idleTimeoutMs > 0) {
+    const every = Math.max(Math.min(opts.idleTimeoutMs / 4, 5000), 50);
+    const idleTicks = Math.ceil(opts.idleTimeoutMs / every);
+    sweeper = setInterval(() => {
+      epoch++;
+      for (const conn of conns) {
+        if (epoch - conn.activeAt <= idleTicks || conn.up?.sock == null) continue;
+        log.debug("closing idle connection", { member: conn.member?.address });
+        conn.up.sock.end();
+        conn.client.sock?.end();
+      }
+    }, every);
+    sweeper.unref();
+  }
 
   return {
-    listener,
+    listener: first,
+    port,
     stats,
     get active() {
       return conns.size;
     },
     stopAccepting() {
-      listener.stop(false);
+      stopped = true;
+      if (sweeper !== null) clearInterval(sweeper);
+      for (const l of listeners) l.stop(false);
+      for (const a of opts.addresses) if (a.kind === "unix" && existsSync(a.path)) unlinkSync(a.path);
     },
     idle() {
       if (conns.size === 0) return Promise.resolve();

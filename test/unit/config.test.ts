@@ -6,7 +6,7 @@ const parse = (argv: string[]) => buildOptions(parseFlags(argv, START_FLAGS));
 
 describe("defaults are etcd gateway start's", () => {
   const o = parse([]);
-  test("listen-addr 127.0.0.1:23790", () => expect(o.listenAddr.address).toBe("127.0.0.1:23790"));
+  test("listen-addr 127.0.0.1:23790", () => expect(o.listenAddrs.map((a) => a.address)).toEqual(["127.0.0.1:23790"]));
   test("endpoints 127.0.0.1:2379", () => expect(o.endpoints.map((e) => e.address)).toEqual(["127.0.0.1:2379"]));
   test("retry-delay 1m0s", () => expect(o.retryDelayMs).toBe(60_000));
   test("connect-timeout 1s, drain-timeout 10s", () => expect([o.connectTimeoutMs, o.drainTimeoutMs]).toEqual([1000, 10_000]));
@@ -18,7 +18,9 @@ describe("flag syntax follows pflag", () => {
   const cases: { argv: string[]; check: (o: ReturnType<typeof parse>) => unknown; want: unknown }[] = [
     { argv: ["--endpoints=a:1,b:2"], check: (o) => o.endpoints.map((e) => e.address), want: ["a:1", "b:2"] },
     { argv: ["--endpoints", "a:1", "--endpoints=b:2,c:3"], check: (o) => o.endpoints.map((e) => e.address), want: ["a:1", "b:2", "c:3"] },
-    { argv: ["--listen-addr", "[::1]:23790"], check: (o) => o.listenAddr.address, want: "[::1]:23790" },
+    { argv: ["--listen-addr", "[::1]:23790"], check: (o) => o.listenAddrs.map((a) => a.address), want: ["[::1]:23790"] },
+    { argv: ["--listen-addr=127.0.0.1:1", "--listen-addr", "unix:///run/etcd.sock"], check: (o) => o.listenAddrs.map((a) => a.address), want: ["127.0.0.1:1", "unix:///run/etcd.sock"] },
+    { argv: ["--listen-socket-mode=0600", "--max-connections=100", "--idle-timeout=1h"], check: (o) => [o.listenSocketMode, o.maxConnections, o.idleTimeoutMs], want: [0o600, 100, 3_600_000] },
     { argv: ["--retry-delay=500ms"], check: (o) => o.retryDelayMs, want: 500 },
     { argv: ["--retry-delay", "0"], check: (o) => o.retryDelayMs, want: 0 },
     { argv: ["--insecure-discovery"], check: (o) => o.insecureDiscovery, want: true },
@@ -73,6 +75,9 @@ describe("bad input is a one-line error naming the flag and the value", () => {
     [["--health-check=http"], '--health-check: invalid value "http"; expected one of etcd, health, tcp, none'],
     [["--health-rise=0"], '--health-rise: invalid count "0"; expected 1..100'],
     [["--keepalive-time=10ms"], '--keepalive-time: duration "10ms" must be at least 1s'],
+    [["--listen-addr=unix://relative.sock"], "--listen-addr: unix socket path must be absolute"],
+    [["--listen-socket-mode=rw"], '--listen-socket-mode: invalid file mode "rw"'],
+    [["--max-connections=-1"], '--max-connections: invalid count "-1"'],
     [["--workers=0"], '--workers: invalid worker count "0"; expected 1..64 or auto'],
     [["--workers=two"], '--workers: invalid worker count "two"'],
     [["--insecure-discovery=maybe"], '--insecure-discovery: invalid boolean "maybe"'],
