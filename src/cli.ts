@@ -7,7 +7,7 @@
 import { defineCommand, runMain, type ArgsDef } from "citty";
 import pkg from "../package.json" with { type: "json" };
 import { parseFlags } from "./_argv.ts";
-import { buildOptions, START_FLAGS, type GatewayOptions } from "./config.ts";
+import { buildOptions, gatherFlags, START_FLAGS, type FlagValues, type GatewayOptions } from "./config.ts";
 import { formatDuration } from "./duration.ts";
 import { startAdmin, type Status } from "./admin.ts";
 import { notify } from "./sdnotify.ts";
@@ -48,18 +48,27 @@ const start = defineCommand({
   args: startArgs,
   async run({ rawArgs }) {
     let opts: GatewayOptions;
+    let flags: FlagValues;
     try {
-      opts = buildOptions(parseFlags(rawArgs, START_FLAGS));
+      flags = parseFlags(rawArgs, START_FLAGS);
+      const gathered = gatherFlags(flags, process.env);
+      opts = buildOptions(gathered.values, gathered.origins);
     } catch (e) {
       fail(errorText(e));
     }
     const worker = workerNumber();
     const log = createLogger({ level: opts.logLevel, format: opts.logFormat, base: worker === null ? undefined : { worker } });
-    await serve(opts, log);
+    await serve(opts, log, () => {
+      const gathered = gatherFlags(flags, process.env);
+      return { file: gathered.configFile, options: buildOptions(gathered.values, gathered.origins) };
+    });
   },
 });
 
-async function serve(opts: GatewayOptions, log: Logger): Promise<void> {
+/**
+ * @param reread builds the options again from the same flags, environment and (re-read) config file.
+ */
+async function serve(opts: GatewayOptions, log: Logger, reread: () => { file: string | null; options: GatewayOptions }): Promise<void> {
   // At run time nothing a client or member does may end the process: log and carry on.
   process.on("uncaughtException", (e) => log.error("unexpected error", { error: errorText(e), stack: e.stack }));
   process.on("unhandledRejection", (e) => log.error("unexpected rejection", { error: errorText(e) }));
@@ -82,10 +91,11 @@ async function serve(opts: GatewayOptions, log: Logger): Promise<void> {
     log.info("draining: stopped accepting, waiting for open connections", {
       signal,
       connections: gateway.proxy.active,
-      "drain-timeout": formatDuration(opts.drainTimeoutMs),
+      "drain-timeout": formatDuration(gateway.options.drainTimeoutMs),
     });
-    const workersDone = pool?.stop("SIGTERM", opts.drainTimeoutMs + 2000);
-    const closed = await gateway.drain(opts.drainTimeoutMs);
+    const drainMs = gateway.options.drainTimeoutMs;
+    const workersDone = pool?.stop("SIGTERM", drainMs + 2000);
+    const closed = await gateway.drain(drainMs);
     if (closed > 0) log.warn("drain timeout reached: closed open connections", { connections: closed });
     await workersDone;
     log.info("stopped");
@@ -93,14 +103,35 @@ async function serve(opts: GatewayOptions, log: Logger): Promise<void> {
   };
   process.on("SIGTERM", () => void drain("SIGTERM"));
   process.on("SIGINT", () => void drain("SIGINT"));
-  // SIGHUP: re-read --endpoints-file and re-run discovery (the primary; workers get the result).
-  process.on("SIGHUP", () => void gateway?.refresh());
+  // SIGHUP: re-read the config file and apply what can change live; re-read --endpoints-file and
+  // re-run discovery (in the primary; workers reload their settings when the primary tells them).
+  const reload = async () => {
+    if (gateway === undefined) return;
+    let next: { file: string | null; options: GatewayOptions };
+    try {
+      next = reread();
+    } catch (e) {
+      log.error("config reload rejected; keeping the running configuration", { error: errorText(e) });
+      return;
+    }
+    if (next.file !== null) {
+      const { applied, restart } = await gateway.reconfigure(next.options);
+      log.info("config reloaded", { file: next.file, applied });
+      if (restart.length > 0) log.warn("config changes need a restart to take effect", { keys: restart });
+    }
+    if (worker === null) {
+      pool?.reload();
+      await gateway.refresh();
+    }
+  };
+  process.on("SIGHUP", () => void reload());
 
   if (worker !== null) {
     // A worker: its primary checked the configuration, decides member state, and logs readiness.
     const state = await joinPrimary(
       (s) => gateway && adopt(s, gateway.members, gateway.policy, gateway.memberDown),
       () => void drain("primary gone"),
+      () => void reload(),
     );
     try {
       gateway = await startGateway(opts, log, { reusePort: true, health: (members) => reportingHealth(members, sendToPrimary) });

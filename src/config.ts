@@ -27,6 +27,7 @@ export interface FlagSpec {
 
 /** Every flag of `etcd-gateway start`. The first seven are `etcd gateway start`'s, same names and defaults. */
 export const START_FLAGS = {
+  config: { type: "string", valueHint: "path", description: "YAML file whose keys are these flag names; precedence: flags > ETCD_GATEWAY_* environment > file > defaults; re-read on SIGHUP" },
   "listen-addr": { type: "string", default: "127.0.0.1:23790", valueHint: "host:port", repeatable: true, description: "address to accept client connections on (IPv4, [IPv6]:port, hostname:port, or unix:///path); repeatable" },
   "listen-socket-mode": { type: "string", default: "0660", valueHint: "octal", description: "file mode of unix socket listeners" },
   "max-connections": { type: "string", default: "0", valueHint: "N", description: "client connections at most; at the limit the gateway stops accepting (new connects are refused) until one closes (0 = unlimited)" },
@@ -117,10 +118,86 @@ export class ConfigError extends Error {
     readonly flag: string | null,
     readonly value: string | null,
     reason: string,
+    /** Where the value came from when not the command line, e.g. `config file /etc/gw.yaml`. */
+    origin?: string,
   ) {
-    super(flag === null ? reason : `--${flag}: ${reason}`);
+    super(flag === null ? reason : `--${flag}${origin ? ` (from ${origin})` : ""}: ${reason}`);
     this.name = "ConfigError";
   }
+}
+
+/** Where each flag's value came from, when not the command line (for error messages). */
+export type FlagOrigins = Partial<Record<StartFlag, string>>;
+
+/** The environment variable of a flag: `--retry-delay` is `ETCD_GATEWAY_RETRY_DELAY`. */
+export const envName = (flag: string) => `ETCD_GATEWAY_${flag.toUpperCase().replace(/-/g, "_")}`;
+
+/**
+ * Merges the sources of flag values: defaults < `--config` file (YAML) < `ETCD_GATEWAY_*`
+ * environment < command-line flags. `--config` may itself come from the environment.
+ *
+ * @throws {ConfigError} naming the file and key for an unreadable file, bad YAML, an unknown key or
+ * a value of the wrong shape.
+ */
+export function gatherFlags(
+  flags: FlagValues,
+  env: Record<string, string | undefined>,
+  readFile: (path: string) => string = (p) => readFileSync(p, "utf8"),
+): { values: FlagValues; origins: FlagOrigins; configFile: string | null } {
+  const values: FlagValues = {};
+  const origins: FlagOrigins = {};
+  const names = Object.keys(START_FLAGS) as StartFlag[];
+  const configFile = typeof flags.config === "string" ? flags.config : (env[envName("config")] ?? null);
+  if (configFile !== null) {
+    let doc: unknown;
+    try {
+      doc = Bun.YAML.parse(readFile(configFile));
+    } catch (e) {
+      throw new ConfigError("config", configFile, `${JSON.stringify(configFile)}: ${(e as NodeJS.ErrnoException).code === "ENOENT" ? "cannot read: ENOENT" : errorText(e)}`);
+    }
+    if (doc !== null && (typeof doc !== "object" || Array.isArray(doc))) throw new ConfigError("config", configFile, `${JSON.stringify(configFile)}: expected a mapping of flag names to values`);
+    for (const [key, raw] of Object.entries((doc ?? {}) as Record<string, unknown>)) {
+      const where = `config file ${configFile}, key "${key}"`;
+      if (!names.includes(key as StartFlag) || key === "config") throw new ConfigError("config", configFile, `${JSON.stringify(configFile)}: unknown key "${key}"`);
+      const flag = key as StartFlag;
+      if (raw === null || raw === undefined) continue;
+      values[flag] = fromFile(flag, raw, where);
+      origins[flag] = where;
+    }
+  }
+  for (const flag of names) {
+    const v = env[envName(flag)];
+    if (v === undefined || flag === "config") continue;
+    const spec: FlagSpec = START_FLAGS[flag];
+    const where = `environment ${envName(flag)}`;
+    if (spec.type === "boolean") {
+      if (!/^(true|false|1|0)$/.test(v)) throw new ConfigError(flag, v, `invalid boolean ${JSON.stringify(v)}; expected true or false`, where);
+      values[flag] = v === "true" || v === "1";
+    } else values[flag] = spec.repeatable ? [v] : v;
+    origins[flag] = where;
+  }
+  for (const flag of names) {
+    if (flags[flag] === undefined) continue;
+    values[flag] = flags[flag];
+    delete origins[flag];
+  }
+  return { values, origins, configFile };
+}
+
+function fromFile(flag: StartFlag, raw: unknown, where: string): string | boolean | string[] {
+  const spec: FlagSpec = START_FLAGS[flag];
+  const bad = (what: string) => new ConfigError(flag, String(raw), `expected ${what}, got ${JSON.stringify(raw)}`, where);
+  if (spec.type === "boolean") {
+    if (typeof raw !== "boolean") throw bad("true or false");
+    return raw;
+  }
+  const scalar = (v: unknown) => {
+    if (typeof v === "string") return v;
+    if (typeof v === "number" && Number.isFinite(v)) return String(v);
+    throw bad(spec.repeatable ? "a string or a list of strings" : "a string");
+  };
+  if (spec.repeatable) return Array.isArray(raw) ? raw.map(scalar) : [scalar(raw)];
+  return scalar(raw);
 }
 
 /**
@@ -129,7 +206,7 @@ export class ConfigError extends Error {
  * @throws {ConfigError} naming the first bad flag and its value.
  * @example buildOptions({ endpoints: ["a:1,b:2"], "retry-delay": "5s" }).retryDelayMs // 5000
  */
-export function buildOptions(values: FlagValues): GatewayOptions {
+export function buildOptions(values: FlagValues, origins: FlagOrigins = {}): GatewayOptions {
   const str = (flag: StartFlag): string => {
     const v = values[flag] ?? (START_FLAGS[flag] as FlagSpec).default ?? "";
     return Array.isArray(v) ? v.join(",") : String(v);
@@ -139,7 +216,7 @@ export function buildOptions(values: FlagValues): GatewayOptions {
     try {
       return fn(text);
     } catch (e) {
-      throw new ConfigError(flag, text, e instanceof Error ? e.message : String(e));
+      throw new ConfigError(flag, text, e instanceof Error ? e.message : String(e), origins[flag]);
     }
   };
   const oneOf = <T extends string>(flag: StartFlag, allowed: readonly T[]): T =>

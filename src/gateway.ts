@@ -29,6 +29,10 @@ export interface Gateway {
   memberDown(member: Member): void;
   /** Re-reads `--endpoints-file` and re-runs discovery now (SIGHUP); a no-op in workers. */
   refresh(): Promise<void>;
+  /** The options in force (a reload changes the live ones). */
+  readonly options: GatewayOptions;
+  /** Applies a reloaded configuration: what can change live, and the names of what needs a restart. */
+  reconfigure(next: GatewayOptions): Promise<{ applied: string[]; restart: string[] }>;
   readonly discoveryStats: DiscoveryStats;
   /** The bound port (differs from the option when it was 0 in tests). */
   readonly port: number;
@@ -95,7 +99,7 @@ export async function startGateway(opts: GatewayOptions, log: Logger, role?: Gat
     const closed = proxy.closeMember(m);
     if (closed > 0) log.warn("closed connections to a member that went down", { address: m.address, state: m.state, connections: closed });
   };
-  const policy = createPolicy(opts.policy, members);
+  let policy = createPolicy(opts.policy, members);
   try {
     proxy = startProxy({
       // Workers share the TCP ports (SO_REUSEPORT); a unix socket has one owner, the primary.
@@ -115,6 +119,32 @@ export async function startGateway(opts: GatewayOptions, log: Logger, role?: Gat
   }
   health.start();
   const started = proxy;
+  /** Makes `next` the endpoint set (self-loops dropped), logged once; shared with workers. */
+  const applyEndpoints = async (next: EndpointSpec[], source: string) => {
+    const usable: EndpointSpec[] = [];
+    for (const ep of next) {
+      try {
+        await checkSelfLoops(opts.listenAddrs, [ep]);
+        usable.push(ep);
+      } catch (e) {
+        log.error("ignoring discovered endpoint", { source, endpoint: ep.address, error: errorText(e) });
+      }
+    }
+    if (usable.length === 0) {
+      log.warn("discovery yielded no usable endpoint; keeping the current endpoints", { source });
+      return;
+    }
+    const { added, removed } = members.replace(usable);
+    if (added.length === 0 && removed.length === 0) return;
+    health.membersChanged(added, removed);
+    log.info("endpoints changed", {
+      source,
+      added: added.map((m) => m.address),
+      removed: removed.map((m) => m.address),
+      endpoints: members.list.map((m) => m.address),
+    });
+    role?.onChange?.();
+  };
   const discoveryStats: DiscoveryStats = { refreshes: 0, failures: 0, lastGoodAt: srv !== null ? Date.now() : 0 };
   const refresher = !primary
     ? null
@@ -133,39 +163,80 @@ export async function startGateway(opts: GatewayOptions, log: Logger, role?: Gat
         seeds: opts.endpoints,
         table: members,
         log,
-        apply: async (next, source) => {
-          const usable: EndpointSpec[] = [];
-          for (const ep of next) {
-            try {
-              await checkSelfLoops(opts.listenAddrs, [ep]);
-              usable.push(ep);
-            } catch (e) {
-              log.error("ignoring discovered endpoint", { source, endpoint: ep.address, error: errorText(e) });
-            }
-          }
-          if (usable.length === 0) {
-            log.warn("discovery yielded no usable endpoint; keeping the current endpoints", { source });
-            return;
-          }
-          const { added, removed } = members.replace(usable);
-          if (added.length === 0 && removed.length === 0) return;
-          health.membersChanged(added, removed);
-          log.info("endpoints changed", {
-            source,
-            added: added.map((m) => m.address),
-            removed: removed.map((m) => m.address),
-            endpoints: members.list.map((m) => m.address),
-          });
-          role?.onChange?.();
-        },
+        apply: applyEndpoints,
       });
+  /** SIGHUP: applies what can change live, reports what needs a restart. */
+  const reconfigure = async (next: GatewayOptions): Promise<{ applied: string[]; restart: string[] }> => {
+    const applied: string[] = [];
+    const restart: string[] = [];
+    const differs = (a: unknown, b: unknown) => JSON.stringify(a) !== JSON.stringify(b);
+    const restartOnly: [string, unknown, unknown][] = [
+      ["listen-addr", opts.listenAddrs, next.listenAddrs],
+      ["listen-socket-mode", opts.listenSocketMode, next.listenSocketMode],
+      ["workers", opts.workers, next.workers],
+      ["admin-addr", opts.adminAddr, next.adminAddr],
+      ["discovery-srv", [opts.discoverySrv, opts.discoverySrvName, opts.insecureDiscovery, opts.trustedCaFile], [next.discoverySrv, next.discoverySrvName, next.insecureDiscovery, next.trustedCaFile]],
+      ["discovery", opts.discovery, next.discovery],
+      ["log-format", opts.logFormat, next.logFormat],
+    ];
+    for (const [name, a, b] of restartOnly) if (differs(a, b)) restart.push(name);
+    if (next.logLevel !== opts.logLevel) {
+      log.setLevel(next.logLevel);
+      applied.push("log-level");
+    }
+    if (next.policy !== opts.policy) {
+      policy = createPolicy(next.policy, members);
+      started.configure({ policy });
+      applied.push("policy");
+    }
+    const live = ["connectTimeoutMs", "keepAliveMs", "maxConnections", "idleTimeoutMs"] as const;
+    const changes = Object.fromEntries(live.filter((k) => next[k] !== opts[k]).map((k) => [k, next[k]]));
+    if (Object.keys(changes).length > 0) {
+      started.configure(changes);
+      applied.push(...Object.keys(changes));
+    }
+    const h = opts.health;
+    const nh = { ...next.health, retryDelayMs: next.retryDelayMs, connectTimeoutMs: next.connectTimeoutMs };
+    if (differs({ ...h, tls: null }, { ...nh, tls: null }) || differs(h.tls, nh.tls)) {
+      const wasActive = h.check !== "none";
+      Object.assign(h, nh); // health reads these where it uses them
+      if (!wasActive && h.check !== "none") health.start();
+      applied.push("health");
+    }
+    for (const k of ["closeOnMemberDown", "drainTimeoutMs", "retryDelayMs"] as const) {
+      if (next[k] !== opts[k]) applied.push(k);
+    }
+    if (opts.discoverySrv === null && opts.discovery.endpointsFile === null && differs(opts.endpoints.map((e) => e.address), next.endpoints.map((e) => e.address))) {
+      await applyEndpoints(next.endpoints, "config reload");
+      applied.push("endpoints");
+    }
+    // Keep what took effect; what needs a restart keeps its running value.
+    Object.assign(opts, {
+      logLevel: next.logLevel,
+      policy: next.policy,
+      connectTimeoutMs: next.connectTimeoutMs,
+      keepAliveMs: next.keepAliveMs,
+      maxConnections: next.maxConnections,
+      idleTimeoutMs: next.idleTimeoutMs,
+      closeOnMemberDown: next.closeOnMemberDown,
+      drainTimeoutMs: next.drainTimeoutMs,
+      retryDelayMs: next.retryDelayMs,
+      endpoints: next.endpoints,
+    });
+    return { applied, restart };
+  };
+
   return {
     members,
-    policy,
+    get policy() {
+      return policy;
+    },
     health,
     proxy: started,
     memberDown,
     discoveryStats,
+    options: opts,
+    reconfigure,
     refresh: async () => {
       log.info("reloading endpoints (SIGHUP)");
       await refresher?.refreshNow();

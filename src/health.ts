@@ -70,13 +70,14 @@ export function createMemberHealth(opts: {
   log: Logger;
   onChange?: (member: Member, from: MemberState, to: MemberState) => void;
 }): MemberHealth {
+  // `h` is read where it is used: a SIGHUP reload changes it in place.
   const { log, health: h } = opts;
-  const active = h.check !== "none";
+  const active = () => h.check !== "none";
   // etcd's gateway: "--retry-delay=0" means its internal default of 5 minutes.
-  const retryMs = h.retryDelayMs > 0 ? h.retryDelayMs : 300_000;
-  const interval = formatDuration(active ? h.intervalMs : retryMs);
+  const retryMs = () => (h.retryDelayMs > 0 ? h.retryDelayMs : 300_000);
+  const intervalText = () => formatDuration(active() ? h.intervalMs : retryMs());
   // Check faster while a member is between states, as HAProxy's fastinter does.
-  const fastMs = Math.max(Math.min(h.intervalMs / 4, 1000), 100);
+  const fastMs = () => Math.max(Math.min(h.intervalMs / 4, 1000), 100);
   const tracks = new Map<Member, Track>();
   const track = (m: Member): Track => {
     let t = tracks.get(m);
@@ -96,7 +97,7 @@ export function createMemberHealth(opts: {
     m.active = to === "up";
     if (to === "ejected") m.stats.ejections++;
     if (to === "up") log.info("activated", { address: m.address, from, to, reason });
-    else if (from === "up") log.warn("deactivated endpoint", { address: m.address, interval, error: reason, from, to });
+    else if (from === "up") log.warn("deactivated endpoint", { address: m.address, interval: intervalText(), error: reason, from, to });
     else log.warn("member state changed", { address: m.address, from, to, reason });
     opts.onChange?.(m, from, to);
   };
@@ -119,6 +120,7 @@ export function createMemberHealth(opts: {
   const jitter = (ms: number) => ms * (0.9 + Math.random() * 0.2);
   const check = async (m: Member) => {
     const t = track(m);
+    if (!active()) return; // switched to --health-check none by a reload
     const r = await runCheck(h.check, m, h.timeoutMs, h.tls);
     if (stopped || m.removed) return;
     if (!t.checked) {
@@ -141,7 +143,7 @@ export function createMemberHealth(opts: {
     }
     settle(m, r.reason);
     const transition = (t.checkUp && t.failStreak > 0) || (!t.checkUp && t.okStreak > 0);
-    schedule(m, jitter(transition ? fastMs : h.intervalMs), () => check(m));
+    schedule(m, jitter(transition ? fastMs() : h.intervalMs), () => check(m));
   };
 
   // --- without active checks: etcd's retry-delay probe of ejected members ---
@@ -156,8 +158,8 @@ export function createMemberHealth(opts: {
       settle(m, "retry probe connected");
       return;
     }
-    log.warn("failed to activate endpoint (stay inactive for another interval)", { address: m.address, interval, error: err });
-    schedule(m, retryMs, () => probe(m));
+    log.warn("failed to activate endpoint (stay inactive for another interval)", { address: m.address, interval: intervalText(), error: err });
+    schedule(m, retryMs(), () => probe(m));
   };
 
   return {
@@ -168,7 +170,7 @@ export function createMemberHealth(opts: {
       t.ejected = true;
       settle(m, `${m.failures} failed dials in a row, last: ${reason}`);
       // A probe still in flight carries on (it sees the member ejected again): one chain per member.
-      if (!active && !t.probing) schedule(m, retryMs, () => probe(m));
+      if (!active() && !t.probing) schedule(m, retryMs(), () => probe(m));
     },
     dialSucceeded(m) {
       m.lastSuccess = performance.now();
@@ -180,7 +182,7 @@ export function createMemberHealth(opts: {
       settle(m, "dial succeeded");
     },
     start() {
-      if (!active) return;
+      if (!active()) return;
       // Spread the first checks over a short window so members are not all checked at once.
       for (const m of opts.members.list) schedule(m, Math.random() * Math.min(h.intervalMs, 200), () => check(m));
     },
@@ -190,7 +192,7 @@ export function createMemberHealth(opts: {
         if (t?.timer) clearTimeout(t.timer);
         tracks.delete(m);
       }
-      if (active) for (const m of added) schedule(m, Math.random() * Math.min(h.intervalMs, 200), () => check(m));
+      if (active()) for (const m of added) schedule(m, Math.random() * Math.min(h.intervalMs, 200), () => check(m));
     },
     stop() {
       stopped = true;

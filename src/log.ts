@@ -20,6 +20,8 @@ const rank: Record<LogLevel, number> = { debug: 0, info: 1, warn: 2, error: 3 };
 export interface Logger {
   /** True when `level` would be written; check it before building expensive fields. */
   enabled(level: LogLevel): boolean;
+  /** Changes the lowest level written (SIGHUP reload). */
+  setLevel(level: LogLevel): void;
   debug(msg: string, fields?: LogFields): void;
   info(msg: string, fields?: LogFields): void;
   warn(msg: string, fields?: LogFields): void;
@@ -41,7 +43,7 @@ export function createLogger(opts: {
   /** Fields added to every record (e.g. `worker` in worker processes). */
   base?: LogFields;
 }): Logger {
-  const min = rank[opts.level ?? "info"];
+  let min = rank[opts.level ?? "info"];
   const format = opts.format ?? "json";
   const write = opts.write ?? ((line: string) => void process.stderr.write(line));
   const emit = (level: LogLevel, msg: string, fields?: LogFields) => {
@@ -52,6 +54,9 @@ export function createLogger(opts: {
   };
   return {
     enabled: (level) => rank[level] >= min,
+    setLevel: (level) => {
+      min = rank[level];
+    },
     debug: (msg, fields) => emit("debug", msg, fields),
     info: (msg, fields) => emit("info", msg, fields),
     warn: (msg, fields) => emit("warn", msg, fields),

@@ -101,6 +101,8 @@ export interface Proxy {
   closeAll(): void;
   /** Resets the connections paired with `member`; returns how many. */
   closeMember(member: Member): number;
+  /** Changes settings live (SIGHUP): new connections use them; open ones carry on. */
+  configure(changes: Partial<Pick<ProxyOptions, "policy" | "connectTimeoutMs" | "keepAliveMs" | "maxConnections" | "idleTimeoutMs">>): void;
 }
 
 function newLeg(conn: Conn): Leg {
@@ -113,9 +115,9 @@ function newLeg(conn: Conn): Leg {
  * @throws {Error} from Bun.listen (e.g. EADDRINUSE) synchronously.
  */
 export function startProxy(opts: ProxyOptions): Proxy {
-  const { policy, health, connectTimeoutMs, keepAliveMs, log, maxConnections } = opts;
+  // Settings are read from `opts` where they are used: a SIGHUP reload changes them (configure()).
+  const { health, log } = opts;
   let epoch = 0;
-  const timeoutText = `connect timeout after ${formatDuration(connectTimeoutMs)}`;
   const conns = new Set<Conn>();
   const stats = new ListenerStats();
   let idleWaiters: (() => void)[] = [];
@@ -195,7 +197,7 @@ export function startProxy(opts: ProxyOptions): Proxy {
     const conn = up.conn;
     const member = conn.member;
     if (member === null || conn.pairedAt === 0) return;
-    const early = !up.gotData && !conn.client.readDone && performance.now() - conn.pairedAt < connectTimeoutMs;
+    const early = !up.gotData && !conn.client.readDone && performance.now() - conn.pairedAt < opts.connectTimeoutMs;
     conn.pairedAt = 0; // once
     if (early) {
       member.stats.failures.reset++;
@@ -280,7 +282,7 @@ export function startProxy(opts: ProxyOptions): Proxy {
       conn.dialing = false;
       clearTimeout(conn.dialTimer!);
       s.setNoDelay(true);
-      s.setKeepAlive(true, keepAliveMs);
+      s.setKeepAlive(true, opts.keepAliveMs);
       const member = conn.member!;
       conn.pairedAt = performance.now();
       member.stats.connectionsTotal++;
@@ -334,7 +336,8 @@ export function startProxy(opts: ProxyOptions): Proxy {
     };
     // Trap 5: Bun.connect has no timeout and cannot be cancelled; race a timer, close late sockets.
     conn.dialStart = performance.now();
-    conn.dialTimer = setTimeout(() => failed(timeoutText, "timeout"), connectTimeoutMs);
+    const timeoutMs = opts.connectTimeoutMs;
+    conn.dialTimer = setTimeout(() => failed(`connect timeout after ${formatDuration(timeoutMs)}`, "timeout"), timeoutMs);
     Bun.connect<Leg>({
       hostname: member.dialHost,
       port: member.endpoint.port,
@@ -367,17 +370,17 @@ export function startProxy(opts: ProxyOptions): Proxy {
     open(s) {
       stats.accepted++;
       // Trap 7: the listener's `data` option is shared by every socket; give each its own state.
-      const conn: Conn = { client: null!, up: null, member: null, candidates: policy.candidates(), attempt: 0, dialing: true, dialTimer: null, early: null, dialStart: 0, pairedAt: 0, probation: false, activeAt: epoch };
+      const conn: Conn = { client: null!, up: null, member: null, candidates: opts.policy.candidates(), attempt: 0, dialing: true, dialTimer: null, early: null, dialStart: 0, pairedAt: 0, probation: false, activeAt: epoch };
       const leg = newLeg(conn);
       conn.client = leg;
       leg.sock = s;
       s.data = leg;
       conns.add(conn);
       s.setNoDelay?.(true);
-      s.setKeepAlive?.(true, keepAliveMs);
+      s.setKeepAlive?.(true, opts.keepAliveMs);
       // Hold the client's bytes in the kernel until an upstream is connected.
       s.pause();
-      if (maxConnections > 0 && conns.size >= maxConnections) pauseAccepting();
+      if (opts.maxConnections > 0 && conns.size >= opts.maxConnections) pauseAccepting();
       dialNext(conn);
     },
   };
@@ -419,10 +422,10 @@ export function startProxy(opts: ProxyOptions): Proxy {
     paused = true;
     stats.limitReached++;
     for (const l of listeners) l.stop(false);
-    log.warn("connection limit reached: stopped accepting", { "max-connections": maxConnections });
+    log.warn("connection limit reached: stopped accepting", { "max-connections": opts.maxConnections });
   }
   const resumeAccepting = () => {
-    if (!paused || stopped || conns.size >= maxConnections) return;
+    if (!paused || stopped || (opts.maxConnections > 0 && conns.size >= opts.maxConnections)) return;
     try {
       listeners = opts.addresses.map(listen);
       paused = false;
@@ -436,7 +439,10 @@ export function startProxy(opts: ProxyOptions): Proxy {
   // --idle-timeout: one sweep for all connections (no timer per connection); the data path only
   // stamps a connection with the sweep counter.
   let sweeper: Timer | null = null;
-  if (opts.idleTimeoutMs > 0) {
+  const startSweeper = () => {
+    if (sweeper !== null) clearInterval(sweeper);
+    sweeper = null;
+    if (opts.idleTimeoutMs <= 0 || stopped) return;
     const every = Math.max(Math.min(opts.idleTimeoutMs / 4, 5000), 50);
     const idleTicks = Math.ceil(opts.idleTimeoutMs / every);
     sweeper = setInterval(() => {
@@ -449,7 +455,8 @@ export function startProxy(opts: ProxyOptions): Proxy {
       }
     }, every);
     sweeper.unref();
-  }
+  };
+  startSweeper();
 
   return {
     listener: first,
@@ -457,6 +464,11 @@ export function startProxy(opts: ProxyOptions): Proxy {
     stats,
     get active() {
       return conns.size;
+    },
+    configure(changes) {
+      Object.assign(opts, changes);
+      if (changes.idleTimeoutMs !== undefined) startSweeper();
+      if (paused) resumeAccepting();
     },
     stopAccepting() {
       stopped = true;

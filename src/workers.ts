@@ -86,6 +86,8 @@ export interface WorkerPool {
   readonly ready: Promise<void>;
   /** Sends the current member state to every worker. */
   broadcast(state: SharedState): void;
+  /** Tells every worker to reload its configuration (SIGHUP reached the primary). */
+  reload(): void;
   /** Forwards `signal` (drain) to every worker; resolves when all have exited, killing stragglers after `graceMs`. */
   stop(signal: NodeJS.Signals, graceMs: number): Promise<void>;
 }
@@ -141,6 +143,9 @@ export function startWorkers(opts: {
     broadcast(state) {
       for (const p of procs.values()) p.send(state);
     },
+    reload() {
+      for (const p of procs.values()) p.send({ t: "reload" });
+    },
     async stop(signal, graceMs) {
       stopping = true;
       const all = [...procs.values()];
@@ -154,12 +159,14 @@ export function startWorkers(opts: {
 
 /**
  * In a worker: says hello to the primary and resolves with the first member state it sends; later
- * states go to `onState`. `onPrimaryGone` runs if the primary's channel closes.
+ * states go to `onState`, reload requests to `onReload`. `onPrimaryGone` runs if the primary's
+ * channel closes.
  */
-export function joinPrimary(onState: (s: SharedState) => void, onPrimaryGone: () => void): Promise<SharedState> {
+export function joinPrimary(onState: (s: SharedState) => void, onPrimaryGone: () => void, onReload: () => void): Promise<SharedState> {
   return new Promise((resolve) => {
     let first = true;
-    process.on("message", (msg: SharedState) => {
+    process.on("message", (msg: SharedState | { t: "reload" }) => {
+      if (msg.t === "reload") return onReload();
       if (msg.t !== "state") return;
       if (first) {
         first = false;

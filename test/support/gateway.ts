@@ -18,9 +18,12 @@ export interface GatewayProcess {
 const running = new Set<GatewayProcess>();
 
 /** Starts the gateway on a free loopback port with `args` (a --listen-addr in args wins). */
-export async function startGatewayProcess(args: string[], opts: { wrap?: (cmd: string[]) => string[]; waitReady?: boolean } = {}): Promise<GatewayProcess> {
+export async function startGatewayProcess(
+  args: string[],
+  opts: { wrap?: (cmd: string[]) => string[]; waitReady?: boolean; /** false: the listen address comes from elsewhere (a config file) */ listen?: boolean } = {},
+): Promise<GatewayProcess> {
   const port = freePort();
-  const hasListen = args.some((a) => a.startsWith("--listen-addr"));
+  const hasListen = opts.listen === false || args.some((a) => a.startsWith("--listen-addr"));
   let cmd = [BINARY, "start", ...(hasListen ? [] : [`--listen-addr=127.0.0.1:${port}`]), ...args];
   if (opts.wrap) cmd = opts.wrap(cmd);
   const proc = Bun.spawn(cmd, { stdin: "ignore", stdout: "pipe", stderr: "pipe" });

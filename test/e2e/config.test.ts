@@ -1,0 +1,153 @@
+/** --config (YAML) and ETCD_GATEWAY_* environment: precedence, errors naming key and file, SIGHUP reload without losing a byte. */
+import { afterAll, afterEach, describe, expect, test } from "bun:test";
+import { createServer, type Server } from "node:net";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { runBinary, startGatewayProcess, stopAllGateways } from "../support/gateway.ts";
+import { freePort, waitFor } from "../support/net.ts";
+import { dial, echoServer, readAll, roundTrip, writeRandom, type Listening } from "../support/peers.ts";
+
+const dir = mkdtempSync(join(tmpdir(), "etcd-gateway-config-"));
+const servers: Listening[] = [];
+afterEach(stopAllGateways);
+afterAll(async () => {
+  await Promise.all(servers.map((s) => s.close()));
+  rmSync(dir, { recursive: true, force: true });
+});
+const file = (name: string, text: string) => {
+  const p = join(dir, name);
+  writeFileSync(p, text);
+  return p;
+};
+const statusOf = async (admin: number) => (await (await fetch(`http://127.0.0.1:${admin}/status`)).json()) as { policy: string; config: Record<string, string>; members: { endpoint: string }[] };
+
+describe("configuration sources", () => {
+  test("precedence is flags > environment > file > defaults", async () => {
+    const admin = freePort();
+    const cfg = file("precedence.yaml", `policy: round-robin\nretry-delay: 7s\nconnect-timeout: 3s\nhealth-check: none\nendpoints:\n  - 127.0.0.1:2379\n  - 127.0.0.2:2379\n`);
+    const env = ["env", `ETCD_GATEWAY_POLICY=least-connections`, `ETCD_GATEWAY_RETRY_DELAY=9s`];
+    const gw = await startGatewayProcess([`--config=${cfg}`, "--policy=ordered", `--admin-addr=127.0.0.1:${admin}`], { wrap: (cmd) => [...env, ...cmd] });
+    const s = await statusOf(admin);
+    expect(s.policy).toBe("ordered"); // flag beats env and file
+    expect(s.config["retry-delay"]).toBe("9s"); // env beats file
+    expect(s.config["connect-timeout"]).toBe("3s"); // file beats default
+    expect(s.members.map((m) => m.endpoint)).toEqual(["127.0.0.1:2379", "127.0.0.2:2379"]); // a YAML list
+    expect(gw.proc.exitCode).toBeNull();
+  });
+
+  const bad: [string, string, RegExp][] = [
+    ["unknown.yaml", "retry-dealy: 5s\n", /^etcd-gateway: --config: ".*unknown\.yaml": unknown key "retry-dealy"$/],
+    ["badvalue.yaml", "retry-delay: 123\n", /^etcd-gateway: --retry-delay \(from config file .*badvalue\.yaml, key "retry-delay"\): missing unit in duration "123"$/],
+    ["badshape.yaml", "insecure-discovery: maybe\n", /^etcd-gateway: --insecure-discovery \(from config file .*badshape\.yaml, key "insecure-discovery"\): expected true or false/],
+    ["notyaml.yaml", "a: [1,\n", /^etcd-gateway: --config: ".*notyaml\.yaml": /],
+  ];
+  for (const [name, text, pattern] of bad) {
+    test(`a bad file is a one-line error naming the key and the file: ${name}`, () => {
+      const r = runBinary(["start", `--config=${file(name, text)}`]);
+      expect(r.code).toBe(1);
+      expect(r.stderr.trim()).toMatch(pattern);
+      expect(r.stderr.trim().split("\n")).toHaveLength(1);
+    });
+  }
+  test("a missing file names the file", () => {
+    const r = runBinary(["start", `--config=${join(dir, "nope.yaml")}`]);
+    expect(r.code).toBe(1);
+    expect(r.stderr.trim()).toMatch(/^etcd-gateway: --config: ".*nope\.yaml": cannot read: ENOENT$/);
+  });
+  test("a bad environment value names the variable", () => {
+    const r = runBinary(["start"], { ETCD_GATEWAY_CONNECT_TIMEOUT: "soon" });
+    expect(r.code).toBe(1);
+    expect(r.stderr.trim()).toMatch(/^etcd-gateway: --connect-timeout \(from environment ETCD_GATEWAY_CONNECT_TIMEOUT\): /);
+  });
+});
+
+describe("SIGHUP", () => {
+  function echoOn(port: number, counter: { n: number }): Promise<Server> {
+    return new Promise((resolve) => {
+      const s = createServer({ allowHalfOpen: true }, (c) => {
+        counter.n++;
+        c.on("error", () => {}).pipe(c);
+      });
+      s.listen(port, "127.0.0.1", () => resolve(s));
+    });
+  }
+
+  test("reloading new endpoints during traffic loses no byte of open connections, and new connections follow the new endpoints", async () => {
+    const aPort = freePort();
+    const bPort = freePort();
+    const a = { n: 0 };
+    const b = { n: 0 };
+    const [sa, sb] = await Promise.all([echoOn(aPort, a), echoOn(bPort, b)]);
+    try {
+      const cfg = file("reload.yaml", `endpoints: 127.0.0.1:${aPort}\nhealth-check: none\n`);
+      const gw = await startGatewayProcess([`--config=${cfg}`]);
+      const s = await dial(gw.port);
+      const received = readAll(s);
+      const sending = writeRandom(s, 48 << 20);
+      writeFileSync(cfg, `endpoints: 127.0.0.1:${bPort}\nhealth-check: none\nlog-level: debug\n`);
+      gw.proc.kill("SIGHUP");
+      const sent = await sending;
+      s.end();
+      const got = await received;
+      expect(got.bytes).toBe(48 << 20);
+      expect(got.hash).toBe(sent);
+      await gw.waitForLog("config reloaded");
+      const reloaded = gw.records().find((r) => r.msg === "config reloaded")!;
+      expect(reloaded.applied).toEqual(expect.arrayContaining(["log-level", "endpoints"]));
+      for (let i = 0; i < 5; i++) expect(await roundTrip(gw.port, `n${i}`)).toBe(`n${i}`);
+      expect(a.n).toBe(1);
+      expect(b.n).toBe(5);
+      expect(gw.proc.exitCode).toBeNull();
+    } finally {
+      sa.close();
+      sb.close();
+    }
+  });
+
+  test("a bad file on reload is rejected with a log line and the running configuration is kept", async () => {
+    const echo = await echoServer();
+    servers.push(echo);
+    const cfg = file("reject.yaml", `endpoints: 127.0.0.1:${echo.port}\nhealth-check: none\n`);
+    const gw = await startGatewayProcess([`--config=${cfg}`]);
+    writeFileSync(cfg, "retry-delay: forever\n");
+    gw.proc.kill("SIGHUP");
+    const r = await gw.waitForLog("config reload rejected; keeping the running configuration");
+    expect(String(r.error)).toContain("retry-delay");
+    expect(await roundTrip(gw.port, "still")).toBe("still");
+  });
+
+  test("a change that needs a restart (listen address) is reported, not half-applied", async () => {
+    const echo = await echoServer();
+    servers.push(echo);
+    const port = freePort();
+    const cfg = file("restart.yaml", `listen-addr: 127.0.0.1:${port}\nendpoints: 127.0.0.1:${echo.port}\nhealth-check: none\n`);
+    const gw = await startGatewayProcess([`--config=${cfg}`], { listen: false });
+    writeFileSync(cfg, `listen-addr: 127.0.0.1:${freePort()}\nendpoints: 127.0.0.1:${echo.port}\nhealth-check: none\n`);
+    gw.proc.kill("SIGHUP");
+    const r = await gw.waitForLog("config changes need a restart to take effect");
+    expect(r.keys).toEqual(["listen-addr"]);
+    expect(await roundTrip(port, "same port")).toBe("same port");
+  });
+
+  test("--endpoints-file is re-read on SIGHUP", async () => {
+    const aPort = freePort();
+    const bPort = freePort();
+    const a = { n: 0 };
+    const b = { n: 0 };
+    const [sa, sb] = await Promise.all([echoOn(aPort, a), echoOn(bPort, b)]);
+    try {
+      const eps = file("endpoints.txt", `127.0.0.1:${aPort}\n`);
+      const gw = await startGatewayProcess([`--endpoints-file=${eps}`, "--health-check=none"]);
+      expect(await roundTrip(gw.port, "a")).toBe("a");
+      writeFileSync(eps, `# moved\n127.0.0.1:${bPort}\n`);
+      gw.proc.kill("SIGHUP");
+      await gw.waitForLog("endpoints changed");
+      expect(await roundTrip(gw.port, "b")).toBe("b");
+      expect([a.n, b.n]).toEqual([1, 1]);
+    } finally {
+      sa.close();
+      sb.close();
+    }
+  });
+});
