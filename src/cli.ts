@@ -83,7 +83,10 @@ async function serve(opts: GatewayOptions, log: Logger, reread: () => { file: st
     if (gateway === undefined) process.exit(EXIT_OK);
     if (draining) {
       log.warn("second signal: closing open connections now", { signal });
-      gateway.proxy.closeAll();
+      gateway.proxy.closeAll("shut-down");
+      // Give the resets a turn of the event loop to be recorded, then flush the access log.
+      await Bun.sleep(10);
+      await gateway.accessLog?.close();
       process.exit(EXIT_OK);
     }
     draining = true;
@@ -98,6 +101,7 @@ async function serve(opts: GatewayOptions, log: Logger, reread: () => { file: st
     const closed = await gateway.drain(drainMs);
     if (closed > 0) log.warn("drain timeout reached: closed open connections", { connections: closed });
     await workersDone;
+    await gateway.accessLog?.close();
     log.info("stopped");
     process.exit(EXIT_OK);
   };
@@ -125,6 +129,11 @@ async function serve(opts: GatewayOptions, log: Logger, reread: () => { file: st
     }
   };
   process.on("SIGHUP", () => void reload());
+  // SIGUSR1: reopen the access log file after logrotate moved it (workers are told too).
+  process.on("SIGUSR1", () => {
+    gateway?.accessLog?.reopen();
+    pool?.signal("SIGUSR1");
+  });
 
   if (worker !== null) {
     // A worker: its primary checked the configuration, decides member state, and logs readiness.

@@ -56,6 +56,7 @@ export const START_FLAGS = {
   "health-key": { type: "string", valueHint: "path", description: "key of --health-cert" },
   "close-on-member-down": { type: "boolean", default: true, description: "when a member is marked down, reset the connections to it (if a healthy member exists) so clients reconnect to a healthy one" },
   "keepalive-time": { type: "string", default: "5s", valueHint: "duration", description: "TCP keepalive idle time on both legs; Bun then probes every 1s, 10 times, so a silent peer is dropped within this + 10s" },
+  "access-log": { type: "string", default: "off", valueHint: "off|stderr|path", description: "one JSON line per closed connection (client, member, times, bytes, termination code); a file is reopened on SIGUSR1" },
   "admin-addr": { type: "string", valueHint: "host:port", description: "serve /metrics, /healthz, /readyz and /status here (off by default; 127.0.0.1:23791 is the documented choice)" },
   workers: { type: "string", default: "1", valueHint: "N|auto", description: "processes accepting on the listen address (SO_REUSEPORT); auto = one per core; they share member state" },
   "log-format": { type: "string", default: "json", valueHint: LOG_FORMATS.join("|"), description: "log format on stderr" },
@@ -92,6 +93,8 @@ export interface GatewayOptions {
   workers: number;
   /** The admin endpoint, or null (off). */
   adminAddr: HostPort | null;
+  /** "stderr", a file path, or null (off). */
+  accessLog: string | null;
   health: HealthOptions;
   /** @default true */
   closeOnMemberDown: boolean;
@@ -258,6 +261,10 @@ export function buildOptions(values: FlagValues, origins: FlagOrigins = {}): Gat
     policy: oneOf("policy", POLICY_NAMES),
     workers: check("workers", parseWorkers),
     adminAddr: values["admin-addr"] === undefined ? null : check("admin-addr", parseHostPort),
+    accessLog: check("access-log", (t) => {
+      if (t === "" ) throw new Error("empty value; expected off, stderr or a file path");
+      return t === "off" ? null : t;
+    }),
     health: {
       check: oneOf("health-check", CHECK_KINDS),
       intervalMs: duration("health-interval", 1),

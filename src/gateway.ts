@@ -14,6 +14,7 @@ import { discoverSrv, type SrvOptions } from "./discovery/srv.ts";
 import { startRefresh } from "./discovery/refresh.ts";
 import { systemDnsServer } from "./discovery/dns.ts";
 import type { DiscoveryStats } from "./metrics.ts";
+import { openAccessLog, type AccessLog } from "./accesslog.ts";
 import { MemberTable, type EndpointSpec, type HostPort, type ListenAddress, type Member } from "./endpoints.ts";
 import { createMemberHealth, type MemberHealth } from "./health.ts";
 import { errorText, type Logger } from "./log.ts";
@@ -29,6 +30,8 @@ export interface Gateway {
   memberDown(member: Member): void;
   /** Re-reads `--endpoints-file` and re-runs discovery now (SIGHUP); a no-op in workers. */
   refresh(): Promise<void>;
+  /** `--access-log`, or null. */
+  readonly accessLog: AccessLog | null;
   /** The options in force (a reload changes the live ones). */
   readonly options: GatewayOptions;
   /** Applies a reloaded configuration: what can change live, and the names of what needs a restart. */
@@ -100,6 +103,14 @@ export async function startGateway(opts: GatewayOptions, log: Logger, role?: Gat
     if (closed > 0) log.warn("closed connections to a member that went down", { address: m.address, state: m.state, connections: closed });
   };
   let policy = createPolicy(opts.policy, members);
+  let accessLog: AccessLog | null = null;
+  if (opts.accessLog !== null) {
+    try {
+      accessLog = openAccessLog(opts.accessLog);
+    } catch (e) {
+      throw new ConfigError("access-log", opts.accessLog, `cannot open: ${errorText(e)}`);
+    }
+  }
   try {
     proxy = startProxy({
       // Workers share the TCP ports (SO_REUSEPORT); a unix socket has one owner, the primary.
@@ -108,6 +119,7 @@ export async function startGateway(opts: GatewayOptions, log: Logger, role?: Gat
       maxConnections: opts.maxConnections,
       idleTimeoutMs: opts.idleTimeoutMs,
       reusePort: role?.reusePort ?? false,
+      accessLog,
       policy,
       health,
       connectTimeoutMs: opts.connectTimeoutMs,
@@ -178,6 +190,7 @@ export async function startGateway(opts: GatewayOptions, log: Logger, role?: Gat
       ["discovery-srv", [opts.discoverySrv, opts.discoverySrvName, opts.insecureDiscovery, opts.trustedCaFile], [next.discoverySrv, next.discoverySrvName, next.insecureDiscovery, next.trustedCaFile]],
       ["discovery", opts.discovery, next.discovery],
       ["log-format", opts.logFormat, next.logFormat],
+      ["access-log", opts.accessLog, next.accessLog],
     ];
     for (const [name, a, b] of restartOnly) if (differs(a, b)) restart.push(name);
     if (next.logLevel !== opts.logLevel) {
@@ -237,6 +250,7 @@ export async function startGateway(opts: GatewayOptions, log: Logger, role?: Gat
     discoveryStats,
     options: opts,
     reconfigure,
+    accessLog,
     refresh: async () => {
       log.info("reloading endpoints (SIGHUP)");
       await refresher?.refreshNow();
@@ -254,7 +268,7 @@ export async function startGateway(opts: GatewayOptions, log: Logger, role?: Gat
       clearTimeout(timer);
       if (!timedOut) return 0;
       const left = started.active;
-      started.closeAll();
+      started.closeAll("drained");
       return left;
     },
   };

@@ -9,7 +9,8 @@
  */
 import type { Socket, SocketHandler, TCPSocketListener, UnixSocketListener } from "bun";
 import { chmodSync, existsSync, unlinkSync } from "node:fs";
-import type { ListenAddress, Member } from "./endpoints.ts";
+import type { AccessLog, TerminationCode } from "./accesslog.ts";
+import { formatHostPort, type ListenAddress, type Member } from "./endpoints.ts";
 import type { MemberHealth } from "./health.ts";
 import { formatDuration } from "./duration.ts";
 import { errorText, type Logger } from "./log.ts";
@@ -53,6 +54,17 @@ interface Conn {
   dialStart: number;
   /** The idle sweep's counter when bytes last moved (see --idle-timeout). */
   activeAt: number;
+  /** performance.now() at accept, and when the member connection was made (0: never). */
+  acceptedAt: number;
+  connectedAt: number;
+  bytesFromClient: number;
+  bytesFromMember: number;
+  /** Who ended the connection and why (access log), set by the first end, close or forced close. */
+  termination: TerminationCode | null;
+  /** A member was usable when the connection arrived (else a failure to connect is `no-member`). */
+  hadUsable: boolean;
+  /** The client's address, kept only with --access-log (a closed socket no longer has it). */
+  clientAddr: string | null;
   /** performance.now() when the upstream connected; 0 once the early-end window is over. */
   pairedAt: number;
   /**
@@ -73,6 +85,8 @@ export interface ProxyOptions {
   idleTimeoutMs: number;
   /** SO_REUSEPORT, for worker processes sharing one port. */
   reusePort: boolean;
+  /** `--access-log`, or null (off: nothing is formatted). */
+  accessLog: AccessLog | null;
   policy: Policy;
   health: MemberHealth;
   connectTimeoutMs: number;
@@ -97,8 +111,8 @@ export interface Proxy {
   stopAccepting(): void;
   /** Resolves when no connection is open any more. */
   idle(): Promise<void>;
-  /** Resets every open connection (both legs). */
-  closeAll(): void;
+  /** Resets every open connection (both legs); `why` goes to the access log. */
+  closeAll(why: "drained" | "shut-down"): void;
   /** Resets the connections paired with `member`; returns how many. */
   closeMember(member: Member): number;
   /** Changes settings live (SIGHUP): new connections use them; open ones carry on. */
@@ -127,6 +141,7 @@ export function startProxy(opts: ProxyOptions): Proxy {
   const finished = (conn: Conn) => {
     if (!conn.client.closed || conn.dialing || (conn.up !== null && !conn.up.closed)) return;
     if (!conns.delete(conn)) return;
+    if (opts.accessLog !== null) logAccess(conn);
     if (paused) resumeAccepting();
     if (conns.size === 0 && idleWaiters.length > 0) {
       const waiters = idleWaiters;
@@ -231,8 +246,13 @@ export function startProxy(opts: ProxyOptions): Proxy {
       }
       const conn = leg.conn;
       conn.activeAt = epoch;
-      if (leg === conn.up) conn.member!.stats.bytesFromMember += chunk.byteLength;
-      else conn.member!.stats.bytesToMember += chunk.byteLength;
+      if (leg === conn.up) {
+        conn.member!.stats.bytesFromMember += chunk.byteLength;
+        conn.bytesFromMember += chunk.byteLength;
+      } else {
+        conn.member!.stats.bytesToMember += chunk.byteLength;
+        conn.bytesFromClient += chunk.byteLength;
+      }
       if (!send(peer, chunk)) s.pause();
     },
     drain(s) {
@@ -242,6 +262,7 @@ export function startProxy(opts: ProxyOptions): Proxy {
     end(s) {
       const leg = s.data;
       leg.readDone = true;
+      leg.conn.termination ??= leg === leg.conn.client ? "client-close" : "member-close";
       if (leg === leg.conn.up) countEarlyEnd(leg, "closed right after connect");
       if (leg.peer !== null) forwardFin(leg.peer);
       closeIfDone(leg);
@@ -252,6 +273,7 @@ export function startProxy(opts: ProxyOptions): Proxy {
       leg.closed = true;
       const conn = leg.conn;
       if (leg.abandoned) return;
+      conn.termination ??= leg === conn.client ? (err === undefined ? "client-close" : "client-reset") : err === undefined ? "member-close" : "member-reset";
       if (leg === conn.up && conn.member !== null) {
         conn.member.connections--;
         countEarlyEnd(leg, err === undefined ? "closed right after connect" : `reset right after connect: ${errorText(err)}`);
@@ -284,7 +306,7 @@ export function startProxy(opts: ProxyOptions): Proxy {
       s.setNoDelay(true);
       s.setKeepAlive(true, opts.keepAliveMs);
       const member = conn.member!;
-      conn.pairedAt = performance.now();
+      conn.pairedAt = conn.connectedAt = performance.now();
       member.stats.connectionsTotal++;
       member.stats.observeConnect((conn.pairedAt - conn.dialStart) / 1000);
       conn.candidates = NO_MEMBERS; // not needed any more; keep idle connections small
@@ -350,6 +372,26 @@ export function startProxy(opts: ProxyOptions): Proxy {
     });
   };
 
+  const logAccess = (conn: Conn) => {
+    opts.accessLog!.write({
+      ts: new Date().toISOString(),
+      client: conn.clientAddr ?? "unknown",
+      member: conn.connectedAt > 0 ? (conn.member?.address ?? null) : null,
+      connect_ms: conn.connectedAt > 0 ? Math.round((conn.connectedAt - conn.acceptedAt) * 1000) / 1000 : null,
+      duration_ms: Math.round((performance.now() - conn.acceptedAt) * 1000) / 1000,
+      bytes_from_client: conn.bytesFromClient,
+      bytes_from_member: conn.bytesFromMember,
+      termination: conn.termination ?? "client-close",
+    });
+  };
+
+  /** Resets both legs of `conn`, recording why for the access log. */
+  const reset = (conn: Conn, why: TerminationCode) => {
+    conn.termination ??= why;
+    conn.up?.sock?.terminate();
+    conn.client.sock?.terminate();
+  };
+
   const noMember = (conn: Conn) => {
     const now = performance.now();
     if (now - lastNoMemberLog >= 1000) {
@@ -362,6 +404,7 @@ export function startProxy(opts: ProxyOptions): Proxy {
       suppressedNoMember = 0;
     } else suppressedNoMember++;
     conn.up = null;
+    conn.termination = conn.hadUsable ? "connect-failed" : "no-member";
     conn.client.sock!.terminate();
   };
 
@@ -370,7 +413,8 @@ export function startProxy(opts: ProxyOptions): Proxy {
     open(s) {
       stats.accepted++;
       // Trap 7: the listener's `data` option is shared by every socket; give each its own state.
-      const conn: Conn = { client: null!, up: null, member: null, candidates: opts.policy.candidates(), attempt: 0, dialing: true, dialTimer: null, early: null, dialStart: 0, pairedAt: 0, probation: false, activeAt: epoch };
+      const candidates = opts.policy.candidates();
+      const conn: Conn = { client: null!, up: null, member: null, candidates, hadUsable: candidates[0]?.active === true, clientAddr: opts.accessLog === null ? null : s.remoteAddress === undefined ? "unix" : formatHostPort(s.remoteAddress, s.remotePort), attempt: 0, dialing: true, dialTimer: null, early: null, dialStart: 0, pairedAt: 0, probation: false, activeAt: epoch, acceptedAt: performance.now(), connectedAt: 0, bytesFromClient: 0, bytesFromMember: 0, termination: null };
       const leg = newLeg(conn);
       conn.client = leg;
       leg.sock = s;
@@ -450,6 +494,7 @@ export function startProxy(opts: ProxyOptions): Proxy {
       for (const conn of conns) {
         if (epoch - conn.activeAt <= idleTicks || conn.up?.sock == null) continue;
         log.debug("closing idle connection", { member: conn.member?.address });
+        conn.termination ??= "idle-timeout";
         conn.up.sock.end();
         conn.client.sock?.end();
       }
@@ -480,18 +525,14 @@ export function startProxy(opts: ProxyOptions): Proxy {
       if (conns.size === 0) return Promise.resolve();
       return new Promise((resolve) => idleWaiters.push(resolve));
     },
-    closeAll() {
-      for (const conn of conns) {
-        conn.up?.sock?.terminate();
-        conn.client.sock?.terminate();
-      }
+    closeAll(why) {
+      for (const conn of conns) reset(conn, why);
     },
     closeMember(member) {
       let n = 0;
       for (const conn of conns) {
         if (conn.member !== member || conn.up === null || conn.up.sock === null || conn.up.closed) continue;
-        conn.up.sock.terminate();
-        conn.client.sock?.terminate();
+        reset(conn, "member-down");
         n++;
       }
       return n;

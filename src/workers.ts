@@ -88,6 +88,8 @@ export interface WorkerPool {
   broadcast(state: SharedState): void;
   /** Tells every worker to reload its configuration (SIGHUP reached the primary). */
   reload(): void;
+  /** Sends `sig` to every worker. */
+  signal(sig: NodeJS.Signals): void;
   /** Forwards `signal` (drain) to every worker; resolves when all have exited, killing stragglers after `graceMs`. */
   stop(signal: NodeJS.Signals, graceMs: number): Promise<void>;
 }
@@ -145,6 +147,9 @@ export function startWorkers(opts: {
     },
     reload() {
       for (const p of procs.values()) p.send({ t: "reload" });
+    },
+    signal(sig) {
+      for (const p of procs.values()) p.kill(sig);
     },
     async stop(signal, graceMs) {
       stopping = true;
