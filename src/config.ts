@@ -30,6 +30,7 @@ export const START_FLAGS = {
   config: { type: "string", valueHint: "path", description: "YAML file whose keys are these flag names; precedence: flags > ETCD_GATEWAY_* environment > file > defaults; re-read on SIGHUP" },
   "listen-addr": { type: "string", default: "127.0.0.1:23790", valueHint: "host:port", repeatable: true, description: "address to accept client connections on (IPv4, [IPv6]:port, hostname:port, or unix:///path); repeatable" },
   "listen-socket-mode": { type: "string", default: "0660", valueHint: "octal", description: "file mode of unix socket listeners" },
+  "reuse-port": { type: "boolean", default: true, description: "listen with SO_REUSEPORT, so a new gateway can start on the same address while the old one drains (zero-downtime restart)" },
   "max-connections": { type: "string", default: "0", valueHint: "N", description: "client connections at most; at the limit the gateway stops accepting (new connects are refused) until one closes (0 = unlimited)" },
   "idle-timeout": { type: "string", default: "0", valueHint: "duration", description: "close a proxied connection with no bytes either way for this long (0 = off: etcd watches are idle for long periods)" },
   endpoints: { type: "string", default: "127.0.0.1:2379", valueHint: "host:port,...", repeatable: true, description: "comma-separated etcd cluster endpoints; repeatable; http:// and https:// are stripped" },
@@ -72,6 +73,8 @@ export interface GatewayOptions {
   listenAddrs: ListenAddress[];
   /** Mode of unix socket listeners. @default 0o660 */
   listenSocketMode: number;
+  /** SO_REUSEPORT on TCP listeners. @default true */
+  reusePort: boolean;
   /** 0 = unlimited. */
   maxConnections: number;
   /** 0 = off. */
@@ -245,6 +248,7 @@ export function buildOptions(values: FlagValues, origins: FlagOrigins = {}): Gat
       if (!/^0?[0-7]{3}$/.test(t)) throw new Error(`invalid file mode ${JSON.stringify(t)}; expected octal like 0660`);
       return parseInt(t, 8);
     }),
+    reusePort: values["reuse-port"] !== false,
     maxConnections: check("max-connections", (t) => {
       if (!/^\d+$/.test(t)) throw new Error(`invalid count ${JSON.stringify(t)}`);
       return Number(t);

@@ -130,3 +130,45 @@ describe("limits", () => {
     s.destroy();
   });
 });
+
+describe("zero-downtime restart", () => {
+  test("a new gateway on the same address (SO_REUSEPORT) takes over while the old one drains: a connect loop across the switch sees no failure", async () => {
+    echo ??= await echoServer();
+    const port = freePort();
+    const args = [`--listen-addr=127.0.0.1:${port}`, `--endpoints=127.0.0.1:${echo.port}`];
+    const old = await startGatewayProcess(args);
+    let ok = 0;
+    const failures: string[] = [];
+    let running = true;
+    const loops = Array.from({ length: 8 }, async () => {
+      for (let i = 0; running && i < 5000; i++) {
+        try {
+          await roundTrip(port, "x");
+          ok++;
+        } catch (e) {
+          failures.push(String(e));
+        }
+      }
+    });
+    await sleep(200);
+    const fresh = await startGatewayProcess(args);
+    await sleep(200);
+    old.proc.kill("SIGTERM");
+    expect(await old.proc.exited).toBe(0);
+    await sleep(500);
+    running = false;
+    await Promise.all(loops);
+    console.log(`zero-downtime restart: ${ok} round trips, ${failures.length} failed`);
+    expect(failures).toEqual([]);
+    expect(ok).toBeGreaterThan(50);
+    expect(fresh.proc.exitCode).toBeNull();
+  });
+
+  test("--reuse-port=false makes a second gateway on the same address fail with address in use", async () => {
+    echo ??= await echoServer();
+    const port = freePort();
+    await startGatewayProcess([`--listen-addr=127.0.0.1:${port}`, `--endpoints=127.0.0.1:${echo.port}`, "--reuse-port=false"]);
+    const second = await startGatewayProcess([`--listen-addr=127.0.0.1:${port}`, `--endpoints=127.0.0.1:${echo.port}`], { waitReady: false });
+    expect(await second.proc.exited).toBe(1);
+  });
+});
