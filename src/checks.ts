@@ -4,31 +4,21 @@
  *
  * @module
  */
-import { readFileSync } from "node:fs";
 import type { Member } from "./endpoints.ts";
 import { tcpProbe } from "./health.ts";
 import { errorText } from "./log.ts";
+import type { TlsFiles } from "./tls.ts";
 
 export type CheckKind = "etcd" | "health" | "tcp" | "none";
 export const CHECK_KINDS: readonly CheckKind[] = ["etcd", "health", "tcp", "none"];
 
-export interface CheckTLS {
-  ca?: string;
-  cert?: string;
-  key?: string;
-}
+/** PEM contents for the checks' TLS (see src/tls.ts). */
+export type CheckTLS = TlsFiles;
 
 export interface CheckResult {
   ok: boolean;
   /** Why it failed (or what passed), in a few words for the log. */
   reason: string;
-}
-
-/** Reads the PEM files of the check TLS options once (they are re-read on restart). */
-export function loadCheckTLS(files: { ca: string | null; cert: string | null; key: string | null }): CheckTLS | null {
-  if (files.ca === null && files.cert === null && files.key === null) return null;
-  const read = (p: string | null) => (p === null ? undefined : readFileSync(p, "utf8"));
-  return { ca: read(files.ca), cert: read(files.cert), key: read(files.key) };
 }
 
 /**

@@ -118,11 +118,10 @@ async function serve(opts: GatewayOptions, log: Logger, reread: () => { file: st
       log.error("config reload rejected; keeping the running configuration", { error: errorText(e) });
       return;
     }
-    if (next.file !== null) {
-      const { applied, restart } = await gateway.reconfigure(next.options);
-      log.info("config reloaded", { file: next.file, applied });
-      if (restart.length > 0) log.warn("config changes need a restart to take effect", { keys: restart });
-    }
+    // Without --config this still re-reads the certificate and key files the flags name.
+    const { applied, restart } = await gateway.reconfigure(next.options);
+    log.info("config reloaded", { file: next.file, applied });
+    if (restart.length > 0) log.warn("config changes need a restart to take effect", { keys: restart });
     if (worker === null) {
       pool?.reload();
       await gateway.refresh();
@@ -189,6 +188,12 @@ async function serve(opts: GatewayOptions, log: Logger, reread: () => { file: st
     workers: opts.workers,
     ...(opts.adminAddr === null ? {} : { "admin-addr": opts.adminAddr.address }),
   });
+  if (opts.upstreamTls !== null && opts.listenTls === null) {
+    const exposed = opts.listenAddrs.filter((a) => a.kind === "tcp" && !/^(127\.|::1$|localhost$)/.test(a.tcp.host)).map((a) => a.address);
+    if (exposed.length > 0) {
+      log.warn("listener reachable beyond loopback without TLS while the gateway speaks TLS to members with its own identity", { "listen-addr": exposed });
+    }
+  }
   // Like etcd: tell systemd (Type=notify) that the gateway is listening.
   const notified = notify(`READY=1\nMAINPID=${process.pid}`);
   if (notified === "sent") log.info("notified init daemon", { state: "READY=1" });

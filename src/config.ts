@@ -9,7 +9,8 @@ import { isIP } from "node:net";
 import { availableParallelism } from "node:os";
 import { readEndpointsFile } from "./discovery/refresh.ts";
 import { errorText } from "./log.ts";
-import { CHECK_KINDS, loadCheckTLS } from "./checks.ts";
+import { CHECK_KINDS } from "./checks.ts";
+import { checkKeyPair, readCertificate, readKey, type TlsFiles } from "./tls.ts";
 import { formatDuration, parseDuration } from "./duration.ts";
 import type { HealthOptions } from "./health.ts";
 import { parseEndpointList, parseHostPort, parseListenAddress, type EndpointSpec, type HostPort, type ListenAddress } from "./endpoints.ts";
@@ -55,6 +56,15 @@ export const START_FLAGS = {
   "health-cacert": { type: "string", valueHint: "path", description: "CA bundle to verify members' TLS certificates in health checks (checks then use https)" },
   "health-cert": { type: "string", valueHint: "path", description: "client certificate for health checks of members with client-cert auth" },
   "health-key": { type: "string", valueHint: "path", description: "key of --health-cert" },
+  "upstream-tls": { type: "boolean", default: false, description: "speak TLS to the members with the gateway's own identity (clients speak plaintext to the gateway)" },
+  "upstream-cacert": { type: "string", valueHint: "path", description: "CA bundle to verify members' certificates with --upstream-tls (default: the system CAs)" },
+  "upstream-cert": { type: "string", valueHint: "path", description: "client certificate the gateway presents to members with --upstream-tls" },
+  "upstream-key": { type: "string", valueHint: "path", description: "key of --upstream-cert" },
+  "upstream-alpn": { type: "string", default: "h2", valueHint: "h2|http/1.1|h2,http/1.1", description: "ALPN protocols offered to members with --upstream-tls: etcd's gRPC needs h2; HTTP/1.1 clients (the JSON gateway, /metrics) need http/1.1" },
+  "upstream-server-name": { type: "string", valueHint: "name", description: "name to verify members' certificates against (default: each endpoint's host)" },
+  "listen-cert": { type: "string", valueHint: "path", description: "serve TLS to clients with this certificate (TLS termination)" },
+  "listen-key": { type: "string", valueHint: "path", description: "key of --listen-cert" },
+  "listen-client-ca": { type: "string", valueHint: "path", description: "require client certificates signed by this CA on TLS listeners" },
   "close-on-member-down": { type: "boolean", default: true, description: "when a member is marked down, reset the connections to it (if a healthy member exists) so clients reconnect to a healthy one" },
   "keepalive-time": { type: "string", default: "5s", valueHint: "duration", description: "TCP keepalive idle time on both legs; Bun then probes every 1s, 10 times, so a silent peer is dropped within this + 10s" },
   "access-log": { type: "string", default: "off", valueHint: "off|stderr|path", description: "one JSON line per closed connection (client, member, times, bytes, termination code); a file is reopened on SIGUSR1" },
@@ -98,6 +108,10 @@ export interface GatewayOptions {
   adminAddr: HostPort | null;
   /** "stderr", a file path, or null (off). */
   accessLog: string | null;
+  /** `--upstream-tls`: TLS to members with these files, or null (passthrough). */
+  upstreamTls: (TlsFiles & { serverName?: string; alpn: string[] }) | null;
+  /** `--listen-cert` etc.: TLS to clients, or null. */
+  listenTls: TlsFiles | null;
   health: HealthOptions;
   /** @default true */
   closeOnMemberDown: boolean;
@@ -265,6 +279,8 @@ export function buildOptions(values: FlagValues, origins: FlagOrigins = {}): Gat
     policy: oneOf("policy", POLICY_NAMES),
     workers: check("workers", parseWorkers),
     adminAddr: values["admin-addr"] === undefined ? null : check("admin-addr", parseHostPort),
+    upstreamTls: null,
+    listenTls: null,
     accessLog: check("access-log", (t) => {
       if (t === "" ) throw new Error("empty value; expected off, stderr or a file path");
       return t === "off" ? null : t;
@@ -313,17 +329,40 @@ export function buildOptions(values: FlagValues, origins: FlagOrigins = {}): Gat
   }
   opts.health.retryDelayMs = opts.retryDelayMs;
   opts.health.connectTimeoutMs = opts.connectTimeoutMs;
-  const cacert = optional("health-cacert");
-  const cert = optional("health-cert");
-  const key = optional("health-key");
-  if (cacert !== null) check("health-cacert", validateCaFile);
-  if (cert !== null) check("health-cert", (p) => readPem(p, "CERTIFICATE"));
-  if (key !== null) check("health-key", (p) => readPem(p, "PRIVATE KEY"));
-  if ((cert === null) !== (key === null)) {
-    const missing = cert === null ? "health-cert" : "health-key";
-    throw new ConfigError(missing, null, `--health-cert and --health-key go together; --${missing} is missing`);
+  /** A CA / certificate / key triple of flags, read and checked (expiry, key pair); null when none is set. */
+  const tlsFiles = (caFlag: StartFlag, certFlag: StartFlag, keyFlag: StartFlag): TlsFiles | null => {
+    const [caPath, certPath, keyPath] = [optional(caFlag), optional(certFlag), optional(keyFlag)];
+    if (caPath === null && certPath === null && keyPath === null) return null;
+    if ((certPath === null) !== (keyPath === null)) {
+      const missing = certPath === null ? certFlag : keyFlag;
+      throw new ConfigError(missing, null, `--${certFlag} and --${keyFlag} go together; --${missing} is missing`, origins[missing]);
+    }
+    const files: TlsFiles = {};
+    if (caPath !== null) files.ca = check(caFlag, readCertificate);
+    if (certPath !== null && keyPath !== null) {
+      files.cert = check(certFlag, readCertificate);
+      files.key = check(keyFlag, readKey);
+      check(keyFlag, () => checkKeyPair(files.cert!, certPath, files.key!, keyPath));
+    }
+    return files;
+  };
+  opts.health.tls = tlsFiles("health-cacert", "health-cert", "health-key");
+  const upstream = tlsFiles("upstream-cacert", "upstream-cert", "upstream-key");
+  const serverName = optional("upstream-server-name");
+  const alpn = check("upstream-alpn", (t) => {
+    const list = t.split(",").map((p) => p.trim());
+    for (const p of list) if (!/^[\x21-\x7e]{1,255}$/.test(p)) throw new Error(`invalid ALPN protocol ${JSON.stringify(p)}`);
+    return list;
+  });
+  if (values["upstream-tls"] === true) opts.upstreamTls = { ...upstream, serverName: serverName ?? undefined, alpn };
+  else if (upstream !== null || serverName !== null) {
+    throw new ConfigError("upstream-tls", null, "--upstream-cacert, --upstream-cert, --upstream-key and --upstream-server-name need --upstream-tls");
   }
-  opts.health.tls = loadCheckTLS({ ca: cacert, cert, key });
+  const listen = tlsFiles("listen-client-ca", "listen-cert", "listen-key");
+  if (listen !== null && listen.cert === undefined) throw new ConfigError("listen-cert", null, "--listen-client-ca needs --listen-cert and --listen-key");
+  opts.listenTls = listen;
+  // Health checks speak the same TLS as the data path when only --upstream-* is given.
+  if (opts.health.tls === null && opts.upstreamTls !== null) opts.health.tls = { ca: opts.upstreamTls.ca, cert: opts.upstreamTls.cert, key: opts.upstreamTls.key };
   return opts;
 }
 
@@ -359,19 +398,5 @@ function count(text: string): number {
 }
 
 function validateCaFile(path: string): void {
-  readPem(path, "CERTIFICATE");
-}
-
-/** Reads a PEM file and checks it holds a block of `kind` ("CERTIFICATE", "PRIVATE KEY"). */
-function readPem(path: string, kind: string): string {
-  let pem: string;
-  try {
-    pem = readFileSync(path, "utf8");
-  } catch (e) {
-    throw new Error(`cannot read ${JSON.stringify(path)}: ${(e as NodeJS.ErrnoException).code ?? String(e)}`);
-  }
-  if (!new RegExp(`-----BEGIN [A-Z ]*${kind}-----`).test(pem)) {
-    throw new Error(`${JSON.stringify(path)} holds no PEM ${kind === "CERTIFICATE" ? "certificate" : "private key"}`);
-  }
-  return pem;
+  readCertificate(path);
 }

@@ -120,6 +120,8 @@ export async function startGateway(opts: GatewayOptions, log: Logger, role?: Gat
       idleTimeoutMs: opts.idleTimeoutMs,
       reusePort: role?.reusePort === true || opts.reusePort,
       accessLog,
+      upstreamTls: opts.upstreamTls,
+      listenTls: opts.listenTls,
       policy,
       health,
       connectTimeoutMs: opts.connectTimeoutMs,
@@ -203,8 +205,8 @@ export async function startGateway(opts: GatewayOptions, log: Logger, role?: Gat
       started.configure({ policy });
       applied.push("policy");
     }
-    const live = ["connectTimeoutMs", "keepAliveMs", "maxConnections", "idleTimeoutMs"] as const;
-    const changes = Object.fromEntries(live.filter((k) => next[k] !== opts[k]).map((k) => [k, next[k]]));
+    const live = ["connectTimeoutMs", "keepAliveMs", "maxConnections", "idleTimeoutMs", "upstreamTls", "listenTls"] as const;
+    const changes = Object.fromEntries(live.filter((k) => differs(next[k], opts[k])).map((k) => [k, next[k]]));
     if (Object.keys(changes).length > 0) {
       started.configure(changes);
       applied.push(...Object.keys(changes));
@@ -232,6 +234,8 @@ export async function startGateway(opts: GatewayOptions, log: Logger, role?: Gat
       keepAliveMs: next.keepAliveMs,
       maxConnections: next.maxConnections,
       idleTimeoutMs: next.idleTimeoutMs,
+      upstreamTls: next.upstreamTls,
+      listenTls: next.listenTls,
       closeOnMemberDown: next.closeOnMemberDown,
       drainTimeoutMs: next.drainTimeoutMs,
       retryDelayMs: next.retryDelayMs,

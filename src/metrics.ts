@@ -9,15 +9,15 @@ import type { Member } from "./endpoints.ts";
 /** Upper bounds (seconds) of the connect-time histogram buckets. */
 export const CONNECT_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5];
 
-export type FailureReason = "refused" | "timeout" | "reset" | "other";
-export const FAILURE_REASONS: readonly FailureReason[] = ["refused", "timeout", "reset", "other"];
+export type FailureReason = "refused" | "timeout" | "reset" | "tls" | "other";
+export const FAILURE_REASONS: readonly FailureReason[] = ["refused", "timeout", "reset", "tls", "other"];
 
 export class MemberStats {
   connectionsTotal = 0;
   bytesToMember = 0;
   bytesFromMember = 0;
   ejections = 0;
-  readonly failures: Record<FailureReason, number> = { refused: 0, timeout: 0, reset: 0, other: 0 };
+  readonly failures: Record<FailureReason, number> = { refused: 0, timeout: 0, reset: 0, tls: 0, other: 0 };
   /** Cumulative counts per bucket of CONNECT_BUCKETS, plus +Inf last. */
   readonly connectBuckets = new Float64Array(CONNECT_BUCKETS.length + 1);
   connectSum = 0;
@@ -34,6 +34,12 @@ export class ListenerStats {
   accepted = 0;
   /** Times the gateway stopped accepting at `--max-connections` (the kernel refuses new connects meanwhile). */
   limitReached = 0;
+  /** TLS handshake failures by `side|reason` (side: client for termination, member for origination). */
+  readonly tlsFailures = new Map<string, number>();
+  countTlsFailure(side: "client" | "member", reason: string): void {
+    const k = `${side}|${reason}`;
+    this.tlsFailures.set(k, (this.tlsFailures.get(k) ?? 0) + 1);
+  }
 }
 
 export interface DiscoveryStats {
@@ -68,7 +74,7 @@ export function renderMetrics(s: {
   metric("member_state", "gauge", "1 for the member's current state (up, down, ejected).", ms.flatMap((m) => (["up", "down", "ejected"] as const).map((st): [string, number] => [ep(m, `,state="${st}"`), m.state === st ? 1 : 0])));
   metric("member_connections", "gauge", "Proxied connections open to the member (dials in flight included).", ms.map((m) => [ep(m), m.connections]));
   metric("member_connections_total", "counter", "Proxied connections established to the member.", ms.map((m) => [ep(m), m.stats.connectionsTotal]));
-  metric("member_connect_failures_total", "counter", "Failed dials to the member by reason (refused, timeout, reset right after connect, other).", ms.flatMap((m) => FAILURE_REASONS.map((r): [string, number] => [ep(m, `,reason="${r}"`), m.stats.failures[r]])));
+  metric("member_connect_failures_total", "counter", "Failed dials to the member by reason (refused, timeout, reset right after connect, tls, other).", ms.flatMap((m) => FAILURE_REASONS.map((r): [string, number] => [ep(m, `,reason="${r}"`), m.stats.failures[r]])));
   metric("member_sent_bytes_total", "counter", "Bytes forwarded from clients to the member.", ms.map((m) => [ep(m), m.stats.bytesToMember]));
   metric("member_received_bytes_total", "counter", "Bytes forwarded from the member to clients.", ms.map((m) => [ep(m), m.stats.bytesFromMember]));
   metric("member_ejections_total", "counter", "Times the member was ejected after --health-fall failed dials in a row.", ms.map((m) => [ep(m), m.stats.ejections]));
@@ -87,6 +93,10 @@ export function renderMetrics(s: {
   metric("listener_accepted_total", "counter", "Client connections accepted.", [["", s.listener.accepted]]);
   metric("listener_connections", "gauge", "Client connections open now.", [["", s.active]]);
   metric("listener_limit_reached_total", "counter", "Times the gateway stopped accepting at --max-connections (new connects are refused by the kernel until a connection closes).", [["", s.listener.limitReached]]);
+  metric("tls_handshake_failures_total", "counter", "TLS handshakes that failed, by side (client: --listen-cert; member: --upstream-tls) and reason.", [...s.listener.tlsFailures].map(([k, n]): [string, number] => {
+    const [side, reason] = k.split("|");
+    return [`{side="${esc(side ?? "")}",reason="${esc(reason ?? "")}"}`, n];
+  }));
   metric("discovery_refreshes_total", "counter", "Successful discovery rounds (DNS SRV, member list, endpoints file).", [["", s.discovery.refreshes]]);
   metric("discovery_failures_total", "counter", "Failed discovery rounds (the last good endpoints were kept).", [["", s.discovery.failures]]);
   metric("discovery_last_good_age_seconds", "gauge", "Seconds since the last good discovery answer (-1: none yet).", [["", s.discovery.lastGoodAt === 0 ? -1 : (Date.now() - s.discovery.lastGoodAt) / 1000]]);

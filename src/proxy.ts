@@ -15,9 +15,16 @@ import type { MemberHealth } from "./health.ts";
 import { formatDuration } from "./duration.ts";
 import { errorText, type Logger } from "./log.ts";
 import { ListenerStats, type FailureReason } from "./metrics.ts";
+import { tlsReason, type TlsFiles } from "./tls.ts";
 import type { Policy } from "./select.ts";
 
 const NO_MEMBERS: Member[] = [];
+
+/** ALPN protocol list in wire format (length-prefixed names), as Bun's `ALPNProtocols` takes it. */
+function alpnWire(protocols: readonly string[]): Uint8Array {
+  const parts = protocols.map((p) => Buffer.from(p));
+  return Buffer.concat(parts.flatMap((b) => [Buffer.from([b.length]), b]));
+}
 
 /** One socket of a proxied pair, as `socket.data`. */
 interface Leg {
@@ -59,6 +66,8 @@ interface Conn {
   connectedAt: number;
   bytesFromClient: number;
   bytesFromMember: number;
+  /** Fails the dial in flight (a member whose TLS certificate does not verify); null once connected. */
+  failDial: ((reason: string, kind: FailureReason) => void) | null;
   /** Who ended the connection and why (access log), set by the first end, close or forced close. */
   termination: TerminationCode | null;
   /** A member was usable when the connection arrived (else a failure to connect is `no-member`). */
@@ -87,6 +96,10 @@ export interface ProxyOptions {
   reusePort: boolean;
   /** `--access-log`, or null (off: nothing is formatted). */
   accessLog: AccessLog | null;
+  /** TLS to members (origination), or null: bytes pass through untouched. */
+  upstreamTls: (TlsFiles & { serverName?: string; alpn: string[] }) | null;
+  /** TLS to clients (termination), or null. */
+  listenTls: TlsFiles | null;
   policy: Policy;
   health: MemberHealth;
   connectTimeoutMs: number;
@@ -116,7 +129,7 @@ export interface Proxy {
   /** Resets the connections paired with `member`; returns how many. */
   closeMember(member: Member): number;
   /** Changes settings live (SIGHUP): new connections use them; open ones carry on. */
-  configure(changes: Partial<Pick<ProxyOptions, "policy" | "connectTimeoutMs" | "keepAliveMs" | "maxConnections" | "idleTimeoutMs">>): void;
+  configure(changes: Partial<Pick<ProxyOptions, "policy" | "connectTimeoutMs" | "keepAliveMs" | "maxConnections" | "idleTimeoutMs" | "upstreamTls" | "listenTls">>): void;
 }
 
 function newLeg(conn: Conn): Leg {
@@ -300,8 +313,18 @@ export function startProxy(opts: ProxyOptions): Proxy {
         s.end(); // a connect that finished after its timeout: nothing was sent on it
         return;
       }
+      if (opts.upstreamTls !== null && !s.authorized) {
+        // Without a handshake handler, open fires after the handshake (bun-platform.md trap 8): a
+        // member whose certificate does not verify is a failed dial, and this socket goes.
+        const reason = tlsReason(s.getAuthorizationError() ?? new Error("certificate not authorized"));
+        stats.countTlsFailure("member", reason);
+        conn.failDial?.(`TLS: ${reason}`, "tls");
+        s.terminate();
+        return;
+      }
       leg.sock = s;
       conn.dialing = false;
+      conn.failDial = null;
       clearTimeout(conn.dialTimer!);
       s.setNoDelay(true);
       s.setKeepAlive(true, opts.keepAliveMs);
@@ -360,12 +383,15 @@ export function startProxy(opts: ProxyOptions): Proxy {
     conn.dialStart = performance.now();
     const timeoutMs = opts.connectTimeoutMs;
     conn.dialTimer = setTimeout(() => failed(`connect timeout after ${formatDuration(timeoutMs)}`, "timeout"), timeoutMs);
+    conn.failDial = failed;
+    const tls = opts.upstreamTls;
     Bun.connect<Leg>({
       hostname: member.dialHost,
       port: member.endpoint.port,
       allowHalfOpen: true,
       data: leg,
       socket: upstreamHandlers,
+      ...(tls === null ? {} : { tls: { ca: tls.ca, cert: tls.cert, key: tls.key, serverName: tls.serverName ?? member.endpoint.host, rejectUnauthorized: true, ALPNProtocols: alpnWire(tls.alpn) } }),
     }).catch((e: unknown) => {
       const text = errorText(e);
       failed(text, text.includes("ECONNREFUSED") ? "refused" : "other");
@@ -414,7 +440,7 @@ export function startProxy(opts: ProxyOptions): Proxy {
       stats.accepted++;
       // Trap 7: the listener's `data` option is shared by every socket; give each its own state.
       const candidates = opts.policy.candidates();
-      const conn: Conn = { client: null!, up: null, member: null, candidates, hadUsable: candidates[0]?.active === true, clientAddr: opts.accessLog === null ? null : s.remoteAddress === undefined ? "unix" : formatHostPort(s.remoteAddress, s.remotePort), attempt: 0, dialing: true, dialTimer: null, early: null, dialStart: 0, pairedAt: 0, probation: false, activeAt: epoch, acceptedAt: performance.now(), connectedAt: 0, bytesFromClient: 0, bytesFromMember: 0, termination: null };
+      const conn: Conn = { client: null!, up: null, member: null, candidates, hadUsable: candidates[0]?.active === true, failDial: null, clientAddr: opts.accessLog === null ? null : s.remoteAddress === undefined ? "unix" : formatHostPort(s.remoteAddress, s.remotePort), attempt: 0, dialing: true, dialTimer: null, early: null, dialStart: 0, pairedAt: 0, probation: false, activeAt: epoch, acceptedAt: performance.now(), connectedAt: 0, bytesFromClient: 0, bytesFromMember: 0, termination: null };
       const leg = newLeg(conn);
       conn.client = leg;
       leg.sock = s;
@@ -429,7 +455,25 @@ export function startProxy(opts: ProxyOptions): Proxy {
     },
   };
 
+  /** TLS termination: a failed client handshake closes only that connection, counted by reason. */
+  const tlsListenerHandlers: SocketHandler<Leg> = {
+    ...listenerHandlers,
+    handshake(s, ok, err) {
+      if (ok) return;
+      const reason = tlsReason(err ?? s.getAuthorizationError() ?? new Error("handshake failed"));
+      stats.countTlsFailure("client", reason);
+      log.debug("client TLS handshake failed", { reason });
+      reset(s.data.conn, "client-reset");
+    },
+  };
+  const listenTlsOptions = () => {
+    const t = opts.listenTls;
+    if (t === null) return {};
+    const mutual = t.ca !== undefined;
+    return { tls: { cert: t.cert, key: t.key, ca: t.ca, requestCert: mutual, rejectUnauthorized: mutual } };
+  };
   const listen = (a: ListenAddress): Listener => {
+    const socket = opts.listenTls === null ? listenerHandlers : tlsListenerHandlers;
     if (a.kind === "tcp") {
       return Bun.listen<Leg>({
         hostname: a.tcp.host,
@@ -437,12 +481,13 @@ export function startProxy(opts: ProxyOptions): Proxy {
         allowHalfOpen: true,
         // Typed only on Bun.connect's options in bun-types, but honoured by Bun.listen (bun-platform.md §1.3).
         ...({ reusePort: opts.reusePort } as object),
-        socket: listenerHandlers,
+        ...listenTlsOptions(),
+        socket,
       });
     }
     // Our own file after a pause (a stale one from a dead process was cleared at startup).
     if (existsSync(a.path)) unlinkSync(a.path);
-    const l = Bun.listen<Leg>({ unix: a.path, allowHalfOpen: true, socket: listenerHandlers });
+    const l = Bun.listen<Leg>({ unix: a.path, allowHalfOpen: true, ...listenTlsOptions(), socket });
     chmodSync(a.path, opts.socketMode);
     return l;
   };
@@ -480,6 +525,21 @@ export function startProxy(opts: ProxyOptions): Proxy {
     }
   };
 
+  /**
+   * New certificates for the listeners: with SO_REUSEPORT the new listeners open before the old
+   * ones close, so no connect is refused in between; open connections are not touched.
+   */
+  const relisten = () => {
+    try {
+      const old = listeners;
+      if (!opts.reusePort) for (const l of old) l.stop(false);
+      listeners = opts.addresses.map(listen);
+      if (opts.reusePort) for (const l of old) l.stop(false);
+    } catch (e) {
+      log.error("cannot listen with the reloaded certificates", { error: errorText(e) });
+    }
+  };
+
   // --idle-timeout: one sweep for all connections (no timer per connection); the data path only
   // stamps a connection with the sweep counter.
   let sweeper: Timer | null = null;
@@ -513,6 +573,7 @@ export function startProxy(opts: ProxyOptions): Proxy {
     configure(changes) {
       Object.assign(opts, changes);
       if (changes.idleTimeoutMs !== undefined) startSweeper();
+      if (changes.listenTls !== undefined && !paused && !stopped) relisten();
       if (paused) resumeAccepting();
     },
     stopAccepting() {
