@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Installs what the test suite talks to, from Debian's packages, when it is missing:
-# etcd-server and etcd-client (a real 3-member cluster and etcdctl), python3 (a SYN-blackhole helper).
+# etcd-server and etcd-client (a real 3-member cluster and etcdctl), python3 (a SYN-blackhole helper),
+# dnsmasq-base (SRV discovery tests; the -base package is the binary without a system service).
 # Safe to run repeatedly; prints nothing when everything is present.
 set -euo pipefail
 missing=()
 command -v etcd >/dev/null || missing+=(etcd-server)
 command -v etcdctl >/dev/null || missing+=(etcd-client)
 command -v python3 >/dev/null || missing+=(python3)
+command -v dnsmasq >/dev/null || [ -x /usr/sbin/dnsmasq ] || missing+=(dnsmasq-base)
 [ ${#missing[@]} -eq 0 ] && exit 0
 sudo=""
 if [ "$(id -u)" -ne 0 ]; then
