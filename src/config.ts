@@ -141,7 +141,9 @@ export class ConfigError extends Error {
     /** Where the value came from when not the command line, e.g. `config file /etc/gw.yaml`. */
     origin?: string,
   ) {
-    super(flag === null ? reason : `--${flag}${origin ? ` (from ${origin})` : ""}: ${reason}`);
+    // One line whatever the input held: control characters are shown escaped.
+    const text = flag === null ? reason : `--${flag}${origin ? ` (from ${origin})` : ""}: ${reason}`;
+    super(text.replace(/[\u0000-\u001f\u007f]/g, (c) => JSON.stringify(c).slice(1, -1)));
     this.name = "ConfigError";
   }
 }
