@@ -1,12 +1,11 @@
 /** --config (YAML) and ETCD_GATEWAY_* environment: precedence, errors naming key and file, SIGHUP reload without losing a byte. */
 import { afterAll, afterEach, describe, expect, test } from "bun:test";
-import { createServer, type Server } from "node:net";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { runBinary, startGatewayProcess, stopAllGateways } from "../support/gateway.ts";
 import { freePort, waitFor } from "../support/net.ts";
-import { dial, echoServer, readAll, roundTrip, writeRandom, type Listening } from "../support/peers.ts";
+import { dial, echoOnPort, echoServer, readAll, roundTrip, writeRandom, type Listening } from "../support/peers.ts";
 
 const dir = mkdtempSync(join(tmpdir(), "etcd-gateway-config-"));
 const servers: Listening[] = [];
@@ -63,22 +62,12 @@ describe("configuration sources", () => {
 });
 
 describe("SIGHUP", () => {
-  function echoOn(port: number, counter: { n: number }): Promise<Server> {
-    return new Promise((resolve) => {
-      const s = createServer({ allowHalfOpen: true }, (c) => {
-        counter.n++;
-        c.on("error", () => {}).pipe(c);
-      });
-      s.listen(port, "127.0.0.1", () => resolve(s));
-    });
-  }
-
   test("reloading new endpoints during traffic loses no byte of open connections, and new connections follow the new endpoints", async () => {
     const aPort = freePort();
     const bPort = freePort();
     const a = { n: 0 };
     const b = { n: 0 };
-    const [sa, sb] = await Promise.all([echoOn(aPort, a), echoOn(bPort, b)]);
+    const [sa, sb] = await Promise.all([echoOnPort(aPort, () => a.n++), echoOnPort(bPort, () => b.n++)]);
     try {
       const cfg = file("reload.yaml", `endpoints: 127.0.0.1:${aPort}\nhealth-check: none\n`);
       const gw = await startGatewayProcess([`--config=${cfg}`]);
@@ -135,7 +124,7 @@ describe("SIGHUP", () => {
     const bPort = freePort();
     const a = { n: 0 };
     const b = { n: 0 };
-    const [sa, sb] = await Promise.all([echoOn(aPort, a), echoOn(bPort, b)]);
+    const [sa, sb] = await Promise.all([echoOnPort(aPort, () => a.n++), echoOnPort(bPort, () => b.n++)]);
     try {
       const eps = file("endpoints.txt", `127.0.0.1:${aPort}\n`);
       const gw = await startGatewayProcess([`--endpoints-file=${eps}`, "--health-check=none"]);

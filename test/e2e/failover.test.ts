@@ -5,29 +5,21 @@
  * etcd-cluster.test.ts.
  */
 import { afterEach, describe, expect, test } from "bun:test";
-import { createServer, type Server } from "node:net";
+import type { Server } from "node:net";
 import { startGatewayProcess as startGateway, stopAllGateways } from "../support/gateway.ts";
 import { freePort, sleep, waitFor } from "../support/net.ts";
-import { dial, roundTrip } from "../support/peers.ts";
+import { closeServer as close, dial, echoOnPort as echoOn, roundTrip } from "../support/peers.ts";
 
 /** These members are plain TCP peers, not etcd: no etcd health check (see health.test.ts for those). */
 const startGatewayProcess = (args: string[], opts?: Parameters<typeof startGateway>[1]) => startGateway(["--health-check=none", ...args], opts);
 
 afterEach(stopAllGateways);
 
-/** An echo server on a fixed port that can be stopped and started again. */
-function echoOn(port: number): Promise<Server> {
-  return new Promise((resolve) => {
-    const server = createServer({ allowHalfOpen: true }, (s) => s.on("error", () => {}).pipe(s));
-    server.listen(port, "127.0.0.1", () => resolve(server));
-  });
-}
-const close = (s: Server) => new Promise<void>((r) => s.close(() => r()));
 
 describe("failover", () => {
   test("sticky sends every connection to one member and moves to another on its first failed dial, without the client noticing", async () => {
     const ports = [freePort(), freePort(), freePort()];
-    const servers = await Promise.all(ports.map(echoOn));
+    const servers = await Promise.all(ports.map((p) => echoOn(p)));
     const seen = new Map<number, number>();
     servers.forEach((s, i) => s.on("connection", () => seen.set(i, (seen.get(i) ?? 0) + 1)));
     try {
@@ -49,7 +41,7 @@ describe("failover", () => {
 
   test("round-robin rotates connections over the active members", async () => {
     const ports = [freePort(), freePort(), freePort()];
-    const servers = await Promise.all(ports.map(echoOn));
+    const servers = await Promise.all(ports.map((p) => echoOn(p)));
     const counts = [0, 0, 0];
     servers.forEach((s, i) => s.on("connection", () => counts[i]!++));
     try {

@@ -3,26 +3,16 @@
  * sticky across them and only the primary logs and probes.
  */
 import { afterEach, describe, expect, test } from "bun:test";
-import { createServer, type Server, type Socket } from "node:net";
+import type { Socket } from "node:net";
 import { startGatewayProcess as startGateway, stopAllGateways } from "../support/gateway.ts";
 import { fdCount, freePort, sleep, waitFor } from "../support/net.ts";
-import { dial, roundTrip } from "../support/peers.ts";
+import { closeServer as close, dial, echoOnPort as echoOn, roundTrip } from "../support/peers.ts";
 
 /** These members are plain TCP peers, not etcd: no etcd health check (see health.test.ts for those). */
 const startGatewayProcess = (args: string[], opts?: Parameters<typeof startGateway>[1]) => startGateway(["--health-check=none", ...args], opts);
 
 afterEach(stopAllGateways);
 
-function echoOn(port: number, onConnection: () => void): Promise<Server> {
-  return new Promise((resolve) => {
-    const server = createServer({ allowHalfOpen: true }, (s) => {
-      onConnection();
-      s.on("error", () => {}).pipe(s);
-    });
-    server.listen(port, "127.0.0.1", () => resolve(server));
-  });
-}
-const close = (s: Server) => new Promise<void>((r) => s.close(() => r()));
 
 /** Child processes of `pid` (the workers of a primary). */
 function children(pid: number): number[] {

@@ -119,3 +119,21 @@ export async function roundTrip(port: number, msg: string): Promise<string> {
     s.write(msg);
   });
 }
+
+/**
+ * An echo server on a chosen port (so it can be closed and opened again at the same address),
+ * calling `onConnection` for each client. `server.close()` stops listening and keeps open
+ * connections; see closeServer.
+ */
+export function echoOnPort(port: number, onConnection: () => void = () => {}): Promise<Server> {
+  return new Promise((resolve) => {
+    const server = createServer({ allowHalfOpen: true }, (s) => {
+      onConnection();
+      s.on("error", () => {}).pipe(s);
+    });
+    server.listen(port, "127.0.0.1", () => resolve(server));
+  });
+}
+
+/** Stops listening (open connections stay) and resolves once the server has closed. */
+export const closeServer = (s: Server) => new Promise<void>((r) => s.close(() => r()));

@@ -4,20 +4,11 @@
  * exception type.
  */
 import { describe, expect, test } from "bun:test";
+import { seeded } from "../support/random.ts";
 import { parseFlags } from "../../src/_argv.ts";
 import { buildOptions, ConfigError, gatherFlags, START_FLAGS } from "../../src/config.ts";
 import { parseDuration } from "../../src/duration.ts";
 import { parseEndpoint, parseHostPort, parseListenAddress } from "../../src/endpoints.ts";
-
-function seeded(seed: number): () => number {
-  return () => {
-    seed = (seed + 0x6d2b79f5) | 0;
-    let t = seed;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const random = seeded(20261127);
 const pick = <T>(xs: readonly T[]): T => xs[Math.floor(random() * xs.length)]!;

@@ -1,17 +1,7 @@
 import { describe, expect, test } from "bun:test";
+import { seeded } from "../support/random.ts";
 import { MemberTable, type EndpointSpec } from "../../src/endpoints.ts";
 import { createPolicy, weightedPick } from "../../src/select.ts";
-
-/** A seeded PRNG (mulberry32): the statistical tests are exact repeats, never flaky. */
-function seeded(seed: number): () => number {
-  return () => {
-    seed = (seed + 0x6d2b79f5) | 0;
-    let t = seed;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const srv = (records: [priority: number, weight: number][]): MemberTable =>
   new MemberTable(records.map(([priority, weight], i): EndpointSpec => ({ host: `m${i}`, port: 2379, address: `m${i}:2379`, priority, weight })));
