@@ -1,6 +1,6 @@
 /** Listeners and limits: unix sockets with file permissions, several listeners, --max-connections, --idle-timeout. */
-import { afterAll, afterEach, describe, expect, test } from "bun:test";
-import { existsSync, mkdtempSync, rmSync, statSync } from "node:fs";
+import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test";
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { connect, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -132,7 +132,21 @@ describe("limits", () => {
 });
 
 describe("zero-downtime restart", () => {
-  test("a new gateway on the same address (SO_REUSEPORT) takes over while the old one drains: a connect loop across the switch sees no failure", async () => {
+  // With the kernel default (0) a connection waiting in the old listener's accept queue at the
+  // instant it closes is reset: measured 2 of 518 on a loaded machine, 0 of ~2,500 on a quiet one.
+  // tcp_migrate_req=1 (Linux 5.14+) hands such connections to the new listener: that is the setup
+  // the README recommends, and the one this test holds to zero failures.
+  const knob = "/proc/sys/net/ipv4/tcp_migrate_req";
+  let saved: string | undefined;
+  beforeAll(() => {
+    saved = readFileSync(knob, "utf8").trim();
+    writeFileSync(knob, "1");
+  });
+  afterAll(() => {
+    if (saved !== undefined) writeFileSync(knob, saved);
+  });
+
+  test("with net.ipv4.tcp_migrate_req=1, a new gateway on the same address (SO_REUSEPORT) takes over while the old one drains: a connect loop across the switch sees no failure", async () => {
     echo ??= await echoServer();
     const port = freePort();
     const args = [`--listen-addr=127.0.0.1:${port}`, `--endpoints=127.0.0.1:${echo.port}`];
