@@ -1,0 +1,162 @@
+/**
+ * Every process the bench starts goes through here: each logs to its own file in the run's dir,
+ * is remembered until it exits, and is killed at the end of the run, on Ctrl-C and on errors (an
+ * `exit` hook, signal handlers, and cleanups such as the etcd cluster's `stop`).
+ *
+ * @module
+ */
+import type { Subprocess } from "bun";
+import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { processTree } from "./net.ts";
+
+/** A started child process. */
+export interface Child {
+  readonly name: string;
+  readonly pid: number;
+  readonly proc: Subprocess;
+  /** Where its stdout and stderr go. */
+  readonly logFile: string;
+  /** Whether it is still running. */
+  running(): boolean;
+  /** SIGKILLs it and its descendants (worker processes, if any) and waits for it to exit. */
+  stop(): Promise<void>;
+  /** The last lines of its log. */
+  logTail(lines?: number): string;
+}
+
+const live = new Set<Subprocess>();
+const cleanups = new Set<() => Promise<void>>();
+let runDir: string | null = null;
+let seq = 0;
+
+/** The dir holding this run's logs and generated configs; removed at exit unless `keep` was asked for. */
+export function benchDir(): string {
+  runDir ??= mkdtempSync(join(tmpdir(), "etcd-gateway-bench-"));
+  return runDir;
+}
+
+let keepDir = false;
+/** Keeps the run dir (logs, configs) after exit, e.g. after a failure worth reading. */
+export function keepBenchDir(): void {
+  keepDir = true;
+}
+
+/**
+ * Starts `cmd` with stdout and stderr appended to `<benchDir>/<name>-<n>.log` (never a pipe: a
+ * child blocked on a full pipe would distort what it measures).
+ *
+ * @param stdout "pipe" for the few children that report a result on stdout (the idle client).
+ */
+export function spawnChild(name: string, cmd: string[], opts: { stdout?: "log" | "pipe"; stdin?: "ignore" | "pipe"; cwd?: string } = {}): Child {
+  const logFile = join(benchDir(), `${name.replace(/[^\w.-]+/g, "_")}-${++seq}.log`);
+  const fd = openSync(logFile, "a");
+  let proc: Subprocess;
+  try {
+    proc = Bun.spawn(cmd, { stdin: opts.stdin ?? "ignore", stdout: opts.stdout === "pipe" ? "pipe" : fd, stderr: fd, cwd: opts.cwd });
+  } finally {
+    // The child has its own copy of the descriptor.
+    closeSync(fd);
+  }
+  live.add(proc);
+  void proc.exited.then(() => live.delete(proc));
+  const running = () => proc.exitCode === null && proc.signalCode === null;
+  return {
+    name,
+    pid: proc.pid,
+    proc,
+    logFile,
+    running,
+    async stop() {
+      if (running()) killTree(proc.pid);
+      await proc.exited;
+    },
+    logTail: (lines = 5) => tail(logFile, lines),
+  };
+}
+
+/** The last `lines` non-empty lines of a file, joined with " | " for a one-line error. */
+export function tail(path: string, lines = 5): string {
+  if (!existsSync(path)) return "";
+  return readFileSync(path, "utf8").trim().split("\n").filter((l) => l.trim() !== "").slice(-lines).join(" | ");
+}
+
+export interface ToolResult {
+  /** Exit code; null when killed at the time limit. */
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/**
+ * Runs a short-lived tool (wrk, iperf3, haproxy -v) to completion with its output piped, killed after `timeoutMs`.
+ */
+export async function runTool(cmd: string[], timeoutMs: number): Promise<ToolResult> {
+  const proc = Bun.spawn(cmd, { stdin: "ignore", stdout: "pipe", stderr: "pipe" });
+  live.add(proc);
+  let killed = false;
+  const timer = setTimeout(() => {
+    killed = true;
+    proc.kill("SIGKILL");
+  }, timeoutMs);
+  try {
+    const [stdout, stderr] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text()]);
+    const code = await proc.exited;
+    return { code: killed ? null : code, stdout, stderr: killed ? `${stderr}\n(killed after ${timeoutMs} ms)` : stderr };
+  } finally {
+    clearTimeout(timer);
+    live.delete(proc);
+  }
+}
+
+/** Registers an async cleanup (e.g. stopping the etcd cluster) run on Ctrl-C; returns its remover. */
+export function onCleanup(fn: () => Promise<void>): () => void {
+  cleanups.add(fn);
+  return () => cleanups.delete(fn);
+}
+
+/** SIGKILLs `pid` and its descendants, all listed before the first kill so that none escapes by being reparented. */
+function killTree(pid: number): void {
+  for (const p of processTree(pid).reverse()) {
+    try {
+      process.kill(p, "SIGKILL");
+    } catch {
+      // already gone
+    }
+  }
+}
+
+/** SIGKILLs every child still running, with its descendants (synchronous, so it also works from the `exit` hook). */
+export function killAllChildren(): void {
+  for (const p of live) if (p.exitCode === null && p.signalCode === null) killTree(p.pid);
+}
+
+/** Removes the run dir unless it is to be kept. */
+function removeBenchDir(): void {
+  if (runDir !== null && !keepDir) rmSync(runDir, { recursive: true, force: true });
+}
+
+let hooked = false;
+/**
+ * Installs the exit hook and the SIGINT/SIGTERM/SIGHUP handlers: on a signal, run the cleanups
+ * (bounded to 5 s in all), kill every child and exit 130.
+ */
+export function installExitHooks(): void {
+  if (hooked) return;
+  hooked = true;
+  process.on("exit", () => {
+    killAllChildren();
+    removeBenchDir();
+  });
+  let stopping = false;
+  const onSignal = (signal: NodeJS.Signals) => {
+    if (stopping) return;
+    stopping = true;
+    process.stderr.write(`\nbench: ${signal}: stopping every child process\n`);
+    killAllChildren();
+    const all = Promise.allSettled([...cleanups].map((fn) => fn()));
+    void Promise.race([all, Bun.sleep(5000)]).then(() => process.exit(130));
+  };
+  for (const s of ["SIGINT", "SIGTERM", "SIGHUP"] as const) process.on(s, onSignal);
+}

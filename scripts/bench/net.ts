@@ -1,0 +1,182 @@
+/**
+ * Loopback helpers for the bench: free ports, readiness checks, one-shot HTTP over a fresh TCP
+ * connection, and process memory from /proc.
+ *
+ * @module
+ */
+import { existsSync, readdirSync, readFileSync } from "node:fs";
+import { connect, type Socket } from "node:net";
+import { freePorts } from "../lib/cluster.ts";
+
+/** A free TCP port on 127.0.0.1 (bound to port 0 and released). */
+export function freePort(): number {
+  return freePorts(1)[0]!;
+}
+
+/**
+ * One TCP connect to 127.0.0.1:port: the open socket and "connected", or null and "timeout" (no
+ * answer within `timeoutMs`; the attempt is cancelled) or the error code (e.g. "ECONNREFUSED").
+ */
+export function dial(port: number, timeoutMs: number): Promise<{ socket: Socket | null; outcome: string }> {
+  return new Promise((resolve) => {
+    // node:net, because destroy() cancels a pending connect and Bun.connect cannot (bun-platform.md trap 5).
+    const s = connect({ host: "127.0.0.1", port });
+    const fail = (outcome: string) => {
+      clearTimeout(timer);
+      s.destroy();
+      resolve({ socket: null, outcome });
+    };
+    const timer = setTimeout(() => fail("timeout"), timeoutMs);
+    s.once("connect", () => {
+      clearTimeout(timer);
+      resolve({ socket: s, outcome: "connected" });
+    });
+    s.once("error", (e: NodeJS.ErrnoException) => fail(e.code ?? e.message));
+  });
+}
+
+/** One TCP connect to 127.0.0.1:port, closed at once; the outcome as `dial` gives it. */
+export async function tcpConnect(port: number, timeoutMs: number): Promise<string> {
+  const { socket, outcome } = await dial(port, timeoutMs);
+  socket?.destroy();
+  return outcome;
+}
+
+/**
+ * Polls until a TCP connect to 127.0.0.1:port succeeds (every 25 ms, at most `timeoutMs`).
+ * `alive` is checked between attempts so a process that died fails fast.
+ *
+ * @throws when the deadline passes or `alive()` turns false.
+ */
+export async function waitConnectable(port: number, timeoutMs: number, alive: () => boolean = () => true): Promise<void> {
+  const deadline = performance.now() + timeoutMs;
+  for (let i = 0; i < 10_000; i++) {
+    if (!alive()) throw new Error("exited before accepting connections");
+    if ((await tcpConnect(port, 500)) === "connected") return;
+    if (performance.now() > deadline) break;
+    await Bun.sleep(25);
+  }
+  throw new Error(`127.0.0.1:${port} not accepting connections after ${timeoutMs} ms`);
+}
+
+/** Whether some socket listens on 127.0.0.1:port, read from /proc/net/tcp (no connection is made). */
+export function isListening(port: number): boolean {
+  const local = `0100007F:${port.toString(16).toUpperCase().padStart(4, "0")}`;
+  for (const line of readFileSync("/proc/net/tcp", "utf8").split("\n")) {
+    const f = line.trim().split(/\s+/);
+    if (f[1] === local && f[3] === "0A") return true;
+  }
+  return false;
+}
+
+/**
+ * Polls until 127.0.0.1:port is listening without connecting to it: for the failover workload,
+ * where a readiness connection would itself make the proxy dial (and fail over) before we measure.
+ */
+export async function waitListening(port: number, timeoutMs: number, alive: () => boolean = () => true): Promise<void> {
+  const deadline = performance.now() + timeoutMs;
+  for (let i = 0; i < 10_000; i++) {
+    if (!alive()) throw new Error("exited before listening");
+    if (isListening(port)) return;
+    if (performance.now() > deadline) break;
+    await Bun.sleep(20);
+  }
+  throw new Error(`nothing listening on 127.0.0.1:${port} after ${timeoutMs} ms`);
+}
+
+export interface HttpResult {
+  /** HTTP status, or 0 when no complete response arrived. */
+  status: number;
+  body: string;
+  /** Why there is no response: "timeout", or the connection error / early close. */
+  error?: string;
+  ms: number;
+}
+
+/**
+ * One HTTP/1.1 request over a new TCP connection to 127.0.0.1:port (`Connection: close`), read to
+ * the end; never throws. The connect is cancelled at `timeoutMs`.
+ *
+ * @example await httpOnce(2379, "POST", "/v3/kv/range", '{"key":"Zm9v"}', 2000)
+ */
+export function httpOnce(port: number, method: string, path: string, body: string, timeoutMs: number): Promise<HttpResult> {
+  const t0 = performance.now();
+  return new Promise((resolve) => {
+    const s = connect({ host: "127.0.0.1", port });
+    const chunks: Buffer[] = [];
+    let settled = false;
+    const finish = (error?: string) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      s.destroy();
+      const text = Buffer.concat(chunks).toString("utf8");
+      const m = /^HTTP\/1\.[01] (\d{3})/.exec(text);
+      const split = text.indexOf("\r\n\r\n");
+      const status = m && split >= 0 ? Number(m[1]) : 0;
+      resolve({ status, body: split >= 0 ? text.slice(split + 4) : "", error: status === 0 ? (error ?? "connection closed without a response") : undefined, ms: performance.now() - t0 });
+    };
+    const timer = setTimeout(() => finish("timeout"), timeoutMs);
+    s.once("connect", () => {
+      s.write(`${method} ${path} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`);
+    });
+    s.on("data", (c: Buffer) => chunks.push(c));
+    s.once("end", () => finish());
+    s.once("close", () => finish());
+    s.once("error", (e: NodeJS.ErrnoException) => finish(e.code ?? e.message));
+  });
+}
+
+/** `pid` and all its descendants (via /proc/<pid>/task/<tid>/children), for RSS of multi-process contenders. */
+export function processTree(pid: number): number[] {
+  const out: number[] = [];
+  const queue = [pid];
+  for (let i = 0; i < 1000 && queue.length > 0; i++) {
+    const p = queue.shift()!;
+    out.push(p);
+    const tasks = `/proc/${p}/task`;
+    if (!existsSync(tasks)) continue;
+    let tids: string[] = [];
+    try {
+      tids = readdirSync(tasks);
+    } catch {
+      continue;
+    }
+    for (const tid of tids) {
+      try {
+        for (const c of readFileSync(`${tasks}/${tid}/children`, "utf8").trim().split(/\s+/)) if (c !== "") queue.push(Number(c));
+      } catch {
+        // the task ended meanwhile
+      }
+    }
+  }
+  return out;
+}
+
+/** VmRSS of `pid` in KiB (from /proc/PID/status), or null when it is gone. */
+export function rssKiB(pid: number): number | null {
+  try {
+    const m = /^VmRSS:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/status`, "utf8"));
+    return m ? Number(m[1]) : null;
+  } catch {
+    return null;
+  }
+}
+
+/** Summed VmRSS of `pids` in KiB (processes already gone count 0). */
+export function totalRssKiB(pids: readonly number[]): number {
+  return pids.reduce((sum, p) => sum + (rssKiB(p) ?? 0), 0);
+}
+
+/** Open file descriptors summed over `pids` (processes already gone count 0). */
+export function fdCount(pids: readonly number[]): number {
+  let n = 0;
+  for (const p of pids) {
+    try {
+      n += readdirSync(`/proc/${p}/fd`).length;
+    } catch {
+      // gone
+    }
+  }
+  return n;
+}
