@@ -10,7 +10,7 @@ import type { GatewayOptions } from "./config.ts";
 import { formatDuration } from "./duration.ts";
 import type { HostPort } from "./endpoints.ts";
 import type { Gateway } from "./gateway.ts";
-import { renderMetrics } from "./metrics.ts";
+import { mergeStats, processStats, renderMetrics, type ProcessStats } from "./metrics.ts";
 
 /** The JSON of `GET /status`; also what `etcd-gateway status --json` prints. */
 export interface Status {
@@ -72,18 +72,28 @@ export function status(gw: Gateway, opts: GatewayOptions, version: string, start
  *
  * @throws {Error} from Bun.serve when the address cannot be bound.
  */
-export function startAdmin(addr: HostPort, gw: Gateway, opts: GatewayOptions, version: string, startedAt: number): Server<undefined> {
+export function startAdmin(
+  addr: HostPort,
+  gw: Gateway,
+  opts: GatewayOptions,
+  version: string,
+  startedAt: number,
+  /** With --workers: the other processes' counters, summed into /metrics. */
+  workerStats: () => Promise<ProcessStats[]> = async () => [],
+): Server<undefined> {
   return Bun.serve({
     hostname: addr.host,
     port: addr.port,
-    fetch(req) {
+    async fetch(req) {
       const path = new URL(req.url).pathname;
       switch (path) {
-        case "/metrics":
-          return new Response(
-            renderMetrics({ version, startedAt, members: gw.members.list, listener: gw.proxy.stats, active: gw.proxy.active, discovery: gw.discoveryStats }),
-            { headers: { "content-type": "text/plain; version=0.0.4; charset=utf-8" } },
-          );
+        case "/metrics": {
+          const own = processStats(gw.members.list, gw.proxy.stats, gw.proxy.active);
+          const counters = mergeStats(own, await workerStats());
+          return new Response(renderMetrics({ version, startedAt, members: gw.members.list, counters, discovery: gw.discoveryStats }), {
+            headers: { "content-type": "text/plain; version=0.0.4; charset=utf-8" },
+          });
+        }
         case "/healthz":
           return new Response("ok\n");
         case "/readyz": {

@@ -11,6 +11,7 @@ import { buildOptions, gatherFlags, START_FLAGS, type FlagValues, type GatewayOp
 import { formatDuration } from "./duration.ts";
 import { startAdmin, type Status } from "./admin.ts";
 import { notify } from "./sdnotify.ts";
+import { processStats } from "./metrics.ts";
 import { startGateway, type Gateway } from "./gateway.ts";
 import { parseHostPort } from "./endpoints.ts";
 import { colours, renderStatus } from "./status.ts";
@@ -140,6 +141,7 @@ async function serve(opts: GatewayOptions, log: Logger, reread: () => { file: st
       (s) => gateway && adopt(s, gateway.members, gateway.policy, gateway.memberDown),
       () => void drain("primary gone"),
       () => void reload(),
+      () => (gateway === undefined ? { members: [], listener: { accepted: 0, limitReached: 0, tlsFailures: [] }, active: 0 } : processStats(gateway.members.list, gateway.proxy.stats, gateway.proxy.active)),
     );
     try {
       gateway = await startGateway(opts, log, { reusePort: true, health: (members) => reportingHealth(members, sendToPrimary) });
@@ -176,7 +178,7 @@ async function serve(opts: GatewayOptions, log: Logger, reread: () => { file: st
   }
   if (opts.adminAddr !== null) {
     try {
-      startAdmin(opts.adminAddr, gw, opts, pkg.version, startedAt);
+      startAdmin(opts.adminAddr, gw, opts, pkg.version, startedAt, () => pool?.stats(500) ?? Promise.resolve([]));
     } catch (e) {
       fail(`--admin-addr: cannot listen on ${opts.adminAddr.address}: ${errorText(e)}`);
     }

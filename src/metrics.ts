@@ -49,6 +49,47 @@ export interface DiscoveryStats {
   lastGoodAt: number;
 }
 
+/** One process's data-path counters, as a worker reports them to the primary for /metrics. */
+export interface ProcessStats {
+  members: { address: string; connections: number; stats: MemberStats }[];
+  listener: { accepted: number; limitReached: number; tlsFailures: [string, number][] };
+  active: number;
+}
+
+/** This process's counters in a form that survives JSON (IPC to the primary). */
+export function processStats(members: readonly Member[], listener: ListenerStats, active: number): ProcessStats {
+  return {
+    members: members.map((m) => ({ address: m.address, connections: m.connections, stats: { ...m.stats, connectBuckets: [...m.stats.connectBuckets] } as unknown as MemberStats })),
+    listener: { accepted: listener.accepted, limitReached: listener.limitReached, tlsFailures: [...listener.tlsFailures] },
+    active,
+  };
+}
+
+/** Adds the workers' counters to the primary's, per member address, for rendering. */
+export function mergeStats(own: ProcessStats, others: readonly ProcessStats[]): ProcessStats {
+  const merged = JSON.parse(JSON.stringify(own)) as ProcessStats;
+  for (const o of others) {
+    merged.active += o.active;
+    merged.listener.accepted += o.listener.accepted;
+    merged.listener.limitReached += o.listener.limitReached;
+    const tls = new Map(merged.listener.tlsFailures);
+    for (const [k, n] of o.listener.tlsFailures) tls.set(k, (tls.get(k) ?? 0) + n);
+    merged.listener.tlsFailures = [...tls];
+    for (const om of o.members) {
+      const m = merged.members.find((x) => x.address === om.address);
+      if (m === undefined) continue;
+      m.connections += om.connections;
+      const a = m.stats as unknown as Record<string, unknown>;
+      const b = om.stats as unknown as Record<string, unknown>;
+      for (const k of ["connectionsTotal", "bytesToMember", "bytesFromMember", "ejections", "connectSum"]) a[k] = (a[k] as number) + (b[k] as number);
+      for (const r of FAILURE_REASONS) m.stats.failures[r] += om.stats.failures[r];
+      const buckets = m.stats.connectBuckets as unknown as number[];
+      (om.stats.connectBuckets as unknown as number[]).forEach((n, i) => (buckets[i] = (buckets[i] ?? 0) + n));
+    }
+  }
+  return merged;
+}
+
 const esc = (v: string) => v.replace(/\\/g, "\\\\").replace(/"/g, '\\"').replace(/\n/g, "\\n");
 
 /** Renders everything in Prometheus text exposition format 0.0.4, names prefixed `etcd_gateway_`. */
@@ -56,10 +97,13 @@ export function renderMetrics(s: {
   version: string;
   startedAt: number;
   members: readonly Member[];
-  listener: ListenerStats;
-  active: number;
+  /** Data-path counters of every process (with --workers, summed over them). */
+  counters: ProcessStats;
   discovery: DiscoveryStats;
 }): string {
+  const counted = new Map(s.counters.members.map((c) => [c.address, c]));
+  const zero = { connections: 0, stats: new MemberStats() };
+  const c = (m: Member) => counted.get(m.address) ?? zero;
   const out: string[] = [];
   const metric = (name: string, type: "gauge" | "counter" | "histogram", help: string, rows: [labels: string, value: number][]) => {
     out.push(`# HELP etcd_gateway_${name} ${help}`, `# TYPE etcd_gateway_${name} ${type}`);
@@ -72,28 +116,30 @@ export function renderMetrics(s: {
   metric("start_time_seconds", "gauge", "Start time of the process since the Unix epoch, in seconds.", [["", s.startedAt / 1000]]);
   metric("member_up", "gauge", "1 when the member is usable (state up), else 0.", ms.map((m) => [ep(m), m.active ? 1 : 0]));
   metric("member_state", "gauge", "1 for the member's current state (up, down, ejected).", ms.flatMap((m) => (["up", "down", "ejected"] as const).map((st): [string, number] => [ep(m, `,state="${st}"`), m.state === st ? 1 : 0])));
-  metric("member_connections", "gauge", "Proxied connections open to the member (dials in flight included).", ms.map((m) => [ep(m), m.connections]));
-  metric("member_connections_total", "counter", "Proxied connections established to the member.", ms.map((m) => [ep(m), m.stats.connectionsTotal]));
-  metric("member_connect_failures_total", "counter", "Failed dials to the member by reason (refused, timeout, reset right after connect, tls, other).", ms.flatMap((m) => FAILURE_REASONS.map((r): [string, number] => [ep(m, `,reason="${r}"`), m.stats.failures[r]])));
-  metric("member_sent_bytes_total", "counter", "Bytes forwarded from clients to the member.", ms.map((m) => [ep(m), m.stats.bytesToMember]));
-  metric("member_received_bytes_total", "counter", "Bytes forwarded from the member to clients.", ms.map((m) => [ep(m), m.stats.bytesFromMember]));
+  metric("member_connections", "gauge", "Proxied connections open to the member (dials in flight included).", ms.map((m) => [ep(m), c(m).connections]));
+  metric("member_connections_total", "counter", "Proxied connections established to the member.", ms.map((m) => [ep(m), c(m).stats.connectionsTotal]));
+  metric("member_connect_failures_total", "counter", "Failed dials to the member by reason (refused, timeout, reset right after connect, tls, other).", ms.flatMap((m) => FAILURE_REASONS.map((r): [string, number] => [ep(m, `,reason="${r}"`), c(m).stats.failures[r]])));
+  metric("member_sent_bytes_total", "counter", "Bytes forwarded from clients to the member.", ms.map((m) => [ep(m), c(m).stats.bytesToMember]));
+  metric("member_received_bytes_total", "counter", "Bytes forwarded from the member to clients.", ms.map((m) => [ep(m), c(m).stats.bytesFromMember]));
   metric("member_ejections_total", "counter", "Times the member was ejected after --health-fall failed dials in a row.", ms.map((m) => [ep(m), m.stats.ejections]));
   out.push("# HELP etcd_gateway_member_connect_duration_seconds Time from dial to connected.", "# TYPE etcd_gateway_member_connect_duration_seconds histogram");
   for (const m of ms) {
+    const st = c(m).stats;
     let cumulative = 0;
     CONNECT_BUCKETS.forEach((le, i) => {
-      cumulative += m.stats.connectBuckets[i]!;
+      cumulative += st.connectBuckets[i] ?? 0;
       out.push(`etcd_gateway_member_connect_duration_seconds_bucket${ep(m, `,le="${le}"`)} ${cumulative}`);
     });
-    cumulative += m.stats.connectBuckets[CONNECT_BUCKETS.length]!;
+    cumulative += st.connectBuckets[CONNECT_BUCKETS.length] ?? 0;
     out.push(`etcd_gateway_member_connect_duration_seconds_bucket${ep(m, ',le="+Inf"')} ${cumulative}`);
-    out.push(`etcd_gateway_member_connect_duration_seconds_sum${ep(m)} ${m.stats.connectSum}`);
+    out.push(`etcd_gateway_member_connect_duration_seconds_sum${ep(m)} ${st.connectSum}`);
     out.push(`etcd_gateway_member_connect_duration_seconds_count${ep(m)} ${cumulative}`);
   }
-  metric("listener_accepted_total", "counter", "Client connections accepted.", [["", s.listener.accepted]]);
-  metric("listener_connections", "gauge", "Client connections open now.", [["", s.active]]);
-  metric("listener_limit_reached_total", "counter", "Times the gateway stopped accepting at --max-connections (new connects are refused by the kernel until a connection closes).", [["", s.listener.limitReached]]);
-  metric("tls_handshake_failures_total", "counter", "TLS handshakes that failed, by side (client: --listen-cert; member: --upstream-tls) and reason.", [...s.listener.tlsFailures].map(([k, n]): [string, number] => {
+  const l = s.counters.listener;
+  metric("listener_accepted_total", "counter", "Client connections accepted.", [["", l.accepted]]);
+  metric("listener_connections", "gauge", "Client connections open now.", [["", s.counters.active]]);
+  metric("listener_limit_reached_total", "counter", "Times the gateway stopped accepting at --max-connections (new connects are refused by the kernel until a connection closes).", [["", l.limitReached]]);
+  metric("tls_handshake_failures_total", "counter", "TLS handshakes that failed, by side (client: --listen-cert; member: --upstream-tls) and reason.", l.tlsFailures.map(([k, n]): [string, number] => {
     const [side, reason] = k.split("|");
     return [`{side="${esc(side ?? "")}",reason="${esc(reason ?? "")}"}`, n];
   }));

@@ -10,12 +10,18 @@ import type { Subprocess } from "bun";
 import type { EndpointSpec, Member, MemberState, MemberTable } from "./endpoints.ts";
 import type { MemberHealth } from "./health.ts";
 import type { Logger } from "./log.ts";
+import type { ProcessStats } from "./metrics.ts";
 import type { Policy } from "./select.ts";
 
 /** Environment variable that makes a process a worker; its value is the worker number (1..N-1). */
 export const WORKER_ENV = "ETCD_GATEWAY_WORKER";
 
-export type ToPrimary = { t: "hello" } | { t: "ready" } | { t: "failed"; i: number; reason: string } | { t: "ok"; i: number };
+export type ToPrimary =
+  | { t: "hello" }
+  | { t: "ready" }
+  | { t: "failed"; i: number; reason: string }
+  | { t: "ok"; i: number }
+  | { t: "stats"; id: number; stats: ProcessStats };
 /** One member as the primary describes it to workers: the endpoint and its state. */
 export type SharedMember = EndpointSpec & { state: MemberState };
 export type SharedState = { t: "state"; members: SharedMember[]; current: number };
@@ -90,6 +96,8 @@ export interface WorkerPool {
   reload(): void;
   /** Sends `sig` to every worker. */
   signal(sig: NodeJS.Signals): void;
+  /** The workers' data-path counters (for /metrics); a worker silent for `timeoutMs` is left out. */
+  stats(timeoutMs: number): Promise<ProcessStats[]>;
   /** Forwards `signal` (drain) to every worker; resolves when all have exited, killing stragglers after `graceMs`. */
   stop(signal: NodeJS.Signals, graceMs: number): Promise<void>;
 }
@@ -106,6 +114,8 @@ export function startWorkers(opts: {
 }): WorkerPool {
   const { log } = opts;
   const procs = new Map<number, Subprocess>();
+  const statsWaiters = new Map<number, (s: ProcessStats) => void>();
+  let nextStatsId = 0;
   let stopping = false;
   let pendingReady = opts.count - 1;
   let resolveReady!: () => void;
@@ -124,6 +134,9 @@ export function startWorkers(opts: {
             break;
           case "ready":
             if (first && --pendingReady === 0) resolveReady();
+            break;
+          case "stats":
+            statsWaiters.get(msg.id)?.(msg.stats);
             break;
           default:
             opts.onReport(msg);
@@ -151,6 +164,26 @@ export function startWorkers(opts: {
     signal(sig) {
       for (const p of procs.values()) p.kill(sig);
     },
+    stats(timeoutMs) {
+      return Promise.all(
+        [...procs.values()].map(
+          (p) =>
+            new Promise<ProcessStats | null>((resolve) => {
+              const id = nextStatsId++;
+              const timer = setTimeout(() => {
+                statsWaiters.delete(id);
+                resolve(null); // a busy or restarting worker: /metrics answers without its share
+              }, timeoutMs);
+              statsWaiters.set(id, (s) => {
+                clearTimeout(timer);
+                statsWaiters.delete(id);
+                resolve(s);
+              });
+              p.send({ t: "stats?", id });
+            }),
+        ),
+      ).then((all) => all.filter((s): s is ProcessStats => s !== null));
+    },
     async stop(signal, graceMs) {
       stopping = true;
       const all = [...procs.values()];
@@ -167,11 +200,12 @@ export function startWorkers(opts: {
  * states go to `onState`, reload requests to `onReload`. `onPrimaryGone` runs if the primary's
  * channel closes.
  */
-export function joinPrimary(onState: (s: SharedState) => void, onPrimaryGone: () => void, onReload: () => void): Promise<SharedState> {
+export function joinPrimary(onState: (s: SharedState) => void, onPrimaryGone: () => void, onReload: () => void, stats: () => ProcessStats): Promise<SharedState> {
   return new Promise((resolve) => {
     let first = true;
-    process.on("message", (msg: SharedState | { t: "reload" }) => {
+    process.on("message", (msg: SharedState | { t: "reload" } | { t: "stats?"; id: number }) => {
       if (msg.t === "reload") return onReload();
+      if (msg.t === "stats?") return sendToPrimary({ t: "stats", id: msg.id, stats: stats() });
       if (msg.t !== "state") return;
       if (first) {
         first = false;

@@ -90,3 +90,19 @@ describe("--workers", () => {
     expect(alive(replacement)).toBe(true);
   });
 });
+
+test("with --workers, /metrics sums the data-path counters of every process", async () => {
+  const port = freePort();
+  const server = await echoOn(port);
+  try {
+    const admin = freePort();
+    const gw = await startGatewayProcess([`--endpoints=127.0.0.1:${port}`, "--workers=2", `--admin-addr=127.0.0.1:${admin}`]);
+    for (let i = 0; i < 40; i++) expect(await roundTrip(gw.port, "0123456789")).toBe("0123456789");
+    const text = await (await fetch(`http://127.0.0.1:${admin}/metrics`)).text();
+    expect(text).toContain("etcd_gateway_listener_accepted_total 40\n");
+    expect(text).toContain(`etcd_gateway_member_connections_total{endpoint="127.0.0.1:${port}"} 40\n`);
+    expect(text).toContain(`etcd_gateway_member_sent_bytes_total{endpoint="127.0.0.1:${port}"} 400\n`);
+  } finally {
+    await close(server);
+  }
+});
