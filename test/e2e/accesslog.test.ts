@@ -1,6 +1,7 @@
 /** --access-log: one JSON line per closed connection, and every termination code from a real scenario. */
 import { afterAll, afterEach, describe, expect, test } from "bun:test";
 import type { Socket as BunSocket } from "bun";
+import type { AccessRecord } from "../../src/accesslog.ts";
 import { existsSync, mkdtempSync, readFileSync, renameSync, rmSync } from "node:fs";
 import { createServer, type Server } from "node:net";
 import { tmpdir } from "node:os";
@@ -18,15 +19,7 @@ afterAll(async () => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-interface Line {
-  client: string;
-  member: string | null;
-  connect_ms: number | null;
-  duration_ms: number;
-  bytes_from_client: number;
-  bytes_from_member: number;
-  termination: string;
-}
+type Line = AccessRecord;
 let n = 0;
 /** A gateway logging access to its own file; members are plain TCP peers here (no etcd check). */
 async function gatewayWithLog(args: string[]): Promise<{ gw: GatewayProcess; lines: () => Line[] }> {

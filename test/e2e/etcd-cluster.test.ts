@@ -5,29 +5,19 @@
  *
  * One cluster serves the whole file; a test that kills a member gets it restarted in afterEach.
  */
-import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test";
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, test } from "bun:test";
 import { connect } from "node:net";
 import { etcdctl, startCluster, which, type Cluster } from "../../scripts/lib/cluster.ts";
 import { startBlackhole, type Blackhole } from "../support/blackhole.ts";
 import { startGatewayProcess, stopAllGateways, type GatewayProcess } from "../support/gateway.ts";
-import { memberBehind, restoreCluster, viaGateway } from "../support/etcd.ts";
+import { memberBehind, useSharedCluster, viaGateway } from "../support/etcd.ts";
 import { freePort, sleep, waitFor } from "../support/net.ts";
 
+// One cluster for the file; what a test kills is brought back before the next one.
+const shared = useSharedCluster();
 let cluster: Cluster;
-
-beforeAll(async () => {
-  cluster = await startCluster({ size: 3 });
-}, 30_000);
-
-afterEach(async () => {
-  await stopAllGateways();
-  // Bring back what a test killed, so the next one starts from three healthy members.
-  await restoreCluster(cluster);
-}, 30_000);
-
-afterAll(async () => {
-  await stopAllGateways();
-  await cluster?.stop();
+beforeEach(() => {
+  cluster = shared();
 });
 
 const gatewayMember = (gw: GatewayProcess) => memberBehind(cluster, gw);

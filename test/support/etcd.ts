@@ -1,5 +1,7 @@
 /** Helpers for tests that put the gateway in front of a real etcd cluster (scripts/lib/cluster.ts). */
-import { etcdctl, type ClientTLS, type Cluster } from "../../scripts/lib/cluster.ts";
+import { afterAll, afterEach, beforeAll } from "bun:test";
+import { etcdctl, startCluster, type ClientTLS, type Cluster } from "../../scripts/lib/cluster.ts";
+import { stopAllGateways } from "./gateway.ts";
 import type { GatewayProcess } from "./gateway.ts";
 
 /** `etcdctl` through the gateway, with the short timeouts failover tests want. */
@@ -34,4 +36,28 @@ export async function restoreCluster(cluster: Cluster): Promise<void> {
     else await cluster.restart(i);
   }
   await cluster.waitHealthy();
+}
+
+/**
+ * Registers hooks for a suite that shares one 3-member cluster: started before the first test,
+ * restored after each (gateways stopped, killed or stopped members brought back), stopped after
+ * the last. Call inside a describe (or at top level); use the returned getter in tests.
+ */
+export function useSharedCluster(): () => Cluster {
+  let cluster: Cluster | undefined;
+  beforeAll(async () => {
+    cluster = await startCluster({ size: 3 });
+  }, 30_000);
+  afterEach(async () => {
+    await stopAllGateways();
+    if (cluster) await restoreCluster(cluster);
+  }, 30_000);
+  afterAll(async () => {
+    await stopAllGateways();
+    await cluster?.stop();
+  });
+  return () => {
+    if (!cluster) throw new Error("the shared cluster is not started yet");
+    return cluster;
+  };
 }
