@@ -200,7 +200,10 @@ export function startProxy(opts: ProxyOptions): Proxy {
     return false;
   };
 
-  /** Trap 2: forward a FIN with shutdown() (SHUT_WR), never end(), which is a full close(2). */
+  /**
+   * Forwards a FIN. Trap 2: end() is a full close(2), so while the other direction still flows the
+   * FIN goes out with shutdown() (SHUT_WR); only when that direction is finished too is end() used.
+   */
   const shutdownWrite = (leg: Leg) => {
     leg.finPending = false;
     if (leg.writeDone || leg.closed) return;
