@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the test suite talks to, from Debian's packages, when it is missing:
 # etcd-server and etcd-client (a real 3-member cluster and etcdctl), python3 (a SYN-blackhole helper),
-# dnsmasq-base (SRV discovery tests; the -base package is the binary without a system service).
+# dnsmasq-base (SRV discovery tests; the -base package is the binary without a system service),
+# iproute2 (ss and ip: socket inspection, network namespaces), procps (pgrep), util-linux (unshare, nsenter),
+# openssl (test certificates), curl (the installer test).
 # Safe to run repeatedly; prints nothing when everything is present.
 set -euo pipefail
 missing=()
@@ -9,6 +11,11 @@ command -v etcd >/dev/null || missing+=(etcd-server)
 command -v etcdctl >/dev/null || missing+=(etcd-client)
 command -v python3 >/dev/null || missing+=(python3)
 command -v dnsmasq >/dev/null || [ -x /usr/sbin/dnsmasq ] || missing+=(dnsmasq-base)
+command -v ss >/dev/null && command -v ip >/dev/null || missing+=(iproute2)
+command -v pgrep >/dev/null || missing+=(procps)
+command -v unshare >/dev/null && command -v nsenter >/dev/null || missing+=(util-linux)
+command -v openssl >/dev/null || missing+=(openssl)
+command -v curl >/dev/null || missing+=(curl)
 [ ${#missing[@]} -eq 0 ] && exit 0
 sudo=""
 if [ "$(id -u)" -ne 0 ]; then

@@ -209,7 +209,7 @@ export async function startGateway(opts: GatewayOptions, log: Logger, role?: Gat
     const changes = Object.fromEntries(live.filter((k) => differs(next[k], opts[k])).map((k) => [k, next[k]]));
     if (Object.keys(changes).length > 0) {
       started.configure(changes);
-      applied.push(...Object.keys(changes));
+      applied.push(...Object.keys(changes).map((k) => FLAG_OF[k as keyof typeof FLAG_OF]));
     }
     const h = opts.health;
     const nh = { ...next.health, retryDelayMs: next.retryDelayMs, connectTimeoutMs: next.connectTimeoutMs };
@@ -217,10 +217,10 @@ export async function startGateway(opts: GatewayOptions, log: Logger, role?: Gat
       const wasActive = h.check !== "none";
       Object.assign(h, nh); // health reads these where it uses them
       if (!wasActive && h.check !== "none") health.start();
-      applied.push("health");
+      applied.push("health-*");
     }
     for (const k of ["closeOnMemberDown", "drainTimeoutMs", "retryDelayMs"] as const) {
-      if (next[k] !== opts[k]) applied.push(k);
+      if (next[k] !== opts[k]) applied.push(FLAG_OF[k]);
     }
     if (opts.discoverySrv === null && opts.discovery.endpointsFile === null && differs(opts.endpoints.map((e) => e.address), next.endpoints.map((e) => e.address))) {
       await applyEndpoints(next.endpoints, "config reload");
@@ -290,6 +290,19 @@ function srvOptions(opts: GatewayOptions): SrvOptions {
     timeoutMs: Math.max(opts.connectTimeoutMs, 2000),
   };
 }
+
+/** The flag behind each live-reloadable option, for the `applied` list of `config reloaded`. */
+const FLAG_OF = {
+  connectTimeoutMs: "connect-timeout",
+  keepAliveMs: "keepalive-time",
+  maxConnections: "max-connections",
+  idleTimeoutMs: "idle-timeout",
+  upstreamTls: "upstream-*",
+  listenTls: "listen-cert",
+  closeOnMemberDown: "close-on-member-down",
+  drainTimeoutMs: "drain-timeout",
+  retryDelayMs: "retry-delay",
+} as const;
 
 /** All addresses `host` resolves to (itself when it is an IP literal). */
 async function resolveAll(host: string): Promise<string[]> {

@@ -470,7 +470,7 @@ export function startProxy(opts: ProxyOptions): Proxy {
       stats.accepted++;
       // Trap 7: the listener's `data` option is shared by every socket; give each its own state.
       const candidates = opts.policy.candidates();
-      const conn: Conn = { client: null!, up: null, member: null, candidates, hadUsable: candidates[0]?.active === true, failDial: null, clientAddr: opts.accessLog === null ? null : s.remoteAddress === undefined ? "unix" : formatHostPort(s.remoteAddress, s.remotePort), attempt: 0, dialing: true, dialTimeoutMs: 0, early: null, dialStart: 0, pairedAt: 0, probation: false, activeAt: epoch, acceptedAt: performance.now(), connectedAt: 0, bytesFromClient: 0, bytesFromMember: 0, termination: null };
+      const conn: Conn = { client: null!, up: null, member: null, candidates, hadUsable: candidates[0]?.active === true, failDial: null, clientAddr: opts.accessLog === null ? null : s.remoteAddress === undefined ? (s.localPort === undefined ? "unix" : "unknown") : formatHostPort(s.remoteAddress, s.remotePort), attempt: 0, dialing: true, dialTimeoutMs: 0, early: null, dialStart: 0, pairedAt: 0, probation: false, activeAt: epoch, acceptedAt: performance.now(), connectedAt: 0, bytesFromClient: 0, bytesFromMember: 0, termination: null };
       const leg = newLeg(conn);
       conn.client = leg;
       leg.sock = s;

@@ -1,0 +1,163 @@
+/**
+ * Fault matrix, rows where the gateway process itself is pushed: out of file descriptors, a client
+ * flood beyond --max-connections, SIGTERM and SIGHUP while a transfer is in flight. Each row asserts
+ * its promise, SHA-256 of what arrived against what was sent, and the gateway's fds back at their
+ * warm-up baseline (for SIGTERM: bounded while draining, then the exit). Matrix: test/faults/harness.ts.
+ */
+import { afterAll, afterEach, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import type { Socket } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { closeAllFaultProxies, startFaultProxy } from "../support/faultproxy.ts";
+import { stopAllGateways } from "../support/gateway.ts";
+import { fdCount, freePort, sleep, waitFor } from "../support/net.ts";
+import { dial, echoServer, roundTrip, type Listening } from "../support/peers.ts";
+import { echoRequest, echoThrough, exchange, fdBaseline, fdsBack, metric, MiB, payload, startGateway, type Payload } from "./harness.ts";
+
+setDefaultTimeout(60_000);
+const dir = mkdtempSync(join(tmpdir(), "etcd-gateway-faults-"));
+let echo: Listening;
+let data: Payload;
+beforeAll(async () => {
+  echo = await echoServer();
+  data = payload(32 * MiB);
+});
+afterEach(async () => {
+  await stopAllGateways();
+  closeAllFaultProxies();
+});
+afterAll(async () => {
+  await echo?.close();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+const small = () => data.buf.subarray(0, 64 * 1024);
+const exactSmall = () => ({ hash: data.prefix(64 * 1024), bytes: 64 * 1024 });
+
+describe("file descriptor exhaustion", () => {
+  test("under ulimit -n 40 a crowd of clients exhausts the fds: the process survives, an open connection keeps flowing, and it serves again once the crowd leaves", async () => {
+    const gw = await startGateway([`--endpoints=127.0.0.1:${echo.port}`], {
+      wrap: (cmd) => ["bash", "-c", 'ulimit -n 40 && exec "$@"', "--", ...cmd],
+    });
+    const baseline = await fdBaseline(gw, () => roundTrip(gw.port, "warm"));
+    const held = await dial(gw.port);
+    expect(await echoThrough(held, small())).toBe(data.prefix(64 * 1024));
+    // Two fds per proxied connection: about 15 more exhaust 40. Past that the kernel completes
+    // handshakes into the accept queue, and a client the gateway accepts but cannot dial for is
+    // reset: a dial may fail here, the process must not.
+    const crowd: Socket[] = [];
+    for (let i = 0; i < 30; i++) {
+      const s = await dial(gw.port).catch(() => undefined);
+      s?.on("error", () => {}).on("data", () => {});
+      s?.write("x");
+      if (s) crowd.push(s);
+      await sleep(5);
+    }
+    await waitFor("the gateway at its fd limit", () => fdCount(gw.proc.pid) >= 39, 5000);
+    // The connection it already had still flows, byte-exact, while nothing new can be opened.
+    expect(await echoThrough(held, data.buf.subarray(0, 4 * MiB))).toBe(data.prefix(4 * MiB));
+    expect(gw.proc.exitCode).toBeNull();
+    for (const s of crowd) s.destroy();
+    await waitFor("a round trip through the recovered gateway", async () => (await roundTrip(gw.port, "back").catch(() => "")) === "back", 10_000, 100);
+    expect(await echoRequest(gw.port, small())).toEqual(exactSmall());
+    held.end();
+    expect(gw.proc.exitCode).toBeNull();
+    await fdsBack(gw, baseline, 10_000);
+  });
+});
+
+describe("a client flood beyond --max-connections", () => {
+  test("60 paced connects against a limit of 20: 20 are served, none beyond the limit is accepted, and all are served once others close", async () => {
+    const admin = freePort();
+    const gw = await startGateway([`--endpoints=127.0.0.1:${echo.port}`, "--max-connections=20", `--admin-addr=127.0.0.1:${admin}`]);
+    const baseline = await fdBaseline(gw, () => roundTrip(gw.port, "warm"));
+    const request = data.buf.subarray(0, 4096);
+    const held: Socket[] = [];
+    const turnedAway: string[] = [];
+    for (let i = 0; i < 60; i++) {
+      try {
+        const s = await dial(gw.port);
+        s.on("error", () => {});
+        expect(await echoThrough(s, request, 3000)).toBe(data.prefix(4096));
+        held.push(s);
+      } catch (e) {
+        turnedAway.push((e as NodeJS.ErrnoException).code ?? String(e));
+      }
+      await sleep(10);
+    }
+    expect(held).toHaveLength(20);
+    // At the limit the gateway closes its listener: the kernel refuses, nothing is accepted and dropped.
+    expect(new Set(turnedAway)).toEqual(new Set(["ECONNREFUSED"]));
+    expect(await metric(admin, "listener_accepted_total")).toBe(1 + 20);
+    expect(await metric(admin, "listener_connections")).toBe(20);
+    await gw.waitForLog("connection limit reached: stopped accepting");
+
+    // The 40 turned away come back in two waves of 20, each after the previous wave has left.
+    for (const s of held.splice(0)) s.destroy();
+    for (let wave = 0; wave < 2; wave++) {
+      const sockets = await Promise.all(
+        Array.from({ length: 20 }, () => waitFor("a connect below the limit", () => dial(gw.port).catch(() => undefined), 10_000, 20)),
+      );
+      for (const s of sockets) s.on("error", () => {});
+      expect(await Promise.all(sockets.map((s) => echoThrough(s, request)))).toEqual(Array.from({ length: 20 }, () => data.prefix(4096)));
+      expect(await metric(admin, "listener_connections")).toBeLessThanOrEqual(20);
+      for (const s of sockets) s.destroy();
+    }
+    expect(await metric(admin, "listener_accepted_total")).toBe(1 + 20 + 40);
+    await fdsBack(gw, baseline);
+  });
+});
+
+describe("signals during traffic", () => {
+  test("SIGTERM during a 32 MiB transfer: it finishes byte-exact within --drain-timeout, new connects are refused, the process exits 0", async () => {
+    const proxy = startFaultProxy(echo.port);
+    const gw = await startGateway([`--endpoints=127.0.0.1:${proxy.port}`, "--drain-timeout=10s"]);
+    const baseline = await fdBaseline(gw, () => roundTrip(gw.port, "warm"));
+    // ~25 MiB/s each way: the transfer takes over a second, so it is well in progress at the signal.
+    proxy.set({ kind: "slow", bytesPerTick: 512 * 1024, tickMs: 20, direction: "both" });
+    const x = exchange(await dial(gw.port), data.buf);
+    await waitFor("the transfer under way", () => proxy.stats.down >= 4 * MiB);
+    const t0 = performance.now();
+    gw.proc.kill("SIGTERM");
+    await gw.waitForLog("draining: stopped accepting, waiting for open connections");
+    await expect(dial(gw.port)).rejects.toThrow(/ECONNREFUSED/);
+    let peakFds = 0;
+    const sampler = setInterval(() => (peakFds = Math.max(peakFds, gw.proc.exitCode === null ? fdCount(gw.proc.pid) : 0)), 20);
+    const [got] = await Promise.all([x.received, x.sent]);
+    const finished = performance.now() - t0;
+    const code = await gw.proc.exited;
+    const exited = performance.now() - t0;
+    clearInterval(sampler);
+    console.log(`SIGTERM: transfer done ${finished.toFixed(0)} ms after the signal, exit ${exited.toFixed(0)} ms, fds while draining <= ${peakFds} (baseline ${baseline})`);
+    expect(got).toEqual({ hash: data.hash, bytes: data.buf.length });
+    expect(code).toBe(0);
+    expect(finished).toBeGreaterThan(200); // it was really in flight
+    expect(exited).toBeLessThan(10_000);
+    // Draining holds the one connection's two legs and opens nothing (the listener has closed).
+    expect(peakFds).toBeLessThanOrEqual(baseline + 2);
+    expect(gw.lines.some((l) => l.includes("drain timeout reached"))).toBe(false);
+    expect(gw.lines.some((l) => l.includes('"msg":"stopped"'))).toBe(true);
+  });
+
+  test("SIGHUP during a 32 MiB transfer: the transfer finishes byte-exact on its member, new connections follow the reloaded endpoints", async () => {
+    const [before, after] = [startFaultProxy(echo.port), startFaultProxy(echo.port)];
+    const cfg = join(dir, "sighup.yaml");
+    writeFileSync(cfg, `endpoints: 127.0.0.1:${before.port}\n`);
+    const gw = await startGateway([`--config=${cfg}`]);
+    const baseline = await fdBaseline(gw, () => roundTrip(gw.port, "warm"));
+    before.set({ kind: "slow", bytesPerTick: 512 * 1024, tickMs: 20, direction: "both" });
+    const x = exchange(await dial(gw.port), data.buf);
+    await waitFor("the transfer under way", () => before.stats.down >= 2 * MiB);
+    writeFileSync(cfg, `endpoints: 127.0.0.1:${after.port}\n`);
+    gw.proc.kill("SIGHUP");
+    const reloaded = await gw.waitForLog("config reloaded");
+    expect(reloaded.applied).toEqual(["endpoints"]);
+    expect(before.stats.down).toBeLessThan(data.buf.length); // still in flight when the reload applied
+    for (let i = 0; i < 5; i++) expect(await echoRequest(gw.port, small())).toEqual(exactSmall());
+    expect([before.stats.accepted, after.stats.accepted]).toEqual([2, 5]);
+    const [got] = await Promise.all([x.received, x.sent]);
+    expect(got).toEqual({ hash: data.hash, bytes: data.buf.length });
+    await fdsBack(gw, baseline);
+  });
+});
