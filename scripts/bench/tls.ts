@@ -42,8 +42,11 @@ const modes: Mode[] = [
   { name: "termination + origination", scheme: "https", args: [`--endpoints=127.0.0.1:${tls.port}`, ...listen, ...upstream] },
 ];
 
-function wrk(url: string, extra: string[]): { rps: number; p99: number; transfer: number } {
-  const out = Bun.spawnSync(["wrk", "-t1", "-c64", `-d${seconds}s`, "--latency", ...extra, url], { stdout: "pipe", stderr: "pipe" }).stdout.toString();
+/** Runs wrk (asynchronously: the backends live in this process and must keep serving). */
+async function wrk(url: string, extra: string[]): Promise<{ rps: number; p99: number; transfer: number }> {
+  const proc = Bun.spawn(["wrk", "-t1", "-c64", `-d${seconds}s`, "--latency", ...extra, url], { stdout: "pipe", stderr: "pipe" });
+  const out = await new Response(proc.stdout).text();
+  await proc.exited;
   const rps = Number(/Requests\/sec:\s+([\d.]+)/.exec(out)?.[1] ?? NaN);
   const p99m = /99%\s+([\d.]+)(us|ms|s)/.exec(out);
   const p99 = p99m ? Number(p99m[1]) * (p99m[2] === "us" ? 0.001 : p99m[2] === "s" ? 1000 : 1) : NaN;
@@ -60,8 +63,8 @@ try {
       const gw = Bun.spawn([GW, "start", `--listen-addr=127.0.0.1:${port}`, "--health-check=none", "--log-level=warn", ...m.args], { stdout: "ignore", stderr: "ignore" });
       try {
         await waitConnectable(port, 10_000, () => gw.exitCode === null);
-        const small = wrk(`${m.scheme}://127.0.0.1:${port}/`, []);
-        const bulk = wrk(`${m.scheme}://127.0.0.1:${port}/big`, []);
+        const small = await wrk(`${m.scheme}://127.0.0.1:${port}/`, []);
+        const bulk = await wrk(`${m.scheme}://127.0.0.1:${port}/big`, []);
         const row = results.get(m.name)!;
         row.rps.push(small.rps);
         row.p99.push(small.p99);
