@@ -118,7 +118,6 @@ export interface ProxyOptions {
 type Listener = TCPSocketListener<Leg> | UnixSocketListener<Leg>;
 
 export interface Proxy {
-  readonly listener: Listener;
   /** The port of the first TCP listener (0 when there is none). */
   readonly port: number;
   /** Client connections open now (including those still dialing). */
@@ -528,7 +527,6 @@ export function startProxy(opts: ProxyOptions): Proxy {
     for (const l of listeners) l.stop(true);
     throw e;
   }
-  const first = listeners[0]!;
   const tcpPort = opts.addresses.findIndex((a) => a.kind === "tcp");
   const port = tcpPort < 0 ? 0 : (listeners[tcpPort] as TCPSocketListener<Leg>).port;
 
@@ -594,7 +592,6 @@ export function startProxy(opts: ProxyOptions): Proxy {
   startSweeper();
 
   return {
-    listener: first,
     port,
     stats,
     get active() {
