@@ -1,14 +1,13 @@
 /**
  * The admin endpoint (`--admin-addr`): `/metrics` (Prometheus), `/healthz` (process alive),
- * `/readyz` (200 only while a member is usable) and `/status` (JSON member table). It only reads
- * gateway state; it never touches the data path.
+ * `/readyz` (200 only while a member is usable) and `/status` (JSON member table). It reads the
+ * settings in force and the member table; it never touches the data path.
  *
  * @module
  */
 import type { Server } from "bun";
-import type { GatewayOptions } from "./config.ts";
+import type { HostPort } from "./addresses.ts";
 import { formatDuration } from "./duration.ts";
-import type { HostPort } from "./endpoints.ts";
 import type { Gateway } from "./gateway.ts";
 import { mergeStats, processStats, renderMetrics, type ProcessStats } from "./metrics.ts";
 
@@ -35,34 +34,55 @@ export interface Status {
   config: Record<string, unknown>;
 }
 
-export function status(gw: Gateway, opts: GatewayOptions, version: string, startedAt: number): Status {
+/** What the admin endpoint shows besides the gateway itself. */
+export interface AdminContext {
+  readonly version: string;
+  /** Date.now() at process start. */
+  readonly startedAt: number;
+  /** With --workers: the other processes' counters, summed into /status and /metrics. */
+  readonly workerStats: () => Promise<ProcessStats[]>;
+}
+
+/** The whole gateway's counters: this process's plus the workers'. */
+async function counters(gw: Gateway, ctx: AdminContext): Promise<ProcessStats> {
+  return mergeStats(processStats(gw.members.list, gw.proxy.stats, gw.proxy.active), await ctx.workerStats());
+}
+
+export function status(gw: Gateway, ctx: AdminContext, all: ProcessStats): Status {
   const now = performance.now();
+  const s = gw.settings;
+  const f = s.flags;
+  const byAddress = new Map(all.members.map((c) => [c.address, c]));
   return {
-    version,
+    version: ctx.version,
     pid: process.pid,
-    startedAt: new Date(startedAt).toISOString(),
-    uptimeSeconds: (Date.now() - startedAt) / 1000,
-    listener: { address: opts.listenAddrs.map((a) => a.address).join(","), accepted: gw.proxy.stats.accepted, active: gw.proxy.active },
-    policy: opts.policy,
-    workers: opts.workers,
-    members: gw.members.list.map((m) => ({
-      endpoint: m.address,
-      state: m.state,
-      reason: m.reason,
-      priority: m.priority,
-      weight: m.weight,
-      connections: m.connections,
-      connectionsTotal: m.stats.connectionsTotal,
-      failedDials: m.failures,
-      lastSuccessAgoSeconds: m.lastSuccess === 0 ? null : (now - m.lastSuccess) / 1000,
-    })),
+    startedAt: new Date(ctx.startedAt).toISOString(),
+    uptimeSeconds: (Date.now() - ctx.startedAt) / 1000,
+    listener: { address: s.listenAddrs.map((a) => a.address).join(","), accepted: all.listener.accepted, active: all.active },
+    policy: f.policy,
+    workers: f.workers,
+    members: gw.members.list.map((m) => {
+      const c = byAddress.get(m.address);
+      const last = m.stats.lastConnectedAt;
+      return {
+        endpoint: m.address,
+        state: m.state,
+        reason: m.reason,
+        priority: m.priority,
+        weight: m.weight,
+        connections: c?.connections ?? 0,
+        connectionsTotal: c?.stats.connectionsTotal ?? 0,
+        failedDials: m.failures,
+        lastSuccessAgoSeconds: last === 0 ? null : (now - last) / 1000,
+      };
+    }),
     config: {
-      "health-check": opts.health.check,
-      "health-interval": formatDuration(opts.health.intervalMs),
-      "connect-timeout": formatDuration(opts.connectTimeoutMs),
-      "retry-delay": formatDuration(opts.retryDelayMs),
-      "discovery-srv": opts.discoverySrv,
-      "endpoints-auto-sync-interval": formatDuration(opts.discovery.syncIntervalMs),
+      "health-check": f["health-check"],
+      "health-interval": formatDuration(f["health-interval"]),
+      "connect-timeout": formatDuration(f["connect-timeout"]),
+      "retry-delay": formatDuration(f["retry-delay"]),
+      "discovery-srv": f["discovery-srv"],
+      "endpoints-auto-sync-interval": formatDuration(f["endpoints-auto-sync-interval"]),
     },
   };
 }
@@ -72,36 +92,24 @@ export function status(gw: Gateway, opts: GatewayOptions, version: string, start
  *
  * @throws {Error} from Bun.serve when the address cannot be bound.
  */
-export function startAdmin(
-  addr: HostPort,
-  gw: Gateway,
-  opts: GatewayOptions,
-  version: string,
-  startedAt: number,
-  /** With --workers: the other processes' counters, summed into /metrics. */
-  workerStats: () => Promise<ProcessStats[]> = async () => [],
-): Server<undefined> {
+export function startAdmin(addr: HostPort, gw: Gateway, ctx: AdminContext): Server<undefined> {
   return Bun.serve({
     hostname: addr.host,
     port: addr.port,
     async fetch(req) {
-      const path = new URL(req.url).pathname;
-      switch (path) {
+      switch (new URL(req.url).pathname) {
         case "/metrics": {
-          const own = processStats(gw.members.list, gw.proxy.stats, gw.proxy.active);
-          const counters = mergeStats(own, await workerStats());
-          return new Response(renderMetrics({ version, startedAt, members: gw.members.list, counters, discovery: gw.discoveryStats }), {
-            headers: { "content-type": "text/plain; version=0.0.4; charset=utf-8" },
-          });
+          const text = renderMetrics({ version: ctx.version, startedAt: ctx.startedAt, members: gw.members.list, counters: await counters(gw, ctx), discovery: gw.discoveryStats });
+          return new Response(text, { headers: { "content-type": "text/plain; version=0.0.4; charset=utf-8" } });
         }
         case "/healthz":
           return new Response("ok\n");
         case "/readyz": {
-          const ready = gw.members.list.some((m) => m.active);
+          const ready = gw.members.list.some((m) => m.up);
           return new Response(ready ? "ready\n" : "no usable member\n", { status: ready ? 200 : 503 });
         }
         case "/status":
-          return Response.json(status(gw, opts, version, startedAt));
+          return Response.json(status(gw, ctx, await counters(gw, ctx)));
         default:
           return new Response("not found: try /metrics, /healthz, /readyz, /status\n", { status: 404 });
       }

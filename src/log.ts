@@ -3,7 +3,7 @@
  *
  * The messages that etcd's gateway prints (`ready to proxy client requests`, `deactivated endpoint`,
  * `activated`, `failed to activate endpoint (stay inactive for another interval)`) are part of the
- * contract: scripts grep for them. See docs/logging.md.
+ * contract: scripts grep for them. The README's Logging section lists every message.
  *
  * @module
  */
@@ -18,8 +18,6 @@ export const LOG_FORMATS: readonly LogFormat[] = ["json", "text"];
 const rank: Record<LogLevel, number> = { debug: 0, info: 1, warn: 2, error: 3 };
 
 export interface Logger {
-  /** True when `level` would be written; check it before building expensive fields. */
-  enabled(level: LogLevel): boolean;
   /** Changes the lowest level written (SIGHUP reload). */
   setLevel(level: LogLevel): void;
   debug(msg: string, fields?: LogFields): void;
@@ -53,7 +51,6 @@ export function createLogger(opts: {
     write(format === "json" ? jsonLine(level, ts, msg, all) : textLine(level, ts, msg, all));
   };
   return {
-    enabled: (level) => rank[level] >= min,
     setLevel: (level) => {
       min = rank[level];
     },

@@ -1,53 +1,11 @@
 /**
- * Counters the data path and health keep for `/metrics`, and their Prometheus text rendering.
- * Counting costs a few additions per chunk or per connection: no allocation on the data path.
+ * `/metrics`: the Prometheus text rendering of member state (src/members.ts), the data-path
+ * counters (src/counters.ts) of every process, and discovery's counters.
  *
  * @module
  */
-import type { Member } from "./endpoints.ts";
-
-/** Upper bounds (seconds) of the connect-time histogram buckets. */
-export const CONNECT_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5];
-
-export type FailureReason = "refused" | "timeout" | "reset" | "tls" | "other";
-export const FAILURE_REASONS: readonly FailureReason[] = ["refused", "timeout", "reset", "tls", "other"];
-
-export class MemberStats {
-  connectionsTotal = 0;
-  bytesToMember = 0;
-  bytesFromMember = 0;
-  ejections = 0;
-  readonly failures: Record<FailureReason, number> = { refused: 0, timeout: 0, reset: 0, tls: 0, other: 0 };
-  /** Cumulative counts per bucket of CONNECT_BUCKETS, plus +Inf last. */
-  readonly connectBuckets = new Float64Array(CONNECT_BUCKETS.length + 1);
-  connectSum = 0;
-
-  observeConnect(seconds: number): void {
-    this.connectSum += seconds;
-    let i = 0;
-    while (i < CONNECT_BUCKETS.length && seconds > CONNECT_BUCKETS[i]!) i++;
-    this.connectBuckets[i]!++;
-  }
-}
-
-export class ListenerStats {
-  accepted = 0;
-  /** Times the gateway stopped accepting at `--max-connections` (the kernel refuses new connects meanwhile). */
-  limitReached = 0;
-  /** TLS handshake failures by `side|reason` (side: client for termination, member for origination). */
-  readonly tlsFailures = new Map<string, number>();
-  countTlsFailure(side: "client" | "member", reason: string): void {
-    const k = `${side}|${reason}`;
-    this.tlsFailures.set(k, (this.tlsFailures.get(k) ?? 0) + 1);
-  }
-}
-
-export interface DiscoveryStats {
-  refreshes: number;
-  failures: number;
-  /** Date.now() of the last good answer, 0 if none. */
-  lastGoodAt: number;
-}
+import { CONNECT_BUCKETS, FAILURE_REASONS, MemberStats, type DiscoveryStats, type ListenerStats } from "./counters.ts";
+import type { Member } from "./members.ts";
 
 /** One process's data-path counters, as a worker reports them to the primary for /metrics. */
 export interface ProcessStats {
@@ -81,7 +39,7 @@ export function mergeStats(own: ProcessStats, others: readonly ProcessStats[]): 
       m.connections += om.connections;
       const a = m.stats as unknown as Record<string, unknown>;
       const b = om.stats as unknown as Record<string, unknown>;
-      for (const k of ["connectionsTotal", "bytesToMember", "bytesFromMember", "ejections", "connectSum"]) a[k] = (a[k] as number) + (b[k] as number);
+      for (const k of ["connectionsTotal", "bytesToMember", "bytesFromMember", "connectSum"]) a[k] = (a[k] as number) + (b[k] as number);
       for (const r of FAILURE_REASONS) m.stats.failures[r] += om.stats.failures[r];
       const buckets = m.stats.connectBuckets as unknown as number[];
       (om.stats.connectBuckets as unknown as number[]).forEach((n, i) => (buckets[i] = (buckets[i] ?? 0) + n));
@@ -114,14 +72,14 @@ export function renderMetrics(s: {
 
   metric("build_info", "gauge", "Version of etcd-gateway and of the Bun runtime it carries.", [[`{version="${esc(s.version)}",bun="${esc(Bun.version)}"}`, 1]]);
   metric("start_time_seconds", "gauge", "Start time of the process since the Unix epoch, in seconds.", [["", s.startedAt / 1000]]);
-  metric("member_up", "gauge", "1 when the member is usable (state up), else 0.", ms.map((m) => [ep(m), m.active ? 1 : 0]));
+  metric("member_up", "gauge", "1 when the member is usable (state up), else 0.", ms.map((m) => [ep(m), m.up ? 1 : 0]));
   metric("member_state", "gauge", "1 for the member's current state (up, down, ejected).", ms.flatMap((m) => (["up", "down", "ejected"] as const).map((st): [string, number] => [ep(m, `,state="${st}"`), m.state === st ? 1 : 0])));
   metric("member_connections", "gauge", "Proxied connections open to the member (dials in flight included).", ms.map((m) => [ep(m), c(m).connections]));
   metric("member_connections_total", "counter", "Proxied connections established to the member.", ms.map((m) => [ep(m), c(m).stats.connectionsTotal]));
   metric("member_connect_failures_total", "counter", "Failed dials to the member by reason (refused, timeout, reset right after connect, tls, other).", ms.flatMap((m) => FAILURE_REASONS.map((r): [string, number] => [ep(m, `,reason="${r}"`), c(m).stats.failures[r]])));
   metric("member_sent_bytes_total", "counter", "Bytes forwarded from clients to the member.", ms.map((m) => [ep(m), c(m).stats.bytesToMember]));
   metric("member_received_bytes_total", "counter", "Bytes forwarded from the member to clients.", ms.map((m) => [ep(m), c(m).stats.bytesFromMember]));
-  metric("member_ejections_total", "counter", "Times the member was ejected after --health-fall failed dials in a row.", ms.map((m) => [ep(m), m.stats.ejections]));
+  metric("member_ejections_total", "counter", "Times the member was ejected after --health-fall failed dials in a row.", ms.map((m) => [ep(m), m.ejections]));
   out.push("# HELP etcd_gateway_member_connect_duration_seconds Time from dial to connected.", "# TYPE etcd_gateway_member_connect_duration_seconds histogram");
   for (const m of ms) {
     const st = c(m).stats;

@@ -12,7 +12,7 @@
  *
  * @module
  */
-import type { Member, MemberTable } from "./endpoints.ts";
+import type { Member, MemberTable } from "./members.ts";
 
 export type PolicyName = "sticky" | "round-robin" | "least-connections" | "ordered";
 export const POLICY_NAMES: readonly PolicyName[] = ["sticky", "round-robin", "least-connections", "ordered"];
@@ -59,7 +59,7 @@ function positionless(name: PolicyName, candidates: () => Member[]): Policy {
  */
 function sticky(table: MemberTable, random: () => number): Policy {
   let current: Member | undefined;
-  const good = (m: Member) => m.active && m.failures === 0;
+  const good = (m: Member) => m.up && m.failures === 0;
   const settle = (): Member | undefined => {
     const list = table.list;
     const known = current !== undefined && list.includes(current);
@@ -142,8 +142,8 @@ function leastConnections(table: MemberTable, random: () => number): Policy {
 /** Usable members of the lowest SRV priority value that has any, in table order. */
 export function bestClass(list: readonly Member[]): Member[] {
   let best = Infinity;
-  for (const m of list) if (m.active && m.priority < best) best = m.priority;
-  return list.filter((m) => m.active && m.priority === best);
+  for (const m of list) if (m.up && m.priority < best) best = m.priority;
+  return list.filter((m) => m.up && m.priority === best);
 }
 
 /**
@@ -181,17 +181,17 @@ export function weightedPick(members: readonly Member[], random: () => number): 
  */
 function arrange(list: readonly Member[], chosen: Member | undefined): Member[] {
   // With nothing usable, only the record of past successes orders the attempts.
-  const first = chosen?.active ? chosen : undefined;
+  const first = chosen?.up ? chosen : undefined;
   const start = first === undefined ? 0 : Math.max(list.indexOf(first), 0);
   const usable: Member[] = [];
   const failed: Member[] = [];
   for (let i = 0; i < list.length; i++) {
     const m = list[(start + i) % list.length]!;
     if (m === first) continue;
-    (m.active ? usable : failed).push(m);
+    (m.up ? usable : failed).push(m);
   }
   usable.sort((a, b) => a.priority - b.priority);
-  failed.sort((a, b) => b.lastSuccess - a.lastSuccess);
+  failed.sort((a, b) => b.stats.lastConnectedAt - a.stats.lastConnectedAt);
   const out = first === undefined ? [] : [first];
   return out.concat(usable, failed);
 }

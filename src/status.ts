@@ -1,9 +1,47 @@
 /**
- * `etcd-gateway status`: the member table of a running gateway, readable in a terminal.
+ * `etcd-gateway status`: asks a running gateway's admin endpoint for its member table and prints
+ * it, readable in a terminal, or as JSON.
  *
  * @module
  */
 import type { Status } from "./admin.ts";
+import { parseHostPort } from "./addresses.ts";
+import { parseFlags } from "./flags.ts";
+import { errorText } from "./log.ts";
+
+/** The flags of `etcd-gateway status`. */
+export const STATUS_FLAGS = {
+  "admin-addr": { type: "string", default: "127.0.0.1:23791", valueHint: "host:port", description: "the gateway's --admin-addr" },
+  json: { type: "boolean", default: false, description: "print the raw JSON of /status" },
+} as const;
+
+/**
+ * Runs `etcd-gateway status` with `argv`; `fail` prints one line and exits 1.
+ */
+export async function runStatus(argv: readonly string[], fail: (message: string) => never): Promise<void> {
+  let addr: string;
+  let json: boolean;
+  try {
+    const v = parseFlags(argv, STATUS_FLAGS);
+    const text = typeof v["admin-addr"] === "string" ? v["admin-addr"] : STATUS_FLAGS["admin-addr"].default;
+    try {
+      addr = parseHostPort(text).address;
+    } catch (e) {
+      throw new Error(`--admin-addr: ${errorText(e)}`);
+    }
+    json = v.json === true;
+  } catch (e) {
+    fail(errorText(e));
+  }
+  let body: Status;
+  try {
+    const r = await fetch(`http://${addr}/status`, { signal: AbortSignal.timeout(3000) });
+    body = (await r.json()) as Status;
+  } catch (e) {
+    fail(`cannot reach the admin endpoint at ${addr}: ${errorText(e)} (is the gateway running with --admin-addr=${addr}?)`);
+  }
+  process.stdout.write(json ? JSON.stringify(body, null, 2) + "\n" : renderStatus(body, colours()));
+}
 
 export interface Colours {
   green(s: string): string;

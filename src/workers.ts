@@ -7,10 +7,11 @@
  * @module
  */
 import type { Subprocess } from "bun";
-import type { EndpointSpec, Member, MemberState, MemberTable } from "./endpoints.ts";
-import type { MemberHealth } from "./health.ts";
-import type { Logger } from "./log.ts";
+import type { EndpointSpec } from "./addresses.ts";
+import type { DialReports } from "./datapath/dialer.ts";
 import type { ProcessStats } from "./metrics.ts";
+import type { Member, MemberState, MemberTable } from "./members.ts";
+import type { Logger } from "./log.ts";
 import type { Policy } from "./select.ts";
 
 /** Environment variable that makes a process a worker; its value is the worker number (1..N-1). */
@@ -23,7 +24,7 @@ export type ToPrimary =
   | { t: "ok"; i: number }
   | { t: "stats"; id: number; stats: ProcessStats };
 /** One member as the primary describes it to workers: the endpoint and its state. */
-export type SharedMember = EndpointSpec & { state: MemberState };
+export type SharedMember = EndpointSpec & { state: MemberState; reason: string; failures: number };
 export type SharedState = { t: "state"; members: SharedMember[]; current: number };
 
 /** This process's worker number, or null for the primary (or a single process). */
@@ -36,47 +37,35 @@ export function workerNumber(): number | null {
 export function snapshot(members: MemberTable, policy: Policy): SharedState {
   return {
     t: "state",
-    members: members.list.map((m) => ({ ...m.endpoint, tls: m.tls, priority: m.priority, weight: m.weight, dialHost: m.dialHost, state: m.state })),
+    members: members.list.map((m) => ({ ...m.endpoint, tls: m.tls, priority: m.priority, weight: m.weight, dialHost: m.dialHost, state: m.state, reason: m.reason, failures: m.failures })),
     current: policy.position(),
   };
 }
 
-/** Applies the primary's state in a worker; `wentDown` gets each member that stopped being usable. */
-export function adopt(state: SharedState, members: MemberTable, policy: Policy, wentDown: (m: Member) => void = () => {}): void {
+/** Applies the primary's state in a worker: the worker writes what the primary decided, nothing of its own. */
+export function adopt(state: SharedState, members: MemberTable, policy: Policy): void {
   members.replace(state.members);
   members.list.forEach((m, i) => {
-    const to = state.members[i]?.state;
-    if (to === undefined || to === m.state) return;
-    const was = m.active;
-    m.state = to;
-    m.active = to === "up";
-    if (to === "up") m.failures = 0;
-    if (was && !m.active) wentDown(m);
+    const s = state.members[i];
+    if (s !== undefined) members.update(m, { state: s.state, reason: s.reason, failures: s.failures });
   });
   policy.adopt(state.current);
 }
 
 /**
- * Member health in a worker: counts failed dials locally at once (so sticky moves on before the
- * primary's broadcast arrives) and reports each to the primary, which counts them against
+ * Where a worker's data path reports dial outcomes: to the primary, which counts them against
  * `--health-fall`, logs, checks, and broadcasts the outcome to every worker.
  */
-export function reportingHealth(members: MemberTable, send: (msg: ToPrimary) => void): MemberHealth {
+export function reportToPrimary(members: MemberTable, send: (msg: ToPrimary) => void = sendToPrimary): DialReports {
   const index = (m: Member) => members.list.indexOf(m);
   return {
     dialFailed(m, reason) {
-      m.failures++;
       send({ t: "failed", i: index(m), reason });
     },
     dialSucceeded(m) {
-      m.lastSuccess = performance.now();
-      if (m.failures === 0 && m.active) return;
-      m.failures = 0;
+      if (m.failures === 0 && m.up) return;
       send({ t: "ok", i: index(m) });
     },
-    start() {},
-    membersChanged() {},
-    stop() {},
   };
 }
 

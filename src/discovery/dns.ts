@@ -10,7 +10,7 @@ import { randomInt } from "node:crypto";
 import dgram from "node:dgram";
 import { readFileSync } from "node:fs";
 import { connect, isIP } from "node:net";
-import { formatHostPort, parseHostPort } from "../endpoints.ts";
+import { formatHostPort, parseHostPort } from "../addresses.ts";
 
 /** The record types the gateway asks for. */
 export type DnsType = "SRV" | "A" | "AAAA";

@@ -7,7 +7,7 @@
  * @module
  */
 import { readFileSync } from "node:fs";
-import { formatHostPort, type EndpointSpec } from "../endpoints.ts";
+import { formatHostPort, type EndpointSpec } from "../addresses.ts";
 import { errorText, type Logger } from "../log.ts";
 import { resolve, type DnsRecord } from "./dns.ts";
 

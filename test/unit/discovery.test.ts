@@ -2,8 +2,8 @@ import { describe, expect, test } from "bun:test";
 import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { judgeStatus } from "../../src/checks.ts";
-import { readEndpointsFile } from "../../src/discovery/refresh.ts";
+import { readEndpointsFile } from "../../src/flags.ts";
+import { judgeStatus } from "../../src/health/checks.ts";
 import { srvNames } from "../../src/discovery/srv.ts";
 
 describe("SRV names are etcd's", () => {
@@ -21,7 +21,7 @@ describe("--endpoints-file", () => {
   test("takes commas, spaces and lines, and # comments", () => {
     const f = join(dir, "a");
     writeFileSync(f, "# the cluster\n127.0.0.1:2379, 127.0.0.2:2379\nhttps://[::1]:2379 # local\n\n");
-    expect(readEndpointsFile(f).map((e) => e.address)).toEqual(["127.0.0.1:2379", "127.0.0.2:2379", "[::1]:2379"]);
+    expect(readEndpointsFile(f).endpoints.map((e) => e.address)).toEqual(["127.0.0.1:2379", "127.0.0.2:2379", "[::1]:2379"]);
   });
   test("rejects a bad endpoint with the parser's message", () => {
     const f = join(dir, "b");

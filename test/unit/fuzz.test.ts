@@ -5,10 +5,10 @@
  */
 import { describe, expect, test } from "bun:test";
 import { seeded } from "../support/random.ts";
-import { parseFlags } from "../../src/_argv.ts";
-import { buildOptions, ConfigError, gatherFlags, START_FLAGS } from "../../src/config.ts";
+import { parseEndpoint, parseHostPort, parseListenAddress } from "../../src/addresses.ts";
 import { parseDuration } from "../../src/duration.ts";
-import { parseEndpoint, parseHostPort, parseListenAddress } from "../../src/endpoints.ts";
+import { ConfigError, parseFlags, START_FLAGS } from "../../src/flags.ts";
+import { buildSettings, gatherFlags } from "../../src/settings.ts";
 
 const random = seeded(20261127);
 const pick = <T>(xs: readonly T[]): T => xs[Math.floor(random() * xs.length)]!;
@@ -45,7 +45,7 @@ describe("fuzz (seeded)", () => {
         else if (r < 0.85) argv.push(`--${junk(10)}`);
         else argv.push(junk(8));
       }
-      seen[clean(() => buildOptions(parseFlags(argv, START_FLAGS)), (e) => e instanceof ConfigError)]++;
+      seen[clean(() => buildSettings(gatherFlags(parseFlags(argv, START_FLAGS), {})), (e) => e instanceof ConfigError)]++;
     }
     // Both outcomes happen: the generator reaches valid and invalid input alike.
     expect(seen.value).toBeGreaterThan(100);
@@ -58,8 +58,7 @@ describe("fuzz (seeded)", () => {
       const env: Record<string, string> = {};
       if (random() < 0.5) env[`ETCD_GATEWAY_${pick(flagNames).toUpperCase().replace(/-/g, "_")}`] = value();
       clean(() => {
-        const g = gatherFlags({ config: "/fuzz.yaml" }, env, () => lines.join("\n"));
-        buildOptions(g.values, g.origins);
+        buildSettings(gatherFlags({ config: "/fuzz.yaml" }, env, () => lines.join("\n")));
       }, (e) => e instanceof ConfigError);
     }
   });

@@ -1,8 +1,9 @@
 import { describe, expect, test } from "bun:test";
-import { MemberTable, parseEndpoint } from "../../src/endpoints.ts";
+import { parseEndpoint } from "../../src/addresses.ts";
+import { MemberTable } from "../../src/members.ts";
 import { createPolicy } from "../../src/select.ts";
 
-const table = () => new MemberTable(["a:1", "b:2", "c:3"].map(parseEndpoint));
+const table = () => new MemberTable(["a:1", "b:2", "c:3"].map((t) => parseEndpoint(t)), null);
 const names = (ms: { address: string }[]) => ms.map((m) => m.address[0]).join("");
 
 describe("sticky", () => {
@@ -18,18 +19,18 @@ describe("sticky", () => {
   test("switches to the next active member when the current one fails, and stays there after it recovers", () => {
     const ms = table();
     const p = createPolicy("sticky", ms, () => 0);
-    ms.list[0]!.active = false;
+    ms.update(ms.list[0]!, { state: "down" });
     expect(names(p.candidates())).toBe("bca");
-    ms.list[0]!.active = true;
+    ms.update(ms.list[0]!, { state: "up" });
     expect(names(p.candidates())).toBe("bca");
   });
   test("puts failed members last, most recently successful first", () => {
     const ms = table();
     const p = createPolicy("sticky", ms, () => 0);
-    for (const m of ms.list) m.active = false;
-    ms.list[0]!.lastSuccess = 1;
-    ms.list[1]!.lastSuccess = 3;
-    ms.list[2]!.lastSuccess = 2;
+    for (const m of ms.list) ms.update(m, { state: "down" });
+    ms.list[0]!.stats.lastConnectedAt = 1;
+    ms.list[1]!.stats.lastConnectedAt = 3;
+    ms.list[2]!.stats.lastConnectedAt = 2;
     expect(names(p.candidates())).toBe("bca");
   });
 });
@@ -42,7 +43,7 @@ describe("round-robin", () => {
   test("skips failed members and tries them last", () => {
     const ms = table();
     const p = createPolicy("round-robin", ms);
-    ms.list[1]!.active = false;
+    ms.update(ms.list[1]!, { state: "down" });
     const firsts = [0, 1, 2, 3].map(() => names(p.candidates()));
     expect(firsts).toEqual(["acb", "cab", "acb", "cab"]);
   });
@@ -60,8 +61,10 @@ describe("round-robin", () => {
 test("every policy returns every member exactly once", () => {
   for (const name of ["sticky", "round-robin", "least-connections", "ordered"] as const) {
     const ms = table();
-    ms.list[2]!.active = false;
+    ms.update(ms.list[2]!, { state: "down" });
     const got = createPolicy(name, ms).candidates();
+    // As many entries as members, and all of them different: none missing, none twice.
+    expect(got).toHaveLength(3);
     expect(new Set(got).size).toBe(3);
   }
 });
@@ -84,8 +87,8 @@ describe("least-connections", () => {
   });
   test("never picks a member that is not usable while another is", () => {
     const ms = table();
-    ms.list[0]!.active = false;
-    ms.list[2]!.active = false;
+    ms.update(ms.list[0]!, { state: "down" });
+    ms.update(ms.list[2]!, { state: "down" });
     const p = createPolicy("least-connections", ms);
     for (let i = 0; i < 100; i++) expect(p.candidates()[0]!.address[0]).toBe("b");
   });
@@ -96,9 +99,9 @@ describe("ordered", () => {
     const ms = table();
     const p = createPolicy("ordered", ms);
     expect(names(p.candidates())).toBe("abc");
-    ms.list[0]!.active = false;
+    ms.update(ms.list[0]!, { state: "down" });
     expect(names(p.candidates())).toBe("bca");
-    ms.list[0]!.active = true;
+    ms.update(ms.list[0]!, { state: "up" });
     expect(names(p.candidates())).toBe("abc");
   });
 });
@@ -107,9 +110,9 @@ describe("sticky and failed dials", () => {
   test("moves on after one failed dial even before the member is ejected", () => {
     const ms = table();
     const p = createPolicy("sticky", ms, () => 0);
-    ms.list[0]!.failures = 1;
+    ms.update(ms.list[0]!, { failures: 1 });
     expect(p.candidates()[0]!.address[0]).toBe("b");
-    ms.list[0]!.failures = 0;
+    ms.update(ms.list[0]!, { failures: 0 });
     expect(p.candidates()[0]!.address[0]).toBe("b");
   });
   test("adopts a position decided by the primary process", () => {

@@ -1,10 +1,11 @@
 import { describe, expect, test } from "bun:test";
 import { seeded } from "../support/random.ts";
-import { MemberTable, type EndpointSpec } from "../../src/endpoints.ts";
+import type { EndpointSpec } from "../../src/addresses.ts";
+import { MemberTable } from "../../src/members.ts";
 import { createPolicy, weightedPick } from "../../src/select.ts";
 
 const srv = (records: [priority: number, weight: number][]): MemberTable =>
-  new MemberTable(records.map(([priority, weight], i): EndpointSpec => ({ host: `m${i}`, port: 2379, address: `m${i}:2379`, priority, weight })));
+  new MemberTable(records.map(([priority, weight], i): EndpointSpec => ({ host: `m${i}`, port: 2379, address: `m${i}:2379`, priority, weight })), null);
 
 const shares = (picks: string[], names: string[]) => names.map((n) => picks.filter((p) => p === n).length / picks.length);
 
@@ -46,9 +47,9 @@ describe("priority classes", () => {
       const table = srv([[1, 1], [1, 1], [2, 5]]);
       const p = createPolicy(policy, table, seeded(1));
       for (let i = 0; i < 200; i++) expect(p.candidates()[0]!.priority).toBe(1);
-      table.list[0]!.active = false;
+      table.update(table.list[0]!, { state: "down" });
       for (let i = 0; i < 200; i++) expect(p.candidates()[0]!.address).toBe("m1:2379");
-      table.list[1]!.active = false;
+      table.update(table.list[1]!, { state: "down" });
       for (let i = 0; i < 50; i++) expect(p.candidates()[0]!.address).toBe("m2:2379");
     });
   }
@@ -86,7 +87,7 @@ describe("MemberTable.replace", () => {
     const table = srv([[0, 0], [0, 0]]);
     const [m0, m1] = table.list;
     m0!.connections = 7;
-    m0!.failures = 2;
+    table.update(m0!, { failures: 2 });
     const { added, removed } = table.replace([
       { host: "m0", port: 2379, address: "m0:2379", priority: 3, weight: 4 },
       { host: "m9", port: 2379, address: "m9:2379" },

@@ -4,16 +4,16 @@
  *
  * @module
  */
-import type { Member } from "./endpoints.ts";
-import { tcpProbe } from "./health.ts";
-import { errorText } from "./log.ts";
-import type { TlsFiles } from "./tls.ts";
+import { errorText } from "../log.ts";
+import type { Member } from "../members.ts";
+import type { TlsFiles } from "../tls.ts";
+import { tcpProbe } from "./probe.ts";
 
 export type CheckKind = "etcd" | "health" | "tcp" | "none";
 export const CHECK_KINDS: readonly CheckKind[] = ["etcd", "health", "tcp", "none"];
 
-/** PEM contents for the checks' TLS (see src/tls.ts). */
-export type CheckTLS = TlsFiles;
+/** Members that answered 404 on /readyz (etcd older than 3.5.11): checked with /health and status instead. */
+const noReadyz = new WeakSet<Member>();
 
 export interface CheckResult {
   ok: boolean;
@@ -29,8 +29,8 @@ export interface CheckResult {
  *   no learner and no alarm. The 404 is remembered per member.
  * - `health`: `GET /health` alone. `tcp`: a connect.
  */
-export async function runCheck(kind: CheckKind, member: Member, timeoutMs: number, tls: CheckTLS | null): Promise<CheckResult> {
-  if (kind === "tcp" || kind === "none") {
+export async function runCheck(kind: Exclude<CheckKind, "none">, member: Member, timeoutMs: number, tls: TlsFiles | null): Promise<CheckResult> {
+  if (kind === "tcp") {
     const err = await tcpProbe(member.dialHost, member.endpoint.port, timeoutMs);
     return err === null ? { ok: true, reason: "connected" } : { ok: false, reason: err };
   }
@@ -39,11 +39,11 @@ export async function runCheck(kind: CheckKind, member: Member, timeoutMs: numbe
   const signal = AbortSignal.timeout(timeoutMs);
   const init = { signal, tls: tls ?? undefined, keepalive: false, headers: { connection: "close" } };
   try {
-    if (kind === "etcd" && !member.noReadyz) {
+    if (kind === "etcd" && !noReadyz.has(member)) {
       const r = await fetch(`${base}/readyz`, init);
       const body = await r.text();
       if (r.status !== 404) return r.ok ? { ok: true, reason: "readyz ok" } : { ok: false, reason: `readyz ${r.status}: ${oneLine(body)}` };
-      member.noReadyz = true;
+      noReadyz.add(member);
     }
     const h = await fetch(`${base}/health`, init);
     const health = await h.text();

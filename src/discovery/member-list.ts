@@ -5,8 +5,8 @@
  *
  * @module
  */
-import type { CheckTLS } from "../checks.ts";
-import { parseEndpoint, type EndpointSpec } from "../endpoints.ts";
+import type { TlsFiles } from "../tls.ts";
+import { parseEndpoint, type EndpointSpec } from "../addresses.ts";
 
 interface MemberListResponse {
   members?: { ID?: string; name?: string; clientURLs?: string[]; isLearner?: boolean }[];
@@ -18,7 +18,7 @@ interface MemberListResponse {
  *
  * @throws {Error} on any failure (unreachable, TLS, not etcd, no voting member with a client URL).
  */
-export async function fetchMemberList(address: string, useTLS: boolean, tls: CheckTLS | null, timeoutMs: number): Promise<EndpointSpec[]> {
+export async function fetchMemberList(address: string, useTLS: boolean, tls: TlsFiles | null, timeoutMs: number): Promise<EndpointSpec[]> {
   const scheme = useTLS || tls !== null ? "https" : "http";
   const r = await fetch(`${scheme}://${address}/v3/cluster/member/list`, {
     method: "POST",

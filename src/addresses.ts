@@ -1,11 +1,10 @@
 /**
- * Addresses (endpoints and listen addresses) and the member table that every other part of the
- * gateway reads: which etcd members exist, which are active, when each last worked.
+ * Addresses as operators write them: endpoints (`host:port`, `[v6]:port`, with an optional
+ * `http://`/`https://`) and listen addresses (also `unix:///path`). One parser for all of them.
  *
  * @module
  */
 import { isIP } from "node:net";
-import { MemberStats } from "./metrics.ts";
 
 /** A parsed `host:port`. `host` has no brackets; IPv6 literals are bracketed again in `address`. */
 export interface HostPort {
@@ -82,13 +81,25 @@ export function parseListenAddress(text: string): ListenAddress {
   return { kind: "tcp", tcp, address: tcp.address };
 }
 
+/** An endpoint as discovery yields it: an address plus what RFC 2782 and TLS need. */
+export interface EndpointSpec extends HostPort {
+  /** Given as `https://` (or from an `_etcd-client-ssl` record): health checks use TLS. */
+  readonly tls?: boolean;
+  /** SRV priority: lower is preferred. @default 0 */
+  readonly priority?: number;
+  /** SRV weight within a priority. @default 0 */
+  readonly weight?: number;
+  /** The IP to dial when the name was resolved by the gateway itself (`--dns-server`). */
+  readonly dialHost?: string;
+}
+
 /**
  * Parses one `--endpoints` entry: an optional `http://` or `https://` scheme is stripped (as etcd
  * does), surrounding spaces are trimmed, the port is required.
  *
- * @example parseEndpoint("https://10.0.0.1:2379") // { host: "10.0.0.1", port: 2379, ... }
+ * @example parseEndpoint("https://10.0.0.1:2379") // { host: "10.0.0.1", port: 2379, tls: true, ... }
  */
-export function parseEndpoint(text: string): HostPort & { tls: boolean } {
+export function parseEndpoint(text: string): EndpointSpec {
   let rest = text.trim();
   const scheme = /^([A-Za-z][A-Za-z0-9+.-]*):\/\//.exec(rest);
   let tls = false;
@@ -110,106 +121,11 @@ export function parseEndpoint(text: string): HostPort & { tls: boolean } {
  * @throws {Error} on an empty list or an empty item.
  * @example parseEndpointList(["a:1,b:2", "c:3"]).map((e) => e.address) // ["a:1", "b:2", "c:3"]
  */
-export function parseEndpointList(values: readonly string[]): (HostPort & { tls: boolean })[] {
+export function parseEndpointList(values: readonly string[]): EndpointSpec[] {
   const items = values.flatMap((v) => v.split(","));
   if (items.every((i) => i.trim() === "")) throw new Error("no endpoints given");
   return items.map((item) => {
     if (item.trim() === "") throw new Error(`empty item in ${JSON.stringify(values.join(","))}`);
     return parseEndpoint(item);
   });
-}
-
-/**
- * What the gateway thinks of a member: `up` (usable), `down` (its active health check failed
- * `--health-fall` times) or `ejected` (`--health-fall` dials in a row failed).
- */
-export type MemberState = "up" | "down" | "ejected";
-
-/** An endpoint as discovery yields it: an address plus what RFC 2782 and TLS need. */
-export interface EndpointSpec extends HostPort {
-  /** Given as `https://` (or from an `_etcd-client-ssl` record): health checks use TLS. */
-  tls?: boolean;
-  /** SRV priority: lower is preferred. @default 0 */
-  priority?: number;
-  /** SRV weight within a priority. @default 0 */
-  weight?: number;
-  /** The IP to dial when the name was resolved by the gateway itself (`--dns-server`). */
-  dialHost?: string;
-}
-
-/**
- * One etcd member as the gateway sees it. State is written by health.ts (and, in worker processes,
- * by the primary's broadcasts); policies in select.ts and the proxy only read it, except the
- * connection count, which the proxy keeps.
- */
-export class Member {
-  /** `state === "up"`, kept as a plain field because every policy reads it per connection. */
-  active = true;
-  state: MemberState = "up";
-  /** Why it was last marked down or ejected, or what the last check said. */
-  reason = "";
-  /** Dials (or resets right after connect) that failed in a row; 0 after a successful dial. */
-  failures = 0;
-  /** `performance.now()` of the last successful connect, 0 if none yet. */
-  lastSuccess = 0;
-  /** Proxied connections open to this member in this process (dials in flight included). */
-  connections = 0;
-  /** The member answered 404 on /readyz (etcd older than 3.5.11): check /health and status instead. */
-  noReadyz = false;
-  /** No longer in the endpoint set (discovery moved on); its open connections carry on. */
-  removed = false;
-  tls: boolean;
-  priority: number;
-  weight: number;
-  /** Host to dial: the resolved IP with `--dns-server`, else the endpoint's host (resolved per dial). */
-  dialHost: string;
-  /** Counters for /metrics (this process's share). */
-  readonly stats = new MemberStats();
-  constructor(readonly endpoint: HostPort, spec: Omit<EndpointSpec, keyof HostPort> = {}) {
-    this.tls = spec.tls === true;
-    this.priority = spec.priority ?? 0;
-    this.weight = spec.weight ?? 0;
-    this.dialHost = spec.dialHost ?? endpoint.host;
-  }
-  get address(): string {
-    return this.endpoint.address;
-  }
-}
-
-/**
- * The members in order (`--endpoints` order; discovered ones by priority). `list` is replaced as a
- * whole, never changed in place, so a reader holding it sees one consistent set.
- */
-export class MemberTable {
-  list: readonly Member[];
-  constructor(endpoints: readonly EndpointSpec[] = []) {
-    this.list = endpoints.map((e) => new Member(e, e));
-  }
-
-  /**
-   * Makes `next` the endpoint set, keeping the Member (health state, connections) of every address
-   * that stays. Returns what changed.
-   */
-  replace(next: readonly EndpointSpec[]): { added: Member[]; removed: Member[] } {
-    const old = new Map(this.list.map((m) => [m.address, m]));
-    const added: Member[] = [];
-    const list = next.map((e) => {
-      const kept = old.get(e.address);
-      if (kept === undefined) {
-        const m = new Member(e, e);
-        added.push(m);
-        return m;
-      }
-      old.delete(e.address);
-      kept.tls = e.tls === true;
-      kept.priority = e.priority ?? 0;
-      kept.weight = e.weight ?? 0;
-      kept.dialHost = e.dialHost ?? e.host;
-      return kept;
-    });
-    const removed = [...old.values()];
-    for (const m of removed) m.removed = true;
-    this.list = list;
-    return { added, removed };
-  }
 }

@@ -1,5 +1,5 @@
 import { describe, expect, test } from "bun:test";
-import { parseEndpoint, parseEndpointList, parseHostPort } from "../../src/endpoints.ts";
+import { parseEndpoint, parseEndpointList, parseHostPort } from "../../src/addresses.ts";
 
 describe("parseEndpoint", () => {
   const ok: [string, string, number, string, boolean][] = [

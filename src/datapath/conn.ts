@@ -1,0 +1,125 @@
+/**
+ * One proxied connection: its two legs, what the access log records about it, and who ended it.
+ * The client leg reports here; the upstream leg reports to the dialer (src/datapath/dialer.ts),
+ * which owns everything about reaching a member.
+ *
+ * @module
+ */
+import type { AccessRecord, TerminationCode } from "../accesslog.ts";
+import type { Member } from "../members.ts";
+import { Leg, passClose, type LegOwner } from "./pipe.ts";
+
+/** What a connection needs from the proxy that accepted it. */
+export interface ConnHost {
+  /** The idle sweep's counter: a connection is stamped with it whenever bytes move. */
+  readonly epoch: number;
+  /** Both legs are closed and no dial is in flight: forget the connection. */
+  release(conn: Conn): void;
+}
+
+/** The socket to a member, from the dial on. One per dial attempt. */
+export class UpstreamLeg extends Leg {
+  /** performance.now() when the dial started, and when it connected (0 until then). */
+  startedAt = 0;
+  connectedAt = 0;
+  /** How long the dial may take (`--connect-timeout` when it started). */
+  timeoutMs = 0;
+  /** The dial timed out or failed: its socket is closed if it ever opens, and reports nothing. */
+  abandoned = false;
+  /** Within the window where an early close counts against the member (see the dialer). */
+  earlyWindow = false;
+  /** The member had failed dials before this connect: its success counts once it proves itself. */
+  probation = false;
+  constructor(
+    owner: LegOwner,
+    readonly conn: Conn,
+    readonly member: Member,
+  ) {
+    super(owner);
+  }
+}
+
+export class Conn implements LegOwner {
+  readonly client: Leg;
+  /** The dial in flight, or the paired member connection; null before the first dial and after the last failed. */
+  up: UpstreamLeg | null = null;
+  /** Members to try, best first, and the next one's index. */
+  candidates: readonly Member[];
+  attempt = 0;
+  /** Client bytes read before an upstream was paired (rare: the client is paused until then). */
+  early: Uint8Array[] | null = null;
+  /** The idle sweep's counter when bytes last moved. */
+  activeAt: number;
+  readonly acceptedAt = performance.now();
+  bytesFromClient = 0;
+  bytesFromMember = 0;
+  /** Who ended the connection and why, set by the first end, close or forced close. */
+  termination: TerminationCode | null = null;
+  /** A member was usable when the connection arrived (else a failure to connect is `no-member`). */
+  readonly hadUsable: boolean;
+  constructor(
+    readonly host: ConnHost,
+    candidates: readonly Member[],
+    /** The client's address, kept only with --access-log (a closed socket no longer has it). */
+    readonly clientAddr: string | null,
+  ) {
+    this.client = new Leg(this);
+    this.candidates = candidates;
+    this.hadUsable = candidates[0]?.up === true;
+    this.activeAt = host.epoch;
+  }
+
+  /** Both legs closed and nothing in flight. */
+  get done(): boolean {
+    return this.client.closed && (this.up === null || this.up.closed);
+  }
+
+  /** Resets both legs, recording why. */
+  reset(why: TerminationCode): void {
+    this.termination ??= why;
+    this.up?.sock?.terminate();
+    this.client.sock?.terminate();
+  }
+
+  /** The access-log record of a finished connection. */
+  record(now: number): AccessRecord {
+    const up = this.up;
+    const connected = up !== null && up.connectedAt > 0;
+    return {
+      ts: new Date().toISOString(),
+      client: this.clientAddr ?? "unknown",
+      member: connected ? up.member.address : null,
+      connect_ms: connected ? round3(up.connectedAt - this.acceptedAt) : null,
+      duration_ms: round3(now - this.acceptedAt),
+      bytes_from_client: this.bytesFromClient,
+      bytes_from_member: this.bytesFromMember,
+      termination: this.termination ?? "client-close",
+    };
+  }
+
+  // --- the client leg's reports (LegOwner) ---
+
+  firstData(): void {}
+
+  received(_leg: Leg, bytes: number): void {
+    this.activeAt = this.host.epoch;
+    this.bytesFromClient += bytes;
+    this.up!.member.stats.bytesToMember += bytes;
+  }
+
+  unpaired(_leg: Leg, chunk: Uint8Array): void {
+    (this.early ??= []).push(chunk);
+  }
+
+  ended(): void {
+    this.termination ??= "client-close";
+  }
+
+  closed(leg: Leg, err: Error | undefined): void {
+    this.termination ??= err === undefined ? "client-close" : "client-reset";
+    passClose(leg, err);
+    if (this.done) this.host.release(this);
+  }
+}
+
+const round3 = (ms: number) => Math.round(ms * 1000) / 1000;

@@ -1,0 +1,242 @@
+/**
+ * The dialer: reaches a member for a client connection. It tries the candidates a policy gave, in
+ * order, each within `--connect-timeout`; pairs the client with the first member that connects;
+ * and reports what members did to health (src/health/monitor.ts) as passive evidence: failed dials,
+ * and members that close or reset a connection right after accepting it.
+ *
+ * It owns the upstream leg of every connection (the pipe reports the leg's events here). The
+ * socket itself comes from a `Connect` function (Bun.connect in production), which in-process unit
+ * tests replace to make dials hang, fail or succeed at will.
+ *
+ * @module
+ */
+import type { SocketHandler } from "bun";
+import type { ListenerStats, FailureReason } from "../counters.ts";
+import { formatDuration } from "../duration.ts";
+import { errorText, type Logger } from "../log.ts";
+import type { Member } from "../members.ts";
+import type { UpstreamTls } from "../settings.ts";
+import { tlsReason } from "../tls.ts";
+import { Conn, UpstreamLeg } from "./conn.ts";
+import { flush, forwardFin, pair, passClose, pipeHandlers, type Leg, type LegOwner } from "./pipe.ts";
+
+/** Where the dialer reports what members did (health in the primary; the primary, from a worker). */
+export interface DialReports {
+  /** A dial to `member` failed, or the member closed or reset the connection right after connect. */
+  dialFailed(member: Member, reason: string): void;
+  /** A dial to `member` succeeded (after failures: once the member proved itself). */
+  dialSucceeded(member: Member): void;
+}
+
+/** Opens the socket of `leg` to its member, as Bun.connect does: `socket.open` when connected, rejects when not. */
+export type Connect = (leg: UpstreamLeg, socket: SocketHandler<Leg>, tls: UpstreamTls | null) => Promise<unknown>;
+
+/** What the dialer reads and calls on the proxy it serves. */
+export interface DialerHost {
+  readonly connectTimeoutMs: number;
+  readonly keepAliveMs: number;
+  readonly upstreamTls: UpstreamTls | null;
+  readonly stats: ListenerStats;
+  readonly reports: DialReports;
+  readonly log: Logger;
+  /** The sweep: a dial in flight is failed when its `timeoutMs` has passed. */
+  watch(leg: UpstreamLeg): void;
+  unwatch(leg: UpstreamLeg): void;
+  /** Every candidate failed. */
+  exhausted(conn: Conn): void;
+  /** The connection is done (both legs closed, nothing in flight). */
+  release(conn: Conn): void;
+}
+
+/** ALPN protocol list in wire format (length-prefixed names), as Bun's `ALPNProtocols` takes it; cached per settings snapshot. */
+const alpnCache = new WeakMap<readonly string[], Uint8Array>();
+function alpnWire(protocols: readonly string[]): Uint8Array {
+  let wire = alpnCache.get(protocols);
+  if (wire === undefined) {
+    wire = Buffer.concat(protocols.flatMap((p) => [Buffer.from([Buffer.byteLength(p)]), Buffer.from(p)]));
+    alpnCache.set(protocols, wire);
+  }
+  return wire;
+}
+
+/** Bun.connect, with TLS origination when `tls` is set. */
+export const bunConnect: Connect = (leg, socket, tls) => {
+  const m = leg.member;
+  return Bun.connect<Leg>({
+    hostname: m.dialHost,
+    port: m.endpoint.port,
+    allowHalfOpen: true,
+    data: leg,
+    socket,
+    ...(tls === null ? {} : { tls: { ca: tls.ca, cert: tls.cert, key: tls.key, serverName: tls.serverName ?? m.endpoint.host, rejectUnauthorized: true, ALPNProtocols: alpnWire(tls.alpn) } }),
+  });
+};
+
+const NO_MEMBERS: Member[] = [];
+
+export class Dialer implements LegOwner {
+  readonly #handlers: SocketHandler<Leg>;
+
+  constructor(
+    private readonly host: DialerHost,
+    private readonly connect: Connect = bunConnect,
+  ) {
+    this.#handlers = {
+      ...pipeHandlers,
+      open: (s) => this.opened(s.data as UpstreamLeg, s),
+      error: (_s, err) => host.log.warn("connection error", { error: errorText(err) }),
+    };
+  }
+
+  /** Dials the next candidate of `conn` (the first, on a new connection). */
+  dial(conn: Conn): void {
+    if (conn.client.closed) {
+      if (conn.done) this.host.release(conn);
+      return;
+    }
+    const member = conn.candidates[conn.attempt++];
+    if (member === undefined) return this.host.exhausted(conn);
+    // Counted from the dial on, so least-connections sees a burst of new connections as it happens.
+    member.connections++;
+    const leg = new UpstreamLeg(this, conn, member);
+    conn.up = leg;
+    // docs/bun.md, trap 5: Bun.connect has no timeout and cannot be cancelled; the sweep fails
+    // the dial after timeoutMs, and a socket that opens later is closed unused.
+    leg.startedAt = performance.now();
+    leg.timeoutMs = this.host.connectTimeoutMs;
+    this.host.watch(leg);
+    this.connect(leg, this.#handlers, this.host.upstreamTls).catch((e: unknown) => {
+      const text = errorText(e);
+      this.fail(leg, text, text.includes("ECONNREFUSED") ? "refused" : "other");
+    });
+  }
+
+  /** The dial of `leg` failed (refused, timed out, certificate not verified): try the next candidate. */
+  fail(leg: UpstreamLeg, reason: string, kind: FailureReason): void {
+    if (leg.abandoned) return;
+    leg.abandoned = true;
+    const conn = leg.conn;
+    if (conn.up === leg) conn.up = null;
+    leg.member.connections--;
+    leg.member.stats.failures[kind]++;
+    this.host.unwatch(leg);
+    this.host.reports.dialFailed(leg.member, reason);
+    this.dial(conn);
+  }
+
+  /** The sweep's verdict on a dial still in flight after its timeout. */
+  timedOut(leg: UpstreamLeg): void {
+    this.fail(leg, `connect timeout after ${formatDuration(leg.timeoutMs)}`, "timeout");
+  }
+
+  private opened(leg: UpstreamLeg, s: NonNullable<Leg["sock"]>): void {
+    if (leg.abandoned) {
+      s.end(); // a connect that finished after its timeout: nothing was sent on it
+      return;
+    }
+    if (this.host.upstreamTls !== null && !s.authorized) {
+      // Without a handshake handler, open fires after the handshake (docs/bun.md, trap 8): a
+      // member whose certificate does not verify is a failed dial, and this socket goes.
+      const reason = tlsReason(s.getAuthorizationError() ?? new Error("certificate not authorized"));
+      this.host.stats.countTlsFailure("member", reason);
+      this.fail(leg, `TLS: ${reason}`, "tls");
+      s.terminate();
+      return;
+    }
+    leg.sock = s;
+    this.host.unwatch(leg);
+    s.setNoDelay(true);
+    s.setKeepAlive(true, this.host.keepAliveMs);
+    this.connected(leg);
+    const client = leg.conn.client;
+    if (client.closed) {
+      s.terminate();
+      return;
+    }
+    this.pairWithClient(leg);
+  }
+
+  /** Counts the connect, and reports it to health unless the member must prove itself first. */
+  private connected(leg: UpstreamLeg): void {
+    const member = leg.member;
+    leg.connectedAt = performance.now();
+    leg.earlyWindow = true;
+    member.stats.connectionsTotal++;
+    member.stats.lastConnectedAt = leg.connectedAt;
+    member.stats.observeConnect((leg.connectedAt - leg.startedAt) / 1000);
+    leg.conn.candidates = NO_MEMBERS; // not needed any more; keep idle connections small
+    // A member with failed dials behind it only counts as working once it sends a byte or the
+    // connection ends normally: one that accepts and resets at once keeps counting failures.
+    if (member.failures === 0 && member.up) this.host.reports.dialSucceeded(member);
+    else leg.probation = true;
+  }
+
+  private pairWithClient(leg: UpstreamLeg): void {
+    const conn = leg.conn;
+    const client = conn.client;
+    pair(leg, client);
+    if (conn.early !== null) {
+      leg.out = conn.early;
+      conn.early = null;
+      flush(leg);
+    }
+    if (client.readDone) forwardFin(leg);
+    else if (leg.out === null) client.sock!.resume();
+  }
+
+  /**
+   * A member that ends a connection before saying anything, within the connect timeout of
+   * accepting it, and before the client ended its side, is as broken as one that refuses: it counts
+   * like a failed dial (once per connection).
+   */
+  private earlyEnd(leg: UpstreamLeg, reason: string): void {
+    if (!leg.earlyWindow) return;
+    leg.earlyWindow = false;
+    const early = !leg.gotData && !leg.conn.client.readDone && performance.now() - leg.connectedAt < this.host.connectTimeoutMs;
+    if (early) {
+      leg.member.stats.failures.reset++;
+      this.host.reports.dialFailed(leg.member, reason);
+    } else if (leg.probation) this.proven(leg);
+  }
+
+  private proven(leg: UpstreamLeg): void {
+    leg.probation = false;
+    this.host.reports.dialSucceeded(leg.member);
+  }
+
+  // --- the upstream leg's reports (LegOwner) ---
+
+  firstData(leg: Leg): void {
+    const up = leg as UpstreamLeg;
+    if (up.probation) this.proven(up);
+  }
+
+  received(leg: Leg, bytes: number): void {
+    const up = leg as UpstreamLeg;
+    const conn = up.conn;
+    conn.activeAt = conn.host.epoch;
+    conn.bytesFromMember += bytes;
+    up.member.stats.bytesFromMember += bytes;
+  }
+
+  unpaired(): void {
+    // An upstream leg is paired in open, before it can read.
+  }
+
+  ended(leg: Leg): void {
+    const up = leg as UpstreamLeg;
+    up.conn.termination ??= "member-close";
+    this.earlyEnd(up, "closed right after connect");
+  }
+
+  closed(leg: Leg, err: Error | undefined): void {
+    const up = leg as UpstreamLeg;
+    if (up.abandoned) return;
+    const conn = up.conn;
+    conn.termination ??= err === undefined ? "member-close" : "member-reset";
+    up.member.connections--;
+    this.earlyEnd(up, err === undefined ? "closed right after connect" : `reset right after connect: ${errorText(err)}`);
+    passClose(up, err);
+    if (conn.done) this.host.release(conn);
+  }
+}

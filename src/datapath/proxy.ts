@@ -1,0 +1,217 @@
+/**
+ * The data path, assembled: accept, choose, dial, pipe, close. Bytes are never parsed or changed.
+ *
+ * A listener accepts a client (src/datapath/listeners.ts); the policy gives the members to try
+ * (src/select.ts); the dialer reaches one (src/datapath/dialer.ts); the pipe moves the bytes
+ * (src/datapath/pipe.ts); one sweep enforces connect and idle timeouts (src/datapath/sweep.ts).
+ * Here live the set of open connections and what acts on all of them: limits, drain, reset.
+ *
+ * @module
+ */
+import type { Socket, SocketHandler } from "bun";
+import type { AccessLog, TerminationCode } from "../accesslog.ts";
+import { formatHostPort, type ListenAddress } from "../addresses.ts";
+import { ListenerStats } from "../counters.ts";
+import type { StartFlag } from "../flags.ts";
+import { errorText, type Logger } from "../log.ts";
+import type { Member } from "../members.ts";
+import type { Policy } from "../select.ts";
+import type { Settings, UpstreamTls } from "../settings.ts";
+import { tlsReason } from "../tls.ts";
+import { Conn, type ConnHost, type UpstreamLeg } from "./conn.ts";
+import { Dialer, type Connect, type DialerHost, type DialReports } from "./dialer.ts";
+import { Listeners } from "./listeners.ts";
+import { pipeHandlers, type Leg } from "./pipe.ts";
+import { Sweep, type SweepHost } from "./sweep.ts";
+
+export interface ProxyOptions {
+  readonly addresses: readonly ListenAddress[];
+  /** SO_REUSEPORT on TCP listeners (always on for `--workers`). */
+  readonly reusePort: boolean;
+  /** The settings in force; read per connection, so a reload applies to new connections. */
+  readonly settings: () => Settings;
+  readonly policy: () => Policy;
+  readonly reports: DialReports;
+  /** `--access-log`, or null (off: nothing is formatted). */
+  readonly accessLog: AccessLog | null;
+  readonly log: Logger;
+  /** How sockets to members are opened (Bun.connect; unit tests replace it). */
+  readonly connect?: Connect;
+}
+
+/** The flags whose change the data path acts on beyond reading them per connection. */
+const TLS_LISTEN_FLAGS: readonly StartFlag[] = ["listen-cert", "listen-key", "listen-client-ca"];
+
+export class Proxy implements ConnHost, DialerHost, SweepHost {
+  readonly stats = new ListenerStats();
+  readonly #conns = new Set<Conn>();
+  readonly #sweep: Sweep;
+  readonly #dialer: Dialer;
+  readonly #listeners: Listeners;
+  #idleWaiters: (() => void)[] = [];
+  #lastNoMemberLog = -Infinity;
+  #suppressedNoMember = 0;
+
+  /** Listens on every address. @throws {Error} from Bun.listen (e.g. EADDRINUSE). */
+  constructor(private readonly opts: ProxyOptions) {
+    this.#sweep = new Sweep(this);
+    this.#dialer = new Dialer(this, opts.connect);
+    const handlers: SocketHandler<Leg> = {
+      ...pipeHandlers,
+      open: (s) => this.accept(s),
+      error: (_s, err) => opts.log.warn("connection error", { error: errorText(err) }),
+    };
+    const tlsHandlers: SocketHandler<Leg> = { ...handlers, handshake: (s, ok, err) => this.handshake(s, ok, err) };
+    this.#listeners = new Listeners(
+      { addresses: opts.addresses, socketMode: opts.settings().flags["listen-socket-mode"], reusePort: opts.reusePort, handlers, tlsHandlers, stats: this.stats, log: opts.log },
+      () => ({ maxConnections: opts.settings().flags["max-connections"], listenTls: opts.settings().listenTls }),
+    );
+  }
+
+  /** The port of the first TCP listener (0 when there is none). */
+  get port(): number {
+    return this.#listeners.port;
+  }
+
+  /** Client connections open now (including those still dialing). */
+  get active(): number {
+    return this.#conns.size;
+  }
+
+  // --- what the dialer, the sweep and connections read (DialerHost, SweepHost, ConnHost) ---
+
+  get epoch(): number {
+    return this.#sweep.epoch;
+  }
+  get connectTimeoutMs(): number {
+    return this.opts.settings().flags["connect-timeout"];
+  }
+  get keepAliveMs(): number {
+    return this.opts.settings().flags["keepalive-time"];
+  }
+  get idleTimeoutMs(): number {
+    return this.opts.settings().flags["idle-timeout"];
+  }
+  get upstreamTls(): UpstreamTls | null {
+    return this.opts.settings().upstreamTls;
+  }
+  get reports(): DialReports {
+    return this.opts.reports;
+  }
+  get log(): Logger {
+    return this.opts.log;
+  }
+  watch(leg: UpstreamLeg): void {
+    this.#sweep.watch(leg);
+  }
+  unwatch(leg: UpstreamLeg): void {
+    this.#sweep.unwatch(leg);
+  }
+  timedOut(leg: UpstreamLeg): void {
+    this.#dialer.timedOut(leg);
+  }
+
+  private accept(s: Socket<Leg>): void {
+    this.stats.accepted++;
+    const conn = new Conn(this, this.opts.policy().candidates(), this.opts.accessLog === null ? null : clientAddress(s));
+    // docs/bun.md, trap 7: the listener's `data` option is shared by every socket; each gets its own.
+    conn.client.sock = s;
+    s.data = conn.client;
+    this.#conns.add(conn);
+    s.setNoDelay?.(true);
+    s.setKeepAlive?.(true, this.keepAliveMs);
+    // Hold the client's bytes in the kernel until a member is connected.
+    s.pause();
+    this.#listeners.checkLimit(this.#conns.size);
+    this.#dialer.dial(conn);
+  }
+
+  /** TLS termination: a failed client handshake closes only that connection, counted by reason. */
+  private handshake(s: Socket<Leg>, ok: boolean, err: Error | null): void {
+    if (ok) return;
+    const reason = tlsReason(err ?? s.getAuthorizationError() ?? new Error("handshake failed"));
+    this.stats.countTlsFailure("client", reason);
+    this.opts.log.debug("client TLS handshake failed", { reason });
+    (s.data.owner as Conn).reset("client-reset");
+  }
+
+  release(conn: Conn): void {
+    if (!this.#conns.delete(conn)) return;
+    this.opts.accessLog?.write(conn.record(performance.now()));
+    this.#listeners.resumeBelowLimit(this.#conns.size);
+    if (this.#conns.size === 0 && this.#idleWaiters.length > 0) {
+      const waiters = this.#idleWaiters;
+      this.#idleWaiters = [];
+      for (const w of waiters) w();
+    }
+  }
+
+  /** No candidate connected: reset the client, logged at most once a second. */
+  exhausted(conn: Conn): void {
+    const now = performance.now();
+    if (now - this.#lastNoMemberLog >= 1000) {
+      this.opts.log.warn("no endpoint could be reached; closing client connection", {
+        client: conn.client.sock?.remoteAddress,
+        tried: conn.candidates.map((m) => m.address),
+        suppressed: this.#suppressedNoMember,
+      });
+      this.#lastNoMemberLog = now;
+      this.#suppressedNoMember = 0;
+    } else this.#suppressedNoMember++;
+    conn.termination = conn.hadUsable ? "connect-failed" : "no-member";
+    conn.client.sock!.terminate();
+  }
+
+  idleSweep(epoch: number, ticks: number): void {
+    for (const conn of this.#conns) {
+      const up = conn.up;
+      if (epoch - conn.activeAt <= ticks || up === null || up.sock === null) continue;
+      this.opts.log.debug("closing idle connection", { member: up.member.address });
+      conn.termination ??= "idle-timeout";
+      up.sock.end();
+      conn.client.sock?.end();
+    }
+  }
+
+  /** A reload changed `applied` flags: act on those that need more than being read per connection. */
+  settingsChanged(applied: readonly StartFlag[]): void {
+    if (applied.includes("idle-timeout")) this.#sweep.settingsChanged();
+    if (applied.some((f) => TLS_LISTEN_FLAGS.includes(f))) this.#listeners.relisten();
+    if (applied.includes("max-connections")) this.#listeners.resumeBelowLimit(this.#conns.size);
+  }
+
+  /** Stops accepting; open connections carry on. */
+  stopAccepting(): void {
+    this.#sweep.stopIdle();
+    this.#listeners.stop();
+  }
+
+  /** Resolves when no connection is open any more. */
+  idle(): Promise<void> {
+    if (this.#conns.size === 0) return Promise.resolve();
+    return new Promise((resolve) => this.#idleWaiters.push(resolve));
+  }
+
+  /** Resets every open connection (both legs); `why` goes to the access log. */
+  closeAll(why: TerminationCode): void {
+    for (const conn of this.#conns) conn.reset(why);
+  }
+
+  /** Resets the connections paired with `member`; returns how many. */
+  closeMember(member: Member): number {
+    let n = 0;
+    for (const conn of this.#conns) {
+      const up = conn.up;
+      if (up === null || up.member !== member || up.sock === null || up.closed) continue;
+      conn.reset("member-down");
+      n++;
+    }
+    return n;
+  }
+}
+
+/** The client's address for the access log. */
+function clientAddress(s: Socket<Leg>): string {
+  if (s.remoteAddress === undefined) return s.localPort === undefined ? "unix" : "unknown";
+  return formatHostPort(s.remoteAddress, s.remotePort);
+}

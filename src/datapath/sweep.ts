@@ -1,0 +1,98 @@
+/**
+ * One timer for every per-connection deadline, instead of a timer per connection (a setTimeout per
+ * dial was 5 % of the CPU under connection churn): the connect timeout of dials in flight, checked
+ * every DIAL_SWEEP_MS while there are any, and `--idle-timeout`, checked a few times per timeout.
+ *
+ * @module
+ */
+import type { UpstreamLeg } from "./conn.ts";
+
+/** Granularity of connect timeouts: a dial fails at most this long after --connect-timeout. */
+const DIAL_SWEEP_MS = 20;
+
+export interface SweepHost {
+  /** `--idle-timeout` in force (0: off). */
+  readonly idleTimeoutMs: number;
+  /** A dial ran past its timeout. */
+  timedOut(leg: UpstreamLeg): void;
+  /** The idle counter advanced to `epoch`; connections not stamped for more than `ticks` are idle. */
+  idleSweep(epoch: number, ticks: number): void;
+}
+
+export class Sweep {
+  /** Advances once per idle period; the data path stamps connections with it when bytes move. */
+  epoch = 0;
+  readonly #dials = new Set<UpstreamLeg>();
+  #timer: Timer | null = null;
+  #due = 0;
+  #idleEvery = 0;
+  #nextIdleAt = Infinity;
+  #stopped = false;
+  #idleStopped = false;
+
+  constructor(private readonly host: SweepHost) {
+    this.settingsChanged();
+  }
+
+  watch(leg: UpstreamLeg): void {
+    this.#dials.add(leg);
+    if (this.#dials.size === 1) this.arm();
+  }
+
+  unwatch(leg: UpstreamLeg): void {
+    this.#dials.delete(leg);
+  }
+
+  /** `--idle-timeout` may have changed: restart its period. */
+  settingsChanged(): void {
+    const idle = this.#idleStopped ? 0 : this.host.idleTimeoutMs;
+    this.#idleEvery = idle > 0 ? Math.max(Math.min(idle / 4, 5000), 50) : 0;
+    this.#nextIdleAt = idle > 0 ? performance.now() + this.#idleEvery : Infinity;
+    this.arm();
+  }
+
+  /** No more idle timeouts (a draining gateway lets its connections finish); dial timeouts go on. */
+  stopIdle(): void {
+    this.#idleStopped = true;
+    this.settingsChanged();
+  }
+
+  stop(): void {
+    this.#stopped = true;
+    if (this.#timer !== null) clearTimeout(this.#timer);
+    this.#timer = null;
+  }
+
+  /** Sets the timer for the next thing due (a dial check, or the next idle period). */
+  private arm(): void {
+    if (this.#stopped) return;
+    const now = performance.now();
+    const due = this.#dials.size > 0 ? Math.min(now + DIAL_SWEEP_MS, this.#nextIdleAt) : this.#nextIdleAt;
+    if (this.#timer !== null) {
+      if (due >= this.#due) return; // the one set already comes first
+      clearTimeout(this.#timer);
+    }
+    this.#timer = null;
+    if (due === Infinity) return;
+    this.#due = due;
+    this.#timer = setTimeout(() => this.tick(), Math.max(due - now, 0));
+    this.#timer.unref();
+  }
+
+  private tick(): void {
+    this.#timer = null;
+    const now = performance.now();
+    for (const leg of this.#dials) {
+      if (now - leg.startedAt < leg.timeoutMs) continue;
+      this.#dials.delete(leg);
+      this.host.timedOut(leg);
+    }
+    if (now >= this.#nextIdleAt) {
+      this.epoch++;
+      this.#nextIdleAt += this.#idleEvery;
+      if (this.#nextIdleAt <= now) this.#nextIdleAt = now + this.#idleEvery; // the process was stalled
+      this.host.idleSweep(this.epoch, Math.ceil(this.host.idleTimeoutMs / this.#idleEvery));
+    }
+    this.arm();
+  }
+}

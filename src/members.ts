@@ -1,0 +1,144 @@
+/**
+ * The member table, and the one writer of member state.
+ *
+ * A member's state (up, down, ejected), the reason for it and its failed-dial count change only
+ * through `MemberTable.update`, which also logs each transition once, with etcd's phrases, and
+ * tells subscribers (close-on-member-down, the worker broadcast). Health (src/health/) decides what
+ * to write; worker processes write what their primary decided; everything else only reads.
+ *
+ * @module
+ */
+import type { EndpointSpec, HostPort } from "./addresses.ts";
+import { MemberStats } from "./counters.ts";
+import type { Logger } from "./log.ts";
+
+/**
+ * What the gateway thinks of a member: `up` (usable), `down` (its active health check failed
+ * `--health-fall` times) or `ejected` (`--health-fall` dials in a row failed).
+ */
+export type MemberState = "up" | "down" | "ejected";
+
+/** What `update` may change. */
+export interface MemberChange {
+  state?: MemberState;
+  /** Why it was marked down or ejected, or what the last check said. */
+  reason?: string;
+  /** Failed dials in a row. */
+  failures?: number;
+  /** For the `deactivated endpoint` log line: when the member is looked at again (Go duration). */
+  interval?: string;
+}
+
+type Writable<T> = { -readonly [K in keyof T]: T[K] };
+
+/** One etcd member as the gateway sees it. */
+export class Member {
+  readonly state: MemberState = "up";
+  readonly reason: string = "";
+  /** Dials (or resets right after connect) that failed in a row; 0 after a successful dial. */
+  readonly failures: number = 0;
+  /** Times the member was ejected (decided in the primary process). */
+  readonly ejections: number = 0;
+  /** No longer in the endpoint set (discovery moved on); its open connections carry on. */
+  readonly removed: boolean = false;
+  readonly tls: boolean;
+  readonly priority: number;
+  readonly weight: number;
+  /** Host to dial: the resolved IP with `--dns-server`, else the endpoint's host (resolved per dial). */
+  readonly dialHost: string;
+  /** Proxied connections open to this member in this process (dials in flight included); kept by the data path. */
+  connections = 0;
+  /** Data-path counters for /metrics (this process's share). */
+  readonly stats = new MemberStats();
+  readonly endpoint: HostPort;
+  constructor(spec: EndpointSpec) {
+    this.endpoint = { host: spec.host, port: spec.port, address: spec.address };
+    this.tls = spec.tls === true;
+    this.priority = spec.priority ?? 0;
+    this.weight = spec.weight ?? 0;
+    this.dialHost = spec.dialHost ?? spec.host;
+  }
+  get address(): string {
+    return this.endpoint.address;
+  }
+  /** Usable: new connections go to usable members first. */
+  get up(): boolean {
+    return this.state === "up";
+  }
+}
+
+export type StateListener = (member: Member, from: MemberState, to: MemberState) => void;
+
+/**
+ * The members in order (`--endpoints` order; discovered ones by priority). `list` is replaced as a
+ * whole, never changed in place, so a reader holding it sees one consistent set.
+ */
+export class MemberTable {
+  #list: readonly Member[];
+  readonly #listeners: StateListener[] = [];
+  /**
+   * @param log where transitions are logged; null in worker processes, whose primary logs them.
+   */
+  constructor(
+    endpoints: readonly EndpointSpec[],
+    private readonly log: Logger | null,
+  ) {
+    this.#list = endpoints.map((e) => new Member(e));
+  }
+
+  get list(): readonly Member[] {
+    return this.#list;
+  }
+
+  /** Calls `fn` after every state change. */
+  onChange(fn: StateListener): void {
+    this.#listeners.push(fn);
+  }
+
+  /**
+   * Makes `next` the endpoint set, keeping the Member (state, connections, counters) of every
+   * address that stays. Returns what changed.
+   */
+  replace(next: readonly EndpointSpec[]): { added: Member[]; removed: Member[] } {
+    const old = new Map(this.#list.map((m) => [m.address, m]));
+    const added: Member[] = [];
+    const list = next.map((e) => {
+      const kept = old.get(e.address);
+      if (kept === undefined) {
+        const m = new Member(e);
+        added.push(m);
+        return m;
+      }
+      old.delete(e.address);
+      Object.assign(kept as Writable<Member>, { tls: e.tls === true, priority: e.priority ?? 0, weight: e.weight ?? 0, dialHost: e.dialHost ?? e.host });
+      return kept;
+    });
+    const removed = [...old.values()];
+    for (const m of removed) (m as Writable<Member>).removed = true;
+    this.#list = list;
+    return { added, removed };
+  }
+
+  /** The one writer of member state: applies `change`, logs a transition once, tells subscribers. */
+  update(m: Member, change: MemberChange): void {
+    const w = m as Writable<Member>;
+    if (change.failures !== undefined) w.failures = change.failures;
+    if (change.reason !== undefined) w.reason = change.reason;
+    const to = change.state;
+    const from = m.state;
+    if (to === undefined || to === from) return;
+    w.state = to;
+    if (to === "ejected") w.ejections++;
+    this.logTransition(m, from, to, change.interval);
+    for (const fn of this.#listeners) fn(m, from, to);
+  }
+
+  private logTransition(m: Member, from: MemberState, to: MemberState, interval: string | undefined): void {
+    const log = this.log;
+    if (log === null) return;
+    const reason = m.reason;
+    if (to === "up") log.info("activated", { address: m.address, from, to, reason });
+    else if (from === "up") log.warn("deactivated endpoint", { address: m.address, interval, error: reason, from, to });
+    else log.warn("member state changed", { address: m.address, from, to, reason });
+  }
+}

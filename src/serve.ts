@@ -1,0 +1,210 @@
+/**
+ * The life of an `etcd-gateway start` process: load the settings, start the gateway (and its
+ * workers, or join a primary as a worker), serve the admin endpoint, say it is ready, then handle
+ * signals: SIGHUP reloads (one at a time), SIGUSR1 reopens the access log, SIGTERM/SIGINT drain
+ * and exit. Exit codes: 0 after a drain, 1 for bad settings (one line on stderr).
+ *
+ * @module
+ */
+import pkg from "../package.json" with { type: "json" };
+import { startAdmin } from "./admin.ts";
+import { formatDuration } from "./duration.ts";
+import { parseFlags, START_FLAGS, type RawFlags } from "./flags.ts";
+import { startGateway, type Gateway } from "./gateway.ts";
+import { createLogger, errorText, type Logger } from "./log.ts";
+import { processStats } from "./metrics.ts";
+import { notify } from "./sdnotify.ts";
+import { buildSettings, gatherFlags, serialize, type Settings } from "./settings.ts";
+import { adopt, joinPrimary, reportToPrimary, sendToPrimary, snapshot, startWorkers, workerNumber, type WorkerPool } from "./workers.ts";
+
+const EXIT_OK = 0;
+const EXIT_USAGE = 1;
+
+/** Prints `etcd-gateway: <message>` on one line and exits 1. */
+export function fail(message: string): never {
+  process.stderr.write(`etcd-gateway: ${message}\n`);
+  process.exit(EXIT_USAGE);
+}
+
+/** Builds a snapshot from the flags, the environment and the `--config` file (read now). */
+function load(flags: RawFlags): Settings {
+  return buildSettings(gatherFlags(flags, process.env));
+}
+
+/** Runs `etcd-gateway start` with `argv` until a signal ends it. */
+export async function serve(argv: readonly string[]): Promise<void> {
+  let flags: RawFlags;
+  let settings: Settings;
+  try {
+    flags = parseFlags(argv, START_FLAGS);
+    settings = load(flags);
+  } catch (e) {
+    fail(errorText(e));
+  }
+  const worker = workerNumber();
+  const log = createLogger({ level: settings.flags["log-level"], format: settings.flags["log-format"], base: worker === null ? undefined : { worker } });
+  await new GatewayProcess(settings, log, () => load(flags), worker).run();
+}
+
+class GatewayProcess {
+  #gateway: Gateway | undefined;
+  #pool: WorkerPool | undefined;
+  #draining = false;
+  readonly #startedAt = Date.now();
+  /** SIGHUP: one reload at a time; one that arrives meanwhile runs after it, reading the newest files. */
+  readonly reload = serialize(() => this.reloadOnce());
+
+  constructor(
+    private readonly settings: Settings,
+    private readonly log: Logger,
+    private readonly load: () => Settings,
+    private readonly worker: number | null,
+  ) {}
+
+  async run(): Promise<void> {
+    this.installHandlers();
+    if (this.worker !== null) await this.runWorker();
+    else await this.runPrimary();
+  }
+
+  /** Signal handlers go in before the listener exists: a SIGTERM right after `ready` must drain, not kill. */
+  private installHandlers(): void {
+    const log = this.log;
+    // At run time nothing a client or member does may end the process: log and carry on.
+    process.on("uncaughtException", (e) => log.error("unexpected error", { error: errorText(e), stack: e.stack }));
+    process.on("unhandledRejection", (e) => log.error("unexpected rejection", { error: errorText(e) }));
+    process.on("SIGTERM", () => void this.drain("SIGTERM"));
+    process.on("SIGINT", () => void this.drain("SIGINT"));
+    process.on("SIGHUP", () => void this.reload());
+    // SIGUSR1: reopen the access log file after logrotate moved it (workers are told too).
+    process.on("SIGUSR1", () => {
+      this.#gateway?.accessLog?.reopen();
+      this.#pool?.signal("SIGUSR1");
+    });
+  }
+
+  /** SIGTERM/SIGINT: stop accepting, let connections finish for --drain-timeout, exit 0; a second signal resets at once. */
+  private async drain(signal: string): Promise<void> {
+    const gw = this.#gateway;
+    if (gw === undefined) process.exit(EXIT_OK);
+    if (this.#draining) {
+      this.log.warn("second signal: closing open connections now", { signal });
+      gw.proxy.closeAll("shut-down");
+      // Give the resets a turn of the event loop to be recorded, then flush the access log.
+      await Bun.sleep(10);
+      await gw.accessLog?.close();
+      process.exit(EXIT_OK);
+    }
+    this.#draining = true;
+    if (this.worker === null) notify("STOPPING=1");
+    const drainMs = gw.settings.flags["drain-timeout"];
+    this.log.info("draining: stopped accepting, waiting for open connections", { signal, connections: gw.proxy.active, "drain-timeout": formatDuration(drainMs) });
+    const workersDone = this.#pool?.stop("SIGTERM", drainMs + 2000);
+    const closed = await gw.drain(drainMs);
+    if (closed > 0) this.log.warn("drain timeout reached: closed open connections", { connections: closed });
+    await workersDone;
+    await gw.accessLog?.close();
+    this.log.info("stopped");
+    process.exit(EXIT_OK);
+  }
+
+  /** One reload: a new snapshot from the files as they are now, applied where it can be live. */
+  private async reloadOnce(): Promise<void> {
+    const gw = this.#gateway;
+    if (gw === undefined) return;
+    let loaded: Settings;
+    try {
+      loaded = this.load();
+    } catch (e) {
+      this.log.error("config reload rejected; keeping the running configuration", { error: errorText(e) });
+      return;
+    }
+    const { applied, restart } = await gw.reload(loaded);
+    this.log.info("config reloaded", { file: loaded.configFile, applied });
+    if (restart.length > 0) this.log.warn("config changes need a restart to take effect", { keys: restart });
+    if (this.worker !== null) return;
+    this.#pool?.reload();
+    this.log.info("reloading endpoints (SIGHUP)");
+    await gw.refresh();
+  }
+
+  /** A worker: its primary checked the configuration, decides member state, and logs readiness. */
+  private async runWorker(): Promise<void> {
+    const state = await joinPrimary(
+      (s) => this.#gateway && adopt(s, this.#gateway.members, this.#gateway.policy),
+      () => void this.drain("primary gone"),
+      () => void this.reload(),
+      () => {
+        const gw = this.#gateway;
+        if (gw === undefined) return { members: [], listener: { accepted: 0, limitReached: 0, tlsFailures: [] }, active: 0 };
+        return processStats(gw.members.list, gw.proxy.stats, gw.proxy.active);
+      },
+    );
+    try {
+      this.#gateway = await startGateway(this.settings, this.log, { reusePort: true, reports: (members) => reportToPrimary(members) });
+    } catch (e) {
+      fail(errorText(e));
+    }
+    adopt(state, this.#gateway.members, this.#gateway.policy);
+    sendToPrimary({ t: "ready" });
+  }
+
+  private async runPrimary(): Promise<void> {
+    const s = this.settings;
+    const count = s.flags.workers;
+    const share = () => this.#pool?.broadcast(snapshot(gw.members, gw.policy));
+    let gw: Gateway;
+    try {
+      gw = await startGateway(s, this.log, count > 1 ? { reusePort: true, changed: share } : undefined);
+    } catch (e) {
+      fail(errorText(e));
+    }
+    this.#gateway = gw;
+    if (count > 1) await this.startWorkers(gw, count, share);
+    const admin = s.flags["admin-addr"];
+    if (admin !== null) {
+      try {
+        startAdmin(admin, gw, { version: pkg.version, startedAt: this.#startedAt, workerStats: () => this.#pool?.stats(500) ?? Promise.resolve([]) });
+      } catch (e) {
+        fail(`--admin-addr: cannot listen on ${admin.address}: ${errorText(e)}`);
+      }
+    }
+    this.announceReady(gw);
+  }
+
+  private async startWorkers(gw: Gateway, count: number, share: () => void): Promise<void> {
+    this.#pool = startWorkers({
+      count,
+      log: this.log,
+      state: () => snapshot(gw.members, gw.policy),
+      onReport: (msg) => {
+        const m = gw.members.list[msg.i];
+        if (m === undefined) return;
+        if (msg.t === "failed") gw.health!.dialFailed(m, msg.reason);
+        else gw.health!.dialSucceeded(m);
+        share(); // also when nothing changed here: the reporting worker waits for the primary's word
+      },
+    });
+    await this.#pool.ready;
+  }
+
+  /** `ready to proxy client requests`, as etcd logs it, then READY=1 to systemd (Type=notify). */
+  private announceReady(gw: Gateway): void {
+    const s = gw.settings;
+    const admin = s.flags["admin-addr"];
+    this.log.info("ready to proxy client requests", {
+      "listen-addr": s.listenAddrs.map((a) => a.address).join(","),
+      endpoints: gw.members.list.map((m) => m.address),
+      policy: s.flags.policy,
+      workers: s.flags.workers,
+      ...(admin === null ? {} : { "admin-addr": admin.address }),
+    });
+    if (s.upstreamTls !== null && s.listenTls === null) {
+      const exposed = s.listenAddrs.filter((a) => a.kind === "tcp" && !/^(127\.|::1$|localhost$)/.test(a.tcp.host)).map((a) => a.address);
+      if (exposed.length > 0) this.log.warn("listener reachable beyond loopback without TLS while the gateway speaks TLS to members with its own identity", { "listen-addr": exposed });
+    }
+    const notified = notify(`READY=1\nMAINPID=${process.pid}`);
+    if (notified === "sent") this.log.info("notified init daemon", { state: "READY=1" });
+    else if (notified !== "unset") this.log.error("failed to notify systemd for readiness", { error: notified });
+  }
+}

@@ -1,0 +1,290 @@
+/**
+ * Settings snapshots. A snapshot is built from every source of flag values (command line,
+ * `ETCD_GATEWAY_*` environment, `--config` file, defaults), fully validated (files read and
+ * checked), and frozen. The gateway reads the current snapshot wherever it needs a setting; a
+ * reload builds a new snapshot and swaps it in one place (`SettingsStore.swap`), keeping the
+ * running value of every flag that needs a restart.
+ *
+ * @module
+ */
+import { readFileSync } from "node:fs";
+import type { EndpointSpec, ListenAddress } from "./addresses.ts";
+import { ConfigError, envName, parseBoolean, START_FLAGS, type FlagSpec, type FlagValues, type RawFlags, type StartFlag } from "./flags.ts";
+import type { HealthSettings } from "./health/monitor.ts";
+import { checkKeyPair, type TlsFiles } from "./tls.ts";
+
+/** TLS to members (`--upstream-tls`). */
+export type UpstreamTls = TlsFiles & { readonly serverName?: string; readonly alpn: readonly string[] };
+
+/** One validated, frozen set of settings. */
+export interface Settings {
+  /** Each flag's validated value, by flag name. */
+  readonly flags: FlagValues;
+  /** The `--config` file, or null. */
+  readonly configFile: string | null;
+  /** The endpoints given statically: `--endpoints-file`'s contents, else `--endpoints`. */
+  readonly endpoints: readonly EndpointSpec[];
+  readonly listenAddrs: readonly ListenAddress[];
+  /** TLS to members, or null: bytes pass through untouched. */
+  readonly upstreamTls: UpstreamTls | null;
+  /** TLS to clients (termination), or null. */
+  readonly listenTls: TlsFiles | null;
+  readonly health: HealthSettings;
+}
+
+/** Where each flag's value came from, when not the command line (for error messages). */
+export type FlagOrigins = Partial<Record<StartFlag, string>>;
+
+/** Flag values from every source, before validation. */
+export interface Gathered {
+  raw: RawFlags;
+  origins: FlagOrigins;
+  configFile: string | null;
+}
+
+const FLAG_NAMES = Object.keys(START_FLAGS) as StartFlag[];
+const KEY_PAIRS: readonly [StartFlag, StartFlag][] = [
+  ["health-cert", "health-key"],
+  ["upstream-cert", "upstream-key"],
+  ["listen-cert", "listen-key"],
+];
+
+/**
+ * Merges the sources of flag values: defaults < `--config` file (YAML) < `ETCD_GATEWAY_*`
+ * environment < command-line flags. `--config` may itself come from the environment.
+ *
+ * @throws {ConfigError} naming the file and key for an unreadable file, bad YAML, an unknown key or
+ * a value of the wrong shape.
+ */
+export function gatherFlags(flags: RawFlags, env: Record<string, string | undefined>, readFile: (path: string) => string = (p) => readFileSync(p, "utf8")): Gathered {
+  const raw: RawFlags = {};
+  const origins: FlagOrigins = {};
+  const configFile = typeof flags.config === "string" ? flags.config : (env[envName("config")] ?? null);
+  if (configFile !== null) readConfigFile(configFile, readFile, raw, origins);
+  for (const flag of FLAG_NAMES) {
+    const v = env[envName(flag)];
+    if (v === undefined || flag === "config") continue;
+    const spec: FlagSpec = START_FLAGS[flag];
+    const where = `environment ${envName(flag)}`;
+    raw[flag] = spec.type === "boolean" ? parseBoolean(flag, v, where) : spec.repeatable ? [v] : v;
+    origins[flag] = where;
+  }
+  for (const flag of FLAG_NAMES) {
+    if (flags[flag] === undefined) continue;
+    raw[flag] = flags[flag];
+    delete origins[flag];
+  }
+  return { raw, origins, configFile };
+}
+
+function readConfigFile(file: string, readFile: (path: string) => string, raw: RawFlags, origins: FlagOrigins): void {
+  let doc: unknown;
+  try {
+    doc = Bun.YAML.parse(readFile(file));
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    throw new ConfigError("config", file, `${JSON.stringify(file)}: ${code === "ENOENT" ? "cannot read: ENOENT" : e instanceof Error ? e.message : String(e)}`);
+  }
+  if (doc !== null && (typeof doc !== "object" || Array.isArray(doc))) throw new ConfigError("config", file, `${JSON.stringify(file)}: expected a mapping of flag names to values`);
+  for (const [key, value] of Object.entries((doc ?? {}) as Record<string, unknown>)) {
+    if (!FLAG_NAMES.includes(key as StartFlag) || key === "config") throw new ConfigError("config", file, `${JSON.stringify(file)}: unknown key "${key}"`);
+    const flag = key as StartFlag;
+    if (value === null || value === undefined) continue;
+    const where = `config file ${file}, key "${key}"`;
+    raw[flag] = fromFile(flag, value, where);
+    origins[flag] = where;
+  }
+}
+
+function fromFile(flag: StartFlag, value: unknown, where: string): string | boolean | string[] {
+  const spec: FlagSpec = START_FLAGS[flag];
+  const bad = (what: string) => new ConfigError(flag, String(value), `expected ${what}, got ${JSON.stringify(value)}`, where);
+  if (spec.type === "boolean") {
+    if (typeof value !== "boolean") throw bad("true or false");
+    return value;
+  }
+  const scalar = (v: unknown) => {
+    if (typeof v === "string") return v;
+    if (typeof v === "number" && Number.isFinite(v)) return String(v);
+    throw bad(spec.repeatable ? "a string or a list of strings" : "a string");
+  };
+  if (spec.repeatable) return Array.isArray(value) ? value.map(scalar) : [scalar(value)];
+  return scalar(value);
+}
+
+/** The text of a flag's value as given (repeated occurrences joined by commas), or its default. */
+function textOf(raw: RawFlags, flag: StartFlag): string | undefined {
+  const spec: FlagSpec = START_FLAGS[flag];
+  const v = raw[flag] ?? spec.default;
+  if (v === undefined) return undefined;
+  return Array.isArray(v) ? v.join(",") : String(v);
+}
+
+/**
+ * Validates every flag and builds a frozen snapshot.
+ *
+ * @throws {ConfigError} naming the first bad flag, its value and where it came from.
+ * @example buildSettings(gatherFlags({ "retry-delay": "5s" }, {})).flags["retry-delay"] // 5000
+ */
+export function buildSettings({ raw, origins, configFile }: Gathered): Settings {
+  // A half-given pair is named before either file is read.
+  for (const [cert, key] of KEY_PAIRS) {
+    if ((raw[cert] === undefined) === (raw[key] === undefined)) continue;
+    const missing = raw[cert] === undefined ? cert : key;
+    throw new ConfigError(missing, null, `--${cert} and --${key} go together; --${missing} is missing`);
+  }
+  const values: Record<string, unknown> = {};
+  for (const flag of FLAG_NAMES) {
+    const spec: FlagSpec = START_FLAGS[flag];
+    if (spec.type === "boolean") {
+      values[flag] = raw[flag] ?? spec.default;
+      continue;
+    }
+    const text = textOf(raw, flag);
+    if (text === undefined) {
+      values[flag] = null;
+      continue;
+    }
+    try {
+      values[flag] = spec.parse(text);
+    } catch (e) {
+      throw new ConfigError(flag, text, e instanceof Error ? e.message : String(e), origins[flag]);
+    }
+  }
+  const f = values as FlagValues;
+  if (f["discovery-refresh-min"] > f["discovery-refresh-max"]) {
+    const max = textOf(raw, "discovery-refresh-max");
+    throw new ConfigError("discovery-refresh-min", textOf(raw, "discovery-refresh-min") ?? null, `must not exceed --discovery-refresh-max (${max})`, origins["discovery-refresh-min"]);
+  }
+  return derive(f, configFile, (flag) => origins[flag]);
+}
+
+/** Checks what involves several flags and computes what the gateway reads as one piece. */
+function derive(f: FlagValues, configFile: string | null, origin: (flag: StartFlag) => string | undefined): Settings {
+  const healthFiles = tlsFiles(f, "health-cacert", "health-cert", "health-key", origin);
+  const upstream = tlsFiles(f, "upstream-cacert", "upstream-cert", "upstream-key", origin);
+  const serverName = f["upstream-server-name"];
+  let upstreamTls: UpstreamTls | null = null;
+  if (f["upstream-tls"]) upstreamTls = { ...upstream, serverName: serverName ?? undefined, alpn: f["upstream-alpn"] };
+  else if (upstream !== null || serverName !== null) {
+    throw new ConfigError("upstream-tls", null, "--upstream-cacert, --upstream-cert, --upstream-key and --upstream-server-name need --upstream-tls");
+  }
+  const listenTls = tlsFiles(f, "listen-client-ca", "listen-cert", "listen-key", origin);
+  if (listenTls !== null && listenTls.cert === undefined) throw new ConfigError("listen-cert", null, "--listen-client-ca needs --listen-cert and --listen-key");
+  const health: HealthSettings = {
+    check: f["health-check"],
+    intervalMs: f["health-interval"],
+    timeoutMs: f["health-timeout"],
+    rise: f["health-rise"],
+    fall: f["health-fall"],
+    retryDelayMs: f["retry-delay"],
+    connectTimeoutMs: f["connect-timeout"],
+    // Health checks speak the same TLS as the data path when only --upstream-* is given.
+    tls: healthFiles ?? (upstreamTls === null ? null : { ca: upstreamTls.ca, cert: upstreamTls.cert, key: upstreamTls.key }),
+  };
+  return deepFreeze({
+    flags: f,
+    configFile,
+    endpoints: f["endpoints-file"]?.endpoints ?? f.endpoints,
+    listenAddrs: f["listen-addr"],
+    upstreamTls,
+    listenTls,
+    health,
+  });
+}
+
+/** A CA / certificate / key triple of flags as PEM contents (a half-given pair was refused before); null when none is set. */
+function tlsFiles(f: FlagValues, caFlag: StartFlag, certFlag: StartFlag, keyFlag: StartFlag, origin: (flag: StartFlag) => string | undefined): TlsFiles | null {
+  const ca = f[caFlag] as { path: string; pem: string } | null;
+  const cert = f[certFlag] as { path: string; pem: string } | null;
+  const key = f[keyFlag] as { path: string; pem: string } | null;
+  if (ca === null && cert === null && key === null) return null;
+  const files: { ca?: string; cert?: string; key?: string } = {};
+  if (ca !== null) files.ca = ca.pem;
+  if (cert !== null && key !== null) {
+    try {
+      checkKeyPair(cert.pem, cert.path, key.pem, key.path);
+    } catch (e) {
+      throw new ConfigError(keyFlag, key.path, e instanceof Error ? e.message : String(e), origin(keyFlag));
+    }
+    files.cert = cert.pem;
+    files.key = key.pem;
+  }
+  return files;
+}
+
+function deepFreeze<T>(o: T): T {
+  if (o !== null && typeof o === "object" && !Object.isFrozen(o)) {
+    Object.freeze(o);
+    for (const v of Object.values(o)) deepFreeze(v);
+  }
+  return o;
+}
+
+/** What a reload did: the snapshot now in force, the flags it changed, and those kept until a restart. */
+export interface Reloaded {
+  settings: Settings;
+  applied: StartFlag[];
+  restart: StartFlag[];
+}
+
+/**
+ * Combines the running snapshot with a freshly loaded one: every changed flag that applies live
+ * takes its new value; every changed flag that needs a restart keeps its running value.
+ */
+export function reloadSettings(current: Settings, next: Settings): Reloaded {
+  const changed = FLAG_NAMES.filter((f) => JSON.stringify(current.flags[f]) !== JSON.stringify(next.flags[f]));
+  const restart = changed.filter((f) => START_FLAGS[f].reload === "restart");
+  const applied = changed.filter((f) => START_FLAGS[f].reload === "live");
+  if (restart.length === 0) return { settings: next, applied, restart };
+  const merged: Record<string, unknown> = { ...next.flags };
+  for (const f of restart) merged[f] = current.flags[f];
+  return { settings: derive(merged as FlagValues, next.configFile, () => undefined), applied, restart };
+}
+
+/**
+ * The snapshot in force. Everyone reads `current`; only the reload path calls `swap`, and reloads
+ * run one at a time (see `serialize`).
+ */
+export class SettingsStore {
+  #current: Settings;
+  constructor(initial: Settings) {
+    this.#current = initial;
+  }
+  get current(): Settings {
+    return this.#current;
+  }
+  swap(next: Settings): Settings {
+    const previous = this.#current;
+    this.#current = next;
+    return previous;
+  }
+}
+
+/**
+ * Runs `task` one at a time: a call that arrives while it runs makes it run once more afterwards
+ * (however many calls arrived), so the last run always starts after the last call. A reload reads
+ * its files when it starts, so the newest file is the one applied last.
+ */
+export function serialize(task: () => Promise<void>): () => Promise<void> {
+  let running: Promise<void> | null = null;
+  let again = false;
+  const loop = async () => {
+    try {
+      do {
+        again = false;
+        await task();
+      } while (again);
+    } finally {
+      running = null;
+    }
+  };
+  return () => {
+    if (running !== null) {
+      again = true;
+      return running;
+    }
+    running = loop();
+    return running;
+  };
+}

@@ -1,0 +1,165 @@
+import { describe, expect, test } from "bun:test";
+import { ConfigError, parseFlags, START_FLAGS } from "../../src/flags.ts";
+import { buildSettings, gatherFlags, reloadSettings, serialize } from "../../src/settings.ts";
+
+const parse = (argv: string[]) => buildSettings(gatherFlags(parseFlags(argv, START_FLAGS), {}));
+
+describe("defaults are etcd gateway start's", () => {
+  const o = parse([]);
+  test("listen-addr 127.0.0.1:23790", () => expect(o.listenAddrs.map((a) => a.address)).toEqual(["127.0.0.1:23790"]));
+  test("endpoints 127.0.0.1:2379", () => expect(o.endpoints.map((e) => e.address)).toEqual(["127.0.0.1:2379"]));
+  test("retry-delay 1m0s", () => expect(o.flags["retry-delay"]).toBe(60_000));
+  test("connect-timeout 1s, drain-timeout 10s", () => expect([o.flags["connect-timeout"], o.flags["drain-timeout"]]).toEqual([1000, 10_000]));
+  test("policy sticky, json logs at info, one process", () => expect([o.flags.policy, o.flags["log-format"], o.flags["log-level"], o.flags.workers]).toEqual(["sticky", "json", "info", 1]));
+  test("no discovery", () => expect([o.flags["discovery-srv"], o.flags["discovery-srv-name"], o.flags["insecure-discovery"], o.flags["trusted-ca-file"]]).toEqual([null, null, false, null]));
+});
+
+describe("flag syntax follows pflag", () => {
+  const cases: { argv: string[]; check: (o: ReturnType<typeof parse>) => unknown; want: unknown }[] = [
+    { argv: ["--endpoints=a:1,b:2"], check: (o) => o.endpoints.map((e) => e.address), want: ["a:1", "b:2"] },
+    { argv: ["--endpoints", "a:1", "--endpoints=b:2,c:3"], check: (o) => o.endpoints.map((e) => e.address), want: ["a:1", "b:2", "c:3"] },
+    { argv: ["--listen-addr", "[::1]:23790"], check: (o) => o.listenAddrs.map((a) => a.address), want: ["[::1]:23790"] },
+    { argv: ["--listen-addr=127.0.0.1:1", "--listen-addr", "unix:///run/etcd.sock"], check: (o) => o.listenAddrs.map((a) => a.address), want: ["127.0.0.1:1", "unix:///run/etcd.sock"] },
+    { argv: ["--listen-socket-mode=0600", "--max-connections=100", "--idle-timeout=1h"], check: (o) => [o.flags["listen-socket-mode"], o.flags["max-connections"], o.flags["idle-timeout"]], want: [0o600, 100, 3_600_000] },
+    { argv: ["--retry-delay=500ms"], check: (o) => o.flags["retry-delay"], want: 500 },
+    { argv: ["--retry-delay", "0"], check: (o) => o.flags["retry-delay"], want: 0 },
+    { argv: ["--insecure-discovery"], check: (o) => o.flags["insecure-discovery"], want: true },
+    { argv: ["--insecure-discovery=false"], check: (o) => o.flags["insecure-discovery"], want: false },
+    { argv: ["--no-insecure-discovery"], check: (o) => o.flags["insecure-discovery"], want: false },
+    { argv: ["--policy=round-robin"], check: (o) => o.flags.policy, want: "round-robin" },
+    { argv: ["--retry-delay=1s", "--retry-delay=2s"], check: (o) => o.flags["retry-delay"], want: 2000 },
+    { argv: ["--connect-timeout=250ms"], check: (o) => o.flags["connect-timeout"], want: 250 },
+    { argv: ["--discovery-srv-name=foo"], check: (o) => o.flags["discovery-srv-name"], want: "foo" },
+    { argv: ["--discovery-srv=example.com"], check: (o) => o.flags["discovery-srv"], want: "example.com" },
+    { argv: ["--workers=2"], check: (o) => o.flags.workers, want: 2 },
+    { argv: ["--dns-server=127.0.0.1:8600"], check: (o) => o.flags["dns-server"], want: "127.0.0.1:8600" },
+    { argv: ["--dns-server=127.0.0.1"], check: (o) => o.flags["dns-server"], want: "127.0.0.1:53" },
+    { argv: ["--dns-server=::1"], check: (o) => o.flags["dns-server"], want: "[::1]:53" },
+    { argv: ["--endpoints-auto-sync-interval=30s"], check: (o) => o.flags["endpoints-auto-sync-interval"], want: 30_000 },
+    { argv: ["--health-check=tcp", "--health-interval=5s", "--health-rise=4", "--health-fall=1"], check: (o) => [o.health.check, o.health.intervalMs, o.health.rise, o.health.fall], want: ["tcp", 5000, 4, 1] },
+    { argv: ["--no-close-on-member-down"], check: (o) => o.flags["close-on-member-down"], want: false },
+    { argv: ["--workers", "auto"], check: (o) => o.flags.workers >= 1, want: true },
+    { argv: ["--log-format=text", "--log-level=debug"], check: (o) => [o.flags["log-format"], o.flags["log-level"]], want: ["text", "debug"] },
+  ];
+  for (const c of cases) test(c.argv.join(" "), () => expect(c.check(parse(c.argv))).toEqual(c.want));
+});
+
+describe("bad input is a one-line error naming the flag and the value", () => {
+  const cases: [string[], string][] = [
+    [["--bogus"], "unknown flag: --bogus"],
+    [["--bogus-flag", "x"], "unknown flag: --bogus-flag"],
+    [["-l", "x"], "unknown flag: -l"],
+    [["--listenAddr=1.2.3.4:1"], "unknown flag: --listenAddr"],
+    [["extra"], 'unexpected argument "extra"'],
+    [["--", "extra"], 'unexpected argument "extra"'],
+    [["--retry-delay=123"], '--retry-delay: missing unit in duration "123"'],
+    [["--retry-delay=-1s"], '--retry-delay: negative duration "-1s"'],
+    [["--connect-timeout=0"], '--connect-timeout: duration "0" must be greater than 0'],
+    [["--drain-timeout=soon"], "--drain-timeout: "],
+    [["--endpoints"], "--endpoints: flag needs an argument"],
+    [["--endpoints="], "--endpoints: no endpoints given"],
+    [["--endpoints=127.0.0.1"], '--endpoints: missing port in address "127.0.0.1"'],
+    [["--endpoints=127.0.0.1:0"], "--endpoints: port 0 out of range 1..65535"],
+    [["--endpoints=127.0.0.1:70000"], "--endpoints: port 70000 out of range 1..65535"],
+    [["--endpoints=a:1,,b:2"], "--endpoints: empty item"],
+    [["--listen-addr=127.0.0.1:99999"], "--listen-addr: port 99999 out of range"],
+    [["--listen-addr=:23790"], '--listen-addr: missing host in address ":23790"'],
+    [["--policy=random"], '--policy: invalid value "random"; expected one of sticky, round-robin'],
+    [["--log-level=loud"], '--log-level: invalid value "loud"'],
+    [["--dns-server=not a server"], "--dns-server: "],
+    [["--dns-server=dns.local:53"], '--dns-server: DNS server must be an IP address, got "dns.local:53"'],
+    [["--discovery-refresh-min=10m"], "--discovery-refresh-min: must not exceed --discovery-refresh-max (5m)"],
+    [["--endpoints-file=/nonexistent"], '--endpoints-file: "/nonexistent": cannot read: ENOENT'],
+    [["--endpoints-auto-sync-interval=often"], "--endpoints-auto-sync-interval: "],
+    [["--health-cert=/etc/hostname"], "--health-key: --health-cert and --health-key go together; --health-key is missing"],
+    [["--health-cert=/etc/hostname", "--health-key=/etc/hostname"], '--health-cert: "/etc/hostname" holds no PEM certificate'],
+    [["--health-cacert=/etc/hostname"], '--health-cacert: "/etc/hostname" holds no PEM certificate'],
+    [["--health-check=http"], '--health-check: invalid value "http"; expected one of etcd, health, tcp, none'],
+    [["--health-rise=0"], '--health-rise: invalid count "0"; expected 1..100'],
+    [["--keepalive-time=10ms"], '--keepalive-time: duration "10ms" must be at least 1s'],
+    [["--listen-addr=unix://relative.sock"], "--listen-addr: unix socket path must be absolute"],
+    [["--listen-socket-mode=rw"], '--listen-socket-mode: invalid file mode "rw"'],
+    [["--max-connections=-1"], '--max-connections: invalid count "-1"'],
+    [["--workers=0"], '--workers: invalid worker count "0"; expected 1..64 or auto'],
+    [["--workers=two"], '--workers: invalid worker count "two"'],
+    [["--insecure-discovery=maybe"], '--insecure-discovery: invalid boolean "maybe"'],
+    [["--discovery-srv=not a domain"], '--discovery-srv: invalid domain "not a domain"'],
+    [["--discovery-srv-name=a.b"], '--discovery-srv-name: invalid service name "a.b"'],
+    [["--trusted-ca-file=/nonexistent/ca.pem"], '--trusted-ca-file: cannot read "/nonexistent/ca.pem": ENOENT'],
+    [["--trusted-ca-file=/etc/hostname"], '--trusted-ca-file: "/etc/hostname" holds no PEM certificate'],
+  ];
+  for (const [argv, message] of cases) {
+    test(argv.join(" ") || "(empty)", () => {
+      let err: unknown;
+      try {
+        parse(argv);
+      } catch (e) {
+        err = e;
+      }
+      expect(err).toBeInstanceOf(ConfigError);
+      const text = (err as Error).message;
+      expect(text).toContain(message);
+      expect(text).not.toContain("\n");
+    });
+  }
+});
+
+describe("snapshots", () => {
+  test("a snapshot is frozen: nothing but a reload can change the settings in force", () => {
+    const s = parse([]);
+    expect(Object.isFrozen(s)).toBe(true);
+    expect(Object.isFrozen(s.flags)).toBe(true);
+    expect(() => ((s.flags as Record<string, unknown>)["connect-timeout"] = 5)).toThrow(TypeError);
+  });
+
+  test("a reload applies what is live and keeps the running value of what needs a restart", () => {
+    const before = parse(["--listen-addr=127.0.0.1:1", "--connect-timeout=1s", "--policy=sticky", "--workers=1"]);
+    const loaded = parse(["--listen-addr=127.0.0.1:2", "--connect-timeout=3s", "--policy=round-robin", "--workers=2"]);
+    const r = reloadSettings(before, loaded);
+    expect(r.applied).toEqual(["connect-timeout", "policy"]);
+    expect(r.restart).toEqual(["listen-addr", "workers"]);
+    expect(r.settings.flags["connect-timeout"]).toBe(3000);
+    expect(r.settings.flags.policy).toBe("round-robin");
+    expect(r.settings.listenAddrs.map((a) => a.address)).toEqual(["127.0.0.1:1"]);
+    expect(r.settings.flags.workers).toBe(1);
+    expect(r.settings.health.connectTimeoutMs).toBe(3000);
+  });
+
+  test("every flag says whether a reload applies it live or needs a restart", () => {
+    for (const [name, spec] of Object.entries(START_FLAGS)) expect([name, ["live", "restart"].includes(spec.reload)]).toEqual([name, true]);
+  });
+});
+
+describe("reloads run one at a time", () => {
+  test("a reload requested during another runs after it, so the newest file is applied last", async () => {
+    // The file as it is when each reload starts reading it; a slow apply stands for DNS or a member list call.
+    let file = "A";
+    let applied = "";
+    const order: string[] = [];
+    const reload = serialize(async () => {
+      const read = file;
+      order.push(`start ${read}`);
+      await Bun.sleep(read === "A" ? 50 : 1);
+      applied = read;
+      order.push(`end ${read}`);
+    });
+    const first = reload();
+    file = "B";
+    const second = reload();
+    file = "C";
+    const third = reload();
+    await Promise.all([first, second, third]);
+    expect(order).toEqual(["start A", "end A", "start C", "end C"]);
+    expect(applied).toBe("C");
+  });
+
+  test("a reload that throws does not block the next one", async () => {
+    let n = 0;
+    const reload = serialize(async () => {
+      if (n++ === 0) throw new Error("boom");
+    });
+    await expect(reload()).rejects.toThrow("boom");
+    await reload();
+    expect(n).toBe(2);
+  });
+});
