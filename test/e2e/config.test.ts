@@ -3,6 +3,7 @@ import { afterAll, afterEach, describe, expect, test } from "bun:test";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { startDnsmasq } from "../support/dns.ts";
 import { runBinary, startGatewayProcess, stopAllGateways } from "../support/gateway.ts";
 import { freePort, waitFor } from "../support/net.ts";
 import { dial, echoOnPort, echoServer, readAll, roundTrip, writeRandom, type Listening } from "../support/peers.ts";
@@ -117,6 +118,28 @@ describe("SIGHUP", () => {
     const r = await gw.waitForLog("config changes need a restart to take effect");
     expect(r.keys).toEqual(["listen-addr"]);
     expect(await roundTrip(port, "same port")).toBe("same port");
+  });
+
+  test("with --discovery-srv, /status shows the reloaded policy, connect timeout and retry delay", async () => {
+    // Found in 514d668: the admin endpoint held its own copy of the options, which SRV discovery
+    // had replaced, so after SIGHUP /status still showed the old values while the data path used the new.
+    const echo = await echoServer();
+    servers.push(echo);
+    const dns = await startDnsmasq({ domain: "reload.test", srv: [{ name: "_etcd-client._tcp.reload.test", target: "m0.reload.test", port: echo.port, priority: 0, weight: 1 }], hosts: [{ name: "m0.reload.test", ipv4: ["127.0.0.1"] }], ttl: 60 });
+    try {
+      const admin = freePort();
+      const cfg = file("srv-reload.yaml", "policy: sticky\nconnect-timeout: 1s\nretry-delay: 1m\nhealth-check: none\n");
+      const gw = await startGatewayProcess([`--config=${cfg}`, "--discovery-srv=reload.test", "--insecure-discovery", `--dns-server=${dns.server}`, `--admin-addr=127.0.0.1:${admin}`]);
+      expect((await statusOf(admin)).policy).toBe("sticky");
+      writeFileSync(cfg, "policy: round-robin\nconnect-timeout: 3s\nretry-delay: 7s\nhealth-check: none\n");
+      gw.proc.kill("SIGHUP");
+      await gw.waitForLog("config reloaded");
+      const s = await statusOf(admin);
+      expect([s.policy, s.config["connect-timeout"], s.config["retry-delay"]]).toEqual(["round-robin", "3s", "7s"]);
+      expect(await roundTrip(gw.port, "after")).toBe("after");
+    } finally {
+      await dns.stop();
+    }
   });
 
   test("--endpoints-file is re-read on SIGHUP", async () => {

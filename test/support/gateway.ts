@@ -2,7 +2,8 @@
 import type { Subprocess } from "bun";
 import { freePort, waitFor } from "./net.ts";
 
-export const BINARY = `${import.meta.dir}/../../dist/etcd-gateway`;
+/** The binary under test: dist/etcd-gateway, or ETCD_GATEWAY_BINARY (e.g. an older build, to show a test fails there). */
+export const BINARY = process.env.ETCD_GATEWAY_BINARY ?? `${import.meta.dir}/../../dist/etcd-gateway`;
 
 export interface GatewayProcess {
   proc: Subprocess<"ignore", "pipe", "pipe">;

@@ -1,0 +1,166 @@
+/**
+ * The dialer, driven in-process: a Proxy on a loopback port in front of members that are plain
+ * sockets in this test, with dials that hang made by replacing Bun.connect (the `Connect` seam).
+ * Each test names what the dialer promises: failover within one client connection, the connect
+ * timeout, and what counts as evidence against a member.
+ */
+import { afterEach, describe, expect, test } from "bun:test";
+import { createServer, type Server, type Socket } from "node:net";
+import type { AccessRecord } from "../../src/accesslog.ts";
+import { bunConnect, type Connect, type DialReports } from "../../src/datapath/dialer.ts";
+import { Proxy } from "../../src/datapath/proxy.ts";
+import { createLogger } from "../../src/log.ts";
+import { MemberTable, type Member } from "../../src/members.ts";
+import { createPolicy } from "../../src/select.ts";
+import { buildSettings, gatherFlags } from "../../src/settings.ts";
+import { freePort, waitFor } from "../support/net.ts";
+import { dial, echoServer, roundTrip, type Listening } from "../support/peers.ts";
+
+const cleanup: (() => unknown)[] = [];
+afterEach(async () => {
+  for (const fn of cleanup.splice(0).reverse()) await fn();
+});
+
+/** A proxy with the `ordered` policy over `ports`, reporting into `events`. */
+function proxyFor(ports: number[], opts: { connect?: Connect; flags?: Record<string, string> } = {}) {
+  const settings = buildSettings(gatherFlags({ endpoints: ports.map((p) => `127.0.0.1:${p}`).join(","), policy: "ordered", ...opts.flags }, {}));
+  const table = new MemberTable(settings.endpoints, null);
+  const events: string[] = [];
+  const reports: DialReports = {
+    dialFailed: (m: Member, reason: string) => void events.push(`failed ${m.endpoint.port} ${reason}`),
+    dialSucceeded: (m: Member) => void events.push(`ok ${m.endpoint.port}`),
+  };
+  const records: AccessRecord[] = [];
+  const policy = createPolicy("ordered", table);
+  const proxy = new Proxy({
+    addresses: [{ kind: "tcp", tcp: { host: "127.0.0.1", port: 0, address: "127.0.0.1:0" }, address: "127.0.0.1:0" }],
+    reusePort: false,
+    settings: () => settings,
+    policy: () => policy,
+    reports,
+    accessLog: { write: (r) => void records.push(r), reopen() {}, close: async () => {} },
+    log: createLogger({ write: () => {} }),
+    connect: opts.connect,
+  });
+  cleanup.push(() => {
+    proxy.stopAccepting();
+    proxy.closeAll("shut-down");
+  });
+  return { proxy, table, events, records };
+}
+
+/** A member written with node:net; its connections are destroyed at cleanup. */
+async function server(onConnection: (s: Socket) => void): Promise<Server> {
+  const open = new Set<Socket>();
+  const srv = createServer({ allowHalfOpen: true }, (s) => {
+    open.add(s);
+    s.on("error", () => {}).on("close", () => open.delete(s));
+    onConnection(s);
+  });
+  await new Promise<void>((r) => srv.listen(0, "127.0.0.1", () => r()));
+  cleanup.push(() => {
+    for (const s of open) s.destroy();
+    return new Promise((r) => srv.close(r));
+  });
+  return srv;
+}
+const portOf = (s: Server) => (s.address() as { port: number }).port;
+
+async function echo(): Promise<Listening> {
+  const e = await echoServer();
+  cleanup.push(() => e.close());
+  return e;
+}
+
+describe("failover within one client connection", () => {
+  test("falls back to the next member when the first refuses, and the client never sees it", async () => {
+    const closed = freePort();
+    const good = await echo();
+    const { proxy, events } = proxyFor([closed, good.port]);
+    expect(await roundTrip(proxy.port, "hello")).toBe("hello");
+    expect(events).toEqual([expect.stringMatching(new RegExp(`^failed ${closed} .*ECONNREFUSED`)), `ok ${good.port}`]);
+  });
+
+  test("a dial that never completes is given up after --connect-timeout and the next member is tried", async () => {
+    const good = await echo();
+    const hang = freePort();
+    // Dials to `hang` neither open nor fail, as with a member that drops SYNs.
+    const connect: Connect = (leg, socket, tls) => (leg.member.endpoint.port === hang ? new Promise(() => {}) : bunConnect(leg, socket, tls));
+    const { proxy, events, records } = proxyFor([hang, good.port], { connect, flags: { "connect-timeout": "200ms" } });
+    const t0 = performance.now();
+    expect(await roundTrip(proxy.port, "late")).toBe("late");
+    const took = performance.now() - t0;
+    expect(took).toBeGreaterThanOrEqual(200);
+    expect(events).toEqual([`failed ${hang} connect timeout after 200ms`, `ok ${good.port}`]);
+    await waitFor("the access record", () => records.length === 1);
+    expect(records[0]).toMatchObject({ member: `127.0.0.1:${good.port}`, termination: "client-close" });
+    expect(records[0]!.connect_ms).toBeGreaterThanOrEqual(200);
+  });
+
+  test("when every member fails, the client is reset and the record says connect-failed", async () => {
+    const { proxy, records, events } = proxyFor([freePort(), freePort()]);
+    const s = await dial(proxy.port);
+    const outcome = await new Promise<string>((r) => {
+      s.once("error", (e: NodeJS.ErrnoException) => r(e.code ?? e.message));
+      s.once("close", () => r("close"));
+    });
+    expect(outcome).toBe("ECONNRESET");
+    expect(events).toHaveLength(2);
+    await waitFor("the access record", () => records.length === 1);
+    expect(records[0]).toMatchObject({ member: null, connect_ms: null, termination: "connect-failed" });
+    expect(proxy.active).toBe(0);
+  });
+
+  test("client bytes and a FIN sent while the dial is in flight reach the member that answers", async () => {
+    const got: Buffer[] = [];
+    let ended!: () => void;
+    const endSeen = new Promise<void>((r) => (ended = r));
+    const member = await server((s) => {
+      s.on("data", (c: Buffer) => got.push(c));
+      s.on("end", () => {
+        ended();
+        s.end("bye");
+      });
+    });
+    const slow: Connect = async (leg, socket, tls) => {
+      await Bun.sleep(100); // the client writes and shuts down meanwhile
+      return bunConnect(leg, socket, tls);
+    };
+    const { proxy } = proxyFor([portOf(member)], { connect: slow });
+    const s = await dial(proxy.port);
+    s.end("early bytes");
+    const reply = await new Promise<string>((r) => {
+      let text = "";
+      s.on("data", (c: Buffer) => (text += c.toString()));
+      s.on("end", () => r(text));
+    });
+    await endSeen;
+    expect(Buffer.concat(got).toString()).toBe("early bytes");
+    expect(reply).toBe("bye");
+  });
+});
+
+describe("evidence against a member", () => {
+  test("a member that resets a connection right after accepting it counts as a failed dial", async () => {
+    const resetting = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { open: (s) => s.terminate(), data() {} } });
+    cleanup.push(() => resetting.stop(true));
+    const { proxy, events } = proxyFor([resetting.port]);
+    const s = await dial(proxy.port);
+    await new Promise((r) => s.on("error", () => {}).once("close", r));
+    await waitFor("the report", () => events.length >= 2);
+    expect(events[0]).toBe(`ok ${resetting.port}`);
+    expect(events[1]).toMatch(new RegExp(`^failed ${resetting.port} (reset|closed) right after connect`));
+  });
+
+  test("after failures, a member's accept is reported as success only once it sends a byte", async () => {
+    const member = await server((s) => void setTimeout(() => s.write("hi"), 150));
+    const { proxy, table, events } = proxyFor([portOf(member)]);
+    table.update(table.list[0]!, { failures: 2 });
+    const s = await dial(proxy.port);
+    await Bun.sleep(80);
+    expect(events).toEqual([]); // connected, but not yet proven
+    await new Promise((r) => s.once("data", r));
+    expect(events).toEqual([`ok ${portOf(member)}`]);
+    s.destroy();
+  });
+});

@@ -1,0 +1,165 @@
+/**
+ * Health's rules, driven in-process with a fake clock, check and probe (src/health/monitor.ts):
+ * rise and fall counted exactly, the first check deciding alone, ejection after failed dials,
+ * retry-delay probes, and each transition logged once with etcd's phrases.
+ */
+import { describe, expect, test } from "bun:test";
+import { parseEndpoint } from "../../src/addresses.ts";
+import type { CheckResult } from "../../src/health/checks.ts";
+import { Health, type HealthSettings, type HealthWorld } from "../../src/health/monitor.ts";
+import { createLogger } from "../../src/log.ts";
+import { MemberTable, type MemberState } from "../../src/members.ts";
+
+const OK: CheckResult = { ok: true, reason: "readyz ok" };
+const BAD: CheckResult = { ok: false, reason: "readyz 503: not ready" };
+
+/** A world whose time moves only when the test says, with scripted check and probe answers. */
+function fakeWorld(checks: CheckResult[] = [], probes: (string | null)[] = []) {
+  let now = 0;
+  let seq = 0;
+  const timers = new Map<number, { at: number; fn: () => void }>();
+  const delays: number[] = [];
+  const calls = { checks: 0, probes: 0 };
+  const world: HealthWorld = {
+    after(ms, fn) {
+      const id = seq++;
+      delays.push(ms);
+      timers.set(id, { at: now + ms, fn });
+      return () => timers.delete(id);
+    },
+    random: () => 0.5, // no jitter (0.9 + 0.5 * 0.2 = 1), first checks at 100 ms
+    check: async () => {
+      calls.checks++;
+      return checks.shift() ?? OK;
+    },
+    probe: async () => {
+      calls.probes++;
+      return probes.length > 0 ? probes.shift()! : null;
+    },
+  };
+  /** Runs the next timer (time jumps to it) and lets the check or probe it started finish. */
+  const step = async () => {
+    const next = [...timers.entries()].sort((a, b) => a[1].at - b[1].at)[0];
+    if (next === undefined) throw new Error("nothing scheduled");
+    timers.delete(next[0]);
+    now = next[1].at;
+    next[1].fn();
+    await new Promise((r) => setImmediate(r));
+  };
+  return { world, step, delays, calls, now: () => now, pending: () => timers.size };
+}
+
+function setup(overrides: Partial<HealthSettings>, world: HealthWorld) {
+  const lines: Record<string, unknown>[] = [];
+  const log = createLogger({ write: (l) => void lines.push(JSON.parse(l)) });
+  const table = new MemberTable([parseEndpoint("127.0.0.1:2379")], log);
+  const settings: HealthSettings = { check: "etcd", intervalMs: 2000, timeoutMs: 1000, rise: 2, fall: 3, retryDelayMs: 60_000, connectTimeoutMs: 1000, tls: null, ...overrides };
+  const health = new Health(table, () => settings, log, world);
+  return { table, member: table.list[0]!, health, lines, msgs: () => lines.map((l) => l.msg) };
+}
+
+describe("active checks: rise and fall are counted exactly", () => {
+  const T = OK;
+  const F = BAD;
+  const cases: { name: string; rise: number; fall: number; checks: CheckResult[]; states: MemberState[] }[] = [
+    { name: "a failing first check marks the member down at once", rise: 2, fall: 3, checks: [F], states: ["down"] },
+    { name: "--health-fall=3: down after the third failure in a row, not the second", rise: 2, fall: 3, checks: [T, F, F, F], states: ["up", "up", "up", "down"] },
+    { name: "a pass in between starts the failure count again", rise: 2, fall: 3, checks: [T, F, F, T, F, F, F], states: ["up", "up", "up", "up", "up", "up", "down"] },
+    { name: "--health-rise=3: up after the third pass in a row, not the second", rise: 3, fall: 1, checks: [F, T, T, T], states: ["down", "down", "down", "up"] },
+    { name: "a failure in between starts the pass count again", rise: 2, fall: 1, checks: [F, T, F, T, T], states: ["down", "down", "down", "down", "up"] },
+    { name: "--health-fall=1 --health-rise=1 follow every check", rise: 1, fall: 1, checks: [T, F, T, F], states: ["up", "down", "up", "down"] },
+  ];
+  for (const c of cases) {
+    test(c.name, async () => {
+      const f = fakeWorld([...c.checks]);
+      const { member, health } = setup({ rise: c.rise, fall: c.fall }, f.world);
+      health.start();
+      const seen: MemberState[] = [];
+      for (let i = 0; i < c.checks.length; i++) {
+        await f.step();
+        seen.push(member.state);
+      }
+      expect(seen).toEqual(c.states);
+      expect(f.calls.checks).toBe(c.checks.length);
+    });
+  }
+
+  test("checks every --health-interval while steady, and a quarter of it (100 ms..1 s) while a member changes state", async () => {
+    const f = fakeWorld([OK, BAD, BAD, BAD, OK]);
+    const { health } = setup({ intervalMs: 2000 }, f.world);
+    health.start();
+    for (let i = 0; i < 5; i++) await f.step();
+    // first check at 100 ms; steady 2 s; two failures while up are a transition (500 ms); down and failing is steady again; a pass while down is a transition
+    expect(f.delays).toEqual([100, 2000, 500, 500, 2000, 500]);
+  });
+
+  test("each transition is logged once, with etcd's phrases", async () => {
+    const f = fakeWorld([OK, BAD, BAD, BAD, BAD, OK, OK, OK]);
+    const { health, msgs, lines } = setup({}, f.world);
+    health.start();
+    for (let i = 0; i < 8; i++) await f.step();
+    expect(msgs()).toEqual(["deactivated endpoint", "activated"]);
+    expect(lines[0]).toMatchObject({ level: "warn", address: "127.0.0.1:2379", interval: "2s", error: "readyz 503: not ready", from: "up", to: "down" });
+  });
+});
+
+describe("passive evidence: failed dials", () => {
+  test("--health-fall failed dials in a row eject the member; a successful dial in between starts the count again", () => {
+    const f = fakeWorld();
+    const { member, health, table } = setup({ check: "none", fall: 3 }, f.world);
+    health.dialFailed(member, "ECONNREFUSED");
+    health.dialFailed(member, "ECONNREFUSED");
+    expect([member.state, member.failures]).toEqual(["up", 2]);
+    health.dialSucceeded(member);
+    expect(member.failures).toBe(0);
+    health.dialFailed(member, "ECONNREFUSED");
+    health.dialFailed(member, "ECONNREFUSED");
+    expect(member.state).toBe("up");
+    health.dialFailed(member, "ECONNREFUSED");
+    expect([member.state, member.failures, member.ejections]).toEqual(["ejected", 3, 1]);
+    expect(member.reason).toBe("3 failed dials in a row, last: ECONNREFUSED");
+    expect(table.list[0]).toBe(member);
+  });
+
+  test("with active checks, the next passing check brings an ejected member back", async () => {
+    const f = fakeWorld([OK, OK]);
+    const { member, health } = setup({ fall: 1 }, f.world);
+    health.start();
+    await f.step();
+    health.dialFailed(member, "reset right after connect");
+    expect(member.state).toBe("ejected");
+    await f.step();
+    expect([member.state, member.failures]).toEqual(["up", 0]);
+  });
+
+  test("without active checks, an ejected member is probed every --retry-delay until a probe connects", async () => {
+    const f = fakeWorld([], ["ECONNREFUSED", null]);
+    const { member, health, msgs } = setup({ check: "none", fall: 1, retryDelayMs: 30_000 }, f.world);
+    health.dialFailed(member, "ECONNREFUSED");
+    expect(member.state).toBe("ejected");
+    await f.step();
+    expect([member.state, f.now()]).toEqual(["ejected", 30_000]);
+    await f.step();
+    expect([member.state, f.now()]).toEqual(["up", 60_000]);
+    expect(msgs()).toEqual(["deactivated endpoint", "failed to activate endpoint (stay inactive for another interval)", "activated"]);
+    expect(f.pending()).toBe(0);
+  });
+
+  test("--retry-delay=0 means 5 minutes, as in etcd", async () => {
+    const f = fakeWorld([], [null]);
+    const { member, health } = setup({ check: "none", fall: 1, retryDelayMs: 0 }, f.world);
+    health.dialFailed(member, "ECONNREFUSED");
+    await f.step();
+    expect([member.state, f.now()]).toEqual(["up", 300_000]);
+  });
+
+  test("failed dials during a probe never start a second probe chain", async () => {
+    const f = fakeWorld([], ["ECONNREFUSED", "ECONNREFUSED", null]);
+    const { member, health } = setup({ check: "none", fall: 1 }, f.world);
+    for (let i = 0; i < 10; i++) health.dialFailed(member, "ECONNREFUSED");
+    expect(f.pending()).toBe(1);
+    await f.step();
+    for (let i = 0; i < 10; i++) health.dialFailed(member, "ECONNREFUSED");
+    expect(f.pending()).toBe(1);
+  });
+});
