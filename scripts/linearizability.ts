@@ -21,9 +21,9 @@ import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { COMMON_OPTIONS, COMMON_USAGE, describeOutages, durationFlag, intFlag, outagesJSON, startChaosRun, startRunChaos } from "./lib/chaos-run.ts";
 import type { GatewayChild } from "./lib/gateway-process.ts";
-import type { Random } from "./lib/random.ts";
+import type { Random } from "../test/support/random.ts";
 import { checkRegisterHistory, type Operation, type PutRecord, type ReadRecord, type Rule } from "./lib/register-history.ts";
-import { runWithTeardown } from "./lib/teardown.ts";
+import { runWithTeardown } from "../test/support/teardown.ts";
 
 const USAGE = `Usage: bun scripts/linearizability.ts [options]
   --duration <d>   how long clients run under member chaos (Go duration) (default 30s)

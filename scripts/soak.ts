@@ -25,10 +25,10 @@ import { writeFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 import { fdCount, rssKiB } from "../test/support/net.ts";
 import { COMMON_OPTIONS, COMMON_USAGE, describeOutages, durationFlag, intFlag, outagesJSON, startChaosRun, startRunChaos } from "./lib/chaos-run.ts";
-import { which } from "./lib/cluster.ts";
+import { which } from "../test/support/cluster.ts";
 import type { GatewayChild } from "./lib/gateway-process.ts";
-import type { Random } from "./lib/random.ts";
-import { onTeardown, runWithTeardown, track } from "./lib/teardown.ts";
+import type { Random } from "../test/support/random.ts";
+import { onTeardown, runWithTeardown, track } from "../test/support/teardown.ts";
 
 const USAGE = `Usage: bun scripts/soak.ts [options]
   --duration <d>   how long clients run under member chaos (Go duration) (default 60s)

@@ -5,7 +5,7 @@
  * @module
  */
 import { join } from "node:path";
-import { etcdctl, startCluster, type Cluster } from "../lib/cluster.ts";
+import { etcdctl, startCluster, type Cluster } from "../../test/support/cluster.ts";
 import { onCleanup, spawnChild, type Child } from "./children.ts";
 import { withContender, type Running } from "./contenders.ts";
 import { freePort, httpOnce, waitConnectable, waitListening } from "./net.ts";

@@ -20,7 +20,7 @@
  *
  * @module
  */
-import type { Cluster } from "../lib/cluster.ts";
+import type { Cluster } from "../../test/support/cluster.ts";
 import { etcdCluster, memberBehind, STICKY_STARTS } from "./backends.ts";
 import { startBlackhole, type Blackhole } from "./blackhole.ts";
 import { onCleanup } from "./children.ts";

@@ -6,7 +6,7 @@
  */
 import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { connect, type Socket } from "node:net";
-import { freePorts } from "../lib/cluster.ts";
+import { freePorts } from "../../test/support/cluster.ts";
 
 /** A free TCP port on 127.0.0.1 (bound to port 0 and released). */
 export function freePort(): number {

@@ -9,11 +9,11 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseDuration } from "../../src/duration.ts";
-import { startCluster, type Cluster } from "./cluster.ts";
+import { startCluster, type Cluster } from "../../test/support/cluster.ts";
 import { startGateway, type GatewayChild } from "./gateway-process.ts";
 import { startMemberChaos, type MemberChaos, type MemberChaosOptions, type MemberFault } from "./member-chaos.ts";
-import { seededRandom, type Random } from "./random.ts";
-import { onTeardown, UsageError } from "./teardown.ts";
+import { seededRandom, type Random } from "../../test/support/random.ts";
+import { onTeardown, UsageError } from "../../test/support/teardown.ts";
 
 /** The `node:util` parseArgs options every chaos script takes. */
 export const COMMON_OPTIONS = {

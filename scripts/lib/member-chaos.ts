@@ -9,8 +9,8 @@
  *
  * @module
  */
-import type { Cluster } from "./cluster.ts";
-import type { Random } from "./random.ts";
+import type { Cluster } from "../../test/support/cluster.ts";
+import type { Random } from "../../test/support/random.ts";
 
 /** How a member is taken down: SIGKILL and restart, or SIGSTOP and SIGCONT. */
 export type MemberFault = "kill" | "pause";

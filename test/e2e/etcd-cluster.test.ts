@@ -7,7 +7,7 @@
  */
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, test } from "bun:test";
 import { connect } from "node:net";
-import { etcdctl, startCluster, which, type Cluster } from "../../scripts/lib/cluster.ts";
+import { etcdctl, startCluster, which, type Cluster } from "../support/cluster.ts";
 import { startBlackhole, type Blackhole } from "../support/blackhole.ts";
 import { startGatewayProcess, stopAllGateways, type GatewayProcess } from "../support/gateway.ts";
 import { memberBehind, useSharedCluster, viaGateway } from "../support/etcd.ts";

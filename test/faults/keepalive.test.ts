@@ -19,7 +19,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { connect, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { which } from "../../scripts/lib/cluster.ts";
+import { which } from "../support/cluster.ts";
 import { stopAllGateways, type GatewayProcess } from "../support/gateway.ts";
 import { fdCount, waitFor } from "../support/net.ts";
 import { readAll } from "../support/peers.ts";

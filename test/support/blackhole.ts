@@ -4,7 +4,7 @@
  * timeout, like a member behind a firewall that drops packets.
  */
 import { connect, type Socket } from "node:net";
-import { which } from "../../scripts/lib/cluster.ts";
+import { which } from "./cluster.ts";
 
 export interface Blackhole {
   port: number;

@@ -1,8 +1,9 @@
 /**
- * A real etcd cluster on loopback, for the e2e tests and the demo: N members of the `etcd` found on
- * PATH (Debian's etcd-server), each with its own free client and peer ports and a fresh data dir,
- * and an `etcdctl` runner. Members log to a file in their own dir, never to our stderr, so a test
- * runner is not kept waiting on a pipe a member holds open.
+ * A real etcd cluster on loopback, for the e2e tests, the soak and linearizability runs, the
+ * benchmarks and the demo: N members of the `etcd` found on PATH (Debian's etcd-server), each with
+ * its own free client and peer ports and a fresh data dir, and an `etcdctl` runner. Members log to
+ * a file in their own dir, never to our stderr, so a test runner is not kept waiting on a pipe a
+ * member holds open.
  *
  * With `tls`, members serve their client URLs over https (optionally requiring client certificates)
  * while peer traffic stays plain http on loopback: a gateway only ever sees client URLs, and plain
@@ -149,7 +150,7 @@ process.on("exit", () => {
 /** The path of `name` on PATH. @throws when it is not installed */
 export function which(name: string): string {
   const path = Bun.which(name);
-  if (path === null) throw new Error(`${name} not found on PATH (Debian: apt-get install etcd-server etcd-client)`);
+  if (path === null) throw new Error(`${name} not found on PATH (scripts/ensure-deps.sh installs what the tests use from Debian)`);
   return path;
 }
 
