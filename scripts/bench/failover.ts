@@ -21,11 +21,12 @@
  * @module
  */
 import type { Cluster } from "../../test/support/cluster.ts";
+import { freePort } from "../../test/support/net.ts";
 import { etcdCluster, memberBehind, STICKY_STARTS } from "./backends.ts";
 import { startBlackhole, type Blackhole } from "./blackhole.ts";
 import { onCleanup } from "./children.ts";
 import { CONNECT_TIMEOUT_MS, emptyMeasured, withContender, type Contender } from "./contenders.ts";
-import { freePort, httpOnce, type HttpResult } from "./net.ts";
+import { httpOnce, type HttpResult } from "./net.ts";
 import type { Measured, Plan, Workload } from "./types.ts";
 
 export const READ_BODY = '{"key":"Zm9v","serializable":true}';

@@ -8,7 +8,7 @@
 import type { Subprocess } from "bun";
 import { appendFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { freePorts } from "../../test/support/cluster.ts";
+import { freePorts } from "../../test/support/net.ts";
 import { track } from "../../test/support/teardown.ts";
 
 export const GATEWAY_BINARY = join(import.meta.dir, "..", "..", "dist", "etcd-gateway");

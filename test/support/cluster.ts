@@ -16,6 +16,7 @@ import type { Subprocess } from "bun";
 import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { freePorts, sleep } from "./net.ts";
 
 export interface ClusterMember {
   /** etcd's `--name`: `m0`, `m1`, ... */
@@ -182,17 +183,6 @@ export async function etcdctl(args: string[], opts: EtcdctlOptions = {}): Promis
   return { code: killed ? null : code, stdout, stderr: killed ? `${stderr}\n(killed after ${opts.timeoutMs ?? 10_000} ms)` : stderr };
 }
 
-/**
- * `count` distinct TCP ports free on 127.0.0.1. All are held until the last is chosen, so they
- * differ; another process may still take one before etcd binds it, which `startCluster` retries.
- */
-export function freePorts(count: number): number[] {
-  const held = Array.from({ length: count }, () => Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } }));
-  const ports = held.map((l) => l.port);
-  for (const l of held) l.stop(true);
-  return ports;
-}
-
 /** The last `lines` lines of a file, or a note that it is missing. */
 function tail(path: string, lines = 20): string {
   if (!existsSync(path)) return `(no log at ${path})`;
@@ -256,8 +246,6 @@ async function healthy(port: number, tls: ClientTLS | undefined, timeoutMs = 100
     return false;
   }
 }
-
-const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
 /** A member ID in decimal, from decimal or `0x`-less hex as etcdctl prints it in tables. */
 function decimalId(id: string): string {
