@@ -6,37 +6,8 @@
  * @module
  */
 import { existsSync, readdirSync, readFileSync } from "node:fs";
-import { connect, type Socket } from "node:net";
-import { fdCount, rssKiB } from "../../test/support/net.ts";
-
-/**
- * One TCP connect to 127.0.0.1:port: the open socket and "connected", or null and "timeout" (no
- * answer within `timeoutMs`; the attempt is cancelled) or the error code (e.g. "ECONNREFUSED").
- */
-export function dial(port: number, timeoutMs: number): Promise<{ socket: Socket | null; outcome: string }> {
-  return new Promise((resolve) => {
-    // node:net, because destroy() cancels a pending connect and Bun.connect cannot (bun-platform.md trap 5).
-    const s = connect({ host: "127.0.0.1", port });
-    const fail = (outcome: string) => {
-      clearTimeout(timer);
-      s.destroy();
-      resolve({ socket: null, outcome });
-    };
-    const timer = setTimeout(() => fail("timeout"), timeoutMs);
-    s.once("connect", () => {
-      clearTimeout(timer);
-      resolve({ socket: s, outcome: "connected" });
-    });
-    s.once("error", (e: NodeJS.ErrnoException) => fail(e.code ?? e.message));
-  });
-}
-
-/** One TCP connect to 127.0.0.1:port, closed at once; the outcome as `dial` gives it. */
-export async function tcpConnect(port: number, timeoutMs: number): Promise<string> {
-  const { socket, outcome } = await dial(port, timeoutMs);
-  socket?.destroy();
-  return outcome;
-}
+import { connect } from "node:net";
+import { fdCount, rssKiB, tcpConnect } from "../../test/support/net.ts";
 
 /**
  * Polls until a TCP connect to 127.0.0.1:port succeeds (every 25 ms, at most `timeoutMs`).

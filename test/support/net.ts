@@ -5,6 +5,7 @@
  * @module
  */
 import { readdirSync, readFileSync } from "node:fs";
+import { connect, type Socket } from "node:net";
 
 /**
  * `count` distinct TCP ports free on 127.0.0.1 right now (each bound on port 0, all held until the
@@ -21,6 +22,35 @@ export function freePorts(count: number): number[] {
 /** A TCP port free on 127.0.0.1 right now. */
 export function freePort(): number {
   return freePorts(1)[0]!;
+}
+
+/**
+ * One TCP connect to 127.0.0.1:port: the open socket and "connected", or null and "timeout" (no
+ * answer within `timeoutMs`; the attempt is cancelled) or the error code (e.g. "ECONNREFUSED").
+ */
+export function tryConnect(port: number, timeoutMs: number): Promise<{ socket: Socket | null; outcome: string }> {
+  return new Promise((resolve) => {
+    // node:net, because destroy() cancels a pending connect and Bun.connect cannot (bun-platform.md trap 5).
+    const s = connect({ host: "127.0.0.1", port });
+    const fail = (outcome: string) => {
+      clearTimeout(timer);
+      s.destroy();
+      resolve({ socket: null, outcome });
+    };
+    const timer = setTimeout(() => fail("timeout"), timeoutMs);
+    s.once("connect", () => {
+      clearTimeout(timer);
+      resolve({ socket: s, outcome: "connected" });
+    });
+    s.once("error", (e: NodeJS.ErrnoException) => fail(e.code ?? e.message));
+  });
+}
+
+/** One TCP connect to 127.0.0.1:port, closed at once; the outcome as `tryConnect` gives it. */
+export async function tcpConnect(port: number, timeoutMs: number): Promise<string> {
+  const { socket, outcome } = await tryConnect(port, timeoutMs);
+  socket?.destroy();
+  return outcome;
 }
 
 /** Open file descriptors of a process. @throws when it is gone */
