@@ -10,7 +10,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseDuration } from "../../src/duration.ts";
 import { startCluster, type Cluster } from "../../test/support/cluster.ts";
-import { startGateway, type GatewayChild } from "./gateway-process.ts";
+import { startGatewayProcess, type GatewayProcess } from "../../test/support/gateway.ts";
 import { startMemberChaos, type MemberChaos, type MemberChaosOptions, type MemberFault } from "./member-chaos.ts";
 import { seededRandom, type Random } from "../../test/support/random.ts";
 import { onTeardown, UsageError } from "../../test/support/teardown.ts";
@@ -80,7 +80,7 @@ export interface ChaosRun {
   /** Keeps the run dir after the run. */
   keep(): void;
   cluster: Cluster;
-  gw: GatewayChild;
+  gw: GatewayProcess;
 }
 
 /**
@@ -110,8 +110,8 @@ export async function startChaosRun(name: string, values: CommonValues, describe
 
   const cluster = await startCluster({ size: 3 });
   onTeardown(() => cluster.stop());
-  const gw = await startGateway({ endpoints: cluster.endpoints, logFile: join(runDir, "gateway.log"), extraArgs: ["--health-interval=500ms", ...gatewayArgs] });
-  onTeardown(() => gw.stop());
+  const gw = await startGatewayProcess([`--endpoints=${cluster.endpoints}`, "--health-interval=500ms", ...gatewayArgs], { admin: true, logFile: join(runDir, "gateway.log") });
+  onTeardown(() => gw.stop("SIGTERM", 5000));
   say(`cluster ${cluster.endpoints}; gateway ${gw.listen}, admin ${gw.adminURL}, pid ${gw.pid}`);
   return { seed, random: seededRandom(seed), faults, say, runDir, keep: () => (kept = true), cluster, gw };
 }
