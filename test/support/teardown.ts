@@ -1,7 +1,7 @@
 /**
- * Teardown for the long-running scripts (soak, linearizability): whatever they start (the etcd
- * cluster, the gateway, etcdctl children) is registered here and stopped at the end of the run, when
- * it throws, and on SIGINT/SIGTERM/SIGHUP. An `exit` hook SIGKILLs any tracked child still alive, so
+ * Teardown for the long-running runs outside `bun test` (test/robustness/soak.ts and
+ * linearizability.ts): whatever they start (the etcd cluster, the gateway, etcdctl children) is
+ * registered here and stopped at the end of the run, when it throws, and on SIGINT/SIGTERM/SIGHUP. An `exit` hook SIGKILLs any tracked child still alive, so
  * even a `process.exit` from elsewhere leaves nothing behind.
  *
  * @module

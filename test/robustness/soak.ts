@@ -1,8 +1,8 @@
 /**
- * `bun scripts/soak.ts`: a soak of the compiled gateway in front of a real 3-member etcd cluster.
- * For the whole duration, clients work through the gateway while members are taken down and brought
- * back at random (killed and restarted by default, or paused with `--faults`; one at a time, so
- * quorum holds):
+ * `bun run soak` (`bun test/robustness/soak.ts`): a soak of the compiled gateway in front of a real
+ * 3-member etcd cluster. For the whole duration, clients work through the gateway while members
+ * are taken down and brought back at random (killed and restarted by default, or paused with
+ * `--faults`; one at a time, so quorum holds):
  *
  * - `--clients` etcd3 (the Node gRPC client) clients, each with a prefix watch on its own keys and
  *   a put/get loop on a client it replaces every 100 operations (fresh connections);
@@ -15,22 +15,22 @@
  * failed. Client operations that fail while a member is down (or just came back) are expected:
  * they are counted and reported, with the share outside those windows.
  *
- * Usage: bun scripts/soak.ts [--duration 60s] [--clients 8] [--etcdctl 4] [--faults kill,pause] [--seed N] [--json FILE] [--keep-logs]
- *                             [--gateway-arg=--policy=round-robin ...]
+ * Usage: bun test/robustness/soak.ts [--duration 60s] [--clients 8] [--etcdctl 4] [--faults kill,pause] [--seed N] [--json FILE] [--keep-logs]
+ *                                     [--gateway-arg=--policy=round-robin ...]
  *
  * @module
  */
 import { Etcd3, type IKeyValue, type Watcher } from "etcd3";
 import { writeFileSync } from "node:fs";
 import { parseArgs } from "node:util";
-import { fdCount, rssKiB } from "../test/support/net.ts";
-import { COMMON_OPTIONS, COMMON_USAGE, describeOutages, durationFlag, intFlag, outagesJSON, startChaosRun, startRunChaos } from "./lib/chaos-run.ts";
-import { which } from "../test/support/cluster.ts";
-import type { GatewayProcess } from "../test/support/gateway.ts";
-import type { Random } from "../test/support/random.ts";
-import { onTeardown, runWithTeardown, track } from "../test/support/teardown.ts";
+import { which } from "../support/cluster.ts";
+import type { GatewayProcess } from "../support/gateway.ts";
+import { fdCount, rssKiB } from "../support/net.ts";
+import type { Random } from "../support/random.ts";
+import { onTeardown, runWithTeardown, track } from "../support/teardown.ts";
+import { COMMON_OPTIONS, COMMON_USAGE, describeOutages, durationFlag, intFlag, outagesJSON, startChaosRun, startRunChaos } from "./chaos-run.ts";
 
-const USAGE = `Usage: bun scripts/soak.ts [options]
+const USAGE = `Usage: bun test/robustness/soak.ts [options]
   --duration <d>   how long clients run under member chaos (Go duration) (default 60s)
   --clients <n>    etcd3 clients, each with its own watch (default 8)
   --etcdctl <n>    concurrent etcdctl loops (default 4)

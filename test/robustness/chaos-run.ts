@@ -1,5 +1,5 @@
 /**
- * What the soak and linearizability scripts share: their common flags, a run dir and a progress
+ * What the soak and linearizability runs share: their common flags, a run dir and a progress
  * printer, the 3-member cluster and the gateway in front of it (both stopped at teardown), and
  * member chaos that notes how many client connections the gateway had on each member it took down.
  *
@@ -9,11 +9,11 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseDuration } from "../../src/duration.ts";
-import { startCluster, type Cluster } from "../../test/support/cluster.ts";
-import { startGatewayProcess, type GatewayProcess } from "../../test/support/gateway.ts";
+import { startCluster, type Cluster } from "../support/cluster.ts";
+import { startGatewayProcess, type GatewayProcess } from "../support/gateway.ts";
+import { seededRandom, type Random } from "../support/random.ts";
+import { onTeardown, UsageError } from "../support/teardown.ts";
 import { startMemberChaos, type MemberChaos, type MemberChaosOptions, type MemberFault } from "./member-chaos.ts";
-import { seededRandom, type Random } from "../../test/support/random.ts";
-import { onTeardown, UsageError } from "../../test/support/teardown.ts";
 
 /** The `node:util` parseArgs options every chaos script takes. */
 export const COMMON_OPTIONS = {

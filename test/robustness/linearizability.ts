@@ -1,31 +1,31 @@
 /**
- * `bun scripts/linearizability.ts`: checks that the gateway loses, replays and reorders nothing, by
- * recording a history of operations on a real 3-member etcd cluster through it while members are
- * killed and restarted (or paused, `--faults`; one at a time, quorum held), and checking that history
- * for linearizability.
+ * `bun run linearizability` (`bun test/robustness/linearizability.ts`): checks that the gateway
+ * loses, replays and reorders nothing, by recording a history of operations on a real 3-member
+ * etcd cluster through it while members are killed and restarted (or paused, `--faults`; one at a
+ * time, quorum held), and checking that history for linearizability.
  *
  * `--clients` concurrent clients talk to etcd's JSON gateway (`POST /v3/kv/put`, `/v3/kv/range`,
  * linearizable reads) over fetch through our gateway, with no retries of their own, so each
  * acknowledged operation happened exactly once. Each puts values unique to it to a few shared keys
  * and reads them; every operation is recorded with its invoke and response times. At the end every
- * key is read once more through the gateway. scripts/lib/register-history.ts then checks the whole
- * history, using etcd's revisions as the order (see there for the rules). Exit 1 on any violation.
+ * key is read once more through the gateway. register-history.ts then checks the whole history,
+ * using etcd's revisions as the order (see there for the rules). Exit 1 on any violation.
  *
- * Usage: bun scripts/linearizability.ts [--duration 30s] [--clients 8] [--keys 4] [--faults kill,pause] [--seed N] [--json FILE] [--keep-logs]
- *                                        [--gateway-arg=--policy=round-robin ...]
+ * Usage: bun test/robustness/linearizability.ts [--duration 30s] [--clients 8] [--keys 4] [--faults kill,pause] [--seed N] [--json FILE] [--keep-logs]
+ *                                                [--gateway-arg=--policy=round-robin ...]
  *
  * @module
  */
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
-import { COMMON_OPTIONS, COMMON_USAGE, describeOutages, durationFlag, intFlag, outagesJSON, startChaosRun, startRunChaos } from "./lib/chaos-run.ts";
-import type { GatewayProcess } from "../test/support/gateway.ts";
-import type { Random } from "../test/support/random.ts";
-import { checkRegisterHistory, type Operation, type PutRecord, type ReadRecord, type Rule } from "./lib/register-history.ts";
-import { runWithTeardown } from "../test/support/teardown.ts";
+import type { GatewayProcess } from "../support/gateway.ts";
+import type { Random } from "../support/random.ts";
+import { runWithTeardown } from "../support/teardown.ts";
+import { COMMON_OPTIONS, COMMON_USAGE, describeOutages, durationFlag, intFlag, outagesJSON, startChaosRun, startRunChaos } from "./chaos-run.ts";
+import { checkRegisterHistory, type Operation, type PutRecord, type ReadRecord, type Rule } from "./register-history.ts";
 
-const USAGE = `Usage: bun scripts/linearizability.ts [options]
+const USAGE = `Usage: bun test/robustness/linearizability.ts [options]
   --duration <d>   how long clients run under member chaos (Go duration) (default 30s)
   --clients <n>    concurrent clients (default 8)
   --keys <n>       keys they share (default 4)
