@@ -23,11 +23,12 @@
 import { Etcd3, type IKeyValue, type Watcher } from "etcd3";
 import { writeFileSync } from "node:fs";
 import { parseArgs } from "node:util";
-import { which } from "../support/cluster.ts";
+import { etcdctl, type EtcdctlResult } from "../support/cluster.ts";
 import type { GatewayProcess } from "../support/gateway.ts";
 import { fdCount, rssKiB } from "../support/net.ts";
+import { killAfter, track, which } from "../support/process.ts";
 import type { Random } from "../support/random.ts";
-import { onTeardown, runWithTeardown, track } from "../support/teardown.ts";
+import { onTeardown, runWithTeardown } from "../support/teardown.ts";
 import { COMMON_OPTIONS, COMMON_USAGE, describeOutages, durationFlag, intFlag, outagesJSON, startChaosRun, startRunChaos } from "./chaos-run.ts";
 
 const USAGE = `Usage: bun test/robustness/soak.ts [options]
@@ -160,20 +161,12 @@ function spawnEtcdctl(gw: GatewayProcess, args: string[], timeoutMs: number) {
       env: { ...process.env, ETCDCTL_API: "3" },
     }),
   );
-  let timedOut = false;
-  const timer = setTimeout(() => {
-    timedOut = true;
-    proc.kill("SIGKILL");
-  }, timeoutMs);
-  void proc.exited.then(() => clearTimeout(timer));
-  return { proc, timedOut: () => timedOut };
+  return { proc, ...killAfter(proc, timeoutMs) };
 }
 
 /** Runs etcdctl against the gateway to its end (killed after `timeoutMs`, code null then). Never throws for a failing command. */
-async function etcdctlVia(gw: GatewayProcess, args: string[], timeoutMs = 10_000): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  const { proc, timedOut } = spawnEtcdctl(gw, ["--command-timeout=5s", ...args], timeoutMs);
-  const [stdout, stderr, code] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]);
-  return { code: timedOut() ? null : code, stdout, stderr: timedOut() ? `killed after ${timeoutMs} ms ${stderr}` : stderr };
+function etcdctlVia(gw: GatewayProcess, args: string[], timeoutMs = 10_000): Promise<EtcdctlResult> {
+  return etcdctl(args, { endpoints: gw.listen, dialTimeout: "2s", commandTimeout: "5s", timeoutMs });
 }
 
 /** What a failed etcdctl run says in the end: its last stderr line ("Error: ..."), which names the cause. */

@@ -6,10 +6,9 @@
  *
  * @module
  */
-import type { Subprocess } from "bun";
 import type { Socket } from "node:net";
-import { which } from "./cluster.ts";
 import { tcpConnect, tryConnect } from "./net.ts";
+import { track, which } from "./process.ts";
 
 export interface Blackhole {
   port: number;
@@ -30,12 +29,6 @@ const LISTENER = [
   "while True: time.sleep(3600)",
 ].join("\n");
 
-/** Listeners still running, so a process that dies (or a bench stopped by Ctrl-C) leaves none behind. */
-const live = new Set<Subprocess>();
-process.on("exit", () => {
-  for (const p of live) p.kill("SIGKILL");
-});
-
 /**
  * Starts a blackholed port on 127.0.0.1 and verifies it before resolving: fills the accept queue
  * until a connect hangs, then checks that one more connect neither completes nor is refused
@@ -44,9 +37,8 @@ process.on("exit", () => {
  * @throws when python3 is missing or the port still answers SYNs.
  */
 export async function startBlackhole(): Promise<Blackhole> {
-  const proc = Bun.spawn([which("python3"), "-c", LISTENER], { stdin: "ignore", stdout: "pipe", stderr: "inherit" });
-  live.add(proc);
-  void proc.exited.then(() => live.delete(proc));
+  // Tracked, so a process that dies (or a bench stopped by Ctrl-C) leaves no listener behind.
+  const proc = track(Bun.spawn([which("python3"), "-c", LISTENER], { stdin: "ignore", stdout: "pipe", stderr: "inherit" }));
   const fillers: Socket[] = [];
   const close = async () => {
     for (const s of fillers) s.destroy();

@@ -17,6 +17,7 @@ import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, 
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { freePorts, sleep } from "./net.ts";
+import { runToEnd, track, which, type RunResult } from "./process.ts";
 
 export interface ClusterMember {
   /** etcd's `--name`: `m0`, `m1`, ... */
@@ -135,25 +136,8 @@ export interface EtcdctlOptions {
   key?: string;
 }
 
-export interface EtcdctlResult {
-  /** Exit code; null when it was killed at `timeoutMs`. */
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-/** Members still running, so a test process that dies anyway does not leave etcd behind. */
-const live = new Set<Subprocess>();
-process.on("exit", () => {
-  for (const p of live) p.kill("SIGKILL");
-});
-
-/** The path of `name` on PATH. @throws when it is not installed */
-export function which(name: string): string {
-  const path = Bun.which(name);
-  if (path === null) throw new Error(`${name} not found on PATH (scripts/ensure-deps.sh installs what the tests use from Debian)`);
-  return path;
-}
+/** What an etcdctl run printed; `code` is null when it was killed at `timeoutMs`. */
+export type EtcdctlResult = RunResult;
 
 /**
  * Runs `etcdctl` (API v3) with `args` and collects its output; never throws for a failing command.
@@ -171,16 +155,7 @@ export async function etcdctl(args: string[], opts: EtcdctlOptions = {}): Promis
     ...(opts.key ? [`--key=${opts.key}`] : []),
     ...args,
   ];
-  const proc = Bun.spawn(cmd, { stdin: "ignore", stdout: "pipe", stderr: "pipe", env: { ...process.env, ETCDCTL_API: "3" } });
-  let killed = false;
-  const timer = setTimeout(() => {
-    killed = true;
-    proc.kill("SIGKILL");
-  }, opts.timeoutMs ?? 10_000);
-  const [stdout, stderr] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text()]);
-  const code = await proc.exited;
-  clearTimeout(timer);
-  return { code: killed ? null : code, stdout, stderr: killed ? `${stderr}\n(killed after ${opts.timeoutMs ?? 10_000} ms)` : stderr };
+  return await runToEnd(cmd, { timeoutMs: opts.timeoutMs ?? 10_000, env: { ...process.env, ETCDCTL_API: "3" } });
 }
 
 /** The last `lines` lines of a file, or a note that it is missing. */
@@ -340,8 +315,7 @@ async function startOnce(size: number, root: string, ownRoot: boolean, timeoutMs
     ];
     try {
       const proc = Bun.spawn(args, { stdin: "ignore", stdout: log, stderr: log });
-      live.add(proc);
-      void proc.exited.then(() => live.delete(proc));
+      track(proc);
       return proc;
     } finally {
       // The child has its own copy of the descriptor.

@@ -8,6 +8,7 @@
 import type { Subprocess } from "bun";
 import { appendFileSync, writeFileSync } from "node:fs";
 import { freePorts, waitFor } from "./net.ts";
+import { track } from "./process.ts";
 
 export const BINARY = `${import.meta.dir}/../../dist/etcd-gateway`;
 
@@ -62,11 +63,8 @@ export interface GatewayOptions {
   logFile?: string;
 }
 
+/** Gateways started and not stopped yet, for stopAllGateways. */
 const started = new Set<GatewayProcess>();
-// A test runner or a soak that dies anyway leaves no gateway behind.
-process.on("exit", () => {
-  for (const gw of started) gw.proc.kill("SIGKILL");
-});
 
 /**
  * Starts the gateway with `args` on a free loopback port (a --listen-addr in args wins) and, unless
@@ -84,7 +82,8 @@ export async function startGatewayProcess(args: string[], opts: GatewayOptions =
   if (opts.wrap) cmd = opts.wrap(cmd);
   const logFile = opts.logFile;
   if (logFile !== undefined) writeFileSync(logFile, `# ${cmd.join(" ")}\n`);
-  const proc = Bun.spawn(cmd, { stdin: "ignore", stdout: "ignore", stderr: "pipe" });
+  // Tracked, so a test runner or a soak that dies anyway leaves no gateway behind.
+  const proc = track(Bun.spawn(cmd, { stdin: "ignore", stdout: "ignore", stderr: "pipe" }));
   const lines: string[] = [];
   const running = () => proc.exitCode === null && proc.signalCode === null;
 
