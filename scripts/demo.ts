@@ -11,7 +11,7 @@ import type { Subprocess } from "bun";
 import { existsSync, readdirSync, statSync } from "node:fs";
 import { connect } from "node:net";
 import { join } from "node:path";
-import { etcdctl, memberStatus, startCluster, type Cluster } from "./lib/cluster.ts";
+import { etcdctl, memberStatus, startCluster, type Cluster } from "../test/support/cluster.ts";
 
 const ROOT = join(import.meta.dir, "..");
 const BINARY = join(ROOT, "dist", "etcd-gateway");

@@ -5,10 +5,11 @@
  * @module
  */
 import { join } from "node:path";
-import { etcdctl, startCluster, type Cluster } from "../lib/cluster.ts";
+import { etcdctl, startCluster, type Cluster } from "../../test/support/cluster.ts";
+import { freePort } from "../../test/support/net.ts";
 import { onCleanup, spawnChild, type Child } from "./children.ts";
 import { withContender, type Running } from "./contenders.ts";
-import { freePort, httpOnce, waitConnectable, waitListening } from "./net.ts";
+import { httpOnce, waitConnectable, waitListening } from "./net.ts";
 import type { Measured, WorkloadEnv } from "./types.ts";
 
 /** A backend process listening on 127.0.0.1:port. */

@@ -1,7 +1,9 @@
 /**
- * Every process the bench starts goes through here: each logs to its own file in the run's dir,
- * is remembered until it exits, and is killed at the end of the run, on Ctrl-C and on errors (an
- * `exit` hook, signal handlers, and cleanups such as the etcd cluster's `stop`).
+ * Every long-lived process the bench starts goes through here: each logs to its own file in the
+ * run's dir, is remembered until it exits, and is killed at the end of the run, on Ctrl-C and on
+ * errors (an `exit` hook, signal handlers, and cleanups such as the etcd cluster's `stop`).
+ * Short-lived tools (wrk, iperf3, apt-get) run to their end through runToEnd in
+ * test/support/process.ts, which tracks them; they are killed here too.
  *
  * @module
  */
@@ -9,6 +11,7 @@ import type { Subprocess } from "bun";
 import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { killTracked } from "../../test/support/process.ts";
 import { processTree } from "./net.ts";
 
 /** A started child process. */
@@ -82,34 +85,6 @@ export function tail(path: string, lines = 5): string {
   return readFileSync(path, "utf8").trim().split("\n").filter((l) => l.trim() !== "").slice(-lines).join(" | ");
 }
 
-export interface ToolResult {
-  /** Exit code; null when killed at the time limit. */
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-/**
- * Runs a short-lived tool (wrk, iperf3, haproxy -v) to completion with its output piped, killed after `timeoutMs`.
- */
-export async function runTool(cmd: string[], timeoutMs: number): Promise<ToolResult> {
-  const proc = Bun.spawn(cmd, { stdin: "ignore", stdout: "pipe", stderr: "pipe" });
-  live.add(proc);
-  let killed = false;
-  const timer = setTimeout(() => {
-    killed = true;
-    proc.kill("SIGKILL");
-  }, timeoutMs);
-  try {
-    const [stdout, stderr] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text()]);
-    const code = await proc.exited;
-    return { code: killed ? null : code, stdout, stderr: killed ? `${stderr}\n(killed after ${timeoutMs} ms)` : stderr };
-  } finally {
-    clearTimeout(timer);
-    live.delete(proc);
-  }
-}
-
 /** Registers an async cleanup (e.g. stopping the etcd cluster) run on Ctrl-C; returns its remover. */
 export function onCleanup(fn: () => Promise<void>): () => void {
   cleanups.add(fn);
@@ -127,9 +102,14 @@ function killTree(pid: number): void {
   }
 }
 
-/** SIGKILLs every child still running, with its descendants (synchronous, so it also works from the `exit` hook). */
+/**
+ * SIGKILLs every child still running, with its descendants, and what test/support tracks (tools run
+ * by runToEnd, the etcd cluster, the blackhole); the kills are synchronous, so this also works from
+ * the `exit` hook.
+ */
 export function killAllChildren(): void {
   for (const p of live) if (p.exitCode === null && p.signalCode === null) killTree(p.pid);
+  void killTracked();
 }
 
 /** Removes the run dir unless it is to be kept. */

@@ -6,8 +6,9 @@
  */
 import { copyFileSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { freePort } from "../../test/support/net.ts";
 import { benchDir, spawnChild, type Child } from "./children.ts";
-import { freePort, processTree, waitConnectable, waitListening } from "./net.ts";
+import { processTree, waitConnectable, waitListening } from "./net.ts";
 import type { Measured, WorkloadId } from "./types.ts";
 
 export const ROOT = join(import.meta.dir, "..", "..");

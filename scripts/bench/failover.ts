@@ -6,12 +6,12 @@
  *   completes a read through the proxy, retrying at once after each failed attempt. For a
  *   round-robin proxy the member asked about is just the one that served that connection ("any
  *   member").
- * - **blackholed member**: the proxy is started with a port that drops SYNs (blackhole.ts) listed
- *   first, in place of the member just killed (which boots again meanwhile). New connections,
- *   started a fixed interval apart, each time one read, bounded by the attempt timeout (etcd's
- *   gateway has no connect timeout: an unlucky connection would wait ~130 s, so it is counted as
- *   "timeout"). A sticky proxy is restarted (a few times at most) until its random pick falls on
- *   the blackhole, so that its failover is what is timed.
+ * - **blackholed member**: the proxy is started with a port that drops SYNs
+ *   (test/support/blackhole.ts) listed first, in place of the member just killed (which boots again
+ *   meanwhile). New connections, started a fixed interval apart, each time one read, bounded by the
+ *   attempt timeout (etcd's gateway has no connect timeout: an unlucky connection would wait
+ *   ~130 s, so it is counted as "timeout"). A sticky proxy is restarted (a few times at most) until
+ *   its random pick falls on the blackhole, so that its failover is what is timed.
  *
  * The read is serializable, so a member answers from its own store: a linearizable read would
  * also wait for a new leader when the killed member led, which is etcd's failover, not the proxy's.
@@ -20,12 +20,12 @@
  *
  * @module
  */
-import type { Cluster } from "../lib/cluster.ts";
+import { startBlackhole, type Blackhole } from "../../test/support/blackhole.ts";
+import type { Cluster } from "../../test/support/cluster.ts";
 import { etcdCluster, memberBehind, STICKY_STARTS } from "./backends.ts";
-import { startBlackhole, type Blackhole } from "./blackhole.ts";
 import { onCleanup } from "./children.ts";
 import { CONNECT_TIMEOUT_MS, emptyMeasured, withContender, type Contender } from "./contenders.ts";
-import { freePort, httpOnce, type HttpResult } from "./net.ts";
+import { httpOnce, type HttpResult } from "./net.ts";
 import type { Measured, Plan, Workload } from "./types.ts";
 
 export const READ_BODY = '{"key":"Zm9v","serializable":true}';
@@ -140,7 +140,7 @@ export const failoverWorkload: Workload = {
   ],
   async setup(plan) {
     const cluster = await etcdCluster();
-    const hole = await startBlackhole(freePort());
+    const hole = await startBlackhole();
     const remove = onCleanup(() => hole.close());
     return {
       backends: cluster.members.map((x) => x.endpoint),

@@ -13,7 +13,7 @@ import { join } from "node:path";
 import { helloEnv, HELLO_COMMAND } from "./backends.ts";
 import { spawnChild } from "./children.ts";
 import { emptyMeasured, noteCrash } from "./contenders.ts";
-import { fdCount, totalRssKiB } from "./net.ts";
+import { totalFdCount, totalRssKiB } from "./net.ts";
 import type { Plan, Workload } from "./types.ts";
 
 /** Lets the proxy settle (finish the last writes, release transient buffers) before reading VmRSS. */
@@ -59,11 +59,11 @@ export const idleWorkload: Workload = {
       const m = emptyMeasured();
       await Bun.sleep(SETTLE_MS);
       const before = totalRssKiB(r.pids());
-      const fdsBefore = fdCount(r.pids());
+      const fdsBefore = totalFdCount(r.pids());
       // The proxy's open fds, sampled while connections open: the fd cap is what ends some proxies.
       let fdsSeen = fdsBefore;
       const sampler = setInterval(() => {
-        if (r.crashed() === null) fdsSeen = Math.max(fdsSeen, fdCount(r.pids()));
+        if (r.crashed() === null) fdsSeen = Math.max(fdsSeen, totalFdCount(r.pids()));
       }, 100);
       const client = spawnChild("idle-client", clientCommand(r.port, plan), { stdout: "pipe", stdin: "pipe" });
       try {
@@ -74,7 +74,7 @@ export const idleWorkload: Workload = {
         const report = JSON.parse(await nextLine(reader, pending, 30_000 + batches * (plan.idlePauseMs + 1000))) as { opened: number; failed: number; errors: string[] };
         await Bun.sleep(SETTLE_MS);
         const after = totalRssKiB(r.pids());
-        const fdsAfter = fdCount(r.pids());
+        const fdsAfter = totalFdCount(r.pids());
         stdin.write("report\n");
         stdin.flush();
         const { open } = JSON.parse(await nextLine(reader, pending, 5000)) as { open: number };

@@ -1,46 +1,13 @@
 /**
- * Loopback helpers for the bench: free ports, readiness checks, one-shot HTTP over a fresh TCP
- * connection, and process memory from /proc.
+ * Loopback helpers of the bench's own: readiness checks, one-shot HTTP over a fresh TCP connection,
+ * and memory and descriptors summed over a process tree. Free ports and the per-process /proc
+ * readings are the shared ones in test/support/net.ts.
  *
  * @module
  */
 import { existsSync, readdirSync, readFileSync } from "node:fs";
-import { connect, type Socket } from "node:net";
-import { freePorts } from "../lib/cluster.ts";
-
-/** A free TCP port on 127.0.0.1 (bound to port 0 and released). */
-export function freePort(): number {
-  return freePorts(1)[0]!;
-}
-
-/**
- * One TCP connect to 127.0.0.1:port: the open socket and "connected", or null and "timeout" (no
- * answer within `timeoutMs`; the attempt is cancelled) or the error code (e.g. "ECONNREFUSED").
- */
-export function dial(port: number, timeoutMs: number): Promise<{ socket: Socket | null; outcome: string }> {
-  return new Promise((resolve) => {
-    // node:net, because destroy() cancels a pending connect and Bun.connect cannot (bun-platform.md trap 5).
-    const s = connect({ host: "127.0.0.1", port });
-    const fail = (outcome: string) => {
-      clearTimeout(timer);
-      s.destroy();
-      resolve({ socket: null, outcome });
-    };
-    const timer = setTimeout(() => fail("timeout"), timeoutMs);
-    s.once("connect", () => {
-      clearTimeout(timer);
-      resolve({ socket: s, outcome: "connected" });
-    });
-    s.once("error", (e: NodeJS.ErrnoException) => fail(e.code ?? e.message));
-  });
-}
-
-/** One TCP connect to 127.0.0.1:port, closed at once; the outcome as `dial` gives it. */
-export async function tcpConnect(port: number, timeoutMs: number): Promise<string> {
-  const { socket, outcome } = await dial(port, timeoutMs);
-  socket?.destroy();
-  return outcome;
-}
+import { connect } from "node:net";
+import { fdCount, rssKiB, tcpConnect } from "../../test/support/net.ts";
 
 /**
  * Polls until a TCP connect to 127.0.0.1:port succeeds (every 25 ms, at most `timeoutMs`).
@@ -153,30 +120,25 @@ export function processTree(pid: number): number[] {
   return out;
 }
 
-/** VmRSS of `pid` in KiB (from /proc/PID/status), or null when it is gone. */
-export function rssKiB(pid: number): number | null {
-  try {
-    const m = /^VmRSS:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/status`, "utf8"));
-    return m ? Number(m[1]) : null;
-  } catch {
-    return null;
-  }
-}
-
-/** Summed VmRSS of `pids` in KiB (processes already gone count 0). */
-export function totalRssKiB(pids: readonly number[]): number {
-  return pids.reduce((sum, p) => sum + (rssKiB(p) ?? 0), 0);
-}
-
-/** Open file descriptors summed over `pids` (processes already gone count 0). */
-export function fdCount(pids: readonly number[]): number {
+/** `read(pid)` summed over `pids`; a process already gone counts 0. */
+function summed(pids: readonly number[], read: (pid: number) => number): number {
   let n = 0;
   for (const p of pids) {
     try {
-      n += readdirSync(`/proc/${p}/fd`).length;
+      n += read(p);
     } catch {
       // gone
     }
   }
   return n;
+}
+
+/** Summed VmRSS of `pids` in KiB (processes already gone count 0). */
+export function totalRssKiB(pids: readonly number[]): number {
+  return summed(pids, rssKiB);
+}
+
+/** Open file descriptors summed over `pids` (processes already gone count 0). */
+export function totalFdCount(pids: readonly number[]): number {
+  return summed(pids, fdCount);
 }

@@ -11,8 +11,9 @@
 import { existsSync, mkdirSync, writeFileSync } from "node:fs";
 import { dirname, join, relative } from "node:path";
 import { parseArgs } from "node:util";
+import { runToEnd } from "../../test/support/process.ts";
 import { etcdCluster, stopBackends } from "./backends.ts";
-import { benchDir, installExitHooks, keepBenchDir, runTool } from "./children.ts";
+import { benchDir, installExitHooks, keepBenchDir } from "./children.ts";
 import { CONTENDERS, GATEWAY_BIN, ROOT, snapshotGateway } from "./contenders.ts";
 import { fmt, json, markdown, Results, type RunRecord } from "./report.ts";
 import { describeMachine, ensureTools } from "./tools.ts";
@@ -130,8 +131,8 @@ async function main(): Promise<void> {
   }
   if (existsSync(GATEWAY_BIN)) {
     const snap = snapshotGateway(benchDir());
-    const head = (await runTool(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], 5000)).stdout.trim();
-    const dirty = (await runTool(["git", "-C", ROOT, "status", "--porcelain", "--", "src"], 5000)).stdout.trim() !== "";
+    const head = (await runToEnd(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], { timeoutMs: 5000 })).stdout.trim();
+    const dirty = (await runToEnd(["git", "-C", ROOT, "status", "--porcelain", "--", "src"], { timeoutMs: 5000 })).stdout.trim() !== "";
     notes.push(
       `etcd-gateway: dist/etcd-gateway built ${snap.builtAt} (sha256 ${snap.sha256.slice(0, 12)}), copied at the start so the whole run measures one binary; git HEAD ${head || "?"}${dirty ? ", with uncommitted changes in src/ (work in progress by other engineers)" : ""}.`,
     );

@@ -10,7 +10,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { makeCerts } from "../../test/support/certs.ts";
-import { freePort, waitConnectable } from "./net.ts";
+import { freePort } from "../../test/support/net.ts";
+import { waitConnectable } from "./net.ts";
 import { ROOT } from "./contenders.ts";
 
 const { values } = parseArgs({ options: { rounds: { type: "string", default: "3" }, seconds: { type: "string", default: "5" } } });

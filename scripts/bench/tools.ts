@@ -6,7 +6,7 @@
  */
 import { readFileSync } from "node:fs";
 import { cpus, loadavg, release } from "node:os";
-import { runTool } from "./children.ts";
+import { runToEnd } from "../../test/support/process.ts";
 import { gatewayBinary } from "./contenders.ts";
 
 export interface WrkOptions {
@@ -89,7 +89,7 @@ export async function runWrk(o: WrkOptions): Promise<WrkResult> {
   const cmd = wrkCommand(o);
   const wrk = Bun.which("wrk");
   if (wrk === null) throw new Error("wrk not installed");
-  const res = await runTool([wrk, ...cmd.slice(1)], (o.seconds + 15) * 1000);
+  const res = await runToEnd([wrk, ...cmd.slice(1)], { timeoutMs: (o.seconds + 15) * 1000 });
   if (res.code !== 0) throw new Error(`wrk exited ${res.code}: ${(res.stderr || res.stdout).trim().split("\n").slice(-2).join(" | ")}`);
   return parseWrk(res.stdout);
 }
@@ -103,7 +103,7 @@ export function iperfCommand(port: number | string, seconds: number, reverse: bo
 export async function runIperf(port: number, seconds: number, reverse: boolean): Promise<number> {
   const iperf = Bun.which("iperf3");
   if (iperf === null) throw new Error("iperf3 not installed");
-  const res = await runTool([iperf, ...iperfCommand(port, seconds, reverse).slice(1)], (seconds + 20) * 1000);
+  const res = await runToEnd([iperf, ...iperfCommand(port, seconds, reverse).slice(1)], { timeoutMs: (seconds + 20) * 1000 });
   let report: { error?: string; end?: { sum_received?: { bits_per_second?: number } } };
   try {
     report = JSON.parse(res.stdout) as typeof report;
@@ -133,11 +133,11 @@ export async function ensureTools(): Promise<string[]> {
     return missing;
   }
   process.stderr.write(`bench: installing missing tools: apt-get install -y ${pkgs.join(" ")}\n`);
-  let res = await runTool([apt, "install", "-y", "-q", ...pkgs], 300_000);
+  let res = await runToEnd([apt, "install", "-y", "-q", ...pkgs], { timeoutMs: 300_000 });
   if (res.code !== 0) {
     process.stderr.write("bench: apt-get install failed; running apt-get update and trying again\n");
-    await runTool([apt, "update", "-q"], 300_000);
-    res = await runTool([apt, "install", "-y", "-q", ...pkgs], 300_000);
+    await runToEnd([apt, "update", "-q"], { timeoutMs: 300_000 });
+    res = await runToEnd([apt, "install", "-y", "-q", ...pkgs], { timeoutMs: 300_000 });
     if (res.code !== 0) process.stderr.write(`bench: apt-get install failed: ${res.stderr.trim().split("\n").slice(-2).join(" | ")}\n`);
   }
   return Object.keys(PACKAGES).filter((p) => Bun.which(p) === null);
@@ -147,7 +147,7 @@ export async function ensureTools(): Promise<string[]> {
 async function versionLine(cmd: string[]): Promise<string> {
   const path = cmd[0] === undefined ? null : cmd[0].startsWith("/") ? cmd[0] : Bun.which(cmd[0]);
   if (path === null || !(await Bun.file(path).exists())) return "not installed";
-  const res = await runTool([path, ...cmd.slice(1)], 10_000);
+  const res = await runToEnd([path, ...cmd.slice(1)], { timeoutMs: 10_000 });
   return ((res.stdout.trim() || res.stderr.trim()).split("\n")[0] ?? "").trim();
 }
 

@@ -67,7 +67,7 @@ const etcd: Workload = {
   id: "etcd",
   title: "Real etcd reads",
   commands: (plan) => [
-    "etcdctl put foo bar   # 3-member etcd cluster on loopback (scripts/lib/cluster.ts)",
+    "etcdctl put foo bar   # 3-member etcd cluster on loopback (test/support/cluster.ts)",
     `${wrkCommand({ url: "http://127.0.0.1:<port>/v3/kv/range", connections: plan.wrkConnections, threads: plan.wrkThreads, seconds: plan.wrkSeconds.etcd, script: "scripts/bench/etcd-range.lua" }).join(" ")}   # POST {"key":"Zm9v"}`,
   ],
   async setup(plan) {

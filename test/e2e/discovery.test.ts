@@ -7,7 +7,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { startCluster, type Cluster } from "../../scripts/lib/cluster.ts";
+import { startCluster, type Cluster } from "../support/cluster.ts";
 import { makeCerts } from "../support/certs.ts";
 import { startDnsmasq, startFakeDns, type FakeAnswer, type SrvRecord } from "../support/dns.ts";
 import { viaGateway } from "../support/etcd.ts";

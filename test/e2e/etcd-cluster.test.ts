@@ -7,11 +7,12 @@
  */
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, test } from "bun:test";
 import { connect } from "node:net";
-import { etcdctl, startCluster, which, type Cluster } from "../../scripts/lib/cluster.ts";
 import { startBlackhole, type Blackhole } from "../support/blackhole.ts";
-import { startGatewayProcess, stopAllGateways, type GatewayProcess } from "../support/gateway.ts";
+import { etcdctl, startCluster, type Cluster } from "../support/cluster.ts";
 import { memberBehind, useSharedCluster, viaGateway } from "../support/etcd.ts";
+import { startGatewayProcess, stopAllGateways, type GatewayProcess } from "../support/gateway.ts";
 import { freePort, sleep, waitFor } from "../support/net.ts";
+import { which } from "../support/process.ts";
 
 // One cluster for the file; what a test kills is brought back before the next one.
 const shared = useSharedCluster();

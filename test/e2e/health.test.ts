@@ -8,7 +8,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { connect, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { startCluster, type Cluster } from "../../scripts/lib/cluster.ts";
+import { startCluster, type Cluster } from "../support/cluster.ts";
 import { makeCerts, type Certs } from "../support/certs.ts";
 import { memberBehind, useSharedCluster, viaGateway } from "../support/etcd.ts";
 import { startGatewayProcess, stopAllGateways, type GatewayProcess } from "../support/gateway.ts";

@@ -3,9 +3,9 @@ import { afterEach, expect, test } from "bun:test";
 import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { which } from "../../scripts/lib/cluster.ts";
 import { startGatewayProcess, stopAllGateways } from "../support/gateway.ts";
 import { waitFor } from "../support/net.ts";
+import { which } from "../support/process.ts";
 
 afterEach(stopAllGateways);
 

@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { mkdtempSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { etcdctl, memberStatus, startCluster, type Cluster } from "../../scripts/lib/cluster.ts";
+import { etcdctl, memberStatus, startCluster, type Cluster } from "../support/cluster.ts";
 import { makeCerts, type Certs } from "../support/certs.ts";
 
 let dir: string;

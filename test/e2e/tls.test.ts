@@ -8,7 +8,7 @@ import type { Socket as BunSocket } from "bun";
 import { copyFileSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { etcdctl, startCluster, type Cluster } from "../../scripts/lib/cluster.ts";
+import { etcdctl, startCluster, type Cluster } from "../support/cluster.ts";
 import { makeCerts, type Certs } from "../support/certs.ts";
 import { runBinary, startGatewayProcess, stopAllGateways, type GatewayProcess } from "../support/gateway.ts";
 import { freePort, rssKiB, sleep } from "../support/net.ts";

@@ -19,10 +19,10 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { connect, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { which } from "../../scripts/lib/cluster.ts";
 import { stopAllGateways, type GatewayProcess } from "../support/gateway.ts";
 import { fdCount, waitFor } from "../support/net.ts";
 import { readAll } from "../support/peers.ts";
+import { which } from "../support/process.ts";
 import { accessRecords, after, echoThrough, fdBaseline, fdsBack, MiB, payload, startGateway, type Payload, type Received } from "./harness.ts";
 
 setDefaultTimeout(30_000);

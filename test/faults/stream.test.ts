@@ -6,7 +6,7 @@
 import { afterAll, afterEach, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { randomBytes } from "node:crypto";
 import type { Socket } from "node:net";
-import { startCluster, type Cluster } from "../../scripts/lib/cluster.ts";
+import { startCluster, type Cluster } from "../support/cluster.ts";
 import { viaGateway } from "../support/etcd.ts";
 import { closeAllFaultProxies, startFaultProxy, type Direction } from "../support/faultproxy.ts";
 import { stopAllGateways, type GatewayProcess } from "../support/gateway.ts";

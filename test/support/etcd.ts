@@ -1,6 +1,6 @@
-/** Helpers for tests that put the gateway in front of a real etcd cluster (scripts/lib/cluster.ts). */
+/** Helpers for tests that put the gateway in front of a real etcd cluster (cluster.ts). */
 import { afterAll, afterEach, beforeAll } from "bun:test";
-import { etcdctl, startCluster, type ClientTLS, type Cluster } from "../../scripts/lib/cluster.ts";
+import { etcdctl, startCluster, type ClientTLS, type Cluster } from "./cluster.ts";
 import { stopAllGateways } from "./gateway.ts";
 import type { GatewayProcess } from "./gateway.ts";
 

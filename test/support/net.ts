@@ -1,22 +1,66 @@
-/** Loopback helpers for tests: free ports, process resource readings, small waits. */
+/**
+ * Loopback helpers for the tests, the soak and linearizability runs and the benchmarks: free ports,
+ * process resource readings from /proc, small waits.
+ *
+ * @module
+ */
 import { readdirSync, readFileSync } from "node:fs";
+import { connect, type Socket } from "node:net";
 
-/** A TCP port free on 127.0.0.1 right now (bound on port 0, then released). */
-export function freePort(): number {
-  const l = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
-  const port = l.port;
-  l.stop(true);
-  return port;
+/**
+ * `count` distinct TCP ports free on 127.0.0.1 right now (each bound on port 0, all held until the
+ * last is chosen so they differ, then released). Another process may still take one before its
+ * user binds it; the etcd cluster launcher retries for that.
+ */
+export function freePorts(count: number): number[] {
+  const held = Array.from({ length: count }, () => Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } }));
+  const ports = held.map((l) => l.port);
+  for (const l of held) l.stop(true);
+  return ports;
 }
 
-/** Open file descriptors of a process. */
+/** A TCP port free on 127.0.0.1 right now. */
+export function freePort(): number {
+  return freePorts(1)[0]!;
+}
+
+/**
+ * One TCP connect to 127.0.0.1:port: the open socket and "connected", or null and "timeout" (no
+ * answer within `timeoutMs`; the attempt is cancelled) or the error code (e.g. "ECONNREFUSED").
+ */
+export function tryConnect(port: number, timeoutMs: number): Promise<{ socket: Socket | null; outcome: string }> {
+  return new Promise((resolve) => {
+    // node:net, because destroy() cancels a pending connect and Bun.connect cannot (bun-platform.md trap 5).
+    const s = connect({ host: "127.0.0.1", port });
+    const fail = (outcome: string) => {
+      clearTimeout(timer);
+      s.destroy();
+      resolve({ socket: null, outcome });
+    };
+    const timer = setTimeout(() => fail("timeout"), timeoutMs);
+    s.once("connect", () => {
+      clearTimeout(timer);
+      resolve({ socket: s, outcome: "connected" });
+    });
+    s.once("error", (e: NodeJS.ErrnoException) => fail(e.code ?? e.message));
+  });
+}
+
+/** One TCP connect to 127.0.0.1:port, closed at once; the outcome as `tryConnect` gives it. */
+export async function tcpConnect(port: number, timeoutMs: number): Promise<string> {
+  const { socket, outcome } = await tryConnect(port, timeoutMs);
+  socket?.destroy();
+  return outcome;
+}
+
+/** Open file descriptors of a process. @throws when it is gone */
 export function fdCount(pid: number): number {
   return readdirSync(`/proc/${pid}/fd`).length;
 }
 
-/** Resident set size of a process in KiB. */
+/** Resident set size (VmRSS) of a process in KiB. @throws when it is gone */
 export function rssKiB(pid: number): number {
-  const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, "utf8"));
+  const m = /^VmRSS:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/status`, "utf8"));
   if (!m) throw new Error(`no VmRSS for ${pid}`);
   return Number(m[1]);
 }

@@ -4,13 +4,13 @@
  * exception type.
  */
 import { describe, expect, test } from "bun:test";
-import { seeded } from "../support/random.ts";
+import { seededRandom } from "../support/random.ts";
 import { parseEndpoint, parseHostPort, parseListenAddress } from "../../src/addresses.ts";
 import { parseDuration } from "../../src/duration.ts";
 import { ConfigError, parseFlags, START_FLAGS } from "../../src/flags.ts";
 import { buildSettings, gatherFlags } from "../../src/settings.ts";
 
-const random = seeded(20261127);
+const random = seededRandom(20261127).next;
 const pick = <T>(xs: readonly T[]): T => xs[Math.floor(random() * xs.length)]!;
 const ALPHABET = "abc019:[]./-_,= \t\n\"'\\@#%µ\u0000\uffff[::1]httpsunix";
 const junk = (max = 24) => Array.from({ length: Math.floor(random() * max) }, () => pick([...ALPHABET])).join("");

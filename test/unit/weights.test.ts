@@ -1,5 +1,5 @@
 import { describe, expect, test } from "bun:test";
-import { seeded } from "../support/random.ts";
+import { seededRandom } from "../support/random.ts";
 import type { EndpointSpec } from "../../src/addresses.ts";
 import { MemberTable } from "../../src/members.ts";
 import { createPolicy, weightedPick } from "../../src/select.ts";
@@ -19,7 +19,7 @@ describe("RFC 2782 weighted choice (10,000 picks, seeded)", () => {
   for (const { weights, expected } of cases) {
     test(`weights {${weights.join(",")}} give shares ${expected.map((e) => e.toFixed(2)).join("/")}`, () => {
       const table = srv(weights.map((w) => [1, w]));
-      const random = seeded(42);
+      const random = seededRandom(42).next;
       const picks = Array.from({ length: 10_000 }, () => weightedPick(table.list, random).address);
       const got = shares(picks, table.list.map((m) => m.address));
       got.forEach((g, i) => expect(Math.abs(g - expected[i]!)).toBeLessThan(0.02));
@@ -27,7 +27,7 @@ describe("RFC 2782 weighted choice (10,000 picks, seeded)", () => {
   }
   test("weight-0 records get a small chance (about 1 %), not none and not an equal share", () => {
     const table = srv([[1, 10], [1, 0]]);
-    const random = seeded(7);
+    const random = seededRandom(7).next;
     const picks = Array.from({ length: 10_000 }, () => weightedPick(table.list, random).address);
     const zero = picks.filter((p) => p === "m1:2379").length / picks.length;
     expect(zero).toBeGreaterThan(0.003);
@@ -35,7 +35,7 @@ describe("RFC 2782 weighted choice (10,000 picks, seeded)", () => {
   });
   test("all weights 0 (static --endpoints) are equal", () => {
     const table = srv([[0, 0], [0, 0], [0, 0]]);
-    const random = seeded(3);
+    const random = seededRandom(3).next;
     const picks = Array.from({ length: 9000 }, () => weightedPick(table.list, random).address);
     for (const s of shares(picks, table.list.map((m) => m.address))) expect(Math.abs(s - 1 / 3)).toBeLessThan(0.02);
   });
@@ -45,7 +45,7 @@ describe("priority classes", () => {
   for (const policy of ["sticky", "round-robin", "least-connections", "ordered"] as const) {
     test(`${policy}: the priority-2 class is used only when every priority-1 member is down`, () => {
       const table = srv([[1, 1], [1, 1], [2, 5]]);
-      const p = createPolicy(policy, table, seeded(1));
+      const p = createPolicy(policy, table, seededRandom(1).next);
       for (let i = 0; i < 200; i++) expect(p.candidates()[0]!.priority).toBe(1);
       table.update(table.list[0]!, { state: "down" });
       for (let i = 0; i < 200; i++) expect(p.candidates()[0]!.address).toBe("m1:2379");
@@ -67,7 +67,7 @@ describe("weights under every policy", () => {
   });
   test("sticky picks its member by weight", () => {
     const picks: string[] = [];
-    const random = seeded(11);
+    const random = seededRandom(11).next;
     for (let i = 0; i < 4000; i++) picks.push(createPolicy("sticky", srv([[1, 1], [1, 3]]), random).candidates()[0]!.address);
     const [a, b] = shares(picks, ["m0:2379", "m1:2379"]);
     expect(Math.abs(a! - 0.25)).toBeLessThan(0.03);
@@ -75,7 +75,7 @@ describe("weights under every policy", () => {
   });
   test("least-connections compares connections divided by weight", () => {
     const table = srv([[1, 1], [1, 3]]);
-    const p = createPolicy("least-connections", table, seeded(5));
+    const p = createPolicy("least-connections", table, seededRandom(5).next);
     for (let i = 0; i < 4000; i++) p.candidates()[0]!.connections++;
     const [a, b] = table.list.map((m) => m.connections);
     expect(Math.abs(b! / a! - 3)).toBeLessThan(0.3);

@@ -1,5 +1,5 @@
 /**
- * What the soak and linearizability scripts share: their common flags, a run dir and a progress
+ * What the soak and linearizability runs share: their common flags, a run dir and a progress
  * printer, the 3-member cluster and the gateway in front of it (both stopped at teardown), and
  * member chaos that notes how many client connections the gateway had on each member it took down.
  *
@@ -9,11 +9,11 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseDuration } from "../../src/duration.ts";
-import { startCluster, type Cluster } from "./cluster.ts";
-import { startGateway, type GatewayChild } from "./gateway-process.ts";
+import { startCluster, type Cluster } from "../support/cluster.ts";
+import { startGatewayProcess, type GatewayProcess } from "../support/gateway.ts";
+import { seededRandom, type Random } from "../support/random.ts";
+import { onTeardown, UsageError } from "../support/teardown.ts";
 import { startMemberChaos, type MemberChaos, type MemberChaosOptions, type MemberFault } from "./member-chaos.ts";
-import { seededRandom, type Random } from "./random.ts";
-import { onTeardown, UsageError } from "./teardown.ts";
 
 /** The `node:util` parseArgs options every chaos script takes. */
 export const COMMON_OPTIONS = {
@@ -80,7 +80,7 @@ export interface ChaosRun {
   /** Keeps the run dir after the run. */
   keep(): void;
   cluster: Cluster;
-  gw: GatewayChild;
+  gw: GatewayProcess;
 }
 
 /**
@@ -110,8 +110,8 @@ export async function startChaosRun(name: string, values: CommonValues, describe
 
   const cluster = await startCluster({ size: 3 });
   onTeardown(() => cluster.stop());
-  const gw = await startGateway({ endpoints: cluster.endpoints, logFile: join(runDir, "gateway.log"), extraArgs: ["--health-interval=500ms", ...gatewayArgs] });
-  onTeardown(() => gw.stop());
+  const gw = await startGatewayProcess([`--endpoints=${cluster.endpoints}`, "--health-interval=500ms", ...gatewayArgs], { admin: true, logFile: join(runDir, "gateway.log") });
+  onTeardown(() => gw.stop("SIGTERM", 5000));
   say(`cluster ${cluster.endpoints}; gateway ${gw.listen}, admin ${gw.adminURL}, pid ${gw.pid}`);
   return { seed, random: seededRandom(seed), faults, say, runDir, keep: () => (kept = true), cluster, gw };
 }

@@ -1,32 +1,20 @@
 /**
- * Teardown for the long-running scripts (soak, linearizability): whatever they start (the etcd
- * cluster, the gateway, etcdctl children) is registered here and stopped at the end of the run, when
- * it throws, and on SIGINT/SIGTERM/SIGHUP. An `exit` hook SIGKILLs any tracked child still alive, so
- * even a `process.exit` from elsewhere leaves nothing behind.
+ * Teardown for the long-running runs outside `bun test` (test/robustness/soak.ts and
+ * linearizability.ts): what they start (the etcd cluster, the gateway) is registered here and
+ * stopped at the end of the run, when it throws, and on SIGINT/SIGTERM/SIGHUP; then every child
+ * process still tracked (process.ts: members, gateways, etcdctl runs) is SIGKILLed.
  *
  * @module
  */
-import type { Subprocess } from "bun";
+import { killTracked } from "./process.ts";
 
 const cleanups: (() => Promise<unknown> | unknown)[] = [];
-const children = new Set<Subprocess>();
 /** Bound on one cleanup, so a stuck one cannot keep the process (and a CI job) alive. */
 const CLEANUP_TIMEOUT_MS = 20_000;
 
 /** Registers `fn` to run at teardown; cleanups run newest first. */
 export function onTeardown(fn: () => Promise<unknown> | unknown): void {
   cleanups.push(fn);
-}
-
-/**
- * Remembers `proc` until it exits, so teardown can kill it.
- *
- * @example const p = track(Bun.spawn(["etcdctl", "get", "k"]))
- */
-export function track<T extends Subprocess>(proc: T): T {
-  children.add(proc);
-  void proc.exited.then(() => children.delete(proc));
-  return proc;
 }
 
 /** Runs every cleanup once (each bounded in time), then SIGKILLs any tracked child still running. */
@@ -45,13 +33,8 @@ export async function teardown(): Promise<void> {
       clearTimeout(timer);
     }
   }
-  for (const p of children) p.kill("SIGKILL");
-  await Promise.all([...children].map((p) => p.exited));
+  await killTracked();
 }
-
-process.on("exit", () => {
-  for (const p of children) p.kill("SIGKILL");
-});
 
 /** A bad flag or value: reported on one line (no stack) with exit code 2. */
 export class UsageError extends Error {

@@ -1,8 +1,8 @@
 /**
- * `bun scripts/soak.ts`: a soak of the compiled gateway in front of a real 3-member etcd cluster.
- * For the whole duration, clients work through the gateway while members are taken down and brought
- * back at random (killed and restarted by default, or paused with `--faults`; one at a time, so
- * quorum holds):
+ * `bun run soak` (`bun test/robustness/soak.ts`): a soak of the compiled gateway in front of a real
+ * 3-member etcd cluster. For the whole duration, clients work through the gateway while members
+ * are taken down and brought back at random (killed and restarted by default, or paused with
+ * `--faults`; one at a time, so quorum holds):
  *
  * - `--clients` etcd3 (the Node gRPC client) clients, each with a prefix watch on its own keys and
  *   a put/get loop on a client it replaces every 100 operations (fresh connections);
@@ -15,22 +15,23 @@
  * failed. Client operations that fail while a member is down (or just came back) are expected:
  * they are counted and reported, with the share outside those windows.
  *
- * Usage: bun scripts/soak.ts [--duration 60s] [--clients 8] [--etcdctl 4] [--faults kill,pause] [--seed N] [--json FILE] [--keep-logs]
- *                             [--gateway-arg=--policy=round-robin ...]
+ * Usage: bun test/robustness/soak.ts [--duration 60s] [--clients 8] [--etcdctl 4] [--faults kill,pause] [--seed N] [--json FILE] [--keep-logs]
+ *                                     [--gateway-arg=--policy=round-robin ...]
  *
  * @module
  */
 import { Etcd3, type IKeyValue, type Watcher } from "etcd3";
 import { writeFileSync } from "node:fs";
 import { parseArgs } from "node:util";
-import { fdCount, rssKiB } from "../test/support/net.ts";
-import { COMMON_OPTIONS, COMMON_USAGE, describeOutages, durationFlag, intFlag, outagesJSON, startChaosRun, startRunChaos } from "./lib/chaos-run.ts";
-import { which } from "./lib/cluster.ts";
-import type { GatewayChild } from "./lib/gateway-process.ts";
-import type { Random } from "./lib/random.ts";
-import { onTeardown, runWithTeardown, track } from "./lib/teardown.ts";
+import { etcdctl, type EtcdctlResult } from "../support/cluster.ts";
+import type { GatewayProcess } from "../support/gateway.ts";
+import { fdCount, rssKiB } from "../support/net.ts";
+import { killAfter, track, which } from "../support/process.ts";
+import type { Random } from "../support/random.ts";
+import { onTeardown, runWithTeardown } from "../support/teardown.ts";
+import { COMMON_OPTIONS, COMMON_USAGE, describeOutages, durationFlag, intFlag, outagesJSON, startChaosRun, startRunChaos } from "./chaos-run.ts";
 
-const USAGE = `Usage: bun scripts/soak.ts [options]
+const USAGE = `Usage: bun test/robustness/soak.ts [options]
   --duration <d>   how long clients run under member chaos (Go duration) (default 60s)
   --clients <n>    etcd3 clients, each with its own watch (default 8)
   --etcdctl <n>    concurrent etcdctl loops (default 4)
@@ -88,7 +89,7 @@ async function booked<T>(ledger: Ledger, kind: OpKind, op: () => Promise<T>): Pr
 }
 
 /** An etcd3 client of the gateway with a TCP connection of its own through it. */
-function etcd3Client(gw: GatewayChild): Etcd3 {
+function etcd3Client(gw: GatewayProcess): Etcd3 {
   return new Etcd3({
     hosts: `http://${gw.listen}`,
     dialTimeout: 3000,
@@ -112,7 +113,7 @@ interface Etcd3Worker {
 }
 
 /** Starts etcd3 client `id`: a prefix watch on its own keys, then puts and gets until `deadline`. */
-function startEtcd3Worker(id: number, gw: GatewayChild, deadline: number, ledger: Ledger, random: Random): Etcd3Worker {
+function startEtcd3Worker(id: number, gw: GatewayProcess, deadline: number, ledger: Ledger, random: Random): Etcd3Worker {
   const prefix = `soak/etcd3/${id}/`;
   const w: Etcd3Worker = { id, prefix, acked: new Set(), watched: new Set(), watchDisconnects: 0, watcher: null, watchClient: etcd3Client(gw), done: Promise.resolve() };
   w.done = (async () => {
@@ -151,7 +152,7 @@ function startEtcd3Worker(id: number, gw: GatewayChild, deadline: number, ledger
 }
 
 /** Starts etcdctl (API v3) against the gateway with `args`, killed after `timeoutMs`; `timedOut()` tells whether it was. */
-function spawnEtcdctl(gw: GatewayChild, args: string[], timeoutMs: number) {
+function spawnEtcdctl(gw: GatewayProcess, args: string[], timeoutMs: number) {
   const proc = track(
     Bun.spawn([which("etcdctl"), `--endpoints=${gw.listen}`, "--dial-timeout=2s", ...args], {
       stdin: "ignore",
@@ -160,20 +161,12 @@ function spawnEtcdctl(gw: GatewayChild, args: string[], timeoutMs: number) {
       env: { ...process.env, ETCDCTL_API: "3" },
     }),
   );
-  let timedOut = false;
-  const timer = setTimeout(() => {
-    timedOut = true;
-    proc.kill("SIGKILL");
-  }, timeoutMs);
-  void proc.exited.then(() => clearTimeout(timer));
-  return { proc, timedOut: () => timedOut };
+  return { proc, ...killAfter(proc, timeoutMs) };
 }
 
 /** Runs etcdctl against the gateway to its end (killed after `timeoutMs`, code null then). Never throws for a failing command. */
-async function etcdctlVia(gw: GatewayChild, args: string[], timeoutMs = 10_000): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  const { proc, timedOut } = spawnEtcdctl(gw, ["--command-timeout=5s", ...args], timeoutMs);
-  const [stdout, stderr, code] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]);
-  return { code: timedOut() ? null : code, stdout, stderr: timedOut() ? `killed after ${timeoutMs} ms ${stderr}` : stderr };
+function etcdctlVia(gw: GatewayProcess, args: string[], timeoutMs = 10_000): Promise<EtcdctlResult> {
+  return etcdctl(args, { endpoints: gw.listen, dialTimeout: "2s", commandTimeout: "5s", timeoutMs });
 }
 
 /** What a failed etcdctl run says in the end: its last stderr line ("Error: ..."), which names the cause. */
@@ -185,7 +178,7 @@ function etcdctlError(r: { code: number | null; stderr: string }): string {
  * `etcdctl watch --rev=<rev> <key>` through the gateway until it prints `value`: resolves null then,
  * else why not (it exited first, or `timeoutMs` passed).
  */
-async function etcdctlWatchMisses(gw: GatewayChild, key: string, rev: string, value: string, timeoutMs = 8000): Promise<string | null> {
+async function etcdctlWatchMisses(gw: GatewayProcess, key: string, rev: string, value: string, timeoutMs = 8000): Promise<string | null> {
   const { proc, timedOut } = spawnEtcdctl(gw, ["watch", `--rev=${rev}`, key], timeoutMs);
   let seen = "";
   try {
@@ -205,7 +198,7 @@ async function etcdctlWatchMisses(gw: GatewayChild, key: string, rev: string, va
 }
 
 /** etcdctl loop `id`: put, get, watch --rev of its own key in turn, until `deadline`. */
-async function etcdctlLoop(id: number, gw: GatewayChild, deadline: number, ledger: Ledger): Promise<void> {
+async function etcdctlLoop(id: number, gw: GatewayProcess, deadline: number, ledger: Ledger): Promise<void> {
   const key = `soak/etcdctl/${id}`;
   let last: { rev: string; value: string } | null = null;
   for (let n = 0; performance.now() < deadline; n++) {
@@ -402,9 +395,9 @@ async function main(): Promise<number> {
   const peak = { fds: Math.max(...samples.map((s) => s.fds)), rssKiB: Math.max(...samples.map((s) => s.rssKiB)) };
   const rssAllowance = Math.max(RSS_SLACK_KIB, baseline.rssKiB / 2);
 
-  const unexpected = gw.records.filter((r) => r.msg === "unexpected error");
+  const unexpected = gw.records().filter((r) => r.msg === "unexpected error");
   const logCounts = new Map<string, number>();
-  for (const r of gw.records) if (r.level !== "info" || r.msg === "activated") logCounts.set(`${String(r.level)}: ${String(r.msg)}`, (logCounts.get(`${String(r.level)}: ${String(r.msg)}`) ?? 0) + 1);
+  for (const r of gw.records()) if (r.level !== "info" || r.msg === "activated") logCounts.set(`${String(r.level)}: ${String(r.msg)}`, (logCounts.get(`${String(r.level)}: ${String(r.msg)}`) ?? 0) + 1);
 
   const kinds: OpKind[] = ["etcd3 put", "etcd3 get", "etcdctl put", "etcdctl get", "etcdctl watch"];
   const byKind = kinds.map((kind) => {

@@ -1,6 +1,6 @@
 /**
- * Reliability under member chaos, in CI's default run: a 60 s soak (scripts/soak.ts) and a short
- * linearizability run (scripts/linearizability.ts), each against its own real 3-member etcd cluster
+ * Reliability under member chaos, in CI's default run: a 60 s soak (soak.ts) and a short
+ * linearizability run (linearizability.ts), each against its own real 3-member etcd cluster
  * behind the compiled gateway, must exit 0. Longer runs are in docs/reliability.md. The history
  * checker they rely on is tested first on hand-made histories, so a pass means something.
  *
@@ -8,7 +8,7 @@
  */
 import { describe, expect, test } from "bun:test";
 import { join } from "node:path";
-import { checkRegisterHistory, type Operation, type Rule } from "../../scripts/lib/register-history.ts";
+import { checkRegisterHistory, type Operation, type Rule } from "./register-history.ts";
 
 const ROOT = join(import.meta.dir, "..", "..");
 
@@ -104,13 +104,13 @@ describe("checkRegisterHistory", () => {
 
 describe("under member chaos through the gateway", () => {
   test("a 60 s soak with etcd3 and etcdctl clients holds every invariant", async () => {
-    const { code, output } = await runScript("scripts/soak.ts", ["--duration", "60s"], 95_000);
+    const { code, output } = await runScript("test/robustness/soak.ts", ["--duration", "60s"], 95_000);
     expect(code, output).toBe(0);
     expect(output).toContain("soak: PASS");
   }, 100_000);
 
   test("a short run of concurrent puts and reads is linearizable", async () => {
-    const { code, output } = await runScript("scripts/linearizability.ts", ["--duration", "15s"], 45_000);
+    const { code, output } = await runScript("test/robustness/linearizability.ts", ["--duration", "15s"], 45_000);
     expect(code, output).toBe(0);
     expect(output).toContain("linearizability: PASS");
   }, 50_000);

@@ -1,31 +1,31 @@
 /**
- * `bun scripts/linearizability.ts`: checks that the gateway loses, replays and reorders nothing, by
- * recording a history of operations on a real 3-member etcd cluster through it while members are
- * killed and restarted (or paused, `--faults`; one at a time, quorum held), and checking that history
- * for linearizability.
+ * `bun run linearizability` (`bun test/robustness/linearizability.ts`): checks that the gateway
+ * loses, replays and reorders nothing, by recording a history of operations on a real 3-member
+ * etcd cluster through it while members are killed and restarted (or paused, `--faults`; one at a
+ * time, quorum held), and checking that history for linearizability.
  *
  * `--clients` concurrent clients talk to etcd's JSON gateway (`POST /v3/kv/put`, `/v3/kv/range`,
  * linearizable reads) over fetch through our gateway, with no retries of their own, so each
  * acknowledged operation happened exactly once. Each puts values unique to it to a few shared keys
  * and reads them; every operation is recorded with its invoke and response times. At the end every
- * key is read once more through the gateway. scripts/lib/register-history.ts then checks the whole
- * history, using etcd's revisions as the order (see there for the rules). Exit 1 on any violation.
+ * key is read once more through the gateway. register-history.ts then checks the whole history,
+ * using etcd's revisions as the order (see there for the rules). Exit 1 on any violation.
  *
- * Usage: bun scripts/linearizability.ts [--duration 30s] [--clients 8] [--keys 4] [--faults kill,pause] [--seed N] [--json FILE] [--keep-logs]
- *                                        [--gateway-arg=--policy=round-robin ...]
+ * Usage: bun test/robustness/linearizability.ts [--duration 30s] [--clients 8] [--keys 4] [--faults kill,pause] [--seed N] [--json FILE] [--keep-logs]
+ *                                                [--gateway-arg=--policy=round-robin ...]
  *
  * @module
  */
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
-import { COMMON_OPTIONS, COMMON_USAGE, describeOutages, durationFlag, intFlag, outagesJSON, startChaosRun, startRunChaos } from "./lib/chaos-run.ts";
-import type { GatewayChild } from "./lib/gateway-process.ts";
-import type { Random } from "./lib/random.ts";
-import { checkRegisterHistory, type Operation, type PutRecord, type ReadRecord, type Rule } from "./lib/register-history.ts";
-import { runWithTeardown } from "./lib/teardown.ts";
+import type { GatewayProcess } from "../support/gateway.ts";
+import type { Random } from "../support/random.ts";
+import { runWithTeardown } from "../support/teardown.ts";
+import { COMMON_OPTIONS, COMMON_USAGE, describeOutages, durationFlag, intFlag, outagesJSON, startChaosRun, startRunChaos } from "./chaos-run.ts";
+import { checkRegisterHistory, type Operation, type PutRecord, type ReadRecord, type Rule } from "./register-history.ts";
 
-const USAGE = `Usage: bun scripts/linearizability.ts [options]
+const USAGE = `Usage: bun test/robustness/linearizability.ts [options]
   --duration <d>   how long clients run under member chaos (Go duration) (default 30s)
   --clients <n>    concurrent clients (default 8)
   --keys <n>       keys they share (default 4)
@@ -39,7 +39,7 @@ const b64 = (s: string) => Buffer.from(s).toString("base64");
 const unb64 = (s: string) => Buffer.from(s, "base64").toString();
 
 /** A JSON-gateway request through our gateway; throws on a transport error, a timeout or a non-200 answer. */
-async function kv<T>(gw: GatewayChild, path: "put" | "range", body: Record<string, string>): Promise<T> {
+async function kv<T>(gw: GatewayProcess, path: "put" | "range", body: Record<string, string>): Promise<T> {
   const res = await fetch(`http://${gw.listen}/v3/kv/${path}`, {
     method: "POST",
     body: JSON.stringify(body),
@@ -66,7 +66,7 @@ function reason(e: unknown): string {
 }
 
 /** Puts `value` to `key`, recording the operation in `history` whether or not it is acknowledged; resolves null once acknowledged, else why not. */
-async function recordedPut(gw: GatewayChild, client: string, key: string, value: string, history: Operation[]): Promise<string | null> {
+async function recordedPut(gw: GatewayProcess, client: string, key: string, value: string, history: Operation[]): Promise<string | null> {
   const op: PutRecord = { kind: "put", client, key, value, invoke: performance.now(), response: null, revision: null };
   history.push(op);
   try {
@@ -82,7 +82,7 @@ async function recordedPut(gw: GatewayChild, client: string, key: string, value:
 }
 
 /** Reads `key` (linearizable), recording the operation in `history` when answered; resolves with it, else why not. */
-async function recordedRead(gw: GatewayChild, client: string, key: string, history: Operation[]): Promise<ReadRecord | string> {
+async function recordedRead(gw: GatewayProcess, client: string, key: string, history: Operation[]): Promise<ReadRecord | string> {
   const invoke = performance.now();
   try {
     const answer = await kv<RangeAnswer>(gw, "range", { key: b64(key) });
@@ -118,7 +118,7 @@ interface Tally {
 }
 
 /** Client `id`: random puts of its own unique values and reads over `keys` until `deadline`. */
-async function client(id: number, gw: GatewayChild, keys: string[], deadline: number, random: Random, history: Operation[], tally: Tally): Promise<void> {
+async function client(id: number, gw: GatewayProcess, keys: string[], deadline: number, random: Random, history: Operation[], tally: Tally): Promise<void> {
   const name = `c${id}`;
   for (let n = 0; performance.now() < deadline; n++) {
     const key = keys[random.int(keys.length)]!;
@@ -214,7 +214,7 @@ async function main(): Promise<number> {
     { name: "members taken down and brought back", ok: chaos.outages.length > 0 && chaos.errors.length === 0, detail: `${chaos.outages.length} outages${chaos.errors.length ? `; errors: ${chaos.errors.join("; ")}` : ""}` },
     { name: "enough history to mean something", ok: sum((t) => t.putsAcked) > 0 && sum((t) => t.readsOk) > 0, detail: `${history.length} operations recorded` },
     { name: "gateway still running", ok: gw.running(), detail: gw.running() ? `pid ${gw.pid}` : `exited ${gw.proc.exitCode ?? gw.proc.signalCode}` },
-    { name: "no `unexpected error` in the gateway log", ok: !gw.records.some((r) => r.msg === "unexpected error"), detail: `${gw.records.filter((r) => r.msg === "unexpected error").length}` },
+    { name: "no `unexpected error` in the gateway log", ok: !gw.records().some((r) => r.msg === "unexpected error"), detail: `${gw.records().filter((r) => r.msg === "unexpected error").length}` },
   ];
   const passed = checks.every((c) => c.ok);
   const failures = new Map<string, number>();

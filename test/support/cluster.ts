@@ -1,8 +1,9 @@
 /**
- * A real etcd cluster on loopback, for the e2e tests and the demo: N members of the `etcd` found on
- * PATH (Debian's etcd-server), each with its own free client and peer ports and a fresh data dir,
- * and an `etcdctl` runner. Members log to a file in their own dir, never to our stderr, so a test
- * runner is not kept waiting on a pipe a member holds open.
+ * A real etcd cluster on loopback, for the e2e tests, the soak and linearizability runs, the
+ * benchmarks and the demo: N members of the `etcd` found on PATH (Debian's etcd-server), each with
+ * its own free client and peer ports and a fresh data dir, and an `etcdctl` runner. Members log to
+ * a file in their own dir, never to our stderr, so a test runner is not kept waiting on a pipe a
+ * member holds open.
  *
  * With `tls`, members serve their client URLs over https (optionally requiring client certificates)
  * while peer traffic stays plain http on loopback: a gateway only ever sees client URLs, and plain
@@ -15,6 +16,8 @@ import type { Subprocess } from "bun";
 import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { freePorts, sleep } from "./net.ts";
+import { runToEnd, track, which, type RunResult } from "./process.ts";
 
 export interface ClusterMember {
   /** etcd's `--name`: `m0`, `m1`, ... */
@@ -133,25 +136,8 @@ export interface EtcdctlOptions {
   key?: string;
 }
 
-export interface EtcdctlResult {
-  /** Exit code; null when it was killed at `timeoutMs`. */
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-/** Members still running, so a test process that dies anyway does not leave etcd behind. */
-const live = new Set<Subprocess>();
-process.on("exit", () => {
-  for (const p of live) p.kill("SIGKILL");
-});
-
-/** The path of `name` on PATH. @throws when it is not installed */
-export function which(name: string): string {
-  const path = Bun.which(name);
-  if (path === null) throw new Error(`${name} not found on PATH (Debian: apt-get install etcd-server etcd-client)`);
-  return path;
-}
+/** What an etcdctl run printed; `code` is null when it was killed at `timeoutMs`. */
+export type EtcdctlResult = RunResult;
 
 /**
  * Runs `etcdctl` (API v3) with `args` and collects its output; never throws for a failing command.
@@ -169,27 +155,7 @@ export async function etcdctl(args: string[], opts: EtcdctlOptions = {}): Promis
     ...(opts.key ? [`--key=${opts.key}`] : []),
     ...args,
   ];
-  const proc = Bun.spawn(cmd, { stdin: "ignore", stdout: "pipe", stderr: "pipe", env: { ...process.env, ETCDCTL_API: "3" } });
-  let killed = false;
-  const timer = setTimeout(() => {
-    killed = true;
-    proc.kill("SIGKILL");
-  }, opts.timeoutMs ?? 10_000);
-  const [stdout, stderr] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text()]);
-  const code = await proc.exited;
-  clearTimeout(timer);
-  return { code: killed ? null : code, stdout, stderr: killed ? `${stderr}\n(killed after ${opts.timeoutMs ?? 10_000} ms)` : stderr };
-}
-
-/**
- * `count` distinct TCP ports free on 127.0.0.1. All are held until the last is chosen, so they
- * differ; another process may still take one before etcd binds it, which `startCluster` retries.
- */
-export function freePorts(count: number): number[] {
-  const held = Array.from({ length: count }, () => Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } }));
-  const ports = held.map((l) => l.port);
-  for (const l of held) l.stop(true);
-  return ports;
+  return await runToEnd(cmd, { timeoutMs: opts.timeoutMs ?? 10_000, env: { ...process.env, ETCDCTL_API: "3" } });
 }
 
 /** The last `lines` lines of a file, or a note that it is missing. */
@@ -255,8 +221,6 @@ async function healthy(port: number, tls: ClientTLS | undefined, timeoutMs = 100
     return false;
   }
 }
-
-const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
 /** A member ID in decimal, from decimal or `0x`-less hex as etcdctl prints it in tables. */
 function decimalId(id: string): string {
@@ -351,8 +315,7 @@ async function startOnce(size: number, root: string, ownRoot: boolean, timeoutMs
     ];
     try {
       const proc = Bun.spawn(args, { stdin: "ignore", stdout: log, stderr: log });
-      live.add(proc);
-      void proc.exited.then(() => live.delete(proc));
+      track(proc);
       return proc;
     } finally {
       // The child has its own copy of the descriptor.

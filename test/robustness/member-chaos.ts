@@ -1,5 +1,5 @@
 /**
- * Member chaos for the reliability scripts: takes a random member of a running cluster down, brings
+ * Member chaos for the reliability runs: takes a random member of a running cluster down, brings
  * it back a few seconds later, waits a while, and repeats. A member goes down by one of two faults:
  * `kill` (SIGKILL, then a restart on its data dir: a crash, its connections reset by the kernel) or
  * `pause` (SIGSTOP, then SIGCONT: a hung member whose connections stay open and silent). Never more
@@ -9,8 +9,8 @@
  *
  * @module
  */
-import type { Cluster } from "./cluster.ts";
-import type { Random } from "./random.ts";
+import type { Cluster } from "../support/cluster.ts";
+import type { Random } from "../support/random.ts";
 
 /** How a member is taken down: SIGKILL and restart, or SIGSTOP and SIGCONT. */
 export type MemberFault = "kill" | "pause";
