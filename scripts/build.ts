@@ -1,5 +1,5 @@
 /**
- * Builds the single-file executable dist/etcd-gateway (bun-platform.md §4):
+ * Builds the single-file executable dist/etcd-gateway (docs/bun.md, "Building the binary"):
  * minified, with bytecode and an embedded sourcemap; no .env/bunfig.toml autoloading from the cwd
  * (trap 10), so a binary copied onto a host behaves the same in every directory.
  *

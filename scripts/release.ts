@@ -7,7 +7,7 @@
  *   VERSION                              the version, for `install.sh` without --version
  *   install.sh                           the installer, so `<base>/install.sh` can be curl'ed
  *
- * Cross-compiled targets fetch their Bun runtime from the npm registry on first use (bun-platform.md §4).
+ * Cross-compiled targets fetch their Bun runtime from the npm registry on first use (docs/bun.md, "Building the binary").
  * The uncompressed binaries and their sourcemaps are removed: the map is embedded in the binary.
  *
  * Usage: bun scripts/release.ts [--out dist/release] [--targets linux-x64,linux-arm64,linux-x64-musl]

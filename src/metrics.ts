@@ -101,7 +101,7 @@ export function renderMetrics(s: {
     const [side, reason] = k.split("|");
     return [`{side="${esc(side ?? "")}",reason="${esc(reason ?? "")}"}`, n];
   }));
-  metric("discovery_refreshes_total", "counter", "Successful discovery rounds (DNS SRV, member list, endpoints file).", [["", s.discovery.refreshes]]);
+  metric("discovery_refreshes_total", "counter", "Successful discovery rounds (DNS SRV, member list).", [["", s.discovery.refreshes]]);
   metric("discovery_failures_total", "counter", "Failed discovery rounds (the last good endpoints were kept).", [["", s.discovery.failures]]);
   metric("discovery_last_good_age_seconds", "gauge", "Seconds since the last good discovery answer (-1: none yet).", [["", s.discovery.lastGoodAt === 0 ? -1 : (Date.now() - s.discovery.lastGoodAt) / 1000]]);
   return out.join("\n") + "\n";

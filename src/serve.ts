@@ -15,7 +15,7 @@ import { createLogger, errorText, type Logger } from "./log.ts";
 import { processStats } from "./metrics.ts";
 import { notify } from "./sdnotify.ts";
 import { buildSettings, gatherFlags, serialize, type Settings } from "./settings.ts";
-import { adopt, joinPrimary, reportToPrimary, sendToPrimary, snapshot, startWorkers, workerNumber, type WorkerPool } from "./workers.ts";
+import { adopt, joinPrimary, reportToPrimary, sendToPrimary, snapshot, workerNumber, WorkerPool } from "./workers.ts";
 
 const EXIT_OK = 0;
 const EXIT_USAGE = 1;
@@ -173,7 +173,7 @@ class GatewayProcess {
   }
 
   private async startWorkers(gw: Gateway, count: number, share: () => void): Promise<void> {
-    this.#pool = startWorkers({
+    this.#pool = new WorkerPool({
       count,
       log: this.log,
       state: () => snapshot(gw.members, gw.policy),

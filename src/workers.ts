@@ -76,112 +76,115 @@ function selfCommand(): string[] {
   return script.startsWith("/$bunfs/") || script === "" ? [process.execPath, ...args] : [process.execPath, script, ...args];
 }
 
-export interface WorkerPool {
-  /** Resolves once every worker has reported it is listening. */
-  readonly ready: Promise<void>;
-  /** Sends the current member state to every worker. */
-  broadcast(state: SharedState): void;
-  /** Tells every worker to reload its configuration (SIGHUP reached the primary). */
-  reload(): void;
-  /** Sends `sig` to every worker. */
-  signal(sig: NodeJS.Signals): void;
-  /** The workers' data-path counters (for /metrics); a worker silent for `timeoutMs` is left out. */
-  stats(timeoutMs: number): Promise<ProcessStats[]>;
-  /** Forwards `signal` (drain) to every worker; resolves when all have exited, killing stragglers after `graceMs`. */
-  stop(signal: NodeJS.Signals, graceMs: number): Promise<void>;
+export interface PoolOptions {
+  /** Processes in all, the primary included (it is worker 0 and serves too). */
+  count: number;
+  log: Logger;
+  /** The member state to send a worker that says hello. */
+  state: () => SharedState;
+  /** A worker reported a dial outcome. */
+  onReport: (msg: ToPrimary & { t: "failed" | "ok" }) => void;
 }
 
 /**
- * Starts workers 1..count-1 (the primary is worker 0 and serves too). A worker that dies is
- * logged and started again after a second.
+ * Workers 1..count-1, started as copies of this process. A worker that dies is logged and
+ * started again after a second.
  */
-export function startWorkers(opts: {
-  count: number;
-  log: Logger;
-  state: () => SharedState;
-  onReport: (msg: ToPrimary & { t: "failed" | "ok" }) => void;
-}): WorkerPool {
-  const { log } = opts;
-  const procs = new Map<number, Subprocess>();
-  const statsWaiters = new Map<number, (s: ProcessStats) => void>();
-  let nextStatsId = 0;
-  let stopping = false;
-  let pendingReady = opts.count - 1;
-  let resolveReady!: () => void;
-  const ready = new Promise<void>((r) => (resolveReady = r));
-  if (pendingReady === 0) resolveReady();
+export class WorkerPool {
+  /** Resolves once every worker has reported it is listening. */
+  readonly ready: Promise<void>;
+  readonly #procs = new Map<number, Subprocess>();
+  readonly #statsWaiters = new Map<number, (s: ProcessStats) => void>();
+  #nextStatsId = 0;
+  #stopping = false;
+  #pendingReady: number;
+  #resolveReady!: () => void;
 
-  const spawn = (k: number, first: boolean) => {
+  constructor(private readonly opts: PoolOptions) {
+    this.ready = new Promise<void>((r) => (this.#resolveReady = r));
+    this.#pendingReady = opts.count - 1;
+    if (this.#pendingReady === 0) this.#resolveReady();
+    for (let k = 1; k < opts.count; k++) this.spawn(k, true);
+  }
+
+  private spawn(k: number, first: boolean): void {
     const proc = Bun.spawn(selfCommand(), {
       env: { ...process.env, [WORKER_ENV]: String(k) },
       stdio: ["ignore", "inherit", "inherit"],
       serialization: "json",
-      ipc(msg: ToPrimary) {
-        switch (msg.t) {
-          case "hello":
-            proc.send(opts.state());
-            break;
-          case "ready":
-            if (first && --pendingReady === 0) resolveReady();
-            break;
-          case "stats":
-            statsWaiters.get(msg.id)?.(msg.stats);
-            break;
-          default:
-            opts.onReport(msg);
-        }
-      },
+      ipc: (msg: ToPrimary) => this.received(proc, msg, first),
     });
-    procs.set(k, proc);
+    this.#procs.set(k, proc);
     void proc.exited.then((code) => {
-      procs.delete(k);
-      if (stopping) return;
-      log.error("worker exited; starting it again", { worker: k, code, signal: proc.signalCode });
-      setTimeout(() => !stopping && spawn(k, false), 1000);
+      this.#procs.delete(k);
+      if (this.#stopping) return;
+      this.opts.log.error("worker exited; starting it again", { worker: k, code, signal: proc.signalCode });
+      setTimeout(() => !this.#stopping && this.spawn(k, false), 1000);
     });
-  };
-  for (let k = 1; k < opts.count; k++) spawn(k, true);
+  }
 
-  return {
-    ready,
-    broadcast(state) {
-      for (const p of procs.values()) p.send(state);
-    },
-    reload() {
-      for (const p of procs.values()) p.send({ t: "reload" });
-    },
-    signal(sig) {
-      for (const p of procs.values()) p.kill(sig);
-    },
-    stats(timeoutMs) {
-      return Promise.all(
-        [...procs.values()].map(
-          (p) =>
-            new Promise<ProcessStats | null>((resolve) => {
-              const id = nextStatsId++;
-              const timer = setTimeout(() => {
-                statsWaiters.delete(id);
-                resolve(null); // a busy or restarting worker: /metrics answers without its share
-              }, timeoutMs);
-              statsWaiters.set(id, (s) => {
-                clearTimeout(timer);
-                statsWaiters.delete(id);
-                resolve(s);
-              });
-              p.send({ t: "stats?", id });
-            }),
-        ),
-      ).then((all) => all.filter((s): s is ProcessStats => s !== null));
-    },
-    async stop(signal, graceMs) {
-      stopping = true;
-      const all = [...procs.values()];
-      for (const p of all) p.kill(signal);
-      const timer = setTimeout(() => all.forEach((p) => p.kill("SIGKILL")), graceMs);
-      await Promise.all(all.map((p) => p.exited));
-      clearTimeout(timer);
-    },
-  };
+  private received(proc: Subprocess, msg: ToPrimary, first: boolean): void {
+    switch (msg.t) {
+      case "hello":
+        proc.send(this.opts.state());
+        break;
+      case "ready":
+        if (first && --this.#pendingReady === 0) this.#resolveReady();
+        break;
+      case "stats":
+        this.#statsWaiters.get(msg.id)?.(msg.stats);
+        break;
+      default:
+        this.opts.onReport(msg);
+    }
+  }
+
+  /** Sends the current member state to every worker. */
+  broadcast(state: SharedState): void {
+    for (const p of this.#procs.values()) p.send(state);
+  }
+
+  /** Tells every worker to reload its configuration (SIGHUP reached the primary). */
+  reload(): void {
+    for (const p of this.#procs.values()) p.send({ t: "reload" });
+  }
+
+  /** Sends `sig` to every worker. */
+  signal(sig: NodeJS.Signals): void {
+    for (const p of this.#procs.values()) p.kill(sig);
+  }
+
+  /** The workers' data-path counters (for /metrics); a worker silent for `timeoutMs` is left out. */
+  async stats(timeoutMs: number): Promise<ProcessStats[]> {
+    const all = await Promise.all([...this.#procs.values()].map((p) => this.statsOf(p, timeoutMs)));
+    return all.filter((s): s is ProcessStats => s !== null);
+  }
+
+  private statsOf(p: Subprocess, timeoutMs: number): Promise<ProcessStats | null> {
+    return new Promise((resolve) => {
+      const id = this.#nextStatsId++;
+      const timer = setTimeout(() => {
+        this.#statsWaiters.delete(id);
+        resolve(null); // a busy or restarting worker: /metrics answers without its share
+      }, timeoutMs);
+      this.#statsWaiters.set(id, (s) => {
+        clearTimeout(timer);
+        this.#statsWaiters.delete(id);
+        resolve(s);
+      });
+      p.send({ t: "stats?", id });
+    });
+  }
+
+  /** Forwards `signal` (drain) to every worker; resolves when all have exited, killing stragglers after `graceMs`. */
+  async stop(signal: NodeJS.Signals, graceMs: number): Promise<void> {
+    this.#stopping = true;
+    const all = [...this.#procs.values()];
+    for (const p of all) p.kill(signal);
+    const timer = setTimeout(() => all.forEach((p) => p.kill("SIGKILL")), graceMs);
+    await Promise.all(all.map((p) => p.exited));
+    clearTimeout(timer);
+  }
 }
 
 /**

@@ -259,7 +259,7 @@ function overUdp(to: Server, packet: Uint8Array, tries: number, deadline: number
 
 /**
  * The same query over TCP with its 2-byte length prefix (RFC 1035 §4.2.2). node:net rather than
- * Bun.connect: destroy() cancels a pending connect, which Bun.connect cannot (bun-platform.md trap 5).
+ * Bun.connect: destroy() cancels a pending connect, which Bun.connect cannot (docs/bun.md, trap 5).
  */
 function overTcp(to: Server, packet: Uint8Array, deadline: number, read: Read, fail: Fail): Promise<Reply> {
   return new Promise((resolve, reject) => {

@@ -441,7 +441,7 @@ export async function startFakeDns(handler: (q: FakeQuery) => FakeAnswer | Promi
         hostname: "127.0.0.1",
         port: udp.port,
         socket: {
-          // One shared `data` object for all connections (bun-platform.md §0 trap 7): set per socket in open.
+          // One shared `data` object for all connections (docs/bun.md, trap 7): set per socket in open.
           open(socket) {
             socket.data = { inbox: new Uint8Array(0), outbox: new Uint8Array(0) };
           },
@@ -492,7 +492,7 @@ function concat(a: Uint8Array, b: Uint8Array): Uint8Array {
   return out;
 }
 
-/** Queues `bytes` and writes what the socket takes: `write()` short-writes and does not queue (bun-platform.md §0 trap 1). */
+/** Queues `bytes` and writes what the socket takes: `write()` short-writes and does not queue (docs/bun.md, trap 1). */
 function flush(socket: { data: TcpState; write(b: Uint8Array): number }, bytes: Uint8Array) {
   const st = socket.data;
   st.outbox = concat(st.outbox, bytes);

@@ -20,7 +20,7 @@
  * | `accept-and-silence`  | accepts new connections and never reads or writes them (they stay open)              |
  * | `refuse`              | stops listening (new connects are refused by the kernel); open connections carry on  |
  *
- * Written with `Bun.listen`/`Bun.connect` for exact control of every write (bun-platform.md §0:
+ * Written with `Bun.listen`/`Bun.connect` for exact control of every write (docs/bun.md:
  * `write()` short-writes without queueing, trap 1; `end()` is a full close, trap 2, so FINs go out
  * with `shutdown()`; half-close needs an `end` handler, trap 3; listener `data` is shared, trap 7).
  *

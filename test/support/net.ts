@@ -30,7 +30,7 @@ export function freePort(): number {
  */
 export function tryConnect(port: number, timeoutMs: number): Promise<{ socket: Socket | null; outcome: string }> {
   return new Promise((resolve) => {
-    // node:net, because destroy() cancels a pending connect and Bun.connect cannot (bun-platform.md trap 5).
+    // node:net, because destroy() cancels a pending connect and Bun.connect cannot (docs/bun.md, trap 5).
     const s = connect({ host: "127.0.0.1", port });
     const fail = (outcome: string) => {
       clearTimeout(timer);
