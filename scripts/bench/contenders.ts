@@ -129,6 +129,13 @@ const haproxyRow = (id: string, title: string, nbthread: number | null, skips?: 
   skips,
 });
 
+/** Our gateway with default settings (no health checks in front of a plain backend). */
+const plainGateway = (binary: string, port: number | string, up: Upstream): string[] => [
+  binary, "start", `--listen-addr=127.0.0.1:${port}`, `--endpoints=${up.backends.join(",")}`,
+  `--connect-timeout=${CONNECT_TIMEOUT_MS / 1000}s`, "--log-level=warn",
+  ...(!up.etcd && gatewayHasFlag("--health-check") ? ["--health-check=none"] : []),
+];
+
 /** The rows, in the order each round runs them. */
 export const CONTENDERS: readonly Contender[] = [
   {
@@ -149,12 +156,21 @@ export const CONTENDERS: readonly Contender[] = [
     title: "etcd-gateway",
     ours: true,
     balance: "sticky",
-    command: (port, up) => [
-      gatewayBinary(), "start", `--listen-addr=127.0.0.1:${port}`, `--endpoints=${up.backends.join(",")}`,
-      `--connect-timeout=${CONNECT_TIMEOUT_MS / 1000}s`, "--log-level=warn",
-      ...(!up.etcd && gatewayHasFlag("--health-check") ? ["--health-check=none"] : []),
-    ],
+    command: (port, up) => plainGateway(gatewayBinary(), port, up),
     program: gatewayBinary,
+    rssPids: processTree,
+    ready: tcpReady,
+  },
+  {
+    // An earlier build of ours, ETCD_GATEWAY_BEFORE=<path>, with the same flags: the before/after
+    // ratio of a change, measured in one run.
+    id: "etcd-gateway-before",
+    title: "etcd-gateway (before)",
+    ours: true,
+    variant: true,
+    balance: "sticky",
+    command: (port, up) => plainGateway(process.env.ETCD_GATEWAY_BEFORE ?? "ETCD_GATEWAY_BEFORE", port, up),
+    program: () => process.env.ETCD_GATEWAY_BEFORE ?? null,
     rssPids: processTree,
     ready: tcpReady,
   },
