@@ -73,6 +73,9 @@ class GatewayProcess {
     // At run time nothing a client or member does may end the process: log and carry on.
     process.on("uncaughtException", (e) => log.error("unexpected error", { error: errorText(e), stack: e.stack }));
     process.on("unhandledRejection", (e) => log.error("unexpected rejection", { error: errorText(e) }));
+    // Runtime warnings go to the log, one JSON line each, not as plain text on stderr.
+    process.removeAllListeners("warning");
+    process.on("warning", (w) => log.warn("runtime warning", { name: w.name, error: w.message }));
     process.on("SIGTERM", () => void this.drain("SIGTERM"));
     process.on("SIGINT", () => void this.drain("SIGINT"));
     process.on("SIGHUP", () => void this.reload());

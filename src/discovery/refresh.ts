@@ -14,6 +14,7 @@ import type { EndpointSpec } from "../addresses.ts";
 import type { DiscoveryStats } from "../counters.ts";
 import { errorText, type Logger } from "../log.ts";
 import type { MemberTable } from "../members.ts";
+import { after } from "../timers.ts";
 import type { TlsFiles } from "../tls.ts";
 import { fetchMemberList } from "./member-list.ts";
 import { discoverSrv, type SrvOptions } from "./srv.ts";
@@ -37,7 +38,7 @@ export class Refresher {
   #seeds: readonly EndpointSpec[];
   #synced = false;
   #stopped = false;
-  readonly #timers = new Set<Timer>();
+  readonly #timers = new Set<() => void>();
   #srvBusy = false;
   #srvFailures = 0;
   #syncBusy = false;
@@ -71,7 +72,7 @@ export class Refresher {
 
   stop(): void {
     this.#stopped = true;
-    for (const t of this.#timers) clearTimeout(t);
+    for (const cancel of this.#timers) cancel();
     this.#timers.clear();
   }
 
@@ -82,11 +83,11 @@ export class Refresher {
 
   private later(ms: number, fn: () => Promise<void>): void {
     if (this.#stopped) return;
-    const t = setTimeout(() => {
-      this.#timers.delete(t);
+    const cancel = after(ms * (0.9 + Math.random() * 0.2), () => {
+      this.#timers.delete(cancel);
       void fn();
-    }, ms * (0.9 + Math.random() * 0.2));
-    this.#timers.add(t);
+    });
+    this.#timers.add(cancel);
   }
 
   private clamp(ms: number): number {

@@ -16,6 +16,7 @@
 import { formatDuration } from "../duration.ts";
 import type { Logger } from "../log.ts";
 import type { Member, MemberState, MemberTable } from "../members.ts";
+import { after } from "../timers.ts";
 import type { TlsFiles } from "../tls.ts";
 import { runCheck, type CheckKind, type CheckResult } from "./checks.ts";
 import { tcpProbe } from "./probe.ts";
@@ -48,10 +49,7 @@ export interface HealthWorld {
 }
 
 export const realWorld: HealthWorld = {
-  after(ms, fn) {
-    const t = setTimeout(fn, ms);
-    return () => clearTimeout(t);
-  },
+  after,
   random: Math.random,
   check: runCheck,
   probe: (m, timeoutMs) => tcpProbe(m.dialHost, m.endpoint.port, timeoutMs),
