@@ -74,6 +74,8 @@ export function parseListenAddress(text: string): ListenAddress {
   if (text.startsWith("unix:")) {
     const path = text.replace(/^unix:(\/\/)?/, "");
     if (!path.startsWith("/")) throw new Error(`unix socket path must be absolute in ${JSON.stringify(text)}`);
+    // The kernel would cut the name at a NUL byte and create a different file.
+    if (/[\u0000-\u001f\u007f]/.test(path)) throw new Error(`unix socket path holds a control character in ${JSON.stringify(text)}`);
     if (Buffer.byteLength(path) > 107) throw new Error(`unix socket path too long (max 107 bytes) in ${JSON.stringify(text)}`);
     return { kind: "unix", path, address: `unix://${path}` };
   }

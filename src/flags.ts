@@ -9,12 +9,12 @@
  *
  * @module
  */
-import { readFileSync } from "node:fs";
 import { isIP } from "node:net";
 import { availableParallelism } from "node:os";
 import { parseEndpointList, parseHostPort, parseListenAddress, type EndpointSpec } from "./addresses.ts";
 import { formatDuration, parseDuration } from "./duration.ts";
 import { CHECK_KINDS } from "./health/checks.ts";
+import { readFileBounded } from "./limits.ts";
 import { LOG_FORMATS, LOG_LEVELS } from "./log.ts";
 import { POLICY_NAMES } from "./select.ts";
 import { readCertificate, readKey } from "./tls.ts";
@@ -52,10 +52,14 @@ export type FlagSpec = StringFlag | BooleanFlag;
 
 // --- value parsers: each throws an Error whose message is the reason, without the flag's name ---
 
-function duration(min = 0): (text: string) => number {
+/** A Go duration in ms, at least `min` and at most `max` (every value in between works: see src/timers.ts). */
+function duration(min = 0, max = Infinity, why = ""): (text: string) => number {
   return (t) => {
     const ms = parseDuration(t);
-    if (ms < min) throw new Error(`duration ${JSON.stringify(t)} must be ${min <= 1 ? "greater than 0" : `at least ${formatDuration(min)}`}`);
+    const q = JSON.stringify(t);
+    if (ms === 0 && min > 0) throw new Error(`duration ${q} must be greater than 0`);
+    if (ms < min) throw new Error(`duration ${q} must be at least ${formatDuration(min)}`);
+    if (ms > max) throw new Error(`duration ${q} must be at most ${formatDuration(max)}${why}`);
     return ms;
   };
 }
@@ -106,12 +110,7 @@ function dnsServer(t: string): string {
 
 /** Reads `--endpoints-file`: endpoints separated by commas, spaces or lines; `#` starts a comment. */
 export function readEndpointsFile(file: string): { path: string; endpoints: EndpointSpec[] } {
-  let text: string;
-  try {
-    text = readFileSync(file, "utf8");
-  } catch (e) {
-    throw new Error(`${JSON.stringify(file)}: cannot read: ${String((e as NodeJS.ErrnoException).code ?? e)}`);
-  }
+  const text = readFileBounded(file);
   const items = text.replace(/#.*$/gm, "").split(/[\s,]+/).filter((t) => t !== "");
   try {
     return { path: file, endpoints: parseEndpointList(items) };
@@ -151,7 +150,7 @@ export const START_FLAGS = {
       return parseInt(t, 8);
     },
   },
-  "reuse-port": { type: "boolean", reload: "restart", default: true, description: "listen with SO_REUSEPORT, so a new gateway can start on the same address while the old one drains (zero-downtime restart)" },
+  "reuse-port": { type: "boolean", reload: "restart", default: false, description: "let another gateway started with this flag listen on the same address (SO_REUSEPORT), for a zero-downtime restart; without it a taken address is an error" },
   "max-connections": {
     type: "string", reload: "live", default: "0", valueHint: "N", description: "client connections at most; at the limit the gateway stops accepting (new connects are refused) until one closes (0 = unlimited)",
     parse: (t) => {
@@ -165,12 +164,12 @@ export const START_FLAGS = {
   "dns-server": { type: "string", reload: "restart", valueHint: "host:port", parse: dnsServer, description: "DNS server for SRV records and their targets' addresses (default: the first nameserver of /etc/resolv.conf); targets are then dialled by IP" },
   "endpoints-auto-sync-interval": { type: "string", reload: "restart", default: "0", valueHint: "duration", parse: duration(), description: "ask a member for the member list this often and use the voting members' client URLs as endpoints (0 = off)" },
   "endpoints-file": { type: "string", reload: "live", valueHint: "path", parse: readEndpointsFile, description: "read the endpoints from this file (commas, spaces or lines; # comments) instead of --endpoints; re-read on SIGHUP" },
-  "connect-timeout": { type: "string", reload: "live", default: "1s", valueHint: "duration", parse: duration(1), description: "how long one dial to an endpoint may take before the next endpoint is tried" },
+  "connect-timeout": { type: "string", reload: "live", default: "1s", valueHint: "duration", parse: duration(1, 300_000, " (the kernel gives up on a connect after about 2 minutes)"), description: "how long one dial to an endpoint may take before the next endpoint is tried" },
   "drain-timeout": { type: "string", reload: "live", default: "10s", valueHint: "duration", parse: duration(), description: "on SIGTERM/SIGINT, how long open connections may finish before they are closed" },
   policy: { type: "string", reload: "live", default: "sticky", valueHint: POLICY_NAMES.join("|"), parse: oneOf(POLICY_NAMES), description: "endpoint selection: sticky (one random endpoint until it fails) or round-robin (per connection, like etcd's gateway)" },
   "health-check": { type: "string", reload: "live", default: "etcd", valueHint: CHECK_KINDS.join("|"), parse: oneOf(CHECK_KINDS), description: "active health check: etcd (/readyz, or /health + status: leader, not a learner, no alarm), health (/health), tcp (connect), none" },
   "health-interval": { type: "string", reload: "live", default: "2s", valueHint: "duration", parse: duration(1), description: "time between health checks of a member (jittered; faster while a member changes state)" },
-  "health-timeout": { type: "string", reload: "live", default: "1s", valueHint: "duration", parse: duration(1), description: "bound on one health check" },
+  "health-timeout": { type: "string", reload: "live", default: "1s", valueHint: "duration", parse: duration(1, 300_000), description: "bound on one health check" },
   "health-rise": { type: "string", reload: "live", default: "2", valueHint: "N", parse: count, description: "passing checks in a row that bring a down member up" },
   "health-fall": { type: "string", reload: "live", default: "3", valueHint: "N", parse: count, description: "failing checks, or failed dials, in a row that take a member down (eject it)" },
   "health-cacert": { type: "string", reload: "live", valueHint: "path", parse: certificate, description: "CA bundle to verify members' TLS certificates in health checks (checks then use https)" },
@@ -184,9 +183,10 @@ export const START_FLAGS = {
   "upstream-server-name": { type: "string", reload: "live", valueHint: "name", parse: text, description: "name to verify members' certificates against (default: each endpoint's host)" },
   "listen-cert": { type: "string", reload: "live", valueHint: "path", parse: certificate, description: "serve TLS to clients with this certificate (TLS termination)" },
   "listen-key": { type: "string", reload: "live", valueHint: "path", parse: privateKey, description: "key of --listen-cert" },
+  "listen-handshake-timeout": { type: "string", reload: "live", default: "10s", valueHint: "duration", parse: duration(1, 300_000), description: "with --listen-cert: how long a client may take to finish its TLS handshake; no member is dialled before it does" },
   "listen-client-ca": { type: "string", reload: "live", valueHint: "path", parse: certificate, description: "require client certificates signed by this CA on TLS listeners" },
   "close-on-member-down": { type: "boolean", reload: "live", default: true, description: "when a member is marked down, reset the connections to it (if a healthy member exists) so clients reconnect to a healthy one" },
-  "keepalive-time": { type: "string", reload: "live", default: "5s", valueHint: "duration", parse: duration(1000), description: "TCP keepalive idle time on both legs; Bun then probes every 1s, 10 times, so a silent peer is dropped within this + 10s" },
+  "keepalive-time": { type: "string", reload: "live", default: "5s", valueHint: "duration", parse: duration(1000, 32_767_000, " (the kernel's TCP_KEEPIDLE limit)"), description: "TCP keepalive idle time on both legs; Bun then probes every 1s, 10 times, so a silent peer is dropped within this + 10s" },
   "access-log": {
     type: "string", reload: "restart", default: "off", valueHint: "off|stderr|path", description: "one JSON line per closed connection (client, member, times, bytes, termination code); a file is reopened on SIGUSR1",
     parse: (t) => {
@@ -219,6 +219,18 @@ export type RawFlags<K extends string = StartFlag> = Partial<Record<K, string | 
 /** The environment variable of a flag: `--retry-delay` is `ETCD_GATEWAY_RETRY_DELAY`. */
 export const envName = (flag: string) => `ETCD_GATEWAY_${flag.toUpperCase().replace(/-/g, "_")}`;
 
+/** Longest error line printed; a longer one (a binary file's content, say) is cut with "…". */
+const MAX_ERROR_CHARS = 400;
+
+/**
+ * One printable line whatever the input held: control characters (C0, DEL, C1), bidirectional
+ * overrides, line separators and the replacement character of invalid UTF-8 are shown as `\uXXXX`.
+ */
+export function printable(text: string): string {
+  const safe = text.replace(/[\u0000-\u001f\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069\ufffd]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`);
+  return safe.length > MAX_ERROR_CHARS ? `${safe.slice(0, MAX_ERROR_CHARS)}…` : safe;
+}
+
 /** A bad flag or value: printed as one line, exit code 1. `flag` is null for stray arguments. */
 export class ConfigError extends Error {
   constructor(
@@ -228,9 +240,8 @@ export class ConfigError extends Error {
     /** Where the value came from when not the command line, e.g. `config file /etc/gw.yaml`. */
     origin?: string,
   ) {
-    // One line whatever the input held: control characters are shown escaped.
     const line = flag === null ? reason : `--${flag}${origin ? ` (from ${origin})` : ""}: ${reason}`;
-    super(line.replace(/[\u0000-\u001f\u007f]/g, (c) => JSON.stringify(c).slice(1, -1)));
+    super(printable(line));
     this.name = "ConfigError";
   }
 }

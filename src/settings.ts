@@ -7,10 +7,10 @@
  *
  * @module
  */
-import { readFileSync } from "node:fs";
 import type { EndpointSpec, ListenAddress } from "./addresses.ts";
 import { ConfigError, envName, parseBoolean, START_FLAGS, type FlagSpec, type FlagValues, type RawFlags, type StartFlag } from "./flags.ts";
 import type { HealthSettings } from "./health/monitor.ts";
+import { readFileBounded } from "./limits.ts";
 import { checkKeyPair, type TlsFiles } from "./tls.ts";
 
 /** TLS to members (`--upstream-tls`). */
@@ -56,7 +56,7 @@ const KEY_PAIRS: readonly [StartFlag, StartFlag][] = [
  * @throws {ConfigError} naming the file and key for an unreadable file, bad YAML, an unknown key or
  * a value of the wrong shape.
  */
-export function gatherFlags(flags: RawFlags, env: Record<string, string | undefined>, readFile: (path: string) => string = (p) => readFileSync(p, "utf8")): Gathered {
+export function gatherFlags(flags: RawFlags, env: Record<string, string | undefined>, readFile: (path: string) => string = readFileBounded): Gathered {
   const raw: RawFlags = {};
   const origins: FlagOrigins = {};
   const configFile = typeof flags.config === "string" ? flags.config : (env[envName("config")] ?? null);
@@ -82,8 +82,7 @@ function readConfigFile(file: string, readFile: (path: string) => string, raw: R
   try {
     doc = Bun.YAML.parse(readFile(file));
   } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    throw new ConfigError("config", file, `${JSON.stringify(file)}: ${code === "ENOENT" ? "cannot read: ENOENT" : e instanceof Error ? e.message : String(e)}`);
+    throw new ConfigError("config", file, readError(file, e));
   }
   if (doc !== null && (typeof doc !== "object" || Array.isArray(doc))) throw new ConfigError("config", file, `${JSON.stringify(file)}: expected a mapping of flag names to values`);
   for (const [key, value] of Object.entries((doc ?? {}) as Record<string, unknown>)) {
@@ -94,6 +93,12 @@ function readConfigFile(file: string, readFile: (path: string) => string, raw: R
     raw[flag] = fromFile(flag, value, where);
     origins[flag] = where;
   }
+}
+
+/** A read or parse error of the config file, starting with the file's name once. */
+function readError(file: string, e: unknown): string {
+  const text = e instanceof Error ? e.message : String(e);
+  return text.startsWith(JSON.stringify(file)) ? text : `${JSON.stringify(file)}: ${text}`;
 }
 
 function fromFile(flag: StartFlag, value: unknown, where: string): string | boolean | string[] {

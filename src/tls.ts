@@ -6,7 +6,7 @@
  * @module
  */
 import { createPrivateKey, X509Certificate } from "node:crypto";
-import { readFileSync } from "node:fs";
+import { readFileBounded } from "./limits.ts";
 
 /** PEM contents for Bun's `tls` options. */
 export interface TlsFiles {
@@ -16,11 +16,7 @@ export interface TlsFiles {
 }
 
 function read(path: string): string {
-  try {
-    return readFileSync(path, "utf8");
-  } catch (e) {
-    throw new Error(`cannot read ${JSON.stringify(path)}: ${(e as NodeJS.ErrnoException).code ?? String(e)}`);
-  }
+  return readFileBounded(path);
 }
 
 /**

@@ -5,6 +5,7 @@
  *
  * @module
  */
+import { readReply } from "../limits.ts";
 import type { TlsFiles } from "../tls.ts";
 import { parseEndpoint, type EndpointSpec } from "../addresses.ts";
 
@@ -28,7 +29,7 @@ export async function fetchMemberList(address: string, useTLS: boolean, tls: Tls
     tls: tls ?? undefined,
   } as RequestInit);
   if (!r.ok) throw new Error(`member list: HTTP ${r.status}`);
-  const body = (await r.json()) as MemberListResponse;
+  const body = JSON.parse(await readReply(r)) as MemberListResponse;
   const endpoints: EndpointSpec[] = [];
   const seen = new Set<string>();
   for (const m of body.members ?? []) {

@@ -6,8 +6,8 @@
  *
  * @module
  */
-import { readFileSync } from "node:fs";
 import { formatHostPort, type EndpointSpec } from "../addresses.ts";
+import { readFileBounded } from "../limits.ts";
 import { errorText, type Logger } from "../log.ts";
 import { resolve, type DnsRecord } from "./dns.ts";
 
@@ -90,7 +90,7 @@ export async function discoverSrv(opts: SrvOptions, log: Logger): Promise<SrvRes
 
   if (!opts.insecure) {
     log.info("validating discovered SRV endpoints", { "srv-server": opts.domain, endpoints: endpoints.map((e) => e.address) });
-    const ca = opts.trustedCaFile === null ? undefined : readFileSync(opts.trustedCaFile, "utf8");
+    const ca = opts.trustedCaFile === null ? undefined : readFileBounded(opts.trustedCaFile);
     const verdicts = await Promise.all(endpoints.map((e) => verifyTLS(e, opts.domain, ca, opts.timeoutMs)));
     const failed = endpoints.filter((e, i) => {
       const reason = verdicts[i];

@@ -4,6 +4,7 @@
  *
  * @module
  */
+import { readReply } from "../limits.ts";
 import { errorText } from "../log.ts";
 import type { Member } from "../members.ts";
 import type { TlsFiles } from "../tls.ts";
@@ -41,17 +42,17 @@ export async function runCheck(kind: Exclude<CheckKind, "none">, member: Member,
   try {
     if (kind === "etcd" && !noReadyz.has(member)) {
       const r = await fetch(`${base}/readyz`, init);
-      const body = await r.text();
+      const body = await readReply(r);
       if (r.status !== 404) return r.ok ? { ok: true, reason: "readyz ok" } : { ok: false, reason: `readyz ${r.status}: ${oneLine(body)}` };
       noReadyz.add(member);
     }
     const h = await fetch(`${base}/health`, init);
-    const health = await h.text();
+    const health = await readReply(h);
     if (!h.ok || !/"health"\s*:\s*"true"/.test(health)) return { ok: false, reason: `health ${h.status}: ${oneLine(health)}` };
     if (kind === "health") return { ok: true, reason: "health ok" };
     const s = await fetch(`${base}/v3/maintenance/status`, { ...init, method: "POST", body: "{}", headers: { ...init.headers, "content-type": "application/json" } });
-    if (!s.ok) return { ok: false, reason: `status ${s.status}: ${oneLine(await s.text())}` };
-    return judgeStatus((await s.json()) as MaintenanceStatus);
+    if (!s.ok) return { ok: false, reason: `status ${s.status}: ${oneLine(await readReply(s))}` };
+    return judgeStatus(JSON.parse(await readReply(s)) as MaintenanceStatus);
   } catch (e) {
     return { ok: false, reason: signal.aborted ? `check timeout after ${timeoutMs}ms` : errorText(e) };
   }

@@ -1,4 +1,7 @@
 import { describe, expect, test } from "bun:test";
+import { mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { ConfigError, parseFlags, START_FLAGS } from "../../src/flags.ts";
 import { buildSettings, gatherFlags, reloadSettings, serialize } from "../../src/settings.ts";
 
@@ -64,6 +67,13 @@ describe("bad input is a one-line error naming the flag and the value", () => {
     [["--endpoints=a:1,,b:2"], "--endpoints: empty item"],
     [["--listen-addr=127.0.0.1:99999"], "--listen-addr: port 99999 out of range"],
     [["--listen-addr=:23790"], '--listen-addr: missing host in address ":23790"'],
+    [["--listen-addr=127.0.0.1:0"], '--listen-addr: port 0 out of range 1..65535'],
+    [["--listen-addr=[::1]:0"], '--listen-addr: port 0 out of range 1..65535'],
+    [["--listen-addr=unix:///tmp/a\u0000b.sock"], "--listen-addr: unix socket path holds a control character"],
+    [["--config=/dev/zero"], '--config: "/dev/zero": larger than 1048576 bytes'],
+    [["--endpoints-file=/dev/zero"], '--endpoints-file: "/dev/zero": larger than 1048576 bytes'],
+    [["--health-cacert=/dev/zero"], '--health-cacert: "/dev/zero": larger than 1048576 bytes'],
+    [["--endpoints-file=/"], '--endpoints-file: "/": cannot read: EISDIR'],
     [["--policy=random"], '--policy: invalid value "random"; expected one of sticky, round-robin'],
     [["--log-level=loud"], '--log-level: invalid value "loud"'],
     [["--dns-server=not a server"], "--dns-server: "],
@@ -85,7 +95,7 @@ describe("bad input is a one-line error naming the flag and the value", () => {
     [["--insecure-discovery=maybe"], '--insecure-discovery: invalid boolean "maybe"'],
     [["--discovery-srv=not a domain"], '--discovery-srv: invalid domain "not a domain"'],
     [["--discovery-srv-name=a.b"], '--discovery-srv-name: invalid service name "a.b"'],
-    [["--trusted-ca-file=/nonexistent/ca.pem"], '--trusted-ca-file: cannot read "/nonexistent/ca.pem": ENOENT'],
+    [["--trusted-ca-file=/nonexistent/ca.pem"], '--trusted-ca-file: "/nonexistent/ca.pem": cannot read: ENOENT'],
     [["--trusted-ca-file=/etc/hostname"], '--trusted-ca-file: "/etc/hostname" holds no PEM certificate'],
   ];
   for (const [argv, message] of cases) {
@@ -161,5 +171,33 @@ describe("reloads run one at a time", () => {
     await expect(reload()).rejects.toThrow("boom");
     await reload();
     expect(n).toBe(2);
+  });
+});
+
+describe("bad input is printed escaped", () => {
+  test("a binary endpoints file: one line, no control characters, no invalid UTF-8, bounded length", () => {
+    const dir = mkdtempSync(join(tmpdir(), "etcd-gateway-binary-"));
+    const f = join(dir, "endpoints");
+    writeFileSync(f, Buffer.from(Array.from({ length: 4096 }, (_, i) => (i * 37) % 256)));
+    let err: unknown;
+    try {
+      parse([`--endpoints-file=${f}`]);
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(ConfigError);
+    const text = (err as Error).message;
+    expect(text).toStartWith("--endpoints-file: ");
+    expect(text).not.toMatch(/[\u0000-\u001f\u007f-\u009f\ufffd\u202e]/);
+    expect(text.length).toBeLessThanOrEqual(401);
+  });
+  test("a terminal escape in a YAML value is shown escaped", () => {
+    let err: unknown;
+    try {
+      buildSettings(gatherFlags({ config: "/x.yaml" }, {}, () => 'policy: "\u001b]0;pwned\u0007"\n'));
+    } catch (e) {
+      err = e;
+    }
+    expect((err as Error).message).toBe('--policy (from config file /x.yaml, key "policy"): invalid value "\\u001b]0;pwned\\u0007"; expected one of sticky, round-robin, least-connections, ordered');
   });
 });

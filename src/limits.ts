@@ -1,0 +1,65 @@
+/**
+ * Bounded reads of what comes from outside the process: files named by flags, and HTTP replies
+ * from members. Whatever a file or a member holds, the gateway reads at most a fixed size of it.
+ *
+ * @module
+ */
+import { closeSync, openSync, readSync } from "node:fs";
+
+/** Files named by flags (config, endpoints file, certificates): far above any real one. */
+export const MAX_FILE_BYTES = 1 << 20;
+/** Members' HTTP replies to health checks and member-list calls. */
+export const MAX_REPLY_BYTES = 64 << 10;
+
+/**
+ * Reads a whole text file of at most `maxBytes`, without trusting its size (`/dev/zero` reports 0).
+ *
+ * @throws {Error} `"<path>": cannot read: <code>`, or `"<path>": larger than N bytes`.
+ */
+export function readFileBounded(path: string, maxBytes = MAX_FILE_BYTES): string {
+  let fd: number;
+  try {
+    fd = openSync(path, "r");
+  } catch (e) {
+    throw new Error(`${JSON.stringify(path)}: cannot read: ${String((e as NodeJS.ErrnoException).code ?? e)}`);
+  }
+  try {
+    const buf = Buffer.alloc(maxBytes + 1);
+    let n = 0;
+    while (n < buf.length) {
+      const got = readSync(fd, buf, n, buf.length - n, null);
+      if (got === 0) break;
+      n += got;
+    }
+    if (n > maxBytes) throw new Error(`${JSON.stringify(path)}: larger than ${maxBytes} bytes`);
+    return buf.toString("utf8", 0, n);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    throw code === undefined ? e : new Error(`${JSON.stringify(path)}: cannot read: ${code}`);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/**
+ * The body of `r` as text, at most `maxBytes`: a longer body is cut there and the rest is not
+ * read (the connection is closed).
+ */
+export async function readReply(r: Response, maxBytes = MAX_REPLY_BYTES): Promise<string> {
+  const reader = r.body?.getReader();
+  if (reader === undefined) return "";
+  const parts: Uint8Array[] = [];
+  let n = 0;
+  try {
+    while (n < maxBytes) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      parts.push(value);
+      n += value.byteLength;
+    }
+  } finally {
+    if (n >= maxBytes) void reader.cancel().catch(() => {});
+    reader.releaseLock();
+  }
+  return Buffer.concat(parts).subarray(0, maxBytes).toString("utf8");
+}
