@@ -16,7 +16,8 @@ import { openSync } from "node:fs";
  * - `client-reset` / `member-reset`: that side reset the connection (RST).
  * - `connect-failed`: a member was usable, but every member was tried and none connected; the client was reset.
  * - `no-member`: no member was usable (all down or ejected) and none of them connected either; the client was reset.
- * - `idle-timeout`: no byte either way for `--idle-timeout`.
+ * - `idle-timeout`: no byte moved either way for `--idle-timeout` (the connection is reset).
+ * - `handshake-timeout`: a TLS client did not finish its handshake within `--listen-handshake-timeout`.
  * - `member-down`: reset by `--close-on-member-down`.
  * - `drained`: still open when `--drain-timeout` ran out.
  * - `shut-down`: reset by a second SIGTERM/SIGINT.
@@ -29,6 +30,7 @@ export type TerminationCode =
   | "connect-failed"
   | "no-member"
   | "idle-timeout"
+  | "handshake-timeout"
   | "member-down"
   | "drained"
   | "shut-down";

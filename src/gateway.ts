@@ -10,7 +10,7 @@ import type { EndpointSpec } from "./addresses.ts";
 import type { DiscoveryStats } from "./counters.ts";
 import { Proxy } from "./datapath/proxy.ts";
 import type { Connect, DialReports } from "./datapath/dialer.ts";
-import { clearStaleSocket } from "./datapath/listeners.ts";
+import { clearStaleSocket, ListenError } from "./datapath/listeners.ts";
 import { systemDnsServer } from "./discovery/dns.ts";
 import { Refresher } from "./discovery/refresh.ts";
 import { discoverSrv, type SrvOptions } from "./discovery/srv.ts";
@@ -20,6 +20,7 @@ import { errorText, type Logger } from "./log.ts";
 import { MemberTable, type Member } from "./members.ts";
 import { createPolicy, type Policy } from "./select.ts";
 import { checkSelfLoops } from "./selfloop.ts";
+import { after } from "./timers.ts";
 import { reloadSettings, SettingsStore, type Reloaded, type Settings } from "./settings.ts";
 
 /** How a process takes part in a multi-process gateway (src/workers.ts). */
@@ -145,9 +146,9 @@ export class Gateway {
     this.proxy.stopAccepting();
     this.health?.stop();
     this.#refresher?.stop();
-    let timer: Timer | undefined;
-    const timedOut = await Promise.race([this.proxy.idle().then(() => false), new Promise<boolean>((r) => (timer = setTimeout(() => r(true), timeoutMs)))]);
-    clearTimeout(timer);
+    let cancel = () => {};
+    const timedOut = await Promise.race([this.proxy.idle().then(() => false), new Promise<boolean>((r) => (cancel = after(timeoutMs, () => r(true))))]);
+    cancel();
     if (!timedOut) return 0;
     const left = this.proxy.active;
     this.proxy.closeAll("drained");
@@ -214,12 +215,15 @@ function openLog(settings: Settings): AccessLog | null {
   }
 }
 
-function listen(settings: Settings, role: GatewayRole, opts: Omit<ConstructorParameters<typeof Proxy>[0], "addresses" | "reusePort">): Proxy {
+function listen(settings: Settings, role: GatewayRole, opts: Omit<ConstructorParameters<typeof Proxy>[0], "addresses" | "reusePort" | "exclusive">): Proxy {
   // Workers share the TCP ports (SO_REUSEPORT); a unix socket has one owner, the primary.
   const addresses = role.reports === undefined ? settings.listenAddrs : settings.listenAddrs.filter((a) => a.kind === "tcp");
   try {
-    return new Proxy({ ...opts, addresses, reusePort: role.reusePort, connect: role.connect });
+    // A taken address is an error unless sharing it was asked for (--reuse-port); workers join their primary's.
+    const exclusive = role.reports === undefined && !settings.flags["reuse-port"];
+    return new Proxy({ ...opts, addresses, reusePort: role.reusePort, exclusive, connect: role.connect });
   } catch (e) {
+    if (e instanceof ListenError) throw new ConfigError("listen-addr", e.address, e.message);
     throw new ConfigError("listen-addr", settings.listenAddrs.map((a) => a.address).join(","), `cannot listen: ${errorText(e)}`);
   }
 }

@@ -7,7 +7,7 @@
  */
 import type { AccessRecord, TerminationCode } from "../accesslog.ts";
 import type { Member } from "../members.ts";
-import { Leg, passClose, type LegOwner } from "./pipe.ts";
+import { Leg, passClose, resetPair, type LegOwner } from "./pipe.ts";
 
 /** What a connection needs from the proxy that accepted it. */
 export interface ConnHost {
@@ -43,8 +43,8 @@ export class Conn implements LegOwner {
   readonly client: Leg;
   /** The dial in flight, or the paired member connection; null before the first dial and after the last failed. */
   up: UpstreamLeg | null = null;
-  /** Members to try, best first, and the next one's index. */
-  candidates: readonly Member[];
+  /** Members to try, best first (chosen when dialing starts), and the next one's index. */
+  candidates: readonly Member[] = [];
   attempt = 0;
   /** Client bytes read before an upstream was paired (rare: the client is paused until then). */
   early: Uint8Array[] | null = null;
@@ -55,18 +55,21 @@ export class Conn implements LegOwner {
   bytesFromMember = 0;
   /** Who ended the connection and why, set by the first end, close or forced close. */
   termination: TerminationCode | null = null;
-  /** A member was usable when the connection arrived (else a failure to connect is `no-member`). */
-  readonly hadUsable: boolean;
+  /** A member was usable when dialing started (else a failure to connect is `no-member`). */
+  hadUsable = false;
   constructor(
     readonly host: ConnHost,
-    candidates: readonly Member[],
     /** The client's address, kept only with --access-log (a closed socket no longer has it). */
     readonly clientAddr: string | null,
   ) {
     this.client = new Leg(this);
+    this.activeAt = host.epoch;
+  }
+
+  /** The members to dial, best first. */
+  choose(candidates: readonly Member[]): void {
     this.candidates = candidates;
     this.hadUsable = candidates[0]?.up === true;
-    this.activeAt = host.epoch;
   }
 
   /** Both legs closed and nothing in flight. */
@@ -77,8 +80,7 @@ export class Conn implements LegOwner {
   /** Resets both legs, recording why. */
   reset(why: TerminationCode): void {
     this.termination ??= why;
-    this.up?.sock?.terminate();
-    this.client.sock?.terminate();
+    resetPair(this.client, this.up);
   }
 
   /** The access-log record of a finished connection. */
@@ -105,6 +107,10 @@ export class Conn implements LegOwner {
     this.activeAt = this.host.epoch;
     this.bytesFromClient += bytes;
     this.up!.member.stats.bytesToMember += bytes;
+  }
+
+  drained(): void {
+    this.activeAt = this.host.epoch;
   }
 
   unpaired(_leg: Leg, chunk: Uint8Array): void {

@@ -219,6 +219,11 @@ export class Dialer implements LegOwner {
     up.member.stats.bytesFromMember += bytes;
   }
 
+  drained(leg: Leg): void {
+    const conn = (leg as UpstreamLeg).conn;
+    conn.activeAt = conn.host.epoch;
+  }
+
   unpaired(): void {
     // An upstream leg is paired in open, before it can read.
   }

@@ -1,15 +1,24 @@
 /**
  * The listening sockets: TCP and unix socket listeners, optionally serving TLS; pausing at
- * `--max-connections`; re-opening with new certificates on reload.
+ * `--max-connections`; accepting with new certificates on reload.
+ *
+ * Each address is bound once for the life of the process and the socket is kept open (the
+ * "keeper"); Bun accepts on a duplicate of it. Pausing closes only the duplicate, so the address
+ * stays ours and new connects wait in the kernel's backlog until a slot frees, as with HAProxy's
+ * maxconn; nobody else can bind it meanwhile (docs/bun.md, "Listening through a file descriptor").
+ * Unix sockets are bound here rather than by Bun, whose listener deletes its socket file by name
+ * when it stops, whoever owns the path by then.
  *
  * @module
  */
 import type { SocketHandler, TCPSocketListener, UnixSocketListener } from "bun";
-import { chmodSync, existsSync, unlinkSync } from "node:fs";
+import { ptr } from "bun:ffi";
+import { chmodSync, lstatSync, readFileSync, unlinkSync, type Stats } from "node:fs";
 import { connect as netConnect } from "node:net";
 import type { ListenAddress } from "../addresses.ts";
 import type { ListenerStats } from "../counters.ts";
 import { ConfigError } from "../flags.ts";
+import { errno, errnoName, libc, unixAddress } from "../libc.ts";
 import { errorText, type Logger } from "../log.ts";
 import type { TlsFiles } from "../tls.ts";
 import type { Leg } from "./pipe.ts";
@@ -20,8 +29,10 @@ export interface ListenersOptions {
   readonly addresses: readonly ListenAddress[];
   /** File mode of unix socket listeners. */
   readonly socketMode: number;
-  /** SO_REUSEPORT on TCP listeners. */
+  /** SO_REUSEPORT on TCP listeners (worker processes share the port; `--reuse-port`). */
   readonly reusePort: boolean;
+  /** Refuse a TCP address another socket already listens on, even with SO_REUSEPORT. */
+  readonly exclusive: boolean;
   /** Handlers for plaintext listeners, and for TLS ones (with a `handshake` handler). */
   readonly handlers: SocketHandler<Leg>;
   readonly tlsHandlers: SocketHandler<Leg>;
@@ -35,111 +46,217 @@ export interface ListenersSettings {
   readonly listenTls: TlsFiles | null;
 }
 
+/** One address: the listening socket we keep, and Bun's listener on a duplicate of it (null while paused). */
+interface Slot {
+  readonly address: ListenAddress;
+  readonly keeper: number;
+  accepting: Listener | null;
+  /** The socket file we created (unix), to remove only that file at exit. */
+  readonly file: Stats | null;
+}
+
+/** A bind or listen failure on one address, in Go's words (`listen tcp 127.0.0.1:23790: bind: address already in use`). */
+export class ListenError extends Error {
+  constructor(
+    readonly address: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+const inUse = (a: ListenAddress) =>
+  new ListenError(a.address, `listen ${a.kind} ${a.kind === "tcp" ? a.address : a.path}: bind: address already in use`);
+
+const fdOf = (l: Listener) => (l as unknown as { fd: number }).fd;
+
 export class Listeners {
-  #open: Listener[] = [];
+  #slots: Slot[] = [];
   #paused = false;
   #stopped = false;
   /** The port of the first TCP listener (0 when there is none). */
   readonly port: number;
 
-  /** @throws {Error} from Bun.listen (e.g. EADDRINUSE). */
+  /** Binds every address. @throws {ListenError} naming the address that cannot be bound. */
   constructor(
     private readonly opts: ListenersOptions,
     private readonly settings: () => ListenersSettings,
   ) {
-    this.#open = this.listenAll();
-    const first = opts.addresses.findIndex((a) => a.kind === "tcp");
-    this.port = first < 0 ? 0 : (this.#open[first] as TCPSocketListener<Leg>).port;
-  }
-
-  /** Opens every address; on a failure closes what it opened and throws. */
-  private listenAll(): Listener[] {
-    const opened: Listener[] = [];
     try {
-      for (const a of this.opts.addresses) opened.push(this.listen(a));
+      for (const a of opts.addresses) this.#slots.push(a.kind === "tcp" ? this.bindTcp(a) : this.bindUnix(a));
     } catch (e) {
-      for (const l of opened) l.stop(true);
+      this.release();
       throw e;
     }
-    return opened;
+    const tcp = this.#slots.find((s) => s.address.kind === "tcp");
+    this.port = tcp === undefined ? 0 : (tcp.accepting as TCPSocketListener<Leg>).port;
   }
 
-  private listen(a: ListenAddress): Listener {
+  private tlsOptions(): object {
     const t = this.settings().listenTls;
-    const mutual = t?.ca !== undefined;
-    const tls = t === null ? {} : { tls: { cert: t.cert, key: t.key, ca: t.ca, requestCert: mutual, rejectUnauthorized: mutual } };
-    const socket = t === null ? this.opts.handlers : this.opts.tlsHandlers;
-    if (a.kind === "tcp") {
-      // reusePort is typed only on Bun.connect's options in bun-types, but Bun.listen honours it (docs/bun.md).
-      return Bun.listen<Leg>({ hostname: a.tcp.host, port: a.tcp.port, allowHalfOpen: true, ...({ reusePort: this.opts.reusePort } as object), ...tls, socket });
+    if (t === null) return {};
+    const mutual = t.ca !== undefined;
+    return { tls: { cert: t.cert, key: t.key, ca: t.ca, requestCert: mutual, rejectUnauthorized: mutual } };
+  }
+
+  private handlers(): SocketHandler<Leg> {
+    return this.settings().listenTls === null ? this.opts.handlers : this.opts.tlsHandlers;
+  }
+
+  private bindTcp(a: Extract<ListenAddress, { kind: "tcp" }>): Slot {
+    const { host, port } = a.tcp;
+    if (this.opts.exclusive && this.opts.reusePort && port !== 0) {
+      // SO_REUSEPORT would let us join another process's listener: bind once without it to see.
+      try {
+        Bun.listen<Leg>({ hostname: host, port, socket: { data() {} } }).stop(true);
+      } catch {
+        throw inUse(a);
+      }
     }
-    // Our own file after a pause (a stale one from a dead process was cleared at startup).
-    if (existsSync(a.path)) unlinkSync(a.path);
-    const l = Bun.listen<Leg>({ unix: a.path, allowHalfOpen: true, ...tls, socket });
+    let l: Listener;
+    try {
+      // reusePort is typed only on Bun.connect's options in bun-types, but Bun.listen honours it (docs/bun.md).
+      l = Bun.listen<Leg>({ hostname: host, port, allowHalfOpen: true, ...({ reusePort: this.opts.reusePort } as object), ...this.tlsOptions(), socket: this.handlers() });
+    } catch (e) {
+      throw (e as NodeJS.ErrnoException).code === "EADDRINUSE" ? inUse(a) : new ListenError(a.address, `listen tcp ${a.address}: ${errorText(e)}`);
+    }
+    const keeper = libc().dup(fdOf(l));
+    if (keeper < 0) {
+      l.stop(true);
+      throw new ListenError(a.address, `listen tcp ${a.address}: dup: ${errnoName(errno())}`);
+    }
+    return { address: a, keeper, accepting: l, file: null };
+  }
+
+  private bindUnix(a: Extract<ListenAddress, { kind: "unix" }>): Slot {
+    const lib = libc();
+    const fd = lib.socket(1 /* AF_UNIX */, 1 /* SOCK_STREAM */ | 0o4000 /* SOCK_NONBLOCK */ | 0o2000000 /* SOCK_CLOEXEC */, 0);
+    if (fd < 0) throw new ListenError(a.address, `listen unix ${a.path}: socket: ${errnoName(errno())}`);
+    const { addr, len } = unixAddress(a.path);
+    const failed = (call: string) => {
+      const e = errno();
+      lib.close(fd);
+      return e === 98 ? inUse(a) : new ListenError(a.address, `listen unix ${a.path}: ${call}: ${errnoName(e)}`);
+    };
+    if (lib.bind(fd, ptr(addr), len) !== 0) throw failed("bind");
+    const file = lstatSync(a.path);
     chmodSync(a.path, this.opts.socketMode);
-    return l;
+    if (lib.listen(fd, 511) !== 0) {
+      unlinkSync(a.path);
+      throw failed("listen");
+    }
+    const slot: Slot = { address: a, keeper: fd, accepting: null, file };
+    slot.accepting = this.acceptOn(slot);
+    return slot;
+  }
+
+  /** A Bun listener on a new duplicate of the slot's socket. */
+  private acceptOn(slot: Slot): Listener {
+    const fd = libc().dup(slot.keeper);
+    if (fd < 0) throw new Error(`dup: ${errnoName(errno())}`);
+    try {
+      return Bun.listen<Leg>({ fd, allowHalfOpen: true, ...this.tlsOptions(), socket: this.handlers() } as unknown as Parameters<typeof Bun.listen<Leg>>[0]);
+    } catch (e) {
+      libc().close(fd);
+      throw e;
+    }
   }
 
   /**
-   * `--max-connections`: with `open` connections, stop accepting at the limit (the listening
-   * sockets close, so the kernel refuses new connects) rather than accept and close.
+   * `--max-connections`: with `open` connections, stop accepting at the limit. The sockets stay
+   * bound and listening, so new connects wait in the kernel's backlog until a slot frees.
    */
   checkLimit(open: number): void {
     const max = this.settings().maxConnections;
     if (this.#paused || this.#stopped || max === 0 || open < max) return;
     this.#paused = true;
     this.opts.stats.limitReached++;
-    for (const l of this.#open) l.stop(false);
+    for (const s of this.#slots) {
+      s.accepting?.stop(false);
+      s.accepting = null;
+    }
     this.opts.log.warn("connection limit reached: stopped accepting", { "max-connections": max });
   }
 
-  /** Listens again once below the limit (after a connection closed, or the limit was raised). */
+  /** Accepts again once below the limit (after a connection closed, or the limit was raised). */
   resumeBelowLimit(open: number): void {
     const max = this.settings().maxConnections;
     if (!this.#paused || this.#stopped || (max > 0 && open >= max)) return;
     try {
-      this.#open = this.listenAll();
+      for (const s of this.#slots) s.accepting ??= this.acceptOn(s);
       this.#paused = false;
       this.opts.log.info("below the connection limit: accepting again", { connections: open });
     } catch (e) {
-      this.opts.log.error("cannot listen again after the connection limit; retrying", { error: errorText(e) });
+      this.opts.log.error("cannot accept again after the connection limit; retrying", { error: errorText(e) });
       setTimeout(() => this.resumeBelowLimit(open), 1000);
     }
   }
 
   /**
-   * New certificates: with SO_REUSEPORT the new listeners open before the old ones close, so no
-   * connect is refused in between; open connections are not touched.
+   * New certificates: a listener with them starts accepting on the same socket before the old one
+   * stops, so no connect is refused in between; open connections are not touched.
    */
   relisten(): void {
     if (this.#paused || this.#stopped) return;
-    try {
-      const old = this.#open;
-      if (!this.opts.reusePort) for (const l of old) l.stop(false);
-      this.#open = this.listenAll();
-      if (this.opts.reusePort) for (const l of old) l.stop(false);
-    } catch (e) {
-      this.opts.log.error("cannot listen with the reloaded certificates", { error: errorText(e) });
+    for (const s of this.#slots) {
+      try {
+        const next = this.acceptOn(s);
+        s.accepting?.stop(false);
+        s.accepting = next;
+      } catch (e) {
+        this.opts.log.error("cannot listen with the reloaded certificates", { address: s.address.address, error: errorText(e) });
+      }
     }
   }
 
-  /** Stops accepting for good and removes unix socket files; open connections carry on. */
+  /** Stops accepting for good and removes the unix socket files we created; open connections carry on. */
   stop(): void {
     this.#stopped = true;
-    for (const l of this.#open) l.stop(false);
-    for (const a of this.opts.addresses) if (a.kind === "unix" && existsSync(a.path)) unlinkSync(a.path);
+    this.release();
+  }
+
+  private release(): void {
+    for (const s of this.#slots) {
+      s.accepting?.stop(false);
+      s.accepting = null;
+      libc().close(s.keeper);
+      if (s.address.kind === "unix" && s.file !== null && sameFile(s.address.path, s.file)) unlinkSync(s.address.path);
+    }
+    this.#slots = [];
   }
 }
 
-/**
- * A socket file at `path` is only removed when nothing answers on it (a process that died left it);
- * a live one means another process serves there.
- *
- * @throws {ConfigError} naming the address when another process serves on it.
- */
-export async function clearStaleSocket(path: string): Promise<void> {
-  if (!existsSync(path)) return;
-  const live = await new Promise<boolean>((resolve) => {
+/** Whether `path` is still the file `was` (another process may have replaced it since). */
+function sameFile(path: string, was: Stats): boolean {
+  try {
+    const now = lstatSync(path);
+    return now.ino === was.ino && now.dev === was.dev;
+  } catch {
+    return false;
+  }
+}
+
+/** Paths of the unix sockets listening in this network namespace, from /proc/net/unix (empty where unreadable). */
+function listeningUnixPaths(): Set<string> {
+  const out = new Set<string>();
+  let text: string;
+  try {
+    text = readFileSync("/proc/net/unix", "utf8");
+  } catch {
+    return out;
+  }
+  for (const line of text.split("\n").slice(1)) {
+    // Num RefCount Protocol Flags Type St Inode Path; flag 0x10000 is __SO_ACCEPTCON (listening).
+    const m = /^\s*\S+\s+\S+\s+\S+\s+([0-9A-Fa-f]+)\s+\S+\s+\S+\s+\S+\s+(.+)$/.exec(line);
+    if (m !== null && (parseInt(m[1]!, 16) & 0x10000) !== 0) out.add(m[2]!);
+  }
+  return out;
+}
+
+/** Whether a server answers on the unix socket `path`: it accepts a connect, or the kernel lists it as listening (a full backlog refuses connects). */
+async function unixSocketLive(path: string): Promise<boolean> {
+  if (listeningUnixPaths().has(path)) return true;
+  return await new Promise<boolean>((resolve) => {
     const s = netConnect({ path });
     const done = (v: boolean) => {
       s.destroy();
@@ -149,6 +266,27 @@ export async function clearStaleSocket(path: string): Promise<void> {
     s.once("error", () => done(false));
     setTimeout(() => done(false), 500);
   });
-  if (live) throw new ConfigError("listen-addr", `unix://${path}`, `cannot listen: ${path} is in use by another process`);
+}
+
+/**
+ * Makes `path` free for a unix listener: nothing there is fine; a socket file whose server is gone
+ * (a process that died left it) is removed; anything else is left alone and refused: a live
+ * socket, a regular file, a directory, a symlink (not followed).
+ *
+ * @throws {ConfigError} naming the listen address and what is in the way.
+ */
+export async function clearStaleSocket(path: string): Promise<void> {
+  let st: Stats;
+  try {
+    st = lstatSync(path);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === "ENOENT") return;
+    throw new ConfigError("listen-addr", `unix://${path}`, `cannot listen: ${path}: ${errorText(e)}`);
+  }
+  const refuse = (what: string) => new ConfigError("listen-addr", `unix://${path}`, `cannot listen: ${path} ${what}; nothing was changed`);
+  if (st.isSymbolicLink()) throw refuse("is a symbolic link, not a socket");
+  if (st.isDirectory()) throw refuse("is a directory, not a socket");
+  if (!st.isSocket()) throw refuse("exists and is not a socket");
+  if (await unixSocketLive(path)) throw new ConfigError("listen-addr", `unix://${path}`, `cannot listen: ${path} is in use by another process`);
   unlinkSync(path);
 }

@@ -17,6 +17,8 @@ export interface LegOwner {
   firstData(leg: Leg): void;
   /** `bytes` arrived on a paired leg and are being forwarded to its peer. */
   received(leg: Leg, bytes: number): void;
+  /** The kernel took more of the bytes queued for the leg (its reader is reading). */
+  drained(leg: Leg): void;
   /** Bytes arrived before the leg has a peer; the pipe pauses the leg. */
   unpaired(leg: Leg, chunk: Uint8Array): void;
   /** The leg's remote end sent FIN (`leg.readDone` is set); the pipe forwards it afterwards. */
@@ -40,7 +42,17 @@ export class Leg {
   closed = false;
   /** Bytes have arrived on this socket. */
   gotData = false;
+  /** We are resetting this leg's connection: its close must reset the peer too, never send it a FIN. */
+  resetting = false;
   constructor(readonly owner: LegOwner) {}
+}
+
+/** Resets both legs of a pair (either may be unpaired): each peer sees an RST, never a FIN. */
+export function resetPair(a: Leg, b: Leg | null): void {
+  a.resetting = true;
+  if (b !== null) b.resetting = true;
+  b?.sock?.terminate();
+  a.sock?.terminate();
 }
 
 /** Pairs two legs: bytes read on one are written to the other. */
@@ -113,7 +125,8 @@ function closeIfDone(leg: Leg): void {
 export function passClose(leg: Leg, err: Error | undefined): void {
   const peer = leg.peer;
   if (peer === null || peer.closed || peer.sock === null) return;
-  if (err !== undefined) peer.sock.terminate();
+  // terminate() reports a clean close on our own side (docs/bun.md, "terminate()"): `resetting` says it was a reset.
+  if (err !== undefined || leg.resetting) peer.sock.terminate();
   else if (!peer.writeDone) forwardFin(peer);
   else closeIfDone(peer);
 }
@@ -145,6 +158,7 @@ export const pipeHandlers: Omit<SocketHandler<Leg>, "open"> = {
     if (!send(peer, chunk)) s.pause();
   },
   drain(s) {
+    s.data.owner.drained(s.data);
     flush(s.data);
   },
   end(s) {

@@ -17,6 +17,7 @@ import { errorText, type Logger } from "../log.ts";
 import type { Member } from "../members.ts";
 import type { Policy } from "../select.ts";
 import type { Settings, UpstreamTls } from "../settings.ts";
+import { sendQueue } from "../libc.ts";
 import { tlsReason } from "../tls.ts";
 import { Conn, type ConnHost, type UpstreamLeg } from "./conn.ts";
 import { Dialer, type Connect, type DialerHost, type DialReports } from "./dialer.ts";
@@ -28,6 +29,8 @@ export interface ProxyOptions {
   readonly addresses: readonly ListenAddress[];
   /** SO_REUSEPORT on TCP listeners (always on for `--workers`). */
   readonly reusePort: boolean;
+  /** Refuse a TCP address another socket listens on already (unless sharing it was asked for). */
+  readonly exclusive: boolean;
   /** The settings in force; read per connection, so a reload applies to new connections. */
   readonly settings: () => Settings;
   readonly policy: () => Policy;
@@ -41,6 +44,7 @@ export interface ProxyOptions {
 
 /** The flags whose change the data path acts on beyond reading them per connection. */
 const TLS_LISTEN_FLAGS: readonly StartFlag[] = ["listen-cert", "listen-key", "listen-client-ca"];
+// (--listen-handshake-timeout and the rest are read per connection.)
 
 export class Proxy implements ConnHost, DialerHost, SweepHost {
   readonly stats = new ListenerStats();
@@ -49,6 +53,8 @@ export class Proxy implements ConnHost, DialerHost, SweepHost {
   readonly #dialer: Dialer;
   readonly #listeners: Listeners;
   #idleWaiters: (() => void)[] = [];
+  /** Bytes the kernel held for each idle-looking connection at the last idle sweep. */
+  readonly #queued = new Map<Conn, number>();
   #lastNoMemberLog = -Infinity;
   #suppressedNoMember = 0;
 
@@ -58,12 +64,13 @@ export class Proxy implements ConnHost, DialerHost, SweepHost {
     this.#dialer = new Dialer(this, opts.connect);
     const handlers: SocketHandler<Leg> = {
       ...pipeHandlers,
-      open: (s) => this.accept(s),
+      open: (s) => this.accept(s, false),
       error: (_s, err) => opts.log.warn("connection error", { error: errorText(err) }),
     };
-    const tlsHandlers: SocketHandler<Leg> = { ...handlers, handshake: (s, ok, err) => this.handshake(s, ok, err) };
+    const tlsHandlers: SocketHandler<Leg> = { ...handlers, open: (s) => this.accept(s, true), handshake: (s, ok, err) => this.handshake(s, ok, err) };
+    const { addresses, reusePort, exclusive, log } = opts;
     this.#listeners = new Listeners(
-      { addresses: opts.addresses, socketMode: opts.settings().flags["listen-socket-mode"], reusePort: opts.reusePort, handlers, tlsHandlers, stats: this.stats, log: opts.log },
+      { addresses, socketMode: opts.settings().flags["listen-socket-mode"], reusePort, exclusive, handlers, tlsHandlers, stats: this.stats, log },
       () => ({ maxConnections: opts.settings().flags["max-connections"], listenTls: opts.settings().listenTls }),
     );
   }
@@ -92,6 +99,9 @@ export class Proxy implements ConnHost, DialerHost, SweepHost {
   get idleTimeoutMs(): number {
     return this.opts.settings().flags["idle-timeout"];
   }
+  get handshakeTimeoutMs(): number {
+    return this.opts.settings().flags["listen-handshake-timeout"];
+  }
   get upstreamTls(): UpstreamTls | null {
     return this.opts.settings().upstreamTls;
   }
@@ -111,32 +121,60 @@ export class Proxy implements ConnHost, DialerHost, SweepHost {
     this.#dialer.timedOut(leg);
   }
 
-  private accept(s: Socket<Leg>): void {
+  /**
+   * A client connected. Plaintext: hold its bytes in the kernel and dial. TLS: nothing is dialled
+   * before its handshake is done (open fires at TCP accept, docs/bun.md trap 8), and a client that
+   * does not finish it within --listen-handshake-timeout is reset.
+   */
+  private accept(s: Socket<Leg>, tls: boolean): void {
     this.stats.accepted++;
-    const conn = new Conn(this, this.opts.policy().candidates(), this.opts.accessLog === null ? null : clientAddress(s));
+    const conn = new Conn(this, this.opts.accessLog === null ? null : clientAddress(s));
     // docs/bun.md, trap 7: the listener's `data` option is shared by every socket; each gets its own.
     conn.client.sock = s;
     s.data = conn.client;
     this.#conns.add(conn);
     s.setNoDelay?.(true);
     s.setKeepAlive?.(true, this.keepAliveMs);
-    // Hold the client's bytes in the kernel until a member is connected.
-    s.pause();
     this.#listeners.checkLimit(this.#conns.size);
+    if (tls) {
+      this.#sweep.watchHandshake(conn); // not paused: a paused socket does not handshake
+      return;
+    }
+    s.pause();
+    this.dial(conn);
+  }
+
+  private dial(conn: Conn): void {
+    conn.choose(this.opts.policy().candidates());
     this.#dialer.dial(conn);
   }
 
-  /** TLS termination: a failed client handshake closes only that connection, counted by reason. */
+  /** TLS termination: a failed client handshake closes only that connection, counted by reason; a good one is dialled. */
   private handshake(s: Socket<Leg>, ok: boolean, err: Error | null): void {
-    if (ok) return;
+    const conn = s.data.owner as Conn;
+    this.#sweep.unwatchHandshake(conn);
+    // With client certificates required, a certificate that does not verify still reports ok: check authorized.
+    const mutual = this.opts.settings().listenTls?.ca !== undefined;
+    if (ok && (!mutual || s.authorized)) {
+      s.pause(); // until the member is connected, as for plaintext clients
+      this.dial(conn);
+      return;
+    }
     const reason = tlsReason(err ?? s.getAuthorizationError() ?? new Error("handshake failed"));
     this.stats.countTlsFailure("client", reason);
     this.opts.log.debug("client TLS handshake failed", { reason });
-    (s.data.owner as Conn).reset("client-reset");
+    conn.reset("client-reset");
+  }
+
+  handshakeTimedOut(conn: Conn): void {
+    this.stats.countTlsFailure("client", "handshake timeout");
+    conn.reset("handshake-timeout");
   }
 
   release(conn: Conn): void {
     if (!this.#conns.delete(conn)) return;
+    this.#sweep.unwatchHandshake(conn);
+    this.#queued.delete(conn);
     this.opts.accessLog?.write(conn.record(performance.now()));
     this.#listeners.resumeBelowLimit(this.#conns.size);
     if (this.#conns.size === 0 && this.#idleWaiters.length > 0) {
@@ -162,14 +200,24 @@ export class Proxy implements ConnHost, DialerHost, SweepHost {
     conn.client.sock!.terminate();
   }
 
+  /**
+   * `--idle-timeout`: a connection whose bytes have not moved for the timeout is reset (never ended
+   * with a FIN, which a client would take for a complete reply). Bytes the kernel still holds for a
+   * slow reader are movement too, as long as the queue shrinks between sweeps.
+   */
   idleSweep(epoch: number, ticks: number): void {
     for (const conn of this.#conns) {
       const up = conn.up;
       if (epoch - conn.activeAt <= ticks || up === null || up.sock === null) continue;
+      const queued = sendQueue(fdOf(conn.client.sock)) + sendQueue(fdOf(up.sock));
+      const before = this.#queued.get(conn);
+      if (queued > 0 && queued !== before) {
+        this.#queued.set(conn, queued);
+        conn.activeAt = epoch;
+        continue;
+      }
       this.opts.log.debug("closing idle connection", { member: up.member.address });
-      conn.termination ??= "idle-timeout";
-      up.sock.end();
-      conn.client.sock?.end();
+      conn.reset("idle-timeout");
     }
   }
 
@@ -208,6 +256,12 @@ export class Proxy implements ConnHost, DialerHost, SweepHost {
     }
     return n;
   }
+}
+
+/** A socket's file descriptor (Bun has it, bun-types does not say so); -1 when closed or unknown. */
+function fdOf(s: Socket<Leg> | null): number {
+  const fd = (s as unknown as { fd?: number } | null)?.fd;
+  return typeof fd === "number" ? fd : -1;
 }
 
 /** The client's address for the access log. */

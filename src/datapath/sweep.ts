@@ -1,20 +1,27 @@
 /**
  * One timer for every per-connection deadline, instead of a timer per connection (a setTimeout per
  * dial was 5 % of the CPU under connection churn): the connect timeout of dials in flight, checked
- * every DIAL_SWEEP_MS while there are any, and `--idle-timeout`, checked a few times per timeout.
+ * every DIAL_SWEEP_MS while there are any; the TLS handshake timeout of clients that have not
+ * finished theirs, every HANDSHAKE_SWEEP_MS; and `--idle-timeout`, a few times per timeout.
  *
  * @module
  */
-import type { UpstreamLeg } from "./conn.ts";
+import type { Conn, UpstreamLeg } from "./conn.ts";
 
 /** Granularity of connect timeouts: a dial fails at most this long after --connect-timeout. */
 const DIAL_SWEEP_MS = 20;
+/** Granularity of TLS handshake timeouts. */
+const HANDSHAKE_SWEEP_MS = 250;
 
 export interface SweepHost {
   /** `--idle-timeout` in force (0: off). */
   readonly idleTimeoutMs: number;
+  /** `--listen-handshake-timeout` in force. */
+  readonly handshakeTimeoutMs: number;
   /** A dial ran past its timeout. */
   timedOut(leg: UpstreamLeg): void;
+  /** A TLS client ran past its handshake timeout. */
+  handshakeTimedOut(conn: Conn): void;
   /** The idle counter advanced to `epoch`; connections not stamped for more than `ticks` are idle. */
   idleSweep(epoch: number, ticks: number): void;
 }
@@ -23,6 +30,7 @@ export class Sweep {
   /** Advances once per idle period; the data path stamps connections with it when bytes move. */
   epoch = 0;
   readonly #dials = new Set<UpstreamLeg>();
+  readonly #handshakes = new Set<Conn>();
   #timer: Timer | null = null;
   #due = 0;
   #idleEvery = 0;
@@ -41,6 +49,15 @@ export class Sweep {
 
   unwatch(leg: UpstreamLeg): void {
     this.#dials.delete(leg);
+  }
+
+  watchHandshake(conn: Conn): void {
+    this.#handshakes.add(conn);
+    if (this.#handshakes.size === 1) this.arm();
+  }
+
+  unwatchHandshake(conn: Conn): void {
+    this.#handshakes.delete(conn);
   }
 
   /** `--idle-timeout` may have changed: restart its period. */
@@ -63,11 +80,13 @@ export class Sweep {
     this.#timer = null;
   }
 
-  /** Sets the timer for the next thing due (a dial check, or the next idle period). */
+  /** Sets the timer for the next thing due (a dial or handshake check, or the next idle period). */
   private arm(): void {
     if (this.#stopped) return;
     const now = performance.now();
-    const due = this.#dials.size > 0 ? Math.min(now + DIAL_SWEEP_MS, this.#nextIdleAt) : this.#nextIdleAt;
+    let due = this.#nextIdleAt;
+    if (this.#dials.size > 0) due = Math.min(due, now + DIAL_SWEEP_MS);
+    if (this.#handshakes.size > 0) due = Math.min(due, now + HANDSHAKE_SWEEP_MS);
     if (this.#timer !== null) {
       if (due >= this.#due) return; // the one set already comes first
       clearTimeout(this.#timer);
@@ -86,6 +105,14 @@ export class Sweep {
       if (now - leg.startedAt < leg.timeoutMs) continue;
       this.#dials.delete(leg);
       this.host.timedOut(leg);
+    }
+    if (this.#handshakes.size > 0) {
+      const limit = this.host.handshakeTimeoutMs;
+      for (const conn of this.#handshakes) {
+        if (now - conn.acceptedAt < limit) continue;
+        this.#handshakes.delete(conn);
+        this.host.handshakeTimedOut(conn);
+      }
     }
     if (now >= this.#nextIdleAt) {
       this.epoch++;

@@ -23,6 +23,10 @@ describe("startup errors: one line on stderr naming the flag and value, exit 1",
     [["start", `--listen-addr=0.0.0.0:${port}`, `--endpoints=127.0.0.2:${port}`], /should not resolve to the gateway listen addr/],
     [["start", `--listen-addr=[::]:${port}`, `--endpoints=[::1]:${port}`], /should not resolve to the gateway listen addr/],
     [["start", `--listen-addr=127.0.0.1:${port}`, `--endpoints=0.0.0.0:${port}`], /should not resolve to the gateway listen addr/],
+    // IPv4-mapped IPv6 in any spelling is the IPv4 address (found: 514d668 started, then dialled itself).
+    [["start", `--listen-addr=127.0.0.1:${port}`, `--endpoints=[::ffff:7f00:1]:${port}`], /should not resolve to the gateway listen addr \(127\.0\.0\.1:\d+\)/],
+    [["start", `--listen-addr=127.0.0.1:${port}`, `--endpoints=[0:0:0:0:0:ffff:127.0.0.1]:${port}`], /should not resolve to the gateway listen addr/],
+    [["start", `--listen-addr=[::1]:${port}`, `--endpoints=[0:0:0:0:0:0:0:1]:${port}`], /should not resolve to the gateway listen addr/],
   ];
   for (const [args, pattern] of cases) {
     test(args.slice(1).join(" "), () => {
@@ -40,7 +44,7 @@ describe("startup errors at listen time", () => {
   test("an address in use is a one-line error naming --listen-addr, exit 1", () => {
     const r = runBinary(["start", `--listen-addr=127.0.0.1:${held.port}`, "--endpoints=127.0.0.1:1"]);
     expect(r.code).toBe(1);
-    expect(r.stderr).toMatch(/^etcd-gateway: --listen-addr: cannot listen: .*(EADDRINUSE|in use)/);
+    expect(r.stderr.trim()).toBe(`etcd-gateway: --listen-addr: listen tcp 127.0.0.1:${held.port}: bind: address already in use`);
   });
 });
 

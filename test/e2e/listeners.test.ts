@@ -1,7 +1,7 @@
 /** Listeners and limits: unix sockets with file permissions, several listeners, --max-connections, --idle-timeout. */
 import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test";
-import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
-import { connect, type Socket } from "node:net";
+import { existsSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
+import { connect, createServer, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { startGatewayProcess as startGateway, stopAllGateways } from "../support/gateway.ts";
@@ -71,10 +71,65 @@ describe("listeners", () => {
     expect(second.lines.join("\n")).toMatch(/^etcd-gateway: --listen-addr: cannot listen: .*live\.sock is in use by another process$/);
     expect(await unixRoundTrip(path, "first still serves")).toBe("first still serves");
   });
+
+  // Found in 514d668: whatever was at the path was unlinked (a regular file, a symlink), a
+  // directory gave EISDIR without the flag's name, and a live server with a full backlog was
+  // judged dead, taken over, and its path unlinked again at our exit.
+  const refused: [string, (path: string) => void, RegExp][] = [
+    ["a regular file", (p) => writeFileSync(p, "precious\n"), /exists and is not a socket; nothing was changed$/],
+    ["a symbolic link", (p) => symlinkSync(join(dir, "elsewhere"), p), /is a symbolic link, not a socket; nothing was changed$/],
+    ["a directory", (p) => mkdirSync(p), /is a directory, not a socket; nothing was changed$/],
+  ];
+  for (const [what, make, message] of refused) {
+    test(`a unix listen path that is ${what} is refused with one line naming --listen-addr, and left as it was`, async () => {
+      echo ??= await echoServer();
+      const path = join(dir, `not-a-socket-${what.replace(/\W/g, "")}`);
+      make(path);
+      const before = lstatSync(path);
+      const gw = await startGatewayProcess([`--listen-addr=unix://${path}`, `--endpoints=127.0.0.1:${echo.port}`], { waitReady: false });
+      expect(await gw.proc.exited).toBe(1);
+      await waitFor("the error line", () => gw.lines.length > 0, 2000);
+      expect(gw.lines).toHaveLength(1);
+      expect(gw.lines[0]).toMatch(new RegExp(`^etcd-gateway: --listen-addr: cannot listen: ${path.replace(/[.]/g, "\\.")} `));
+      expect(gw.lines[0]).toMatch(message);
+      const after = lstatSync(path);
+      expect([after.ino, after.mode, after.size]).toEqual([before.ino, before.mode, before.size]);
+    });
+  }
+
+  test("a live unix server whose accept backlog is full is not taken over", async () => {
+    echo ??= await echoServer();
+    const path = join(dir, "busy.sock");
+    // A server that never accepts, with its backlog filled by connects that wait.
+    const busy = Bun.spawn(["python3", "-c", `
+import socket, sys, time
+s = socket.socket(socket.AF_UNIX); s.bind(${JSON.stringify(path)}); s.listen(0)
+held = []
+for _ in range(64):
+    c = socket.socket(socket.AF_UNIX); c.setblocking(False)
+    try: c.connect(${JSON.stringify(path)})
+    except (BlockingIOError, OSError): break
+    held.append(c)
+print("full", flush=True); time.sleep(30)
+`], { stdout: "pipe", stderr: "inherit" });
+    try {
+      const reader = busy.stdout.getReader();
+      expect(new TextDecoder().decode((await reader.read()).value)).toContain("full");
+      const before = lstatSync(path);
+      const gw = await startGatewayProcess([`--listen-addr=unix://${path}`, `--endpoints=127.0.0.1:${echo.port}`], { waitReady: false });
+      expect(await gw.proc.exited).toBe(1);
+      await waitFor("the error line", () => gw.lines.length > 0, 2000);
+      expect(gw.lines.join("\n")).toMatch(/busy\.sock is in use by another process$/);
+      expect(lstatSync(path).ino).toBe(before.ino);
+    } finally {
+      busy.kill("SIGKILL");
+      await busy.exited;
+    }
+  });
 });
 
 describe("limits", () => {
-  test("--max-connections: at the limit new connects are refused (not accepted then closed), and accepted again once one closes", async () => {
+  test("--max-connections: at the limit new connects wait in the kernel's backlog, the port stays ours, and they are served once one closes", async () => {
     echo ??= await echoServer();
     const port = freePort();
     const gw = await startGatewayProcess([`--listen-addr=127.0.0.1:${port}`, `--endpoints=127.0.0.1:${echo.port}`, "--max-connections=3"]);
@@ -87,27 +142,38 @@ describe("limits", () => {
       });
     }
     await gw.waitForLog("connection limit reached: stopped accepting");
-    await expect(dial(port)).rejects.toThrow(/ECONNREFUSED/);
+    // Found in 514d668: the listening socket was closed at the limit, so anyone could bind the
+    // port (SO_REUSEADDR) and read the next clients' requests. Now it stays bound.
+    expect(() => Bun.listen({ hostname: "127.0.0.1", port, socket: { data() {} } }).stop(true)).toThrow(/EADDRINUSE|in use|Failed to listen/);
+    const waiting = await dial(port); // the kernel completes the handshake; the gateway has not accepted it
+    let answered = "";
+    waiting.on("data", (c: Buffer) => (answered += c.toString()));
+    waiting.write("queued");
+    await sleep(300);
+    expect(answered).toBe("");
     held.pop()!.destroy();
     await gw.waitForLog("below the connection limit: accepting again");
-    expect(await roundTrip(port, "back")).toBe("back");
-    for (const s of held) s.destroy();
+    await waitFor("the queued client served", () => answered === "queued", 5000);
+    expect(gw.lines.filter((l) => l.includes("cannot listen"))).toEqual([]);
+    for (const s of [...held, waiting]) s.destroy();
   });
 
-  test("--idle-timeout closes a connection with no bytes either way, and leaves a busy one alone", async () => {
+  test("--idle-timeout resets a connection with no bytes either way, and leaves a busy one alone", async () => {
     echo ??= await echoServer();
     const port = freePort();
     await startGatewayProcess([`--listen-addr=127.0.0.1:${port}`, `--endpoints=127.0.0.1:${echo.port}`, "--idle-timeout=600ms"]);
-    const idle = await dial(port);
-    idle.write("hello");
-    const idleEnd = readAll(idle);
+    // A Bun client: its close handler tells a reset (an error) from a FIN (none); node:net in Bun does not.
+    const idleEnd = new Promise<string>((resolve) => {
+      void Bun.connect({ hostname: "127.0.0.1", port, socket: { open: (s) => void s.write("hello"), data() {}, end: () => resolve("FIN"), close: (_s, err) => resolve(err === undefined ? "close" : ((err as NodeJS.ErrnoException).code ?? String(err))) } });
+    });
     const busy = await dial(port);
     let busyClosed = false;
     busy.on("close", () => (busyClosed = true));
     busy.on("data", () => {});
     const t0 = performance.now();
     const timer = setInterval(() => busy.write("ping"), 150);
-    await idleEnd;
+    // A reset, not a FIN: a client must not take a cut connection for a complete reply.
+    expect(await idleEnd).toBe("ECONNRESET");
     const took = performance.now() - t0;
     expect(took).toBeGreaterThan(500);
     expect(took).toBeLessThan(2500);
@@ -115,6 +181,41 @@ describe("limits", () => {
     expect(busyClosed).toBe(false);
     clearInterval(timer);
     busy.destroy();
+  });
+
+  test("--idle-timeout counts bytes still being delivered to a slow reader as activity", async () => {
+    // Found in 514d668: a client reading a reply slowly but steadily was cut after --idle-timeout
+    // with a normal end of stream, the kernel still holding most of the reply.
+    const size = 2 << 20; // more than the kernel buffers hold: the last of it waits in the gateway's queue
+    const member = createServer((s) => void s.on("error", () => {}).write(Buffer.alloc(size, 7)));
+    await new Promise<void>((r) => member.listen(0, "127.0.0.1", () => r()));
+    try {
+      const port = freePort();
+      await startGatewayProcess([`--listen-addr=127.0.0.1:${port}`, `--endpoints=127.0.0.1:${(member.address() as { port: number }).port}`, "--idle-timeout=500ms"]);
+      // A reader with a small receive buffer taking 16 KiB every 50 ms (about 320 KiB/s: about 6.5 s,
+      // never pausing more than 50 ms), then waiting for what the gateway does.
+      const reader = Bun.spawn(["python3", "-c", `
+import socket, time
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384); s.connect(("127.0.0.1", ${port}))
+total = 0
+while True:
+    try: b = s.recv(16384)
+    except ConnectionResetError: print("RESET", total, flush=True); break
+    if not b: print("FIN", total, flush=True); break
+    total += len(b)
+    if total < ${size}: time.sleep(0.05)
+`], { stdout: "pipe", stderr: "inherit" });
+      try {
+        const out = await Promise.race([new Response(reader.stdout).text(), Bun.sleep(30_000).then(() => "timeout")]);
+        // All of the reply, and then a reset: never a FIN that would look like a complete reply.
+        expect(out.trim()).toBe(`RESET ${size}`);
+      } finally {
+        reader.kill();
+        await reader.exited;
+      }
+    } finally {
+      member.close();
+    }
   });
 
   test("without --idle-timeout an idle connection stays open", async () => {
@@ -149,7 +250,7 @@ describe("zero-downtime restart", () => {
   test("with net.ipv4.tcp_migrate_req=1, a new gateway on the same address (SO_REUSEPORT) takes over while the old one drains: a connect loop across the switch sees no failure", async () => {
     echo ??= await echoServer();
     const port = freePort();
-    const args = [`--listen-addr=127.0.0.1:${port}`, `--endpoints=127.0.0.1:${echo.port}`];
+    const args = [`--listen-addr=127.0.0.1:${port}`, `--endpoints=127.0.0.1:${echo.port}`, "--reuse-port"];
     const old = await startGatewayProcess(args);
     let ok = 0;
     const failures: string[] = [];
@@ -178,11 +279,22 @@ describe("zero-downtime restart", () => {
     expect(fresh.proc.exitCode).toBeNull();
   });
 
-  test("--reuse-port=false makes a second gateway on the same address fail with address in use", async () => {
-    echo ??= await echoServer();
-    const port = freePort();
-    await startGatewayProcess([`--listen-addr=127.0.0.1:${port}`, `--endpoints=127.0.0.1:${echo.port}`, "--reuse-port=false"]);
-    const second = await startGatewayProcess([`--listen-addr=127.0.0.1:${port}`, `--endpoints=127.0.0.1:${echo.port}`], { waitReady: false });
-    expect(await second.proc.exited).toBe(1);
-  });
+  // Found in 514d668: with --reuse-port on by default, a second gateway on a taken address logged
+  // "ready" and the kernel split clients between the two. etcd's gateway: bind: address already in use.
+  const taken: [string, string[], string[]][] = [
+    ["by default", [], []],
+    ["when the first gateway runs --workers=2 (SO_REUSEPORT inside)", ["--workers=2"], []],
+    ["when only the second asks for --reuse-port", [], ["--reuse-port"]],
+  ];
+  for (const [when, first, second] of taken) {
+    test(`a second gateway on a taken address fails naming it, ${when}`, async () => {
+      echo ??= await echoServer();
+      const port = freePort();
+      await startGatewayProcess([`--listen-addr=127.0.0.1:${port}`, `--endpoints=127.0.0.1:${echo.port}`, ...first]);
+      const other = await startGatewayProcess([`--listen-addr=127.0.0.1:${port}`, `--endpoints=127.0.0.1:${echo.port}`, ...second], { waitReady: false });
+      expect(await other.proc.exited).toBe(1);
+      await waitFor("the error line", () => other.lines.length > 0, 2000);
+      expect(other.lines).toEqual([`etcd-gateway: --listen-addr: listen tcp 127.0.0.1:${port}: bind: address already in use`]);
+    });
+  }
 });

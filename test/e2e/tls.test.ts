@@ -5,7 +5,7 @@
  */
 import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test";
 import type { Socket as BunSocket } from "bun";
-import { copyFileSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { etcdctl, startCluster, type Cluster } from "../support/cluster.ts";
@@ -148,7 +148,7 @@ describe("startup errors name the file and the reason", () => {
   const cases: [string, () => string[], RegExp][] = [
     ["an expired listen certificate", () => [`--listen-cert=${certs.expired}`, `--listen-key=${certs.expiredKey}`], /^etcd-gateway: --listen-cert: ".*expired\.pem": certificate expired on /],
     ["a key that does not match", () => [`--listen-cert=${certs.mismatch}`, `--listen-key=${certs.mismatchKey}`], /^etcd-gateway: --listen-key: ".*mismatch-key\.pem" is not the private key of ".*mismatch\.pem"$/],
-    ["an unreadable upstream CA", () => ["--upstream-tls", `--upstream-cacert=${join(dir, "nope.pem")}`], /^etcd-gateway: --upstream-cacert: cannot read ".*nope\.pem": ENOENT$/],
+    ["an unreadable upstream CA", () => ["--upstream-tls", `--upstream-cacert=${join(dir, "nope.pem")}`], /^etcd-gateway: --upstream-cacert: ".*nope\.pem": cannot read: ENOENT$/],
     ["an expired upstream client certificate", () => ["--upstream-tls", `--upstream-cert=${certs.expired}`, `--upstream-key=${certs.expiredKey}`], /^etcd-gateway: --upstream-cert: ".*expired\.pem": certificate expired on /],
     ["upstream files without --upstream-tls", () => [`--upstream-cacert=${certs.ca}`], /^etcd-gateway: --upstream-tls: .*need --upstream-tls$/],
   ];
@@ -184,5 +184,67 @@ describe("passthrough keeps the client's identity", () => {
     const other = await ctl(gw, ["put", "bob/k", "not mine"], alice);
     expect(other.code).not.toBe(0);
     expect(other.stderr).toContain("permission denied");
+  });
+});
+
+describe("termination against hostile clients", () => {
+  /** A plain TCP member that echoes and counts the connections it accepts. */
+  const countingMember = () => {
+    const seen = { accepted: 0 };
+    const l = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { open: () => void seen.accepted++, data: (s, d) => void s.write(d) } });
+    return { port: l.port, seen, stop: () => l.stop(true) };
+  };
+
+  test("no member is dialled for a client that has not finished its TLS handshake, and a silent one is reset after --listen-handshake-timeout", async () => {
+    // Found in 514d668: 200 raw TCP connections that never sent a ClientHello held 200 member connections, with no timeout.
+    const member = countingMember();
+    try {
+      const gw = await startGatewayProcess([`--endpoints=127.0.0.1:${member.port}`, `--listen-cert=${certs.server}`, `--listen-key=${certs.serverKey}`, "--health-check=none", "--listen-handshake-timeout=500ms"]);
+      const silent = await Promise.all(Array.from({ length: 50 }, () => new Promise<{ closed: boolean; code: string }>((resolve, reject) => {
+        const state = { closed: false, code: "" };
+        const s = require("node:net").connect({ host: "127.0.0.1", port: gw.port }, () => resolve(state));
+        s.on("error", (e: NodeJS.ErrnoException) => (state.code = e.code ?? e.message)).on("close", () => (state.closed = true)).once("error", reject);
+      })));
+      await sleep(250);
+      expect(member.seen.accepted).toBe(0);
+      await sleep(1000);
+      expect(silent.filter((c) => c.closed)).toHaveLength(50);
+      expect(member.seen.accepted).toBe(0);
+      // A client that does speak TLS is dialled once, after its handshake, and served.
+      const ca = readFileSync(certs.ca, "utf8");
+      const reply = await new Promise<string>((resolve, reject) => {
+        void Bun.connect({ hostname: "127.0.0.1", port: gw.port, tls: { ca, serverName: "localhost" }, socket: { open: (s) => void s.write("tls hello"), data: (s, d) => void (resolve(d.toString()), s.end()), error: (_s, e) => reject(e) } }).catch(reject);
+      });
+      expect(reply).toBe("tls hello");
+      expect(member.seen.accepted).toBe(1);
+    } finally {
+      member.stop();
+    }
+  });
+
+  test("a certificate reload keeps the unix socket listener: its file stays and new clients get the new certificate", async () => {
+    // Found in 514d668: Bun's listener.stop() deleted the socket file that the new listener owned.
+    const member = countingMember();
+    const cert = join(dir, "unix-listen.pem");
+    const key = join(dir, "unix-listen-key.pem");
+    const path = join(dir, "tls.sock");
+    copyFileSync(certs.server, cert);
+    copyFileSync(certs.serverKey, key);
+    try {
+      const gw = await startGatewayProcess([`--listen-addr=unix://${path}`, `--endpoints=127.0.0.1:${member.port}`, `--listen-cert=${cert}`, `--listen-key=${key}`, "--health-check=none"], { listen: false });
+      const over = (ca: string) =>
+        new Promise<string>((resolve, reject) => {
+          void Bun.connect({ unix: path, tls: { ca: readFileSync(ca, "utf8"), serverName: "localhost" }, socket: { open: (s) => void s.write("via unix"), data: (s, d) => void (resolve(d.toString()), s.end()), error: (_s, e) => reject(e) } }).catch(reject);
+        });
+      expect(await over(certs.ca)).toBe("via unix");
+      copyFileSync(certs.otherServer, cert);
+      copyFileSync(certs.otherServerKey, key);
+      gw.proc.kill("SIGHUP");
+      await gw.waitForLog("config reloaded");
+      expect(existsSync(path)).toBe(true);
+      expect(await over(certs.otherCa)).toBe("via unix");
+    } finally {
+      member.stop();
+    }
   });
 });

@@ -35,6 +35,7 @@ function proxyFor(ports: number[], opts: { connect?: Connect; flags?: Record<str
   const proxy = new Proxy({
     addresses: [{ kind: "tcp", tcp: { host: "127.0.0.1", port: 0, address: "127.0.0.1:0" }, address: "127.0.0.1:0" }],
     reusePort: false,
+    exclusive: false,
     settings: () => settings,
     policy: () => policy,
     reports,
