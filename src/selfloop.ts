@@ -18,19 +18,46 @@ async function resolveAll(host: string): Promise<string[]> {
   return found.map((a) => a.address);
 }
 
-const WILDCARD = new Set(["0.0.0.0", "::"]);
-
-function canonicalIP(ip: string): string {
-  const lower = ip.toLowerCase();
-  if (lower.startsWith("::ffff:") && isIP(lower.slice(7)) === 4) return lower.slice(7);
-  if (lower === "0:0:0:0:0:0:0:0" || lower === "::0") return "::";
-  if (lower === "0:0:0:0:0:0:0:1") return "::1";
-  return lower;
+/**
+ * One spelling per address, as Go's `IP.Equal` compares them: an IPv4-mapped IPv6 address in any
+ * spelling (`::ffff:127.0.0.1`, `::ffff:7f00:1`, `0:0:0:0:0:ffff:7f00:0001`) is its IPv4 address;
+ * every other IPv6 address is its eight groups, uncompressed, in lower-case hex.
+ *
+ * @example canonicalIP("::FFFF:7f00:1") // "127.0.0.1"
+ * @example canonicalIP("::1") // "0:0:0:0:0:0:0:1"
+ */
+export function canonicalIP(ip: string): string {
+  if (isIP(ip) !== 6) return ip;
+  const groups = ipv6Groups(ip);
+  if (groups.slice(0, 5).every((g) => g === 0) && groups[5] === 0xffff) {
+    const [hi, lo] = [groups[6]!, groups[7]!];
+    return `${hi >> 8}.${hi & 0xff}.${lo >> 8}.${lo & 0xff}`;
+  }
+  return groups.map((g) => g.toString(16)).join(":");
 }
 
-/** Addresses a connection to which would arrive at this host. */
+/** The eight 16-bit groups of a valid IPv6 address (an embedded IPv4 tail counts as two). */
+function ipv6Groups(ip: string): number[] {
+  const [head, tail] = ip.includes("::") ? ip.split("::") : [ip, undefined];
+  const parse = (part: string | undefined): number[] =>
+    part === undefined || part === ""
+      ? []
+      : part.split(":").flatMap((g) => {
+          if (!g.includes(".")) return [parseInt(g, 16)];
+          const [a, b, c, d] = g.split(".").map(Number);
+          return [(a! << 8) | b!, (c! << 8) | d!];
+        });
+  const front = parse(head);
+  const back = parse(tail);
+  return [...front, ...new Array<number>(8 - front.length - back.length).fill(0), ...back];
+}
+
+const WILDCARD = new Set(["0.0.0.0", canonicalIP("::")]);
+const LOOPBACK6 = canonicalIP("::1");
+
+/** Addresses (canonical) a connection to which would arrive at this host. */
 function isLocal(ip: string): boolean {
-  if (ip.startsWith("127.") || ip === "::1" || WILDCARD.has(ip)) return true;
+  if (ip.startsWith("127.") || ip === LOOPBACK6 || WILDCARD.has(ip)) return true;
   for (const list of Object.values(networkInterfaces())) {
     for (const a of list ?? []) if (canonicalIP(a.address) === ip) return true;
   }

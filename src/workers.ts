@@ -13,6 +13,7 @@ import type { ProcessStats } from "./metrics.ts";
 import type { Member, MemberState, MemberTable } from "./members.ts";
 import type { Logger } from "./log.ts";
 import type { Policy } from "./select.ts";
+import { after } from "./timers.ts";
 
 /** Environment variable that makes a process a worker; its value is the worker number (1..N-1). */
 export const WORKER_ENV = "ETCD_GATEWAY_WORKER";
@@ -97,39 +98,41 @@ export class WorkerPool {
   readonly #statsWaiters = new Map<number, (s: ProcessStats) => void>();
   #nextStatsId = 0;
   #stopping = false;
-  #pendingReady: number;
+  /** Worker numbers that have been listening at least once. */
+  readonly #everReady = new Set<number>();
   #resolveReady!: () => void;
 
   constructor(private readonly opts: PoolOptions) {
     this.ready = new Promise<void>((r) => (this.#resolveReady = r));
-    this.#pendingReady = opts.count - 1;
-    if (this.#pendingReady === 0) this.#resolveReady();
-    for (let k = 1; k < opts.count; k++) this.spawn(k, true);
+    if (opts.count <= 1) this.#resolveReady();
+    for (let k = 1; k < opts.count; k++) this.spawn(k);
   }
 
-  private spawn(k: number, first: boolean): void {
+  private spawn(k: number): void {
     const proc = Bun.spawn(selfCommand(), {
       env: { ...process.env, [WORKER_ENV]: String(k) },
       stdio: ["ignore", "inherit", "inherit"],
       serialization: "json",
-      ipc: (msg: ToPrimary) => this.received(proc, msg, first),
+      ipc: (msg: ToPrimary) => this.received(k, proc, msg),
     });
     this.#procs.set(k, proc);
     void proc.exited.then((code) => {
       this.#procs.delete(k);
       if (this.#stopping) return;
+      // Also before its first "ready": the replacement's "ready" then counts for this worker number.
       this.opts.log.error("worker exited; starting it again", { worker: k, code, signal: proc.signalCode });
-      setTimeout(() => !this.#stopping && this.spawn(k, false), 1000);
+      setTimeout(() => !this.#stopping && this.spawn(k), 1000);
     });
   }
 
-  private received(proc: Subprocess, msg: ToPrimary, first: boolean): void {
+  private received(k: number, proc: Subprocess, msg: ToPrimary): void {
     switch (msg.t) {
       case "hello":
         proc.send(this.opts.state());
         break;
       case "ready":
-        if (first && --this.#pendingReady === 0) this.#resolveReady();
+        this.#everReady.add(k);
+        if (this.#everReady.size === this.opts.count - 1) this.#resolveReady();
         break;
       case "stats":
         this.#statsWaiters.get(msg.id)?.(msg.stats);
@@ -181,9 +184,9 @@ export class WorkerPool {
     this.#stopping = true;
     const all = [...this.#procs.values()];
     for (const p of all) p.kill(signal);
-    const timer = setTimeout(() => all.forEach((p) => p.kill("SIGKILL")), graceMs);
+    const cancel = after(graceMs, () => all.forEach((p) => p.kill("SIGKILL")));
     await Promise.all(all.map((p) => p.exited));
-    clearTimeout(timer);
+    cancel();
   }
 }
 

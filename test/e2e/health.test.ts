@@ -54,10 +54,18 @@ describe("against a plain 3-member cluster", () => {
   test("with 2 of 3 members stopped, the survivor is marked down within fall × interval, the gateway fails open, and all come back up after rise checks", async () => {
     const put = await cluster.etcdctl(["put", "health/quorum", "kept"]);
     expect(put.code, put.stderr).toBe(0);
-    const gw = await startGatewayProcess([`--endpoints=${cluster.endpoints}`, ...FAST]);
+    // `ordered` sends clients to member 0, the survivor, so a connection to it is held while it goes down.
+    const gw = await startGatewayProcess([`--endpoints=${cluster.endpoints}`, "--policy=ordered", ...FAST]);
     const survivor = cluster.members[0]!.endpoint;
     await sleep(1000); // every member has passed its first check
     expect(records(gw, "deactivated endpoint")).toHaveLength(0);
+    const held = await new Promise<Socket>((r) => {
+      const c = connect({ host: "127.0.0.1", port: gw.port }, () => r(c));
+    });
+    let heldClosed = false;
+    held.on("error", () => {}).on("close", () => (heldClosed = true));
+    expect(await httpOver(held, STATUS)).toContain("200 OK");
+    expect(await memberBehind(cluster, gw)).toBe(0);
     const t0 = performance.now();
     await Promise.all([cluster.kill(1), cluster.kill(2)]);
     const down = await waitFor("the survivor marked down", () => records(gw, "deactivated endpoint", survivor)[0], 8000, 50);
@@ -76,8 +84,12 @@ describe("against a plain 3-member cluster", () => {
     });
     expect(await httpOver(s, "GET /health HTTP/1.1\r\nHost: x\r\n\r\n")).toContain('"health":"false"');
     s.destroy();
-    // No usable member was left to take the survivor's clients: its connections stay open.
+    // No usable member was left to take the survivor's clients: its connections stay open
+    // (--close-on-member-down fails open), and the one held since before the outage still answers.
     expect(records(gw, "closed connections to a member that went down")).toEqual([]);
+    expect(heldClosed).toBe(false);
+    expect(await httpOver(held, "GET /health HTTP/1.1\r\nHost: x\r\n\r\n")).toContain('"health":"false"');
+    held.destroy();
     await Promise.all([cluster.restart(1), cluster.restart(2)]);
     for (const m of cluster.members) await waitFor(`${m.endpoint} up`, () => records(gw, "activated", m.endpoint).length > 0 || !records(gw, "deactivated endpoint", m.endpoint).length, 15_000, 100);
     await waitFor("the survivor activated", () => records(gw, "activated", survivor)[0], 15_000, 100);
@@ -226,5 +238,37 @@ describe("against a TLS cluster with client-cert auth", () => {
     const down = await waitFor("a member down", () => records(gw, "deactivated endpoint")[0], 5000, 50);
     console.log(`no client cert: ${String(down.error)}`);
     expect(String(down.error)).toMatch(/handshake|certificate|EPROTO|alert/i);
+  });
+});
+
+describe("--health-fall and --health-rise are counted exactly, in the binary", () => {
+  test("a scripted /health server: down at the third failing answer in a row, up at the second passing one", async () => {
+    // Each answer the member gives, in order; then it stays healthy.
+    const script = ["ok", "bad", "bad", "bad", "ok", "bad", "ok", "ok"];
+    const seen: number[] = [];
+    const member = Bun.serve({
+      hostname: "127.0.0.1",
+      port: 0,
+      fetch(req) {
+        if (new URL(req.url).pathname !== "/health") return new Response("no", { status: 404 });
+        seen.push(Date.now());
+        const ok = (script[seen.length - 1] ?? "ok") === "ok";
+        return new Response(JSON.stringify({ health: ok ? "true" : "false" }), { status: ok ? 200 : 503 });
+      },
+    });
+    try {
+      const gw = await startGatewayProcess([`--endpoints=127.0.0.1:${member.port}`, "--health-check=health", "--health-interval=400ms", "--health-fall=3", "--health-rise=2"]);
+      const down = await waitFor("deactivated", () => records(gw, "deactivated endpoint")[0], 10_000, 20);
+      const up = await waitFor("activated", () => records(gw, "activated")[0], 10_000, 20);
+      await waitFor("one more check", () => seen.length >= 9, 5000, 20);
+      // The answer after which each transition was logged (checks are at least 90 ms apart).
+      const after = (r: Record<string, unknown>) => seen.filter((t) => t <= Date.parse(String(r.ts))).length;
+      expect(after(down)).toBe(4); // ok, then the third "bad" in a row
+      expect(after(up)).toBe(8); // "ok, bad" does not count; "ok, ok" does
+      expect(records(gw, "deactivated endpoint")).toHaveLength(1);
+      expect(records(gw, "activated")).toHaveLength(1);
+    } finally {
+      member.stop(true);
+    }
   });
 });

@@ -89,6 +89,34 @@ describe("--workers", () => {
     const replacement = await waitFor("a new worker", () => children(gw.proc.pid).find((p) => p !== worker), 5000);
     expect(alive(replacement)).toBe(true);
   });
+
+  test("a worker that dies before it is ready is replaced, and the primary still becomes ready", async () => {
+    // Found in 514d668: the replacement's "ready" was not counted, so the primary never logged
+    // ready, never served --admin-addr and never sent READY=1.
+    const gw = await startGatewayProcess(["--endpoints=127.0.0.1:2379", "--workers=2"], { waitReady: false });
+    // The worker is killed within milliseconds of being spawned: long before it can listen.
+    const first = await waitFor("the first worker", () => children(gw.proc.pid)[0], 5000, 2);
+    process.kill(first, "SIGKILL");
+    await gw.waitForLog("worker exited; starting it again");
+    await gw.waitForLog("ready to proxy client requests", 10_000);
+    expect(gw.lines.filter((l) => l.includes("ready to proxy client requests"))).toHaveLength(1);
+  });
+});
+
+test("with --workers, /status and /metrics count the connections of every process", async () => {
+  const port = freePort();
+  const server = await echoOn(port);
+  try {
+    const admin = freePort();
+    const gw = await startGatewayProcess([`--endpoints=127.0.0.1:${port}`, "--workers=2", `--admin-addr=127.0.0.1:${admin}`]);
+    for (let i = 0; i < 40; i++) expect(await roundTrip(gw.port, "0123456789")).toBe("0123456789");
+    const status = (await (await fetch(`http://127.0.0.1:${admin}/status`)).json()) as { listener: { accepted: number }; members: { connectionsTotal: number }[] };
+    // Found in 514d668: /status counted only the primary's share while /metrics summed all.
+    expect(status.listener.accepted).toBe(40);
+    expect(status.members[0]!.connectionsTotal).toBe(40);
+  } finally {
+    await close(server);
+  }
 });
 
 test("with --workers, /metrics sums the data-path counters of every process", async () => {

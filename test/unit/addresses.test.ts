@@ -1,5 +1,6 @@
 import { describe, expect, test } from "bun:test";
-import { parseEndpoint, parseEndpointList, parseHostPort } from "../../src/addresses.ts";
+import { parseEndpoint, parseEndpointList, parseHostPort, parseListenAddress } from "../../src/addresses.ts";
+import { canonicalIP, checkSelfLoops } from "../../src/selfloop.ts";
 
 describe("parseEndpoint", () => {
   const ok: [string, string, number, string, boolean][] = [
@@ -59,5 +60,47 @@ describe("parseHostPort (listen addresses)", () => {
   });
   test("keeps the scheme out: a listen address is host:port only", () => {
     expect(() => parseHostPort("http://127.0.0.1:1")).toThrow();
+  });
+});
+
+describe("canonicalIP compares addresses as addresses (Go's IP.Equal)", () => {
+  const cases: [string, string][] = [
+    ["127.0.0.1", "127.0.0.1"],
+    ["::ffff:127.0.0.1", "127.0.0.1"],
+    ["::ffff:7f00:1", "127.0.0.1"],
+    ["::FFFF:7F00:0001", "127.0.0.1"],
+    ["0:0:0:0:0:ffff:7f00:1", "127.0.0.1"],
+    ["0000:0000:0000:0000:0000:ffff:127.0.0.1", "127.0.0.1"],
+    ["::ffff:0.0.0.0", "0.0.0.0"],
+    ["::1", "0:0:0:0:0:0:0:1"],
+    ["0:0:0:0:0:0:0:1", "0:0:0:0:0:0:0:1"],
+    ["::", "0:0:0:0:0:0:0:0"],
+    ["::0", "0:0:0:0:0:0:0:0"],
+    ["fe80::1", "fe80:0:0:0:0:0:0:1"],
+    ["FE80:0:0::0001", "fe80:0:0:0:0:0:0:1"],
+    ["::7f00:1", "0:0:0:0:0:0:7f00:1"], // IPv4-compatible, not mapped: a different address
+  ];
+  for (const [ip, want] of cases) test(`${ip} -> ${want}`, () => expect(canonicalIP(ip)).toBe(want));
+});
+
+describe("the self-loop guard sees every spelling of the listen address", () => {
+  const listen = (text: string) => [parseListenAddress(text)];
+  const loops: [string, string][] = [
+    ["127.0.0.1:23790", "[::ffff:7f00:1]:23790"],
+    ["127.0.0.1:23790", "[::ffff:127.0.0.1]:23790"],
+    ["127.0.0.1:23790", "[0:0:0:0:0:ffff:7f00:1]:23790"],
+    ["[::1]:23790", "[0:0:0:0:0:0:0:1]:23790"],
+    ["[::ffff:127.0.0.1]:23790", "127.0.0.1:23790"],
+    ["0.0.0.0:23790", "127.0.0.2:23790"],
+    ["[::]:23790", "[::ffff:127.0.0.1]:23790"],
+    ["127.0.0.1:23790", "[::]:23790"],
+  ];
+  for (const [l, ep] of loops) {
+    test(`--listen-addr=${l} --endpoints=${ep} is refused`, async () => {
+      await expect(checkSelfLoops(listen(l), [parseEndpoint(ep)])).rejects.toThrow("should not resolve to the gateway listen addr");
+    });
+  }
+  test("another port, or another address, is not a loop", async () => {
+    await checkSelfLoops(listen("127.0.0.1:23790"), [parseEndpoint("[::ffff:7f00:1]:23791"), parseEndpoint("127.0.0.2:23790")]);
   });
 });
