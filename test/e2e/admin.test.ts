@@ -6,6 +6,7 @@
  * 405 for methods other than GET and HEAD.
  */
 import { afterAll, afterEach, describe, expect, test } from "bun:test";
+import { createServer } from "node:http";
 import { connect } from "node:net";
 // @ts-expect-error: the parser ships no type declarations
 import parsePrometheusTextFormat from "parse-prometheus-text-format";
@@ -122,6 +123,23 @@ describe("admin endpoint", () => {
     expect(JSON.parse(json.stdout).members).toHaveLength(2);
   });
 
+  test("`etcd-gateway status` prints a member's 503 body that carries terminal escapes escaped", async () => {
+    // A member whose /readyz answers 503 with a body that would retitle the terminal and clear the screen.
+    const member = createServer((_req, res) => res.writeHead(503).end("\x1b]0;pwned\x07\x1b[2Jnot ready"));
+    await new Promise<void>((r) => member.listen(0, "127.0.0.1", r));
+    servers.push({ port: 0, close: () => new Promise<void>((r) => member.close(() => r())) });
+    const port = (member.address() as { port: number }).port;
+    const gw = await startGatewayProcess([`--endpoints=127.0.0.1:${port}`, "--health-check=etcd", "--health-interval=200ms"], { admin: true });
+    await gw.waitForLog("deactivated endpoint");
+    const table = runBinary(["status", `--admin-addr=${gw.adminURL!.slice("http://".length)}`]);
+    expect(table.code).toBe(0);
+    expect(table.stdout).toContain("readyz 503: \\x1b]0;pwned\\x07\\x1b[2Jnot ready");
+    expect(table.stdout).not.toMatch(/[\x00-\x09\x0b-\x1f\x7f-\x9f]/);
+    const json = runBinary(["status", `--admin-addr=${gw.adminURL!.slice("http://".length)}`, "--json"]);
+    expect(json.stdout).not.toMatch(/[\x00-\x09\x0b-\x1f\x7f-\x9f]/);
+    expect(JSON.parse(json.stdout).members[0].reason).toBe("readyz 503: \x1b]0;pwned\x07\x1b[2Jnot ready");
+  });
+
   test("`etcd-gateway status` without a gateway is a one-line error, exit 1", () => {
     const r = runBinary(["status", `--admin-addr=127.0.0.1:${freePort()}`]);
     expect(r.code).toBe(1);
@@ -232,6 +250,9 @@ describe("admin endpoint bounds", () => {
     expect(extra.closedByServer).toBe(true);
     expect(extra.ms).toBeLessThan(1000);
     expect(extra.text === "" ? extra.error : extra.text.split("\r\n")[0]).toMatch(/^(HTTP\/1\.1 503 Service Unavailable|ECONNRESET)$/);
+    const st = runBinary(["status", `--admin-addr=${gw.adminURL!.slice("http://".length)}`]);
+    expect(st.code).toBe(1);
+    expect(st.stderr.trim()).toMatch(/^etcd-gateway: (the admin endpoint at \S+ answered 503: too many admin connections, try again later|cannot reach the admin endpoint at \S+: .*(ECONNRESET|reset|closed).*)$/);
     for (const h of held) h.s.write("\r\n");
     await sleep(300);
     expect(held.map((h) => h.text().split("\r\n")[0])).toEqual(Array(16).fill("HTTP/1.1 200 OK"));
