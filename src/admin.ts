@@ -1,12 +1,13 @@
 /**
  * The admin endpoint (`--admin-addr`): `/metrics` (Prometheus), `/healthz` (process alive),
  * `/readyz` (200 only while a member is usable) and `/status` (JSON member table). It reads the
- * settings in force and the member table; it never touches the data path.
+ * settings in force and the member table; it never touches the data path. The HTTP server and its
+ * bounds are in src/admin-http.ts.
  *
  * @module
  */
-import type { Server } from "bun";
 import type { HostPort } from "./addresses.ts";
+import { serveHttp, type Reply } from "./admin-http.ts";
 import { formatDuration } from "./duration.ts";
 import type { Gateway } from "./gateway.ts";
 import { mergeStats, processStats, renderMetrics, type ProcessStats } from "./metrics.ts";
@@ -87,32 +88,32 @@ export function status(gw: Gateway, ctx: AdminContext, all: ProcessStats): Statu
   };
 }
 
+const PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8";
+const JSON_TYPE = "application/json;charset=utf-8";
+
 /**
- * Serves the admin endpoint on `addr`.
+ * Serves the admin endpoint on `addr`, within the bounds of src/admin-http.ts (16 connections,
+ * the request head in 5 s and 8 KiB, GET and HEAD only).
  *
- * @throws {Error} from Bun.serve when the address cannot be bound.
+ * @throws {Error} from Bun.listen when the address cannot be bound.
  */
-export function startAdmin(addr: HostPort, gw: Gateway, ctx: AdminContext): Server<undefined> {
-  return Bun.serve({
-    hostname: addr.host,
-    port: addr.port,
-    async fetch(req) {
-      switch (new URL(req.url).pathname) {
-        case "/metrics": {
-          const text = renderMetrics({ version: ctx.version, startedAt: ctx.startedAt, members: gw.members.list, counters: await counters(gw, ctx), discovery: gw.discoveryStats });
-          return new Response(text, { headers: { "content-type": "text/plain; version=0.0.4; charset=utf-8" } });
-        }
-        case "/healthz":
-          return new Response("ok\n");
-        case "/readyz": {
-          const ready = gw.members.list.some((m) => m.up);
-          return new Response(ready ? "ready\n" : "no usable member\n", { status: ready ? 200 : 503 });
-        }
-        case "/status":
-          return Response.json(status(gw, ctx, await counters(gw, ctx)));
-        default:
-          return new Response("not found: try /metrics, /healthz, /readyz, /status\n", { status: 404 });
+export function startAdmin(addr: HostPort, gw: Gateway, ctx: AdminContext): { readonly port: number; stop(): void } {
+  return serveHttp(addr.host, addr.port, async (path): Promise<Reply> => {
+    switch (path) {
+      case "/metrics": {
+        const text = renderMetrics({ version: ctx.version, startedAt: ctx.startedAt, members: gw.members.list, counters: await counters(gw, ctx), discovery: gw.discoveryStats });
+        return { status: 200, body: text, type: PROMETHEUS_TEXT };
       }
-    },
+      case "/healthz":
+        return { status: 200, body: "ok\n" };
+      case "/readyz": {
+        const ready = gw.members.list.some((m) => m.up);
+        return { status: ready ? 200 : 503, body: ready ? "ready\n" : "no usable member\n" };
+      }
+      case "/status":
+        return { status: 200, body: JSON.stringify(status(gw, ctx, await counters(gw, ctx))), type: JSON_TYPE };
+      default:
+        return { status: 404, body: "not found: try /metrics, /healthz, /readyz, /status\n" };
+    }
   });
 }

@@ -1,6 +1,8 @@
 /**
  * `etcd-gateway status`: asks a running gateway's admin endpoint for its member table and prints
- * it, readable in a terminal, or as JSON.
+ * it, readable in a terminal, or as JSON. What the endpoint says (a member's error text can carry
+ * whatever the member sent) is printed with its control characters escaped, so it cannot move the
+ * cursor, clear the screen or retitle the terminal.
  *
  * @module
  */
@@ -33,14 +35,46 @@ export async function runStatus(argv: readonly string[], fail: (message: string)
   } catch (e) {
     fail(errorText(e));
   }
-  let body: Status;
+  let answer: { status: number; text: string };
   try {
     const r = await fetch(`http://${addr}/status`, { signal: AbortSignal.timeout(3000) });
-    body = (await r.json()) as Status;
+    answer = { status: r.status, text: await r.text() };
   } catch (e) {
-    fail(`cannot reach the admin endpoint at ${addr}: ${errorText(e)} (is the gateway running with --admin-addr=${addr}?)`);
+    fail(`cannot reach the admin endpoint at ${addr}: ${printable(errorText(e))} (is the gateway running with --admin-addr=${addr}?)`);
   }
-  process.stdout.write(json ? JSON.stringify(body, null, 2) + "\n" : renderStatus(body, colours()));
+  // E.g. 503 while the endpoint is at its connection cap.
+  if (answer.status !== 200) fail(`the admin endpoint at ${addr} answered ${answer.status}: ${printable(answer.text.split("\n")[0] ?? "")}`);
+  let body: Status;
+  try {
+    body = JSON.parse(answer.text) as Status;
+  } catch (e) {
+    fail(`the admin endpoint at ${addr} answered something other than JSON: ${printable(errorText(e))}`);
+  }
+  process.stdout.write(json ? statusJson(body) : renderStatus(body, colours()));
+}
+
+/** Bidirectional-text and line-separator controls: they reorder or break what a terminal shows. */
+const UNICODE_CONTROLS = "\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069";
+/** C0 (ESC included), DEL, C1 and the Unicode controls above, and the backslash that starts an escape. */
+const UNPRINTABLE = new RegExp(`[\\x00-\\x1f\\x7f-\\x9f\\\\${UNICODE_CONTROLS}]`, "g");
+/** What JSON.stringify leaves raw of those: DEL, C1 and the Unicode controls (it escapes C0 itself). */
+const JSON_UNPRINTABLE = new RegExp(`[\\x7f-\\x9f${UNICODE_CONTROLS}]`, "g");
+
+const hex = (ch: string, digits: number) => ch.charCodeAt(0).toString(16).padStart(digits, "0");
+
+/**
+ * `text` safe to print in a terminal: control characters as `\x1b`-style escapes (`\u202e` above
+ * U+00FF), a backslash doubled so an escape stays unambiguous.
+ *
+ * @example printable("a\x1b]0;t\x07") // "a\\x1b]0;t\\x07" (printed: a\x1b]0;t\x07)
+ */
+export function printable(text: string): string {
+  return text.replace(UNPRINTABLE, (ch) => (ch === "\\" ? "\\\\" : ch <= "\xff" ? `\\x${hex(ch, 2)}` : `\\u${hex(ch, 4)}`));
+}
+
+/** `--json`: the /status JSON, indented, with DEL, C1 and the Unicode controls as \u escapes too (still the same JSON). */
+export function statusJson(s: Status): string {
+  return JSON.stringify(s, null, 2).replace(JSON_UNPRINTABLE, (ch) => `\\u${hex(ch, 4)}`) + "\n";
 }
 
 export interface Colours {
@@ -57,12 +91,16 @@ export function colours(): Colours {
   return { green: wrap(32), red: wrap(31), yellow: wrap(33), dim: wrap(2) };
 }
 
-/** One line of header, then one row per member: endpoint, state, connections, failed dials, reason. */
+/**
+ * One line of header, then one row per member: endpoint, state, connections, failed dials, reason.
+ * Every value from the endpoint is printed through `printable`, numbers too (the answer is not trusted to be ours).
+ */
 export function renderStatus(s: Status, c: Colours): string {
-  const head = `etcd-gateway ${s.version}  pid ${s.pid}  up ${Math.round(s.uptimeSeconds)}s  listen ${s.listener.address}  policy ${s.policy}  workers ${s.workers}  connections ${s.listener.active} (${s.listener.accepted} accepted)\n`;
+  const p = (v: unknown) => printable(String(v));
+  const head = `etcd-gateway ${p(s.version)}  pid ${p(s.pid)}  up ${p(Math.round(s.uptimeSeconds))}s  listen ${p(s.listener.address)}  policy ${p(s.policy)}  workers ${p(s.workers)}  connections ${p(s.listener.active)} (${p(s.listener.accepted)} accepted)\n`;
   const rows = [["ENDPOINT", "STATE", "CONNS", "TOTAL", "FAILED", "PRIO", "WEIGHT", "REASON"]];
   for (const m of s.members) {
-    rows.push([m.endpoint, m.state, String(m.connections), String(m.connectionsTotal), String(m.failedDials), String(m.priority), String(m.weight), m.reason]);
+    rows.push([m.endpoint, m.state, m.connections, m.connectionsTotal, m.failedDials, m.priority, m.weight, m.reason].map(p));
   }
   const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
   const paint = (state: string, text: string) => (state === "up" ? c.green(text) : state === "down" ? c.red(text) : c.yellow(text));

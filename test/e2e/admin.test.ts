@@ -1,12 +1,17 @@
 /**
  * The admin endpoint: /metrics parsed by a real Prometheus text parser with numbers that match the
- * traffic sent, /healthz, /readyz, /status, and the `status` command.
+ * traffic sent, /healthz, /readyz, /status, and the `status` command; then its bounds (issue 12,
+ * item 6): a flood of half-sent requests under a low fd limit leaves the data path and the health
+ * checks alone, at most 16 connections at once, the request head bounded in time and size, and
+ * 405 for methods other than GET and HEAD.
  */
 import { afterAll, afterEach, describe, expect, test } from "bun:test";
+import { createServer } from "node:http";
+import { connect } from "node:net";
 // @ts-expect-error: the parser ships no type declarations
 import parsePrometheusTextFormat from "parse-prometheus-text-format";
-import { runBinary, startGatewayProcess, stopAllGateways } from "../support/gateway.ts";
-import { freePort } from "../support/net.ts";
+import { runBinary, startGatewayProcess, stopAllGateways, type GatewayProcess } from "../support/gateway.ts";
+import { fdCount, freePort, sleep } from "../support/net.ts";
 import { echoServer, roundTrip, type Listening } from "../support/peers.ts";
 
 interface Family {
@@ -118,10 +123,186 @@ describe("admin endpoint", () => {
     expect(JSON.parse(json.stdout).members).toHaveLength(2);
   });
 
+  test("`etcd-gateway status` prints a member's 503 body that carries terminal escapes escaped", async () => {
+    // A member whose /readyz answers 503 with a body that would retitle the terminal and clear the screen.
+    const member = createServer((_req, res) => res.writeHead(503).end("\x1b]0;pwned\x07\x1b[2Jnot ready"));
+    await new Promise<void>((r) => member.listen(0, "127.0.0.1", r));
+    servers.push({ port: 0, close: () => new Promise<void>((r) => member.close(() => r())) });
+    const port = (member.address() as { port: number }).port;
+    const gw = await startGatewayProcess([`--endpoints=127.0.0.1:${port}`, "--health-check=etcd", "--health-interval=200ms"], { admin: true });
+    await gw.waitForLog("deactivated endpoint");
+    const table = runBinary(["status", `--admin-addr=${gw.adminURL!.slice("http://".length)}`]);
+    expect(table.code).toBe(0);
+    expect(table.stdout).toContain("readyz 503: \\x1b]0;pwned\\x07\\x1b[2Jnot ready");
+    expect(table.stdout).not.toMatch(/[\x00-\x09\x0b-\x1f\x7f-\x9f]/);
+    const json = runBinary(["status", `--admin-addr=${gw.adminURL!.slice("http://".length)}`, "--json"]);
+    expect(json.stdout).not.toMatch(/[\x00-\x09\x0b-\x1f\x7f-\x9f]/);
+    expect(JSON.parse(json.stdout).members[0].reason).toBe("readyz 503: \x1b]0;pwned\x07\x1b[2Jnot ready");
+  });
+
   test("`etcd-gateway status` without a gateway is a one-line error, exit 1", () => {
     const r = runBinary(["status", `--admin-addr=127.0.0.1:${freePort()}`]);
     expect(r.code).toBe(1);
     expect(r.stderr.trim()).toMatch(/^etcd-gateway: cannot reach the admin endpoint at 127\.0\.0\.1:\d+: /);
     expect(r.stderr.trim().split("\n")).toHaveLength(1);
   });
+});
+
+/** A gateway with the admin endpoint on (`adminURL`), in front of one echo member, no health checks. */
+async function adminGateway(): Promise<GatewayProcess> {
+  const echo = await echoServer();
+  servers.push(echo);
+  return startGatewayProcess([`--endpoints=127.0.0.1:${echo.port}`, "--health-check=none"], { admin: true });
+}
+
+/** The admin port of a gateway started with `admin: true`. */
+const adminPort = (gw: GatewayProcess) => Number(new URL(gw.adminURL!).port);
+
+/**
+ * Sends `parts` on one new connection to the admin endpoint (the first at once, the others `gapMs`
+ * apart) and reads until the server closes it, giving up after `giveUpMs`: what arrived (latin1),
+ * how long the connection lived, and the error code if it ended with one.
+ */
+function exchange(port: number, parts: string[], gapMs = 0, giveUpMs = 10_000): Promise<{ text: string; ms: number; error?: string; closedByServer: boolean }> {
+  return new Promise((resolve) => {
+    const t0 = performance.now();
+    let text = "";
+    let error: string | undefined;
+    let sent = 0;
+    const s = connect({ host: "127.0.0.1", port });
+    const next = () => {
+      if (sent < parts.length && !s.destroyed) s.write(parts[sent++]!);
+    };
+    const trickle = setInterval(next, Math.max(gapMs, 1));
+    const giveUp = setTimeout(() => s.destroy(), giveUpMs);
+    s.once("connect", next);
+    s.on("data", (c: Buffer) => (text += c.toString("latin1")));
+    s.on("error", (e: NodeJS.ErrnoException) => (error = e.code ?? e.message));
+    s.once("close", () => {
+      clearInterval(trickle);
+      clearTimeout(giveUp);
+      const ms = performance.now() - t0;
+      resolve({ text, ms, closedByServer: ms < giveUpMs, ...(error === undefined ? {} : { error }) });
+    });
+  });
+}
+
+/** A round trip through the gateway's data path, or "timeout" after `ms`. */
+const tripWithin = (port: number, msg: string, ms: number) => Promise.race([roundTrip(port, msg).catch((e: Error) => e.message), sleep(ms).then(() => "timeout")]);
+
+describe("admin endpoint bounds", () => {
+  test("400 half-sent admin requests under a 256-fd limit: round trips and health checks carry on, the endpoint holds at most 16 connections, and closes them within 5 s", async () => {
+    const a = await echoServer();
+    const b = await echoServer();
+    servers.push(a, b);
+    const gw = await startGatewayProcess([`--endpoints=127.0.0.1:${a.port},127.0.0.1:${b.port}`, "--health-check=tcp", "--health-interval=200ms"], {
+      admin: true,
+      wrap: (cmd) => ["prlimit", "--nofile=256:256", "--", ...cmd],
+    });
+    expect(await roundTrip(gw.port, "warm")).toBe("warm");
+    await sleep(300);
+    const baseline = fdCount(gw.pid);
+    let peak = baseline;
+    const sampler = setInterval(() => {
+      if (gw.running()) peak = Math.max(peak, fdCount(gw.pid));
+    }, 5);
+    // Each sends the first line of a request and nothing more, paced 20 per 20 ms.
+    const flood: { opened: number; closed: number | undefined; text: string }[] = [];
+    for (let i = 0; i < 400; i++) {
+      const rec = { opened: performance.now(), closed: undefined as number | undefined, text: "" };
+      const s = connect({ host: "127.0.0.1", port: adminPort(gw) });
+      s.once("connect", () => s.write("GET /metrics HTTP/1.1\r\n"));
+      s.on("data", (c: Buffer) => (rec.text += c.toString("latin1")));
+      s.on("error", () => {});
+      s.once("close", () => (rec.closed = performance.now()));
+      flood.push(rec);
+      if (i % 20 === 19) await sleep(20);
+    }
+    await sleep(300);
+    clearInterval(sampler);
+    const floodPeak = peak;
+    // While the flood's connections are still open (the bound is 5 s), the data path serves.
+    const trips = await Promise.all(Array.from({ length: 10 }, (_, i) => tripWithin(gw.port, `trip ${i}`, 3000)));
+    const deadline = performance.now() + 9000;
+    while (performance.now() < deadline && flood.some((f) => f.closed === undefined)) await sleep(50);
+    const lives = flood.filter((f) => f.closed !== undefined).map((f) => f.closed! - f.opened);
+    const st = await fetch(`${gw.adminURL}/status`, { signal: AbortSignal.timeout(2000) })
+      .then((r) => r.json() as Promise<{ members: { state: string }[] }>)
+      .catch(() => ({ members: [] }));
+    expect({
+      roundTripsOk: trips.filter((t, i) => t === `trip ${i}`).length,
+      floodClosedByServer: lives.length,
+      floodClosedWithin6s: lives.filter((ms) => ms <= 6500).length,
+      membersUp: st.members.filter((m) => m.state === "up").length,
+      deactivations: gw.lines.filter((l) => l.includes("deactivated endpoint")).length,
+      // 16 admin connections, plus a health probe per member and a little slack for the one being turned away.
+      fdsOverBaseline: floodPeak - baseline <= 16 + 6 ? "at most 22" : floodPeak - baseline,
+    }).toEqual({ roundTripsOk: 10, floodClosedByServer: 400, floodClosedWithin6s: 400, membersUp: 2, deactivations: 0, fdsOverBaseline: "at most 22" });
+  }, 40_000);
+
+  test("beyond 16 connections a new one is turned away at once (503 or a reset); the 16 held are still answered", async () => {
+    const gw = await adminGateway();
+    const held = Array.from({ length: 16 }, () => {
+      let text = "";
+      const s = connect({ host: "127.0.0.1", port: adminPort(gw) });
+      s.once("connect", () => s.write("GET /healthz HTTP/1.1\r\nHost: a\r\n"));
+      s.on("data", (c: Buffer) => (text += c.toString("latin1")));
+      s.on("error", () => {});
+      return { s, text: () => text };
+    });
+    await sleep(300);
+    const extra = await exchange(adminPort(gw), ["GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n"], 0, 3000);
+    expect(extra.closedByServer).toBe(true);
+    expect(extra.ms).toBeLessThan(1000);
+    expect(extra.text === "" ? extra.error : extra.text.split("\r\n")[0]).toMatch(/^(HTTP\/1\.1 503 Service Unavailable|ECONNRESET)$/);
+    const st = runBinary(["status", `--admin-addr=${gw.adminURL!.slice("http://".length)}`]);
+    expect(st.code).toBe(1);
+    expect(st.stderr.trim()).toMatch(/^etcd-gateway: (the admin endpoint at \S+ answered 503: too many admin connections, try again later|cannot reach the admin endpoint at \S+: .*(ECONNRESET|reset|closed).*)$/);
+    for (const h of held) h.s.write("\r\n");
+    await sleep(300);
+    expect(held.map((h) => h.text().split("\r\n")[0])).toEqual(Array(16).fill("HTTP/1.1 200 OK"));
+    expect((await fetch(`${gw.adminURL}/healthz`)).status).toBe(200);
+  });
+
+  test("methods other than GET and HEAD get 405 with Allow: GET, HEAD", async () => {
+    const gw = await adminGateway();
+    for (const [method, path] of [["POST", "/metrics"], ["PUT", "/status"], ["DELETE", "/healthz"], ["OPTIONS", "/readyz"], ["PATCH", "/nope"]] as const) {
+      const r = await fetch(`${gw.adminURL}${path}`, { method, ...(method === "POST" ? { body: "x=1" } : {}) });
+      expect([method, r.status, r.headers.get("allow")]).toEqual([method, 405, "GET, HEAD"]);
+      expect(await r.text()).toBe("method not allowed: use GET or HEAD\n");
+    }
+  });
+
+  test("HEAD answers with the GET's status and headers and no body", async () => {
+    const gw = await adminGateway();
+    const withoutDate = (text: string) => text.replace(/\r\nDate: [^\r]*/, "");
+    for (const path of ["/healthz", "/readyz", "/nope"]) {
+      const get = await exchange(adminPort(gw), [`GET ${path} HTTP/1.1\r\nHost: a\r\n\r\n`]);
+      const head = await exchange(adminPort(gw), [`HEAD ${path} HTTP/1.1\r\nHost: a\r\n\r\n`]);
+      expect(withoutDate(head.text)).toBe(withoutDate(get.text.slice(0, get.text.indexOf("\r\n\r\n") + 4)));
+    }
+    const metrics = await exchange(adminPort(gw), ["HEAD /metrics HTTP/1.1\r\nHost: a\r\n\r\n"]);
+    expect(metrics.text).toMatch(/^HTTP\/1\.1 200 OK\r\nContent-Type: text\/plain; version=0\.0\.4; charset=utf-8\r\nContent-Length: [1-9]\d*\r\n/);
+    expect(metrics.text.endsWith("\r\n\r\n")).toBe(true);
+  });
+
+  test("a request head over 8 KiB is answered 431 and closed", async () => {
+    const gw = await adminGateway();
+    const big = await exchange(adminPort(gw), [`GET /metrics HTTP/1.1\r\nHost: a\r\nX-Big: ${"a".repeat(9000)}\r\n\r\n`], 0, 3000);
+    expect(big.text.split("\r\n")[0]).toBe("HTTP/1.1 431 Request Header Fields Too Large");
+    expect(big.closedByServer).toBe(true);
+    // Just under the bound is fine.
+    const fits = await exchange(adminPort(gw), [`GET /healthz HTTP/1.1\r\nHost: a\r\nX-Big: ${"a".repeat(8000)}\r\n\r\n`], 0, 3000);
+    expect(fits.text.split("\r\n")[0]).toBe("HTTP/1.1 200 OK");
+  });
+
+  test("a request head that trickles in is answered 408 and closed 5 s after the connect", async () => {
+    const gw = await adminGateway();
+    const parts = ["GET /metrics HTTP/1.1\r\n", ...Array.from({ length: 30 }, (_, i) => `X-Slow-${i}: 1\r\n`)];
+    const slow = await exchange(adminPort(gw), parts, 300, 9000);
+    expect(slow.text.split("\r\n")[0]).toBe("HTTP/1.1 408 Request Timeout");
+    expect(slow.closedByServer).toBe(true);
+    expect(slow.ms).toBeGreaterThan(4500);
+    expect(slow.ms).toBeLessThan(6500);
+  }, 15_000);
 });

@@ -1,0 +1,58 @@
+/**
+ * The admin endpoint's request-head parser and answer encoding (src/admin-http.ts), table-driven;
+ * the server's bounds themselves are checked against the binary in test/e2e/admin.test.ts.
+ */
+import { describe, expect, test } from "bun:test";
+import { encodeReply, parseHead, type Head } from "../../src/admin-http.ts";
+
+const bytes = (s: string) => Buffer.from(s, "latin1");
+
+describe("parseHead", () => {
+  const cases: [string, string, Head | null][] = [
+    ["a GET", "GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n", { method: "GET", path: "/metrics" }],
+    ["a HEAD, HTTP/1.0, no headers", "HEAD /healthz HTTP/1.0\r\n\r\n", { method: "HEAD", path: "/healthz" }],
+    ["the query is not part of the path", "GET /metrics?name[]=up HTTP/1.1\r\n\r\n", { method: "GET", path: "/metrics" }],
+    ["absolute form", "GET http://127.0.0.1:23791/status HTTP/1.1\r\n\r\n", { method: "GET", path: "/status" }],
+    ["dot segments resolve as in a URL", "GET /x/../readyz HTTP/1.1\r\n\r\n", { method: "GET", path: "/readyz" }],
+    ["bare LF line ends", "GET /status HTTP/1.1\nHost: a\n\n", { method: "GET", path: "/status" }],
+    ["bytes after the head are ignored", "GET /status HTTP/1.1\r\n\r\nbody", { method: "GET", path: "/status" }],
+    ["incomplete: only the request line", "GET /metrics HTTP/1.1\r\n", null],
+    ["incomplete: nothing yet", "", null],
+    ["POST is 405", "POST /metrics HTTP/1.1\r\nContent-Length: 1\r\n\r\nx", { refuse: 405 }],
+    ["OPTIONS * is 405", "OPTIONS * HTTP/1.1\r\n\r\n", { refuse: 405 }],
+    ["a lower-case get is another method: 405", "get /metrics HTTP/1.1\r\n\r\n", { refuse: 405 }],
+    ["garbage is 400", "hello\r\n\r\n", { refuse: 400 }],
+    ["HTTP/2.0 is 400", "GET / HTTP/2.0\r\n\r\n", { refuse: 400 }],
+    ["two spaces is 400", "GET  /metrics HTTP/1.1\r\n\r\n", { refuse: 400 }],
+    ["an unparsable absolute target is 400", "GET http://[/ HTTP/1.1\r\n\r\n", { refuse: 400 }],
+  ];
+  for (const [name, input, want] of cases) test(name, () => expect(parseHead(bytes(input), 8192)).toEqual(want));
+
+  test("a head of exactly the limit parses; one byte more is 431, complete or not", () => {
+    const line = "GET /healthz HTTP/1.1\r\nX: ";
+    const exact = `${line}${"a".repeat(100 - line.length - 4)}\r\n\r\n`;
+    expect(exact).toHaveLength(100);
+    expect(parseHead(bytes(exact), 100)).toEqual({ method: "GET", path: "/healthz" });
+    expect(parseHead(bytes(`${line}${"a".repeat(100 - line.length - 3)}\r\n\r\n`), 100)).toEqual({ refuse: 431 });
+    expect(parseHead(bytes(`${line}${"a".repeat(200)}`), 100)).toEqual({ refuse: 431 });
+    expect(parseHead(bytes(`${line}${"a".repeat(50)}`), 100)).toBeNull();
+  });
+});
+
+describe("encodeReply", () => {
+  test("status line, content type and length, Connection: close, then the body", () => {
+    const text = Buffer.from(encodeReply({ status: 200, body: "ok\n" }, false)).toString();
+    expect(text).toMatch(/^HTTP\/1\.1 200 OK\r\nContent-Type: text\/plain;charset=utf-8\r\nContent-Length: 3\r\nDate: \w{3}, \d\d \w{3} \d{4} \d\d:\d\d:\d\d GMT\r\nConnection: close\r\n\r\nok\n$/);
+  });
+
+  test("HEAD: the same headers and no body; extra headers go in", () => {
+    const text = Buffer.from(encodeReply({ status: 405, body: "no\n", headers: { Allow: "GET, HEAD" } }, true)).toString();
+    expect(text).toStartWith("HTTP/1.1 405 Method Not Allowed\r\n");
+    expect(text).toContain("\r\nContent-Length: 3\r\nAllow: GET, HEAD\r\n");
+    expect(text).toEndWith("\r\n\r\n");
+  });
+
+  test("Content-Length counts UTF-8 bytes", () => {
+    expect(Buffer.from(encodeReply({ status: 200, body: "é" }, false)).toString()).toContain("Content-Length: 2\r\n");
+  });
+});

@@ -1,0 +1,77 @@
+/**
+ * `etcd-gateway status` output: whatever a member said (its error text ends up in `reason`) is
+ * printed with control characters escaped, in the table and in `--json` (issue 12, item 6).
+ */
+import { describe, expect, test } from "bun:test";
+import type { Status } from "../../src/admin.ts";
+import { printable, renderStatus, statusJson, type Colours } from "../../src/status.ts";
+
+const plain: Colours = { green: (s) => s, red: (s) => s, yellow: (s) => s, dim: (s) => s };
+const HOSTILE = "member said: \x1b]0;pwned\x07\x1b[2J";
+
+function status(reason: string, endpoint = "10.0.0.1:2379"): Status {
+  return {
+    version: "0.1.0",
+    pid: 42,
+    startedAt: "2026-12-02T00:00:00.000Z",
+    uptimeSeconds: 12.3,
+    listener: { address: "127.0.0.1:23790", accepted: 5, active: 1 },
+    policy: "sticky",
+    workers: 1,
+    members: [{ endpoint, state: "down", reason, priority: 0, weight: 1, connections: 0, connectionsTotal: 3, failedDials: 2, lastSuccessAgoSeconds: null }],
+    config: {},
+  };
+}
+
+/** Any byte a terminal acts on: C0 (ESC, BEL, CR, ...), DEL, C1, and the Unicode bidi and line controls. */
+const CONTROL = /[\x00-\x09\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]/;
+
+describe("printable", () => {
+  const cases: [string, string, string][] = [
+    ["plain text is unchanged", "connect ECONNREFUSED 10.0.0.1:2379", "connect ECONNREFUSED 10.0.0.1:2379"],
+    ["OSC title and clear screen", "\x1b]0;pwned\x07\x1b[2J", "\\x1b]0;pwned\\x07\\x1b[2J"],
+    ["newline, carriage return, tab, NUL", "a\nb\rc\td\0", "a\\x0ab\\x0dc\\x09d\\x00"],
+    ["DEL and C1 (CSI U+009B, NEL U+0085)", "\x7f\u009b2J\u0085", "\\x7f\\x9b2J\\x85"],
+    ["bidi override and line separator", "a\u202eb\u2028c\u2066", "a\\u202eb\\u2028c\\u2066"],
+    ["a backslash is doubled, so text cannot fake an escape", "C:\\x1b", "C:\\\\x1b"],
+    ["other Unicode is kept", "naïve café ✓", "naïve café ✓"],
+  ];
+  for (const [name, input, out] of cases) test(name, () => expect(printable(input)).toBe(out));
+});
+
+describe("renderStatus", () => {
+  test("a member's reason with a title sequence and a screen clear is printed escaped", () => {
+    const out = renderStatus(status(HOSTILE), plain);
+    expect(out).not.toMatch(CONTROL);
+    expect(out).toContain("member said: \\x1b]0;pwned\\x07\\x1b[2J");
+    expect(out.split("\n")).toHaveLength(4); // header, column titles, one member, and the final newline
+  });
+
+  test("every field from the endpoint is escaped, numbers and the header's too", () => {
+    const s = status("r", "evil\x1b[1A:2379");
+    s.version = "1\x1b]2;x\x07";
+    s.listener.address = "\u009b2J";
+    s.policy = "a\rb";
+    (s.members[0] as unknown as Record<string, unknown>).connections = "\x1b[H";
+    const out = renderStatus(s, plain);
+    expect(out).not.toMatch(CONTROL);
+    for (const shown of ["evil\\x1b[1A:2379", "1\\x1b]2;x\\x07", "\\x9b2J", "a\\x0db", "\\x1b[H"]) expect(out).toContain(shown);
+  });
+
+  test("columns line up on the escaped text; colours are still applied", () => {
+    const colour: Colours = { green: (s) => `<g>${s}</g>`, red: (s) => `<r>${s}</r>`, yellow: (s) => `<y>${s}</y>`, dim: (s) => s };
+    const lines = renderStatus(status("x", "\x1b[2J:1"), colour).split("\n");
+    expect(lines[2]).toStartWith("\\x1b[2J:1  <r>down </r>");
+    expect(lines[1]!.indexOf("STATE")).toBe(lines[2]!.indexOf("<r>"));
+  });
+});
+
+describe("statusJson (--json)", () => {
+  test("is the same JSON, with no raw control character left (JSON.stringify leaves DEL, C1 and bidi controls raw)", () => {
+    const s = status(`${HOSTILE}\x7f\u009b2J\u202e`);
+    const text = statusJson(s);
+    expect(text).not.toMatch(CONTROL);
+    expect(JSON.parse(text)).toEqual(s);
+    expect(text).toContain('"reason": "member said: \\u001b]0;pwned\\u0007\\u001b[2J\\u007f\\u009b2J\\u202e"');
+  });
+});
