@@ -163,12 +163,18 @@ describe("access log termination codes", () => {
   });
 });
 
-test("SIGUSR1 reopens the access log file (logrotate)", async () => {
+/** A gateway logging to `file` (its member: the echo server), with a first line in it. */
+async function withFirstLine(file: string): Promise<GatewayProcess> {
   echo ??= await echoServer();
-  const file = join(dir, "rotate.log");
   const gw = await startGateway(["--health-check=none", `--access-log=${file}`, `--endpoints=127.0.0.1:${echo.port}`]);
   await roundTrip(gw.port, "one");
   await waitFor("the first line", () => existsSync(file) && readFileSync(file, "utf8").includes("client"), 5000, 50);
+  return gw;
+}
+
+test("SIGUSR1 reopens the access log file (logrotate)", async () => {
+  const file = join(dir, "rotate.log");
+  const gw = await withFirstLine(file);
   renameSync(file, `${file}.1`);
   gw.proc.kill("SIGUSR1");
   await sleep(100);
@@ -178,11 +184,8 @@ test("SIGUSR1 reopens the access log file (logrotate)", async () => {
 });
 
 test("200 SIGUSR1s close every old descriptor, and lines go to the file created after the rename", async () => {
-  echo ??= await echoServer();
   const file = join(dir, "reopen-leak.log");
-  const gw = await startGateway(["--health-check=none", `--access-log=${file}`, `--endpoints=127.0.0.1:${echo.port}`]);
-  await roundTrip(gw.port, "one");
-  await waitFor("the first line", () => existsSync(file) && readFileSync(file, "utf8").includes("client"), 5000, 50);
+  const gw = await withFirstLine(file);
   const baseline = fdCount(gw.pid);
   renameSync(file, `${file}.1`);
   for (let i = 0; i < 200; i++) {
@@ -198,12 +201,9 @@ test("200 SIGUSR1s close every old descriptor, and lines go to the file created 
 });
 
 test("SIGUSR1 after the log's directory was removed: the gateway keeps proxying, says so once, and opens the file again once the directory is back", async () => {
-  echo ??= await echoServer();
   const logDir = mkdtempSync(join(dir, "gone-"));
   const file = join(logDir, "access.log");
-  const gw = await startGateway(["--health-check=none", `--access-log=${file}`, `--endpoints=127.0.0.1:${echo.port}`]);
-  await roundTrip(gw.port, "one");
-  await waitFor("the first line", () => existsSync(file) && readFileSync(file, "utf8").includes("client"), 5000, 50);
+  const gw = await withFirstLine(file);
   rmSync(logDir, { recursive: true });
   gw.proc.kill("SIGUSR1");
   await sleep(50);
