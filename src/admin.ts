@@ -46,7 +46,7 @@ export interface AdminContext {
 
 /** The whole gateway's counters: this process's plus the workers'. */
 async function counters(gw: Gateway, ctx: AdminContext): Promise<ProcessStats> {
-  return mergeStats(processStats(gw.members.list, gw.proxy.stats, gw.proxy.active), await ctx.workerStats());
+  return mergeStats(processStats(gw.members.list, gw.proxy.stats, gw.proxy.active, gw.accessLog?.stats), await ctx.workerStats());
 }
 
 export function status(gw: Gateway, ctx: AdminContext, all: ProcessStats): Status {

@@ -184,7 +184,7 @@ export async function startGateway(settings: Settings, log: Logger, role: Gatewa
   const store = new SettingsStore(settings);
   const members = new MemberTable(endpoints, primary ? log : null);
   const health = primary ? new Health(members, () => store.current.health, log) : null;
-  const accessLog = openLog(settings);
+  const accessLog = openLog(settings, log);
   const discoveryStats: DiscoveryStats = { refreshes: 0, failures: 0, lastGoodAt: srv !== null ? Date.now() : 0 };
   let gw: Gateway | undefined;
   const proxy = listen(settings, role, {
@@ -205,11 +205,11 @@ export async function startGateway(settings: Settings, log: Logger, role: Gatewa
   return gw;
 }
 
-function openLog(settings: Settings): AccessLog | null {
+function openLog(settings: Settings, log: Logger): AccessLog | null {
   const target = settings.flags["access-log"];
   if (target === null) return null;
   try {
-    return openAccessLog(target);
+    return openAccessLog(target, log);
   } catch (e) {
     throw new ConfigError("access-log", target, `cannot open: ${errorText(e)}`);
   }

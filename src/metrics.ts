@@ -1,9 +1,11 @@
 /**
  * `/metrics`: the Prometheus text rendering of member state (src/members.ts), the data-path
- * counters (src/counters.ts) of every process, and discovery's counters.
+ * counters (src/counters.ts) and the access log's (src/accesslog.ts) of every process, and
+ * discovery's counters.
  *
  * @module
  */
+import type { AccessLogStats } from "./accesslog.ts";
 import { CONNECT_BUCKETS, FAILURE_REASONS, MemberStats, type DiscoveryStats, type ListenerStats } from "./counters.ts";
 import type { Member } from "./members.ts";
 
@@ -12,14 +14,16 @@ export interface ProcessStats {
   members: { address: string; connections: number; stats: MemberStats }[];
   listener: { accepted: number; limitReached: number; tlsFailures: [string, number][] };
   active: number;
+  accessLog: AccessLogStats;
 }
 
-/** This process's counters in a form that survives JSON (IPC to the primary). */
-export function processStats(members: readonly Member[], listener: ListenerStats, active: number): ProcessStats {
+/** This process's counters in a form that survives JSON (IPC to the primary); `accessLog` absent when it is off. */
+export function processStats(members: readonly Member[], listener: ListenerStats, active: number, accessLog?: AccessLogStats): ProcessStats {
   return {
     members: members.map((m) => ({ address: m.address, connections: m.connections, stats: { ...m.stats, connectBuckets: [...m.stats.connectBuckets] } as unknown as MemberStats })),
     listener: { accepted: listener.accepted, limitReached: listener.limitReached, tlsFailures: [...listener.tlsFailures] },
     active,
+    accessLog: { dropped: 0, writeErrors: 0, reopenFailures: 0, ...accessLog },
   };
 }
 
@@ -30,6 +34,7 @@ export function mergeStats(own: ProcessStats, others: readonly ProcessStats[]): 
     merged.active += o.active;
     merged.listener.accepted += o.listener.accepted;
     merged.listener.limitReached += o.listener.limitReached;
+    for (const k of ["dropped", "writeErrors", "reopenFailures"] as const) merged.accessLog[k] += o.accessLog[k];
     const tls = new Map(merged.listener.tlsFailures);
     for (const [k, n] of o.listener.tlsFailures) tls.set(k, (tls.get(k) ?? 0) + n);
     merged.listener.tlsFailures = [...tls];
@@ -101,6 +106,10 @@ export function renderMetrics(s: {
     const [side, reason] = k.split("|");
     return [`{side="${esc(side ?? "")}",reason="${esc(reason ?? "")}"}`, n];
   }));
+  const al = s.counters.accessLog;
+  metric("access_log_dropped_lines_total", "counter", "Access log lines never written: beyond the ~1 MiB held while the file could not take them, or still held at exit.", [["", al.dropped]]);
+  metric("access_log_write_errors_total", "counter", "Access log writes that failed or were short (ENOSPC, EIO, ...); retried every second.", [["", al.writeErrors]]);
+  metric("access_log_reopen_failures_total", "counter", "Access log reopens (SIGUSR1, and their retries every second) that could not open the path.", [["", al.reopenFailures]]);
   metric("discovery_refreshes_total", "counter", "Successful discovery rounds (DNS SRV, member list).", [["", s.discovery.refreshes]]);
   metric("discovery_failures_total", "counter", "Failed discovery rounds (the last good endpoints were kept).", [["", s.discovery.failures]]);
   metric("discovery_last_good_age_seconds", "gauge", "Seconds since the last good discovery answer (-1: none yet).", [["", s.discovery.lastGoodAt === 0 ? -1 : (Date.now() - s.discovery.lastGoodAt) / 1000]]);

@@ -139,8 +139,8 @@ class GatewayProcess {
       () => void this.reload(),
       () => {
         const gw = this.#gateway;
-        if (gw === undefined) return { members: [], listener: { accepted: 0, limitReached: 0, tlsFailures: [] }, active: 0 };
-        return processStats(gw.members.list, gw.proxy.stats, gw.proxy.active);
+        if (gw === undefined) return { members: [], listener: { accepted: 0, limitReached: 0, tlsFailures: [] }, active: 0, accessLog: { dropped: 0, writeErrors: 0, reopenFailures: 0 } };
+        return processStats(gw.members.list, gw.proxy.stats, gw.proxy.active, gw.accessLog?.stats);
       },
     );
     try {

@@ -1,13 +1,18 @@
-/** --access-log: one JSON line per closed connection, and every termination code from a real scenario. */
+/**
+ * --access-log: one JSON line per closed connection, every termination code from a real scenario,
+ * and the file's life: SIGUSR1 reopens without leaking the old descriptor, a full disk (a tiny tmpfs
+ * in a private mount namespace: needs root and `unshare`) never leaves half a line, and a removed
+ * directory never ends the process.
+ */
 import { afterAll, afterEach, describe, expect, test } from "bun:test";
 import type { Socket as BunSocket } from "bun";
 import type { AccessRecord } from "../../src/accesslog.ts";
-import { existsSync, mkdtempSync, readFileSync, renameSync, rmSync } from "node:fs";
-import { createServer, type Server } from "node:net";
+import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, renameSync, rmSync, unlinkSync, writeSync } from "node:fs";
+import { connect, createServer, type Server } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { startGatewayProcess as startGateway, stopAllGateways, type GatewayProcess } from "../support/gateway.ts";
-import { freePort, sleep, waitFor } from "../support/net.ts";
+import { fdCount, freePort, sleep, waitFor } from "../support/net.ts";
 import { dial, echoServer, readAll, roundTrip, type Listening } from "../support/peers.ts";
 
 const dir = mkdtempSync(join(tmpdir(), "etcd-gateway-access-"));
@@ -158,16 +163,151 @@ describe("access log termination codes", () => {
   });
 });
 
-test("SIGUSR1 reopens the access log file (logrotate)", async () => {
+/** A gateway logging to `file` (its member: the echo server), with a first line in it. */
+async function withFirstLine(file: string): Promise<GatewayProcess> {
   echo ??= await echoServer();
-  const file = join(dir, "rotate.log");
   const gw = await startGateway(["--health-check=none", `--access-log=${file}`, `--endpoints=127.0.0.1:${echo.port}`]);
   await roundTrip(gw.port, "one");
   await waitFor("the first line", () => existsSync(file) && readFileSync(file, "utf8").includes("client"), 5000, 50);
+  return gw;
+}
+
+test("SIGUSR1 reopens the access log file (logrotate)", async () => {
+  const file = join(dir, "rotate.log");
+  const gw = await withFirstLine(file);
   renameSync(file, `${file}.1`);
   gw.proc.kill("SIGUSR1");
   await sleep(100);
   await roundTrip(gw.port, "two");
   await waitFor("a line in the new file", () => existsSync(file) && readFileSync(file, "utf8").trim().split("\n").length === 1, 5000, 50);
   expect(readFileSync(`${file}.1`, "utf8").trim().split("\n")).toHaveLength(1);
+});
+
+test("200 SIGUSR1s close every old descriptor, and lines go to the file created after the rename", async () => {
+  const file = join(dir, "reopen-leak.log");
+  const gw = await withFirstLine(file);
+  const baseline = fdCount(gw.pid);
+  renameSync(file, `${file}.1`);
+  for (let i = 0; i < 200; i++) {
+    gw.proc.kill("SIGUSR1");
+    await sleep(5);
+  }
+  await waitFor("the descriptors back to the baseline", () => fdCount(gw.pid) <= baseline + 2, 2000, 50).catch(() => {});
+  expect(fdCount(gw.pid)).toBeLessThanOrEqual(baseline + 2);
+  await roundTrip(gw.port, "two");
+  await waitFor("a line in the new file", () => existsSync(file) && readFileSync(file, "utf8").trim().split("\n").length === 1, 5000, 50);
+  expect(readFileSync(`${file}.1`, "utf8").trim().split("\n")).toHaveLength(1);
+  expect(gw.running()).toBe(true);
+});
+
+test("SIGUSR1 after the log's directory was removed: the gateway keeps proxying, says so once, and opens the file again once the directory is back", async () => {
+  const logDir = mkdtempSync(join(dir, "gone-"));
+  const file = join(logDir, "access.log");
+  const gw = await withFirstLine(file);
+  rmSync(logDir, { recursive: true });
+  gw.proc.kill("SIGUSR1");
+  await sleep(50);
+  gw.proc.kill("SIGUSR1");
+  for (let i = 0; i < 20; i++) expect(await roundTrip(gw.port, `m${i}`)).toBe(`m${i}`);
+  await sleep(2200); // two flushes, each of which tries the path again
+  expect(gw.running()).toBe(true);
+  expect(gw.lines.filter((l) => l.includes("access log reopen failed"))).toHaveLength(1);
+  expect(gw.lines.filter((l) => l.includes("unexpected"))).toEqual([]);
+  mkdirSync(logDir);
+  expect(await roundTrip(gw.port, "back")).toBe("back");
+  await waitFor("a line in the file made again", () => existsSync(file) && readFileSync(file, "utf8").includes("client"), 5000, 50);
+  expect(gw.lines.filter((l) => l.includes("access log reopened"))).toHaveLength(1);
+});
+
+/** Root and `unshare`: a tmpfs mounted in a private mount namespace, seen by the gateway only. */
+const canMount = (() => {
+  const probe = mkdtempSync(join(tmpdir(), "etcd-gateway-mnt-"));
+  try {
+    return Bun.spawnSync(["unshare", "--mount", "--propagation", "private", "mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", probe]).exitCode === 0;
+  } catch {
+    return false;
+  } finally {
+    rmSync(probe, { recursive: true, force: true });
+  }
+})();
+if (!canMount) console.warn("accesslog.test.ts: full-disk tests skipped, mount namespaces are not available (needs root and unshare)");
+
+/** Runs the gateway with a `size` tmpfs mounted on `mnt` in its own mount namespace (unshare execs in place: the pid is the gateway's). */
+const inTmpfs = (mnt: string, size: string) => (cmd: string[]) => ["unshare", "--mount", "--propagation", "private", "bash", "-c", `mount -t tmpfs -o size=${size} tmpfs "$0" && exec "$@"`, mnt, ...cmd];
+
+/** Fills the filesystem under `path` (through /proc/PID/root, which resolves in that process's mount namespace). */
+function fill(path: string): void {
+  const fd = openSync(path, "w");
+  const chunk = new Uint8Array(64 * 1024);
+  try {
+    for (;;) writeSync(fd, chunk);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== "ENOSPC") throw e;
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** Opens and ends `n` connections through the gateway, 32 at a time: `n` access log lines. */
+async function churn(port: number, n: number): Promise<void> {
+  const one = () =>
+    new Promise<void>((resolve) => {
+      const s = connect({ host: "127.0.0.1", port });
+      s.on("error", () => resolve());
+      s.on("connect", () => s.end("x"));
+      s.on("data", () => {});
+      s.on("close", () => resolve());
+    });
+  let left = n;
+  await Promise.all(Array.from({ length: 32 }, async () => {
+    while (left-- > 0) await one();
+  }));
+}
+
+describe.skipIf(!canMount)("a full disk under the access log", () => {
+  /**
+   * One run: a line, the disk filled, `n` connections (more than the 1 MiB the gateway holds), checks
+   * while full, the filler removed, checks after. Every line ends up written or counted as dropped.
+   */
+  async function fullDisk(workers: number, n: number): Promise<void> {
+    echo ??= await echoServer();
+    const mnt = mkdtempSync(join(dir, "tmpfs-"));
+    const gw = await startGateway(["--health-check=none", `--access-log=${mnt}/access.log`, `--endpoints=127.0.0.1:${echo.port}`, `--workers=${workers}`], { admin: true, wrap: inTmpfs(mnt, "8m") });
+    const inside = `/proc/${gw.pid}/root${mnt}`;
+    const text = () => readFileSync(`${inside}/access.log`, "utf8");
+    const lineCount = () => text().split("\n").length - 1;
+    const dropped = () => gw.metric("etcd_gateway_access_log_dropped_lines_total");
+    await churn(gw.port, 1);
+    await waitFor("the first line", () => lineCount() === 1, 5000, 50);
+    fill(`${inside}/filler`);
+    await churn(gw.port, n);
+    await gw.waitForLog("access log write failed", 5000);
+    await waitFor("dropped lines counted", async () => (await dropped()) > 0, 5000, 100);
+    await sleep(1200); // a retry or two, which must not log again
+    expect(gw.lines.filter((l) => l.includes("access log write failed"))).toHaveLength(workers);
+    // Whatever was written before the disk filled is whole lines, each one JSON.
+    const full = text();
+    expect(full.endsWith("\n")).toBe(true);
+    for (const l of full.trimEnd().split("\n")) expect(() => JSON.parse(l)).not.toThrow();
+    expect(await gw.metric("etcd_gateway_access_log_write_errors_total")).toBeGreaterThan(0);
+
+    unlinkSync(`${inside}/filler`);
+    await churn(gw.port, 10);
+    const total = 1 + n + 10;
+    await waitFor("every line written or counted as dropped", async () => lineCount() + (await dropped()) === total, 5000, 100).catch(() => {});
+    expect(lineCount() + (await dropped())).toBe(total);
+    for (const l of text().trimEnd().split("\n")) expect(() => JSON.parse(l)).not.toThrow();
+    const again = gw.lines.filter((l) => l.includes("access log writing again"));
+    expect(again).toHaveLength(workers);
+    expect(again.map((l) => (JSON.parse(l) as { dropped: number }).dropped).reduce((a, b) => a + b, 0)).toBe(await dropped());
+    expect(gw.running()).toBe(true);
+  }
+
+  test("one process: the failure is logged once, lines beyond the buffer are counted, no partial line, and writing resumes once space is freed", async () => {
+    await fullDisk(1, 7000);
+  }, 20_000);
+
+  test("--workers=2: each process logs it once, and /metrics sums the dropped lines of both", async () => {
+    await fullDisk(2, 14000);
+  }, 20_000);
 });

@@ -39,7 +39,7 @@ function proxyFor(ports: number[], opts: { connect?: Connect; flags?: Record<str
     settings: () => settings,
     policy: () => policy,
     reports,
-    accessLog: { write: (r) => void records.push(r), reopen() {}, close: async () => {} },
+    accessLog: { write: (r) => void records.push(r), reopen() {}, close: async () => {}, stats: { dropped: 0, writeErrors: 0, reopenFailures: 0 } },
     log: createLogger({ write: () => {} }),
     connect: opts.connect,
   });
