@@ -194,6 +194,8 @@ export async function startGateway(settings: Settings, log: Logger, role: Gatewa
     accessLog,
     log,
   });
+  const asked = settings.flags["max-connections"];
+  if (asked > proxy.fdCap) log.warn("--max-connections is above what the open-files limit allows; the lower value applies", { "max-connections": asked, allowed: proxy.fdCap });
   gw = new Gateway(store, members, health, proxy, accessLog, discoveryStats, log, role);
   const started = gw;
   members.onChange((m, _from, to) => {

@@ -4,7 +4,7 @@
  *
  * @module
  */
-import { closeSync, openSync, readSync } from "node:fs";
+import { closeSync, openSync, readdirSync, readFileSync, readSync } from "node:fs";
 
 /** Files named by flags (config, endpoints file, certificates): far above any real one. */
 export const MAX_FILE_BYTES = 1 << 20;
@@ -62,4 +62,40 @@ export async function readReply(r: Response, maxBytes = MAX_REPLY_BYTES): Promis
     reader.releaseLock();
   }
   return Buffer.concat(parts).subarray(0, maxBytes).toString("utf8");
+}
+
+/** The process's open-files limit, from /proc/self/limits (Bun raises the soft limit to the hard one at start); Infinity where unknown. */
+export function openFilesLimit(): number {
+  try {
+    const line = /^Max open files\s+(\d+|unlimited)/m.exec(readFileSync("/proc/self/limits", "utf8"));
+    return line === null || line[1] === "unlimited" ? Infinity : Number(line[1]);
+  } catch {
+    return Infinity;
+  }
+}
+
+/** Descriptors this process has open now (0 where unknown). */
+export function openFds(): number {
+  try {
+    return readdirSync("/proc/self/fd").length;
+  } catch {
+    return 0;
+  }
+}
+
+/**
+ * How many proxied connections fit under the open-files limit, as HAProxy derives maxconn from
+ * ulimit-n: each takes two descriptors (client and member), after those open now and a reserve
+ * for everything else (health checks, the admin endpoint, DNS, logs). Beyond it the gateway stops
+ * accepting instead of running out: accept() failing with EMFILE makes Bun's listener spin, and
+ * a dial failing with EMFILE looks like a member refusing (docs/bun.md, trap 6).
+ *
+ * The reserve is 48 descriptors, or a quarter of a tiny limit.
+ *
+ * @example connectionCap(20000, 15) // 9968
+ */
+export function connectionCap(limit: number, open: number): number {
+  if (!Number.isFinite(limit)) return Infinity;
+  const reserve = Math.min(48, Math.floor(limit / 4));
+  return Math.max(1, Math.floor((limit - open - reserve) / 2));
 }

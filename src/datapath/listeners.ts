@@ -42,6 +42,7 @@ export interface ListenersOptions {
 
 /** What the listeners read from the settings in force. */
 export interface ListenersSettings {
+  /** Client connections at most (Infinity: no limit). */
   readonly maxConnections: number;
   readonly listenTls: TlsFiles | null;
 }
@@ -168,7 +169,7 @@ export class Listeners {
    */
   checkLimit(open: number): void {
     const max = this.settings().maxConnections;
-    if (this.#paused || this.#stopped || max === 0 || open < max) return;
+    if (this.#paused || this.#stopped || open < max) return;
     this.#paused = true;
     this.opts.stats.limitReached++;
     for (const s of this.#slots) {
@@ -181,7 +182,7 @@ export class Listeners {
   /** Accepts again once below the limit (after a connection closed, or the limit was raised). */
   resumeBelowLimit(open: number): void {
     const max = this.settings().maxConnections;
-    if (!this.#paused || this.#stopped || (max > 0 && open >= max)) return;
+    if (!this.#paused || this.#stopped || open >= max) return;
     try {
       for (const s of this.#slots) s.accepting ??= this.acceptOn(s);
       this.#paused = false;

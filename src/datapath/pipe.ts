@@ -125,6 +125,12 @@ function closeIfDone(leg: Leg): void {
 export function passClose(leg: Leg, err: Error | undefined): void {
   const peer = leg.peer;
   if (peer === null || peer.closed || peer.sock === null) return;
+  if (leg.out !== null) {
+    // The peer was paused until these bytes left; they never will. Resume it, or its own FIN
+    // would never be seen (a paused socket reports a FIN only once resumed, docs/bun.md).
+    leg.out = null;
+    peer.sock.resume();
+  }
   // terminate() reports a clean close on our own side (docs/bun.md, "terminate()"): `resetting` says it was a reset.
   if (err !== undefined || leg.resetting) peer.sock.terminate();
   else if (!peer.writeDone) forwardFin(peer);

@@ -18,6 +18,7 @@ import type { Member } from "../members.ts";
 import type { Policy } from "../select.ts";
 import type { Settings, UpstreamTls } from "../settings.ts";
 import { sendQueue } from "../libc.ts";
+import { connectionCap, openFds, openFilesLimit } from "../limits.ts";
 import { tlsReason } from "../tls.ts";
 import { Conn, type ConnHost, type UpstreamLeg } from "./conn.ts";
 import { Dialer, type Connect, type DialerHost, type DialReports } from "./dialer.ts";
@@ -55,6 +56,7 @@ export class Proxy implements ConnHost, DialerHost, SweepHost {
   #idleWaiters: (() => void)[] = [];
   /** Bytes the kernel held for each idle-looking connection at the last idle sweep. */
   readonly #queued = new Map<Conn, number>();
+  #fdCap = Infinity;
   #lastNoMemberLog = -Infinity;
   #suppressedNoMember = 0;
 
@@ -71,8 +73,20 @@ export class Proxy implements ConnHost, DialerHost, SweepHost {
     const { addresses, reusePort, exclusive, log } = opts;
     this.#listeners = new Listeners(
       { addresses, socketMode: opts.settings().flags["listen-socket-mode"], reusePort, exclusive, handlers, tlsHandlers, stats: this.stats, log },
-      () => ({ maxConnections: opts.settings().flags["max-connections"], listenTls: opts.settings().listenTls }),
+      () => ({ maxConnections: this.maxConnections, listenTls: opts.settings().listenTls }),
     );
+    this.#fdCap = connectionCap(openFilesLimit(), openFds());
+  }
+
+  /** What the open-files limit allows (see connectionCap). */
+  get fdCap(): number {
+    return this.#fdCap;
+  }
+
+  /** Client connections at most: --max-connections, or what the open-files limit allows if lower (or unset). */
+  get maxConnections(): number {
+    const flag = this.opts.settings().flags["max-connections"];
+    return flag > 0 && flag < this.#fdCap ? flag : this.#fdCap;
   }
 
   /** The port of the first TCP listener (0 when there is none). */

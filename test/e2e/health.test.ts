@@ -12,7 +12,7 @@ import { startCluster, type Cluster } from "../support/cluster.ts";
 import { makeCerts, type Certs } from "../support/certs.ts";
 import { memberBehind, useSharedCluster, viaGateway } from "../support/etcd.ts";
 import { startGatewayProcess, stopAllGateways, type GatewayProcess } from "../support/gateway.ts";
-import { sleep, waitFor } from "../support/net.ts";
+import { rssKiB, sleep, waitFor } from "../support/net.ts";
 
 /**
  * Fast checks keep the tests short: down within 3 × 500 ms, up within 2 × 500 ms. The timeout stays
@@ -267,6 +267,32 @@ describe("--health-fall and --health-rise are counted exactly, in the binary", (
       expect(after(up)).toBe(8); // "ok, bad" does not count; "ok, ok" does
       expect(records(gw, "deactivated endpoint")).toHaveLength(1);
       expect(records(gw, "activated")).toHaveLength(1);
+    } finally {
+      member.stop(true);
+    }
+  });
+});
+
+describe("a member's replies are read bounded", () => {
+  test("a /health answer with an endless body: the check reads at most 64 KiB, fails, and the gateway's memory stays flat", async () => {
+    // Found in 514d668: a member answering with an endless body took the gateway to 1 GB RSS in 1 s.
+    const chunk = new Uint8Array(64 * 1024).fill(120);
+    let served = 0;
+    const member = Bun.serve({
+      hostname: "127.0.0.1",
+      port: 0,
+      fetch: () => {
+        served++;
+        return new Response(new ReadableStream({ pull: (c) => c.enqueue(chunk) }), { status: 200 });
+      },
+    });
+    try {
+      const gw = await startGatewayProcess([`--endpoints=127.0.0.1:${member.port}`, "--health-check=health", "--health-interval=200ms", "--health-fall=1"]);
+      const before = rssKiB(gw.proc.pid);
+      const down = await waitFor("the member marked down", () => records(gw, "deactivated endpoint")[0], 5000, 20);
+      expect(String(down.error)).toMatch(/^health 200: x{100}/);
+      await waitFor("several more checks", () => served >= 5, 5000, 20);
+      expect(rssKiB(gw.proc.pid) - before).toBeLessThan(64 * 1024);
     } finally {
       member.stop(true);
     }

@@ -3,6 +3,7 @@ import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { ConfigError, parseFlags, START_FLAGS } from "../../src/flags.ts";
+import { connectionCap } from "../../src/limits.ts";
 import { buildSettings, gatherFlags, reloadSettings, serialize } from "../../src/settings.ts";
 
 const parse = (argv: string[]) => buildSettings(gatherFlags(parseFlags(argv, START_FLAGS), {}));
@@ -200,4 +201,17 @@ describe("bad input is printed escaped", () => {
     }
     expect((err as Error).message).toBe('--policy (from config file /x.yaml, key "policy"): invalid value "\\u001b]0;pwned\\u0007"; expected one of sticky, round-robin, least-connections, ordered');
   });
+});
+
+describe("the connection cap from the open-files limit (HAProxy's maxconn from ulimit-n)", () => {
+  const cases: [limit: number, open: number, cap: number][] = [
+    [20000, 15, 9968], // (20000 - 15 - 48) / 2, rounded down
+    [1024, 12, 482], // (1024 - 12 - 48) / 2
+    [32, 13, 5], // the reserve shrinks to a quarter of a tiny limit: (32 - 13 - 8) / 2
+    [16, 14, 1], // never below one
+    [Infinity, 10, Infinity],
+  ];
+  for (const [limit, open, cap] of cases) {
+    test(`open-files limit ${limit} with ${open} open: ${cap} connections`, () => expect(connectionCap(limit, open)).toBe(cap));
+  }
 });
