@@ -84,10 +84,21 @@ export class Gateway {
   /**
    * `--close-on-member-down`: reset the connections of a member that went down, so gRPC clients
    * reconnect through the gateway now instead of after their keepalive; only when a usable member
-   * exists to take them (else they would come straight back to the same member).
+   * exists to take them (else they would come straight back to the same member). Spares are checked
+   * rarely, so the one that would take the clients is checked first (in the primary; a worker
+   * follows the state its primary shares).
    */
   memberDown(m: Member): void {
     if (!this.settings.flags["close-on-member-down"] || !this.members.list.some((o) => o.up)) return;
+    if (m.connections === 0) return;
+    const next = this.policy.preferred() ?? this.members.list.find((o) => o.up);
+    if (this.health === null || next === undefined) return this.closeConnections(m);
+    void this.health.verify(next).then((ok) => {
+      if (ok && m.state !== "up") this.closeConnections(m);
+    });
+  }
+
+  private closeConnections(m: Member): void {
     const closed = this.proxy.closeMember(m);
     if (closed > 0) this.log.warn("closed connections to a member that went down", { address: m.address, state: m.state, connections: closed });
   }
@@ -183,10 +194,11 @@ export async function startGateway(settings: Settings, log: Logger, role: Gatewa
   }
   const store = new SettingsStore(settings);
   const members = new MemberTable(endpoints, primary ? log : null);
-  const health = primary ? new Health(members, () => store.current.health, log) : null;
+  let gw: Gateway | undefined;
+  const inUse = (m: Member) => m.connections > 0 || gw?.policy.preferred() === m;
+  const health = primary ? new Health(members, () => store.current.health, log, inUse) : null;
   const accessLog = openLog(settings, log);
   const discoveryStats: DiscoveryStats = { refreshes: 0, failures: 0, lastGoodAt: srv !== null ? Date.now() : 0 };
-  let gw: Gateway | undefined;
   const proxy = listen(settings, role, {
     settings: () => store.current,
     policy: () => gw!.policy,

@@ -78,14 +78,24 @@ export function unixAddress(path: string): { addr: Buffer; len: number } {
 }
 
 const SIOCOUTQ = 0x5411;
-const outq = new Int32Array(1);
+const FIONREAD = 0x541b;
+const queued = new Int32Array(1);
 
-/** Bytes in a socket's send queue (not yet sent or not yet acknowledged), or -1 when unknown. */
-export function sendQueue(fd: number): number {
+function ioctlInt(fd: number, request: number): number {
   if (fd < 0) return -1;
   try {
-    return libc().ioctl(fd, SIOCOUTQ, ptr(outq)) === 0 ? outq[0]! : -1;
+    return libc().ioctl(fd, request, ptr(queued)) === 0 ? queued[0]! : -1;
   } catch {
     return -1;
   }
+}
+
+/** Bytes in a socket's send queue (not yet sent or not yet acknowledged), or -1 when unknown. */
+export function sendQueue(fd: number): number {
+  return ioctlInt(fd, SIOCOUTQ);
+}
+
+/** Bytes that arrived on a socket and are not read yet (a paused socket keeps them), or -1 when unknown. */
+export function receiveQueue(fd: number): number {
+  return ioctlInt(fd, FIONREAD);
 }

@@ -99,3 +99,17 @@ export function connectionCap(limit: number, open: number): number {
   const reserve = Math.min(48, Math.floor(limit / 4));
   return Math.max(1, Math.floor((limit - open - reserve) / 2));
 }
+
+/**
+ * Whether this process is out of file descriptors right now: a failed connect can then be our own
+ * trouble, which Bun reports as ECONNREFUSED like a member refusing (docs/bun.md, trap 6).
+ */
+export function outOfFds(): boolean {
+  try {
+    closeSync(openSync("/dev/null", "r"));
+    return false;
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    return code === "EMFILE" || code === "ENFILE";
+  }
+}

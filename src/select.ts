@@ -28,6 +28,8 @@ export interface Policy {
   position(): number;
   /** Adopts a position decided elsewhere (the primary process). */
   adopt(position: number): void;
+  /** The member the next client goes to when the policy knows it in advance (sticky, ordered), without choosing. */
+  preferred(): Member | undefined;
 }
 
 /**
@@ -44,12 +46,12 @@ export function createPolicy(name: PolicyName, table: MemberTable, random: () =>
     case "least-connections":
       return leastConnections(table, random);
     case "ordered":
-      return positionless("ordered", () => arrange(table.list, bestClass(table.list)[0]));
+      return positionless("ordered", () => arrange(table.list, bestClass(table.list)[0]), () => bestClass(table.list)[0]);
   }
 }
 
-function positionless(name: PolicyName, candidates: () => Member[]): Policy {
-  return { name, candidates, position: () => -1, adopt() {} };
+function positionless(name: PolicyName, candidates: () => Member[], preferred: () => Member | undefined = () => undefined): Policy {
+  return { name, candidates, position: () => -1, adopt() {}, preferred };
 }
 
 /**
@@ -89,6 +91,7 @@ function sticky(table: MemberTable, random: () => number): Policy {
       const m = table.list[position];
       if (m !== undefined) current = m;
     },
+    preferred: settle,
   };
 }
 

@@ -179,6 +179,8 @@ function derive(f: FlagValues, configFile: string | null, origin: (flag: StartFl
   const health: HealthSettings = {
     check: f["health-check"],
     intervalMs: f["health-interval"],
+    statusIntervalMs: f["health-status-interval"],
+    spareIntervalMs: f["health-spare-interval"],
     timeoutMs: f["health-timeout"],
     rise: f["health-rise"],
     fall: f["health-fall"],

@@ -17,6 +17,12 @@ export interface ConnHost {
   release(conn: Conn): void;
 }
 
+/** A socket's file descriptor (Bun has it, bun-types does not say so); -1 when closed or unknown. */
+export function fdOf(s: Leg["sock"]): number {
+  const fd = (s as unknown as { fd?: number } | null)?.fd;
+  return typeof fd === "number" ? fd : -1;
+}
+
 /** The socket to a member, from the dial on. One per dial attempt. */
 export class UpstreamLeg extends Leg {
   /** performance.now() when the dial started, and when it connected (0 until then). */

@@ -16,8 +16,10 @@ import { formatDuration } from "../duration.ts";
 import { errorText, type Logger } from "../log.ts";
 import type { Member } from "../members.ts";
 import type { UpstreamTls } from "../settings.ts";
+import { receiveQueue } from "../libc.ts";
+import { outOfFds } from "../limits.ts";
 import { tlsReason } from "../tls.ts";
-import { Conn, UpstreamLeg } from "./conn.ts";
+import { Conn, fdOf, UpstreamLeg } from "./conn.ts";
 import { flush, forwardFin, pair, passClose, pipeHandlers, type Leg, type LegOwner } from "./pipe.ts";
 
 /** Where the dialer reports what members did (health in the primary; the primary, from a worker). */
@@ -26,6 +28,8 @@ export interface DialReports {
   dialFailed(member: Member, reason: string): void;
   /** A dial to `member` succeeded (after failures: once the member proved itself). */
   dialSucceeded(member: Member): void;
+  /** `member` has its first connection open in this process (it carries clients now). */
+  cameIntoUse?(member: Member): void;
 }
 
 /** Opens the socket of `leg` to its member, as Bun.connect does: `socket.open` when connected, rejects when not. */
@@ -97,7 +101,7 @@ export class Dialer implements LegOwner {
     const member = conn.candidates[conn.attempt++];
     if (member === undefined) return this.host.exhausted(conn);
     // Counted from the dial on, so least-connections sees a burst of new connections as it happens.
-    member.connections++;
+    if (member.connections++ === 0) this.host.reports.cameIntoUse?.(member);
     const leg = new UpstreamLeg(this, conn, member);
     conn.up = leg;
     // docs/bun.md, trap 5: Bun.connect has no timeout and cannot be cancelled; the sweep fails
@@ -107,12 +111,17 @@ export class Dialer implements LegOwner {
     this.host.watch(leg);
     this.connect(leg, this.#handlers, this.host.upstreamTls).catch((e: unknown) => {
       const text = errorText(e);
-      this.fail(leg, text, text.includes("ECONNREFUSED") ? "refused" : "other");
+      // Bun reports a connect that failed for lack of descriptors as ECONNREFUSED (docs/bun.md, trap 6).
+      if (text.includes("ECONNREFUSED") && outOfFds()) this.fail(leg, `${text} (out of file descriptors)`, "other", false);
+      else this.fail(leg, text, text.includes("ECONNREFUSED") ? "refused" : "other");
     });
   }
 
-  /** The dial of `leg` failed (refused, timed out, certificate not verified): try the next candidate. */
-  fail(leg: UpstreamLeg, reason: string, kind: FailureReason): void {
+  /**
+   * The dial of `leg` failed (refused, timed out, certificate not verified): try the next candidate.
+   * `evidence` false: the failure was the gateway's own (out of descriptors), not held against the member.
+   */
+  fail(leg: UpstreamLeg, reason: string, kind: FailureReason, evidence = true): void {
     if (leg.abandoned) return;
     leg.abandoned = true;
     const conn = leg.conn;
@@ -120,7 +129,7 @@ export class Dialer implements LegOwner {
     leg.member.connections--;
     leg.member.stats.failures[kind]++;
     this.host.unwatch(leg);
-    this.host.reports.dialFailed(leg.member, reason);
+    if (evidence) this.host.reports.dialFailed(leg.member, reason);
     this.dial(conn);
   }
 
@@ -185,14 +194,19 @@ export class Dialer implements LegOwner {
   }
 
   /**
-   * A member that ends a connection before saying anything, within the connect timeout of
-   * accepting it, and before the client ended its side, is as broken as one that refuses: it counts
-   * like a failed dial (once per connection).
+   * A member that ends a connection on its own, right after accepting it (within the connect
+   * timeout), is as broken as one that refuses: it counts like a failed dial, once per connection.
+   * Only what the member did counts: not if it had sent a byte, or the client had said anything
+   * (etcd closes a connection that sends it garbage; the client's bytes may still wait unread in
+   * the kernel), or the client had ended, reset or gone first.
    */
   private earlyEnd(leg: UpstreamLeg, reason: string): void {
     if (!leg.earlyWindow) return;
     leg.earlyWindow = false;
-    const early = !leg.gotData && !leg.conn.client.readDone && performance.now() - leg.connectedAt < this.host.connectTimeoutMs;
+    const client = leg.conn.client;
+    const clientSaid = client.gotData || receiveQueue(fdOf(client.sock)) !== 0;
+    const onItsOwn = !leg.gotData && !clientSaid && !client.readDone && !client.closed;
+    const early = onItsOwn && performance.now() - leg.connectedAt < this.host.connectTimeoutMs;
     if (early) {
       leg.member.stats.failures.reset++;
       this.host.reports.dialFailed(leg.member, reason);

@@ -20,7 +20,7 @@ import type { Settings, UpstreamTls } from "../settings.ts";
 import { sendQueue } from "../libc.ts";
 import { connectionCap, openFds, openFilesLimit } from "../limits.ts";
 import { tlsReason } from "../tls.ts";
-import { Conn, type ConnHost, type UpstreamLeg } from "./conn.ts";
+import { Conn, fdOf, type ConnHost, type UpstreamLeg } from "./conn.ts";
 import { Dialer, type Connect, type DialerHost, type DialReports } from "./dialer.ts";
 import { Listeners } from "./listeners.ts";
 import { pipeHandlers, type Leg } from "./pipe.ts";
@@ -270,12 +270,6 @@ export class Proxy implements ConnHost, DialerHost, SweepHost {
     }
     return n;
   }
-}
-
-/** A socket's file descriptor (Bun has it, bun-types does not say so); -1 when closed or unknown. */
-function fdOf(s: Socket<Leg> | null): number {
-  const fd = (s as unknown as { fd?: number } | null)?.fd;
-  return typeof fd === "number" ? fd : -1;
 }
 
 /** The client's address for the access log. */

@@ -8,6 +8,20 @@
  * until a passing check or, with `--health-check none`, a TCP probe every `--retry-delay` (etcd's
  * gateway behaviour, without its unbounded, piling-up probes) brings it back.
  *
+ * What the checks cost the cluster is multiplied by every host that runs a gateway, so they are
+ * spent where they matter (README, "What health checks cost the cluster"):
+ * - the member in use (carrying this gateway's clients, or the one its policy sends the next client
+ *   to) gets a cheap liveness check every `--health-interval` on a kept-alive connection, and a full
+ *   check (leader, learner, alarm) every `--health-status-interval`; once a full check fails, every
+ *   check is full until one passes;
+ * - a spare (up, no clients) gets a full check every `--health-spare-interval` (Envoy's
+ *   no_traffic_interval), on a new connection each time: no idle connection is held on the member;
+ * - a down or ejected member is checked at `--health-interval` doubling after each failure up to
+ *   `--health-spare-interval` (HAProxy's downinter): checks back off, never speed up, when the
+ *   cluster is sick.
+ * Every wait is jittered ±10 % and the first check of a member falls anywhere in the first
+ * interval, so a fleet restarted at once does not check in step.
+ *
  * The clock, the check and the probe are injected, so the rules are unit-tested without sockets
  * or waiting (test/unit/health.test.ts).
  *
@@ -18,13 +32,18 @@ import type { Logger } from "../log.ts";
 import type { Member, MemberState, MemberTable } from "../members.ts";
 import { after } from "../timers.ts";
 import type { TlsFiles } from "../tls.ts";
-import { runCheck, type CheckKind, type CheckResult } from "./checks.ts";
+import { runCheck, type CheckDepth, type CheckKind, type CheckOptions, type CheckResult } from "./checks.ts";
 import { tcpProbe } from "./probe.ts";
 
 /** The health settings in force; read where they are used, so a reload takes effect at the next step. */
 export interface HealthSettings {
   readonly check: CheckKind;
+  /** Between checks of the member in use (liveness), and the first step of a down member's backoff. */
   readonly intervalMs: number;
+  /** Between full checks of the member in use. */
+  readonly statusIntervalMs: number;
+  /** Between checks of a spare, and the longest backoff of a down member. */
+  readonly spareIntervalMs: number;
   readonly timeoutMs: number;
   /** Passing checks in a row that bring a down member up. */
   readonly rise: number;
@@ -43,7 +62,9 @@ export interface HealthWorld {
   after(ms: number, fn: () => void): () => void;
   /** In [0, 1): jitter. */
   random(): number;
-  check(kind: Exclude<CheckKind, "none">, member: Member, timeoutMs: number, tls: TlsFiles | null): Promise<CheckResult>;
+  /** Milliseconds on a monotonic clock. */
+  now(): number;
+  check(kind: Exclude<CheckKind, "none">, member: Member, options: CheckOptions): Promise<CheckResult>;
   /** A TCP connect: null when it connected, else why not. */
   probe(member: Member, timeoutMs: number): Promise<string | null>;
 }
@@ -51,6 +72,7 @@ export interface HealthWorld {
 export const realWorld: HealthWorld = {
   after,
   random: Math.random,
+  now: () => performance.now(),
   check: runCheck,
   probe: (m, timeoutMs) => tcpProbe(m.dialHost, m.endpoint.port, timeoutMs),
 };
@@ -64,13 +86,21 @@ interface Track {
   okStreak: number;
   failStreak: number;
   cancel: (() => void) | null;
+  /** When the next check is due (the world's clock), to bring it forward when the member comes into use. */
+  dueAt: number;
   probing: boolean;
+  /** When the last full check ran, and whether it failed (then every check is full until one passes). */
+  lastFullAt: number;
+  fullFailing: boolean;
 }
 
 /** etcd's gateway: `--retry-delay=0` means its internal default of 5 minutes. */
 const retryMs = (s: HealthSettings) => (s.retryDelayMs > 0 ? s.retryDelayMs : 300_000);
-/** Check faster while a member is between states, as HAProxy's fastinter does. */
-const fastMs = (s: HealthSettings) => Math.max(Math.min(s.intervalMs / 4, 1000), 100);
+/** The longest wait before a member's first check. */
+const FIRST_CHECK_SPREAD_MS = 10_000;
+
+/** A down member's wait: the interval doubling with each failure beyond --health-fall, up to the spare interval. */
+const backoffMs = (s: HealthSettings, failStreak: number) => Math.min(s.intervalMs * 2 ** Math.max(failStreak - s.fall, 0), Math.max(s.spareIntervalMs, s.intervalMs));
 
 export class Health {
   readonly #tracks = new Map<Member, Track>();
@@ -80,6 +110,8 @@ export class Health {
     private readonly table: MemberTable,
     private readonly settings: () => HealthSettings,
     private readonly log: Logger,
+    /** Whether the member carries clients now (or is the one the policy sends the next client to). */
+    private readonly inUse: (m: Member) => boolean,
     private readonly world: HealthWorld = realWorld,
   ) {}
 
@@ -136,10 +168,45 @@ export class Health {
     this.settle(m, "dial succeeded", 0);
   }
 
+  /**
+   * The member now carries clients: if its next check is further away than --health-interval, it
+   * comes forward to then (traffic decides where checks go, not sickness).
+   */
+  cameIntoUse(m: Member): void {
+    const t = this.#tracks.get(m);
+    const s = this.settings();
+    if (t === undefined || t.cancel === null || t.probing || s.check === "none" || m.state !== "up") return;
+    if (t.dueAt - this.world.now() <= s.intervalMs) return;
+    t.cancel();
+    t.cancel = null;
+    this.schedule(m, s.intervalMs * this.jitter(), () => this.check(m));
+  }
+
+  /**
+   * Checks `m` fully now, once, and counts the verdict like any check; resolves whether it passed.
+   * For deciding on the spot whether a spare (checked rarely) really is there to take clients.
+   */
+  async verify(m: Member): Promise<boolean> {
+    const s = this.settings();
+    const t = this.track(m);
+    if (s.check === "none" || t.probing) return m.up;
+    const r = await this.world.check(s.check, m, { depth: "full", timeoutMs: s.timeoutMs, tls: s.tls, keepAlive: false });
+    if (this.#stopped || m.removed) return false;
+    if (r.ok === null) return m.up;
+    t.lastFullAt = this.world.now();
+    t.fullFailing = !r.ok;
+    this.judge(m, t, r.ok, r.reason);
+    return r.ok;
+  }
+
+  private jitter(): number {
+    return 0.9 + this.world.random() * 0.2;
+  }
+
   private track(m: Member): Track {
     let t = this.#tracks.get(m);
     if (t === undefined) {
-      t = { checked: false, checkUp: true, ejected: false, okStreak: 0, failStreak: 0, cancel: null, probing: false };
+      t = { checked: false, checkUp: true, ejected: false, okStreak: 0, failStreak: 0, cancel: null, dueAt: 0, probing: false, lastFullAt: -Infinity, fullFailing: false };
       this.#tracks.set(m, t);
     }
     return t;
@@ -158,6 +225,7 @@ export class Health {
   private schedule(m: Member, ms: number, fn: () => Promise<void>): void {
     const t = this.track(m);
     if (this.#stopped || t.cancel !== null) return;
+    t.dueAt = this.world.now() + ms;
     t.cancel = this.world.after(ms, async () => {
       t.cancel = null;
       t.probing = true;
@@ -169,25 +237,54 @@ export class Health {
     });
   }
 
+  /**
+   * The first check is full and falls anywhere within the first interval (at most 10 s), so a
+   * fleet started at once does not check in step.
+   */
   private firstCheck(m: Member): void {
-    const s = this.settings();
-    this.schedule(m, this.world.random() * Math.min(s.intervalMs, 200), () => this.check(m));
+    this.schedule(m, this.world.random() * Math.min(this.settings().intervalMs, FIRST_CHECK_SPREAD_MS), () => this.check(m));
+  }
+
+  /** What the next check of `m` asks, and how it connects. */
+  private plan(m: Member, t: Track, s: HealthSettings): CheckOptions {
+    const inUse = t.checked && m.state === "up" && this.inUse(m);
+    const full = !inUse || t.fullFailing || this.world.now() - t.lastFullAt >= s.statusIntervalMs;
+    const depth: CheckDepth = full ? "full" : "liveness";
+    return { depth, timeoutMs: s.timeoutMs, tls: s.tls, keepAlive: inUse };
+  }
+
+  /** When to check `m` next. */
+  private nextIn(m: Member, t: Track, s: HealthSettings): number {
+    if (m.state !== "up") return backoffMs(s, t.failStreak);
+    return this.inUse(m) ? s.intervalMs : Math.max(s.spareIntervalMs, s.intervalMs);
   }
 
   /** One active check and its consequence; then the next one, never overlapping. */
   private async check(m: Member): Promise<void> {
     const before = this.settings();
     if (before.check === "none") return; // switched off by a reload
-    const r = await this.world.check(before.check, m, before.timeoutMs, before.tls);
-    if (this.#stopped || m.removed) return;
-    const s = this.settings();
     const t = this.track(m);
+    const plan = this.plan(m, t, before);
+    const r = await this.world.check(before.check, m, plan);
+    if (this.#stopped || m.removed) return;
+    if (plan.depth === "full" && r.ok !== null) {
+      t.lastFullAt = this.world.now();
+      t.fullFailing = !r.ok;
+    }
+    if (r.ok !== null) this.judge(m, t, r.ok, r.reason);
+    const s = this.settings();
+    this.schedule(m, this.nextIn(m, t, s) * this.jitter(), () => this.check(m));
+  }
+
+  /** Rise and fall: `ok` is the latest check's verdict. */
+  private judge(m: Member, t: Track, ok: boolean, reason: string): void {
+    const s = this.settings();
     if (!t.checked) {
       t.checked = true;
-      if (!r.ok) t.checkUp = false;
+      if (!ok) t.checkUp = false;
     }
     let failures: number | undefined;
-    if (r.ok) {
+    if (ok) {
       t.failStreak = 0;
       t.okStreak++;
       if (!t.checkUp && t.okStreak >= s.rise) t.checkUp = true;
@@ -201,10 +298,7 @@ export class Health {
       t.failStreak++;
       if (t.checkUp && t.failStreak >= s.fall) t.checkUp = false;
     }
-    this.settle(m, r.reason, failures);
-    const transition = (t.checkUp && t.failStreak > 0) || (!t.checkUp && t.okStreak > 0);
-    const jitter = 0.9 + this.world.random() * 0.2;
-    this.schedule(m, (transition ? fastMs(s) : s.intervalMs) * jitter, () => this.check(m));
+    this.settle(m, reason, failures);
   }
 
   /** Without active checks: etcd's retry-delay probe of an ejected member. */

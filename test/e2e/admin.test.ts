@@ -124,7 +124,7 @@ describe("admin endpoint", () => {
   });
 
   test("`etcd-gateway status` prints a member's 503 body that carries terminal escapes escaped", async () => {
-    // A member whose /readyz answers 503 with a body that would retitle the terminal and clear the screen.
+    // A member that answers every request (the etcd check's status call included) with a 503 whose body would retitle the terminal and clear the screen.
     const member = createServer((_req, res) => res.writeHead(503).end("\x1b]0;pwned\x07\x1b[2Jnot ready"));
     await new Promise<void>((r) => member.listen(0, "127.0.0.1", r));
     servers.push({ port: 0, close: () => new Promise<void>((r) => member.close(() => r())) });
@@ -133,11 +133,11 @@ describe("admin endpoint", () => {
     await gw.waitForLog("deactivated endpoint");
     const table = runBinary(["status", `--admin-addr=${gw.adminURL!.slice("http://".length)}`]);
     expect(table.code).toBe(0);
-    expect(table.stdout).toContain("readyz 503: \\x1b]0;pwned\\x07\\x1b[2Jnot ready");
+    expect(table.stdout).toContain("status 503: \\x1b]0;pwned\\x07\\x1b[2Jnot ready");
     expect(table.stdout).not.toMatch(/[\x00-\x09\x0b-\x1f\x7f-\x9f]/);
     const json = runBinary(["status", `--admin-addr=${gw.adminURL!.slice("http://".length)}`, "--json"]);
     expect(json.stdout).not.toMatch(/[\x00-\x09\x0b-\x1f\x7f-\x9f]/);
-    expect(JSON.parse(json.stdout).members[0].reason).toBe("readyz 503: \x1b]0;pwned\x07\x1b[2Jnot ready");
+    expect(JSON.parse(json.stdout).members[0].reason).toBe("status 503: \x1b]0;pwned\x07\x1b[2Jnot ready");
   });
 
   test("`etcd-gateway status` without a gateway is a one-line error, exit 1", () => {

@@ -53,6 +53,22 @@ describe("DNS SRV with dnsmasq", () => {
     }
   });
 
+  test("with --dns-server, health checks reach members by the addresses that server gave: names the system cannot resolve stay up", async () => {
+    // Found in 514d668: the checks (and member-list sync) resolved member names through the system
+    // resolver, so every member was marked down forever (getaddrinfo ENOTFOUND; /readyz 503).
+    const dns = await startDnsmasq({ domain: DOMAIN, srv: srvFor([0, 1, 2]), hosts: hosts(), ttl: 60 });
+    try {
+      const admin = freePort();
+      const gw = await startGatewayProcess([`--discovery-srv=${DOMAIN}`, "--insecure-discovery", `--dns-server=${dns.server}`, "--health-interval=300ms", `--admin-addr=127.0.0.1:${admin}`]);
+      await sleep(1500); // several checks of every member
+      expect(gw.records().filter((r) => r.msg === "deactivated endpoint")).toEqual([]);
+      expect((await fetch(`http://127.0.0.1:${admin}/readyz`)).status).toBe(200);
+      expect((await viaGateway(gw, ["put", "disc/dns-server", "v"])).stdout.trim()).toBe("OK");
+    } finally {
+      await dns.stop();
+    }
+  });
+
   test("startup fails with etcd's message when both lookups fail, and never falls back to 127.0.0.1:2379", async () => {
     const dns = await startDnsmasq({ domain: DOMAIN, srv: [], hosts: [], ttl: 1 });
     try {

@@ -6,7 +6,7 @@
 import { afterEach, describe, expect, test } from "bun:test";
 import { startFakeDns } from "../support/dns.ts";
 import { runBinary, startGatewayProcess, stopAllGateways } from "../support/gateway.ts";
-import { sleep } from "../support/net.ts";
+import { sleep, waitFor } from "../support/net.ts";
 import { dial, echoServer, roundTrip } from "../support/peers.ts";
 
 afterEach(stopAllGateways);
@@ -40,6 +40,8 @@ describe("durations longer than a JavaScript timer", () => {
     const member = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { open: (s) => void (checks++, s.end()), data() {} } });
     try {
       const gw = await startGatewayProcess([`--endpoints=127.0.0.1:${member.port}`, "--health-check=tcp", "--health-interval=1000h"]);
+      // The first check falls at a random moment within the first 10 s; the next is 1000 h later.
+      await waitFor("the first check", () => checks >= 1, 12_000, 20);
       await sleep(1000);
       expect(checks).toBe(1);
       expect(allJson(gw.lines)).toEqual([]);

@@ -5,7 +5,7 @@
  */
 import { describe, expect, test } from "bun:test";
 import { parseEndpoint } from "../../src/addresses.ts";
-import type { CheckResult } from "../../src/health/checks.ts";
+import type { CheckOptions, CheckResult } from "../../src/health/checks.ts";
 import { Health, type HealthSettings, type HealthWorld } from "../../src/health/monitor.ts";
 import { createLogger } from "../../src/log.ts";
 import { MemberTable, type MemberState } from "../../src/members.ts";
@@ -20,6 +20,8 @@ function fakeWorld(checks: CheckResult[] = [], probes: (string | null)[] = []) {
   const timers = new Map<number, { at: number; fn: () => void }>();
   const delays: number[] = [];
   const calls = { checks: 0, probes: 0 };
+  /** The options of every check, in order. */
+  const plans: CheckOptions[] = [];
   const world: HealthWorld = {
     after(ms, fn) {
       const id = seq++;
@@ -27,9 +29,11 @@ function fakeWorld(checks: CheckResult[] = [], probes: (string | null)[] = []) {
       timers.set(id, { at: now + ms, fn });
       return () => timers.delete(id);
     },
-    random: () => 0.5, // no jitter (0.9 + 0.5 * 0.2 = 1), first checks at 100 ms
-    check: async () => {
+    random: () => 0.5, // no jitter (0.9 + 0.5 * 0.2 = 1); first checks half an interval in
+    now: () => now,
+    check: async (_kind, _m, options) => {
       calls.checks++;
+      plans.push(options);
       return checks.shift() ?? OK;
     },
     probe: async () => {
@@ -46,15 +50,15 @@ function fakeWorld(checks: CheckResult[] = [], probes: (string | null)[] = []) {
     next[1].fn();
     await new Promise((r) => setImmediate(r));
   };
-  return { world, step, delays, calls, now: () => now, pending: () => timers.size };
+  return { world, step, delays, calls, plans, now: () => now, pending: () => timers.size };
 }
 
-function setup(overrides: Partial<HealthSettings>, world: HealthWorld) {
+function setup(overrides: Partial<HealthSettings>, world: HealthWorld, inUse: () => boolean = () => true) {
   const lines: Record<string, unknown>[] = [];
   const log = createLogger({ write: (l) => void lines.push(JSON.parse(l)) });
   const table = new MemberTable([parseEndpoint("127.0.0.1:2379")], log);
-  const settings: HealthSettings = { check: "etcd", intervalMs: 2000, timeoutMs: 1000, rise: 2, fall: 3, retryDelayMs: 60_000, connectTimeoutMs: 1000, tls: null, ...overrides };
-  const health = new Health(table, () => settings, log, world);
+  const settings: HealthSettings = { check: "etcd", intervalMs: 2000, statusIntervalMs: 10_000, spareIntervalMs: 60_000, timeoutMs: 1000, rise: 2, fall: 3, retryDelayMs: 60_000, connectTimeoutMs: 1000, tls: null, ...overrides };
+  const health = new Health(table, () => settings, log, inUse, world);
   return { table, member: table.list[0]!, health, lines, msgs: () => lines.map((l) => l.msg) };
 }
 
@@ -84,13 +88,66 @@ describe("active checks: rise and fall are counted exactly", () => {
     });
   }
 
-  test("checks every --health-interval while steady, and a quarter of it (100 ms..1 s) while a member changes state", async () => {
-    const f = fakeWorld([OK, BAD, BAD, BAD, OK]);
-    const { health } = setup({ intervalMs: 2000 }, f.world);
+  test("the member in use is checked every --health-interval and never faster while it fails; a down member's checks back off to --health-spare-interval", async () => {
+    const f = fakeWorld([OK, BAD, BAD, BAD, BAD, BAD, BAD, BAD, BAD, BAD, BAD]);
+    const { health, member } = setup({ intervalMs: 2000, spareIntervalMs: 60_000 }, f.world);
     health.start();
-    for (let i = 0; i < 5; i++) await f.step();
-    // first check at 100 ms; steady 2 s; two failures while up are a transition (500 ms); down and failing is steady again; a pass while down is a transition
-    expect(f.delays).toEqual([100, 2000, 500, 500, 2000, 500]);
+    for (let i = 0; i < 11; i++) await f.step();
+    expect(member.state).toBe("down");
+    // first check half an interval in; 2 s while up, failing or not (no fastinter); once down,
+    // doubling from 2 s (HAProxy's downinter, backing off) to the 60 s cap
+    expect(f.delays).toEqual([1000, 2000, 2000, 2000, 2000, 4000, 8000, 16_000, 32_000, 60_000, 60_000, 60_000]);
+  });
+
+  test("the member in use gets a cheap liveness check on a kept-alive connection, and a full check every --health-status-interval", async () => {
+    const f = fakeWorld();
+    const { health } = setup({ intervalMs: 2000, statusIntervalMs: 10_000 }, f.world);
+    health.start();
+    for (let i = 0; i < 7; i++) await f.step();
+    // at 1 s (the first check decides: full), 3, 5, 7, 9 s, then 11 s: 10 s after the last full one
+    expect(f.plans.map((p) => p.depth)).toEqual(["full", "liveness", "liveness", "liveness", "liveness", "full", "liveness"]);
+    expect(f.plans.slice(1).every((p) => p.keepAlive)).toBe(true);
+  });
+
+  test("once a full check fails, every check of the member in use is full until one passes", async () => {
+    const f = fakeWorld([OK, OK, OK, OK, OK, BAD, BAD, OK, OK]);
+    const { health } = setup({ intervalMs: 2000, statusIntervalMs: 10_000 }, f.world);
+    health.start();
+    for (let i = 0; i < 9; i++) await f.step();
+    expect(f.plans.map((p) => p.depth)).toEqual(["full", "liveness", "liveness", "liveness", "liveness", "full", "full", "full", "liveness"]);
+  });
+
+  test("a spare (no clients) is checked fully every --health-spare-interval, each time on a new connection", async () => {
+    const f = fakeWorld();
+    const { health } = setup({ intervalMs: 2000, spareIntervalMs: 60_000 }, f.world, () => false);
+    health.start();
+    for (let i = 0; i < 3; i++) await f.step();
+    expect(f.delays).toEqual([1000, 60_000, 60_000, 60_000]);
+    expect(f.plans.map((p) => [p.depth, p.keepAlive])).toEqual([["full", false], ["full", false], ["full", false]]);
+  });
+
+  test("a spare that comes into use has its next check brought forward to --health-interval", async () => {
+    const f = fakeWorld();
+    let inUse = false;
+    const { health, member } = setup({ intervalMs: 2000, spareIntervalMs: 60_000 }, f.world, () => inUse);
+    health.start();
+    await f.step(); // at 1 s; the next is due at 61 s
+    inUse = true;
+    health.cameIntoUse(member);
+    await f.step();
+    expect(f.now()).toBe(3000);
+    expect(f.plans[1]).toMatchObject({ depth: "liveness", keepAlive: true });
+  });
+
+  test("a check the gateway could not run (out of file descriptors) counts neither way", async () => {
+    const INCONCLUSIVE: CheckResult = { ok: null, reason: "not checked: out of file descriptors" };
+    const f = fakeWorld([OK, INCONCLUSIVE, INCONCLUSIVE, INCONCLUSIVE, INCONCLUSIVE, BAD, BAD, BAD]);
+    const { health, member } = setup({ fall: 3 }, f.world);
+    health.start();
+    for (let i = 0; i < 7; i++) await f.step();
+    expect(member.state).toBe("up"); // two real failures, not three
+    await f.step();
+    expect(member.state).toBe("down");
   });
 
   test("each transition is logged once, with etcd's phrases", async () => {
@@ -161,5 +218,17 @@ describe("passive evidence: failed dials", () => {
     await f.step();
     for (let i = 0; i < 10; i++) health.dialFailed(member, "ECONNREFUSED");
     expect(f.pending()).toBe(1);
+  });
+});
+
+describe("verify", () => {
+  test("checks a member fully at once, counts the verdict, and says whether it passed", async () => {
+    const f = fakeWorld([OK, BAD]);
+    const { health, member } = setup({ fall: 1 }, f.world, () => false);
+    expect(await health.verify(member)).toBe(true);
+    expect(await health.verify(member)).toBe(false);
+    expect(member.state).toBe("down");
+    expect(f.plans.map((p) => [p.depth, p.keepAlive])).toEqual([["full", false], ["full", false]]);
+    expect(f.pending()).toBe(0); // nothing was scheduled by it
   });
 });

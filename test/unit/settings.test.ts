@@ -100,7 +100,8 @@ describe("bad input is a one-line error naming the flag and the value", () => {
     [["--trusted-ca-file=/etc/hostname"], '--trusted-ca-file: "/etc/hostname" holds no PEM certificate'],
   ];
   for (const [argv, message] of cases) {
-    test(argv.join(" ") || "(empty)", () => {
+    // Titles are printed: control characters in them would make the test log binary to grep.
+    test(JSON.stringify(argv.join(" ")).slice(1, -1) || "(empty)", () => {
       let err: unknown;
       try {
         parse(argv);
