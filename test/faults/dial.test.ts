@@ -152,9 +152,16 @@ describe("a member that closes right after accepting", () => {
     const closing = startFaultProxy(echo.port);
     const { gw, admin } = await orderedGateway([closing.port], ["--health-check=none"]);
     const baseline = await fdBaseline(gw, () => roundTrip(gw.port, "warm"));
-    closing.set({ kind: "close-on-accept" });
-    // These clients send at once: the member's close may be its answer to them, so it is no evidence.
-    for (let i = 0; i < 6; i++) await echoed(gw.port).catch(() => undefined);
+    // The member closes each connection once the client's first byte reaches it, before answering:
+    // its close is an answer to the client, so it is no evidence against it.
+    closing.set({ kind: "cut-after", bytes: 1, direction: "up" });
+    for (let i = 0; i < 6; i++) {
+      const s = await dial(gw.port);
+      s.on("error", () => {});
+      s.write(data.buf.subarray(0, 4096));
+      await new Promise((r) => s.once("end", r).once("close", r));
+      s.destroy();
+    }
     expect(closing.stats.accepted).toBe(1 + 6);
     expect(await failures(admin, closing, "reset")).toBe(0);
     expect(gw.lines.filter((l) => l.includes("deactivated endpoint"))).toEqual([]);
