@@ -5,7 +5,7 @@
  *
  * @module
  */
-import { added, discoveryTable, memoryTable, requestKindsTable, scenarioTable, windowOf, windowsTable, type FleetRecord, type FleetRun } from "./fleet-report.ts";
+import { added, discoveryTable, driftCores, memoryTable, requestKindsTable, scenarioTable, windowOf, windowsTable, type FleetRecord, type FleetRun } from "./fleet-report.ts";
 import { ROLES, SCENARIO_TEXT } from "./fleet-scenarios.ts";
 import { fmt } from "./report.ts";
 
@@ -17,11 +17,11 @@ function summary(r: FleetRecord): string[] {
   const out: string[] = [];
   const first = windowOf(r, "none", "steady");
   const last = windowOf(r, "none-end", "steady");
-  const drift = first === undefined || last === undefined ? null : last.etcdCores - first.etcdCores;
+  const drift = driftCores(r);
   for (const f of r.fleets) {
     const a = added(r, f, scenario);
     if (a === null) continue;
-    const noise = drift !== null && Math.abs(a.cores) <= Math.abs(drift) ? " (no more than the baseline's drift, below: not measurably different from zero)" : "";
+    const noise = drift !== null && Math.abs(a.cores) <= drift ? " (no more than the baseline's drift, below: not measurably different from zero)" : "";
     const st = f.startTransitions;
     const broken = st !== null && st.down > 0 ? ` **Its gateways marked members down ${st.down} times before the first window (last reason: \`${st.lastError ?? "?"}\`), with every member healthy: these figures are not those of a working fleet.**` : "";
     out.push(
@@ -30,7 +30,7 @@ function summary(r: FleetRecord): string[] {
   }
   if (first !== undefined && last !== undefined && drift !== null) {
     out.push(
-      `- The baseline measured again at the end used ${fmt(last.etcdCores, 3)} cores against ${fmt(first.etcdCores, 3)} at the start: a drift of ${fmt(drift, 3)} cores, i.e. ${fmt((Math.abs(drift) / r.plan.size) * 1000, 3)} millicores per gateway at ${r.plan.size} gateways. Per-gateway differences smaller than that are noise.`,
+      `- The baseline measured again at the end used ${fmt(last.etcdCores, 3)} cores against ${fmt(first.etcdCores, 3)} at the start: a drift of ${fmt(last.etcdCores - first.etcdCores, 3)} cores, i.e. ${fmt((drift / r.plan.size) * 1000, 3)} millicores per gateway at ${r.plan.size} gateways. Per-gateway differences smaller than that are noise.`,
     );
   }
   return [`In the ${SCENARIO_TITLES[scenario].toLowerCase()} window, each fleet added to the cluster, over the baseline without gateways:`, "", ...out];
@@ -60,7 +60,7 @@ function results(r: FleetRecord): string[] {
   out.push(
     "### Memory",
     "",
-    `Gateways: read once, right after the fleet's first window. Members: VmRSS and open descriptors at the end of the ${SCENARIO_TITLES[r.plan.scenarios[0] ?? "steady"].toLowerCase()} window, with each fleet running and without gateways.`,
+    `Gateways: read once, right after the fleet's first window. Members: VmRSS and open descriptors at the end of the ${SCENARIO_TITLES[r.plan.scenarios[0] ?? "steady"].toLowerCase()} window, with each fleet running and without gateways. The members' RSS grows over the run whatever runs in front of them (the client writes all along and Go keeps the heap it grew; compare the baseline at the start and at the end), so it only tells something when it differs from the fleets run just before and after. Their open descriptors show whether a fleet holds connections open to them.`,
     "",
     memoryTable(r),
     "",

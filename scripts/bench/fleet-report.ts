@@ -107,11 +107,21 @@ export function added(r: FleetRecord, f: FleetRun, scenario: ScenarioId): Added 
   };
 }
 
-/** `a / b` as "12.3×", or why there is no ratio. */
-function ratio(a: number, b: number | undefined): string {
+/** `a / b` as "12.3×", or why there is no ratio: `b` is not above `noise` (or zero). */
+function ratio(a: number, b: number | undefined, noise = 0): string {
   if (b === undefined) return "—";
-  if (b <= 0) return a <= 0 ? "both none measurable" : "etcd's adds none measurable";
+  if (b <= noise || b <= 0) return "etcd's is within the noise";
   return `${fmt(a / b, a / b >= 10 ? 0 : 1)}×`;
+}
+
+/**
+ * The baseline's drift over the run in etcd cores (the steady window without gateways at the end
+ * minus the one at the start), as a magnitude; null when the baseline ran once.
+ */
+export function driftCores(r: FleetRecord): number | null {
+  const first = windowOf(r, BASELINE, "steady");
+  const last = windowOf(r, "none-end", "steady");
+  return first === undefined || last === undefined ? null : Math.abs(last.etcdCores - first.etcdCores);
 }
 
 const perMember = (xs: (number | null)[], digits: number) => xs.map((x) => (x === null ? "down" : fmt(x, digits))).join(" / ");
@@ -146,7 +156,7 @@ export function scenarioTable(r: FleetRecord, scenario: ScenarioId): string {
       fmt(a.cores, 3),
       fmt(a.perGatewayMillicores, 3),
       fmt(a.tenThousandCores, 1),
-      f.id === ETCD || etcdAdded === null ? "—" : ratio(a.perGatewayMillicores, etcdAdded.perGatewayMillicores),
+      f.id === ETCD || etcdAdded === null ? "—" : ratio(a.cores, etcdAdded.cores, driftCores(r) ?? 0),
       perMember(a.requests, 0),
       perMember(a.conns, 1),
       a.ownMillicores === null ? "—" : fmt(a.ownMillicores, 2),
