@@ -4,9 +4,10 @@
  *
  * @module
  */
-import { copyFileSync, readFileSync, statSync, writeFileSync } from "node:fs";
-import { join } from "node:path";
+import { copyFileSync, existsSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { join, relative } from "node:path";
 import { freePort } from "../../test/support/net.ts";
+import { runToEnd } from "../../test/support/process.ts";
 import { benchDir, spawnChild, type Child } from "./children.ts";
 import { processTree, waitConnectable, waitListening } from "./net.ts";
 import type { Measured, WorkloadId } from "./types.ts";
@@ -45,6 +46,29 @@ export function snapshotGateway(dir: string): { builtAt: string; sha256: string 
   gatewayBin = copy;
   const hash = new Bun.CryptoHasher("sha256").update(readFileSync(copy)).digest("hex");
   return { builtAt, sha256: hash };
+}
+
+/**
+ * Builds dist/etcd-gateway (`bun run build`) when `build` is asked for or it is missing, snapshots
+ * it (snapshotGateway) and returns the report's notes on it: when it was built, its hash, the git
+ * HEAD and whether src/ had uncommitted changes, or that the build failed.
+ */
+export async function prepareGateway(build: boolean): Promise<string[]> {
+  const notes: string[] = [];
+  if (build || !existsSync(GATEWAY_BIN)) {
+    process.stderr.write(`bench: building ${relative(ROOT, GATEWAY_BIN)} (bun run build)\n`);
+    const res = Bun.spawnSync([process.execPath, join(ROOT, "scripts", "build.ts")], { cwd: ROOT, stdout: "inherit", stderr: "inherit" });
+    if (res.exitCode !== 0) notes.push("`bun run build` failed: the etcd-gateway rows report the missing binary.");
+  }
+  if (existsSync(GATEWAY_BIN)) {
+    const snap = snapshotGateway(benchDir());
+    const head = (await runToEnd(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], { timeoutMs: 5000 })).stdout.trim();
+    const dirty = (await runToEnd(["git", "-C", ROOT, "status", "--porcelain", "--", "src"], { timeoutMs: 5000 })).stdout.trim() !== "";
+    notes.push(
+      `etcd-gateway: dist/etcd-gateway built ${snap.builtAt} (sha256 ${snap.sha256.slice(0, 12)}), copied at the start so the whole run measures one binary; git HEAD ${head || "?"}${dirty ? ", with uncommitted changes in src/ (work in progress by other engineers)" : ""}.`,
+    );
+  }
+  return notes;
 }
 
 /** Whether the binary's `start --help` lists `flag` (the CLI grows while the bench is in use). */

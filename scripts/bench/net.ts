@@ -26,14 +26,30 @@ export async function waitConnectable(port: number, timeoutMs: number, alive: ()
   throw new Error(`127.0.0.1:${port} not accepting connections after ${timeoutMs} ms`);
 }
 
-/** Whether some socket listens on 127.0.0.1:port, read from /proc/net/tcp (no connection is made). */
-export function isListening(port: number): boolean {
-  const local = `0100007F:${port.toString(16).toUpperCase().padStart(4, "0")}`;
+/** A TCP socket bound to 127.0.0.1, from /proc/net/tcp: its local port and its state (`"0A"` listening, `"01"` established, `"06"` time-wait, ...). */
+export interface LoopbackSocket {
+  port: number;
+  state: string;
+}
+
+/** Every TCP socket bound to 127.0.0.1 now (the IPv4 table of /proc/net/tcp; no connection is made). */
+export function loopbackSockets(): LoopbackSocket[] {
+  const out: LoopbackSocket[] = [];
   for (const line of readFileSync("/proc/net/tcp", "utf8").split("\n")) {
     const f = line.trim().split(/\s+/);
-    if (f[1] === local && f[3] === "0A") return true;
+    if (f[1]?.startsWith("0100007F:") && f[3] !== undefined) out.push({ port: Number.parseInt(f[1].slice(9), 16), state: f[3] });
   }
-  return false;
+  return out;
+}
+
+/** The ports something listens on at 127.0.0.1 now. */
+export function listeningPorts(): Set<number> {
+  return new Set(loopbackSockets().filter((s) => s.state === "0A").map((s) => s.port));
+}
+
+/** Whether some socket listens on 127.0.0.1:port, read from /proc/net/tcp (no connection is made). */
+export function isListening(port: number): boolean {
+  return listeningPorts().has(port);
 }
 
 /**

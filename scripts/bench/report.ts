@@ -46,7 +46,9 @@ export function median(xs: readonly number[]): number | null {
 }
 
 export function fmt(x: number, digits: number): string {
-  return x.toLocaleString("en-US", { minimumFractionDigits: digits, maximumFractionDigits: digits });
+  // A value that rounds to zero is printed as 0, never "-0.00".
+  const v = Math.abs(x) < 0.5 * 10 ** -digits ? 0 : x;
+  return v.toLocaleString("en-US", { minimumFractionDigits: digits, maximumFractionDigits: digits });
 }
 
 const ratioText = (r: number) => `${r.toFixed(2)}×`;

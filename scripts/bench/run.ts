@@ -8,13 +8,12 @@
  *
  * @module
  */
-import { existsSync, mkdirSync, writeFileSync } from "node:fs";
+import { mkdirSync, writeFileSync } from "node:fs";
 import { dirname, join, relative } from "node:path";
 import { parseArgs } from "node:util";
-import { runToEnd } from "../../test/support/process.ts";
 import { etcdCluster, stopBackends } from "./backends.ts";
 import { benchDir, installExitHooks, keepBenchDir } from "./children.ts";
-import { CONTENDERS, GATEWAY_BIN, ROOT, snapshotGateway } from "./contenders.ts";
+import { CONTENDERS, prepareGateway, ROOT } from "./contenders.ts";
 import { fmt, json, markdown, Results, type RunRecord } from "./report.ts";
 import { describeMachine, ensureTools } from "./tools.ts";
 import { WORKLOAD_IDS, type Measured, type Plan, type Sample, type WorkloadId } from "./types.ts";
@@ -124,19 +123,7 @@ async function main(): Promise<void> {
   const startedAt = new Date().toISOString().replace(/\.\d+Z$/, "Z");
   const notes: string[] = [];
 
-  if (args.build || !existsSync(GATEWAY_BIN)) {
-    process.stderr.write(`bench: building ${relative(ROOT, GATEWAY_BIN)} (bun run build)\n`);
-    const build = Bun.spawnSync([process.execPath, join(ROOT, "scripts", "build.ts")], { cwd: ROOT, stdout: "inherit", stderr: "inherit" });
-    if (build.exitCode !== 0) notes.push("`bun run build` failed: the etcd-gateway rows report the missing binary.");
-  }
-  if (existsSync(GATEWAY_BIN)) {
-    const snap = snapshotGateway(benchDir());
-    const head = (await runToEnd(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], { timeoutMs: 5000 })).stdout.trim();
-    const dirty = (await runToEnd(["git", "-C", ROOT, "status", "--porcelain", "--", "src"], { timeoutMs: 5000 })).stdout.trim() !== "";
-    notes.push(
-      `etcd-gateway: dist/etcd-gateway built ${snap.builtAt} (sha256 ${snap.sha256.slice(0, 12)}), copied at the start so the whole run measures one binary; git HEAD ${head || "?"}${dirty ? ", with uncommitted changes in src/ (work in progress by other engineers)" : ""}.`,
-    );
-  }
+  notes.push(...(await prepareGateway(args.build)));
   const missing = await ensureTools();
   if (missing.length > 0) notes.push(`Missing tools (the cells that need them say so): ${missing.join(", ")}.`);
   const machine = await describeMachine();

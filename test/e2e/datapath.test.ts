@@ -5,9 +5,8 @@
 import { afterAll, afterEach, describe, expect, test } from "bun:test";
 import type { Socket as BunSocket } from "bun";
 import { createHash, randomBytes } from "node:crypto";
-import { readFileSync } from "node:fs";
 import { startGatewayProcess as startGateway, stopAllGateways } from "../support/gateway.ts";
-import { fdCount, freePort, rssKiB, sleep, waitFor } from "../support/net.ts";
+import { cpuSeconds, fdCount, freePort, rssKiB, sleep, waitFor } from "../support/net.ts";
 import { dial, echoServer, hashServer, readAll, roundTrip, writeRandom, type Listening } from "../support/peers.ts";
 
 /** These members are plain TCP peers, not etcd: no etcd health check (see health.test.ts for those). */
@@ -197,11 +196,6 @@ describe("file descriptors", () => {
     await waitFor("gateway fds back to baseline", () => fdCount(gw.proc.pid) <= baseline, 5000);
   });
 });
-
-function cpuSeconds(pid: number): number {
-  const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
-  return (Number(fields[11]) + Number(fields[12])) / 100; // utime + stime, in clock ticks of 1/100 s
-}
 
 describe("lifecycle", () => {
   test("after SIGTERM an open connection keeps working until it closes, new ones are refused, then exit 0", async () => {

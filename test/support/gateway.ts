@@ -184,6 +184,26 @@ export function runBinary(args: string[], env: Record<string, string> = {}) {
   return { code: p.exitCode, stdout: p.stdout.toString(), stderr: p.stderr.toString() };
 }
 
+/** One sample of a Prometheus text exposition: `labels` is the label block as written (`{a="1",b="2"}`, or ""). */
+export interface PromSample {
+  name: string;
+  labels: string;
+  value: number;
+}
+
+/**
+ * The samples of a Prometheus text exposition, comments left out.
+ *
+ * @example [...promSamples('a{x="1"} 2\n')] // [{ name: "a", labels: '{x="1"}', value: 2 }]
+ */
+export function* promSamples(text: string): Generator<PromSample> {
+  for (const line of text.split("\n")) {
+    if (line.startsWith("#")) continue;
+    const m = /^([a-zA-Z_:][\w:]*)(\{[^}]*\})?\s+(\S+)/.exec(line);
+    if (m !== null) yield { name: m[1]!, labels: m[2] ?? "", value: Number(m[3]) };
+  }
+}
+
 /**
  * The sum of the samples of metric `name` in a Prometheus text exposition whose label block contains
  * `labels` (every label set when absent), or NaN when there is none.
@@ -193,11 +213,9 @@ export function runBinary(args: string[], env: Record<string, string> = {}) {
  */
 export function sumSamples(text: string, name: string, labels?: string): number {
   let sum = Number.NaN;
-  for (const line of text.split("\n")) {
-    if (line.startsWith("#")) continue;
-    const m = /^([a-zA-Z_:][\w:]*)(\{[^}]*\})?\s+(\S+)/.exec(line);
-    if (m?.[1] !== name || (labels !== undefined && !(m[2] ?? "").includes(labels))) continue;
-    sum = (Number.isNaN(sum) ? 0 : sum) + Number(m[3]);
+  for (const s of promSamples(text)) {
+    if (s.name !== name || (labels !== undefined && !s.labels.includes(labels))) continue;
+    sum = (Number.isNaN(sum) ? 0 : sum) + s.value;
   }
   return sum;
 }

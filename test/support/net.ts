@@ -1,6 +1,6 @@
 /**
  * Loopback helpers for the tests, the soak and linearizability runs and the benchmarks: free ports,
- * process resource readings from /proc, small waits.
+ * process resource readings from /proc (descriptors, memory, CPU time), small waits.
  *
  * @module
  */
@@ -63,6 +63,26 @@ export function rssKiB(pid: number): number {
   const m = /^VmRSS:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/status`, "utf8"));
   if (!m) throw new Error(`no VmRSS for ${pid}`);
   return Number(m[1]);
+}
+
+/**
+ * CPU time a process has used so far, all its threads together (utime + stime of /proc/<pid>/stat),
+ * in seconds. @throws when it is gone
+ */
+export function cpuSeconds(pid: number): number {
+  // The command name in parentheses may hold spaces: the fields after it are split from ") ".
+  const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
+  return (Number(fields[11]) + Number(fields[12])) / 100; // utime + stime, in clock ticks of 1/100 s
+}
+
+/**
+ * The KiB fields of /proc/<pid>/smaps_rollup (`Rss`, `Pss`, `Private_Clean`, `Private_Dirty`, ...).
+ * @throws when it is gone
+ */
+export function smapsRollupKiB(pid: number): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const m of readFileSync(`/proc/${pid}/smaps_rollup`, "utf8").matchAll(/^(\w+):\s+(\d+) kB$/gm)) out[m[1]!] = Number(m[2]);
+  return out;
 }
 
 export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
