@@ -8,6 +8,7 @@
  * @module
  */
 import type { EndpointSpec, ListenAddress } from "./addresses.ts";
+import { parseConfigYaml } from "./config-file.ts";
 import { ConfigError, envName, parseBoolean, START_FLAGS, type FlagSpec, type FlagValues, type RawFlags, type StartFlag } from "./flags.ts";
 import type { HealthSettings } from "./health/monitor.ts";
 import { readFileBounded } from "./limits.ts";
@@ -80,7 +81,7 @@ export function gatherFlags(flags: RawFlags, env: Record<string, string | undefi
 function readConfigFile(file: string, readFile: (path: string) => string, raw: RawFlags, origins: FlagOrigins): void {
   let doc: unknown;
   try {
-    doc = Bun.YAML.parse(readFile(file));
+    doc = parseConfigYaml(file, readFile(file));
   } catch (e) {
     throw new ConfigError("config", file, readError(file, e));
   }

@@ -8,6 +8,20 @@ import { buildSettings, gatherFlags, reloadSettings, serialize } from "../../src
 
 const parse = (argv: string[]) => buildSettings(gatherFlags(parseFlags(argv, START_FLAGS), {}));
 
+/** The message of the ConfigError that `f` throws, checked to be one line. */
+function configError(f: () => unknown): string {
+  let err: unknown;
+  try {
+    f();
+  } catch (e) {
+    err = e;
+  }
+  expect(err).toBeInstanceOf(ConfigError);
+  const text = (err as Error).message;
+  expect(text).not.toContain("\n");
+  return text;
+}
+
 describe("defaults are etcd gateway start's", () => {
   const o = parse([]);
   test("listen-addr 127.0.0.1:23790", () => expect(o.listenAddrs.map((a) => a.address)).toEqual(["127.0.0.1:23790"]));
@@ -101,18 +115,7 @@ describe("bad input is a one-line error naming the flag and the value", () => {
   ];
   for (const [argv, message] of cases) {
     // Titles are printed: control characters in them would make the test log binary to grep.
-    test(JSON.stringify(argv.join(" ")).slice(1, -1) || "(empty)", () => {
-      let err: unknown;
-      try {
-        parse(argv);
-      } catch (e) {
-        err = e;
-      }
-      expect(err).toBeInstanceOf(ConfigError);
-      const text = (err as Error).message;
-      expect(text).toContain(message);
-      expect(text).not.toContain("\n");
-    });
+    test(JSON.stringify(argv.join(" ")).slice(1, -1) || "(empty)", () => expect(configError(() => parse(argv))).toContain(message));
   }
 });
 
@@ -173,6 +176,35 @@ describe("reloads run one at a time", () => {
     await expect(reload()).rejects.toThrow("boom");
     await reload();
     expect(n).toBe(2);
+  });
+});
+
+describe("the --config file's YAML: a duplicated key is an error, every parse error names file, line and column", () => {
+  const load = (text: string) => buildSettings(gatherFlags({ config: "/etc/gw.yaml" }, {}, () => text));
+  const cases: [string, string, string][] = [
+    // Found: Bun.YAML let the second key win, so the first member was silently dropped.
+    ["a duplicated key", "endpoints: 127.0.0.1:12379\nendpoints: 127.0.0.1:12399\n", '--config: "/etc/gw.yaml": line 2, column 1: duplicate key "endpoints" (first on line 1)'],
+    ["a duplicated key spelt two ways", 'policy: sticky\nretry-delay: 1s\n"policy": ordered\n', '--config: "/etc/gw.yaml": line 3, column 1: duplicate key "policy" (first on line 1)'],
+    ["a key three times: the second is named", "policy: a\npolicy: b\npolicy: c\n", '--config: "/etc/gw.yaml": line 2, column 1: duplicate key "policy" (first on line 1)'],
+    ["a duplicated key in a nested mapping", "endpoints:\n  - {x: 1, x: 2}\n", '--config: "/etc/gw.yaml": line 2, column 12: duplicate key "x" (first on line 2)'],
+    // Found: Bun.YAML said only "YAML Parse error: Unexpected token".
+    ["a missing ]", "endpoints: [127.0.0.1:12379, 127.0.0.1:12399\npolicy: sticky\n", '--config: "/etc/gw.yaml": line 2, column 1: flow sequence in block collection must be sufficiently indented and end with a ]'],
+    ["a missing }", "endpoints: {a: 1\n", '--config: "/etc/gw.yaml": line 2, column 1: flow map in block collection must be sufficiently indented and end with a }'],
+    ["an unclosed quote", 'policy: "sticky\n', '--config: "/etc/gw.yaml": line 2, column 1: missing closing "quote'],
+    ["a tab as indentation", "endpoints:\n\t- 127.0.0.1:2379\n", '--config: "/etc/gw.yaml": line 2, column 1: tabs are not allowed as indentation'],
+    ["two documents", "policy: sticky\n---\npolicy: ordered\n", '--config: "/etc/gw.yaml": line 2, column 1: source contains multiple documents'],
+    ["a mapping as a key", "? {a: 1}\n: x\n", '--config: "/etc/gw.yaml": line 1, column 3: a key must be a flag name, not a list or mapping'],
+    ["an alias to nothing", "policy: *nope\n", '--config: "/etc/gw.yaml": unresolved alias'],
+  ];
+  for (const [name, text, message] of cases) {
+    test(name, () => expect(configError(() => load(text))).toStartWith(message));
+  }
+  test("what parsed before still does: lists, comma strings, numbers, anchors, empty files", () => {
+    const s = load("endpoints:\n  - 127.0.0.1:1\n  - 127.0.0.2:2\nhealth-rise: 4\nlisten-addr: 127.0.0.1:5,127.0.0.1:6\n");
+    expect([s.endpoints.map((e) => e.address), s.flags["health-rise"], s.listenAddrs.map((a) => a.address)]).toEqual([["127.0.0.1:1", "127.0.0.2:2"], 4, ["127.0.0.1:5", "127.0.0.1:6"]]);
+    expect(load("policy: &p ordered\ndiscovery-srv-name: *p\n").flags["discovery-srv-name"]).toBe("ordered");
+    expect(load("").flags.policy).toBe("sticky");
+    expect(load("# only a comment\n").flags.policy).toBe("sticky");
   });
 });
 
