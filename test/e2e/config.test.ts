@@ -68,6 +68,12 @@ describe("configuration sources", () => {
     expect(r.code).toBe(1);
     expect(r.stderr.trim()).toMatch(/^etcd-gateway: --config: ".*nope\.yaml": cannot read: ENOENT$/);
   });
+  test("an unknown ETCD_GATEWAY_* variable is a one-line error naming it (etcd: unrecognized environment variable)", () => {
+    // Found: ETCD_GATEWAY_ENDPOINT (no S) was ignored, and the gateway started with the default endpoint.
+    const r = runBinary(["start", `--listen-addr=127.0.0.1:${freePort()}`], { ETCD_GATEWAY_ENDPOINT: "127.0.0.1:12379" });
+    expect(r.stderr.trim()).toBe("etcd-gateway: unrecognized environment variable ETCD_GATEWAY_ENDPOINT=127.0.0.1:12379 (did you mean ETCD_GATEWAY_ENDPOINTS?)");
+    expect(r.code).toBe(1);
+  });
   test("a bad environment value names the variable", () => {
     const r = runBinary(["start"], { ETCD_GATEWAY_CONNECT_TIMEOUT: "soon" });
     expect(r.code).toBe(1);

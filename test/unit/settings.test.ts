@@ -4,7 +4,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { ConfigError, parseFlags, START_FLAGS } from "../../src/flags.ts";
 import { connectionCap } from "../../src/limits.ts";
-import { buildSettings, gatherFlags, reloadSettings, serialize } from "../../src/settings.ts";
+import { buildSettings, gatherFlags, OTHER_ENV, reloadSettings, serialize } from "../../src/settings.ts";
+import { WORKER_ENV } from "../../src/workers.ts";
 
 const parse = (argv: string[]) => buildSettings(gatherFlags(parseFlags(argv, START_FLAGS), {}));
 
@@ -205,6 +206,30 @@ describe("the --config file's YAML: a duplicated key is an error, every parse er
     expect(load("policy: &p ordered\ndiscovery-srv-name: *p\n").flags["discovery-srv-name"]).toBe("ordered");
     expect(load("").flags.policy).toBe("sticky");
     expect(load("# only a comment\n").flags.policy).toBe("sticky");
+  });
+});
+
+describe("ETCD_GATEWAY_* variables: a flag's, or an error naming the variable (as etcd's unrecognized environment variable)", () => {
+  const env = (vars: Record<string, string>) => buildSettings(gatherFlags({}, vars));
+  const cases: [Record<string, string>, string][] = [
+    // Found: ETCD_GATEWAY_ENDPOINT (no S) was ignored, and the gateway proxied to the default 127.0.0.1:2379.
+    [{ ETCD_GATEWAY_ENDPOINT: "10.0.0.1:2379" }, "unrecognized environment variable ETCD_GATEWAY_ENDPOINT=10.0.0.1:2379 (did you mean ETCD_GATEWAY_ENDPOINTS?)"],
+    [{ ETCD_GATEWAY_RETRYDELAY: "5s" }, "unrecognized environment variable ETCD_GATEWAY_RETRYDELAY=5s (did you mean ETCD_GATEWAY_RETRY_DELAY?)"],
+    [{ ETCD_GATEWAY_LISTEN_ADRR: "127.0.0.1:1" }, "unrecognized environment variable ETCD_GATEWAY_LISTEN_ADRR=127.0.0.1:1 (did you mean ETCD_GATEWAY_LISTEN_ADDR?)"],
+    [{ ETCD_GATEWAY_FROBNICATE: "yes" }, "unrecognized environment variable ETCD_GATEWAY_FROBNICATE=yes"],
+    [{ ETCD_GATEWAY_: "" }, "unrecognized environment variable ETCD_GATEWAY_="],
+    [{ ETCD_GATEWAY_X: "\u001b[2J" }, "unrecognized environment variable ETCD_GATEWAY_X=\\u001b[2J"],
+  ];
+  for (const [vars, message] of cases) test(Object.keys(vars)[0]!, () => expect(configError(() => env(vars))).toBe(message));
+  test("every flag's variable, the worker marker and the project's tool variables are known", () => {
+    const vars: Record<string, string> = Object.fromEntries(Object.keys(OTHER_ENV).map((k) => [k, "1"]));
+    vars.ETCD_GATEWAY_RETRY_DELAY = "5s";
+    vars.ETCD_GATEWAY_INSECURE_DISCOVERY = "true";
+    expect(env(vars).flags["retry-delay"]).toBe(5000);
+    expect(Object.keys(OTHER_ENV)).toEqual(expect.arrayContaining([WORKER_ENV, "ETCD_GATEWAY_BINARY", "ETCD_GATEWAY_SKIP_BUILD", "ETCD_GATEWAY_BEFORE", "ETCD_GATEWAY_BASE_URL"]));
+  });
+  test("other variables are not the gateway's business: etcd's own, and other cases", () => {
+    expect(env({ ETCD_ENDPOINTS: "x", ETCDCTL_API: "3", etcd_gateway_endpoint: "x" }).flags.policy).toBe("sticky");
   });
 });
 
