@@ -41,4 +41,17 @@ export const main = defineCommand({
   subCommands: { start, status, version },
 });
 
-if (import.meta.main) void runMain(main);
+/** citty's own flags on the root: everything else that starts with `-` is a flag of `start`. */
+const ROOT_FLAGS = ["--help", "-h", "--version", "-v"];
+
+/**
+ * The command line with `start` put in front when it begins with a flag, so that
+ * `etcd-gateway --endpoints=...` is `etcd-gateway start --endpoints=...` (the founding document's
+ * own command); `--help` and `--version` alone stay the root's.
+ */
+export function withDefaultCommand(argv: readonly string[]): string[] {
+  const first = argv[0];
+  return first !== undefined && first.startsWith("-") && !ROOT_FLAGS.includes(first) ? ["start", ...argv] : [...argv];
+}
+
+if (import.meta.main) void runMain(main, { rawArgs: withDefaultCommand(process.argv.slice(2)) });

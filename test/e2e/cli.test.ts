@@ -1,6 +1,7 @@
-import { afterAll, describe, expect, test } from "bun:test";
-import { runBinary } from "../support/gateway.ts";
+import { afterAll, afterEach, describe, expect, test } from "bun:test";
+import { runBinary, startGatewayProcess, stopAllGateways } from "../support/gateway.ts";
 import { freePort } from "../support/net.ts";
+import { echoServer, roundTrip } from "../support/peers.ts";
 
 const port = freePort();
 
@@ -10,7 +11,7 @@ describe("startup errors: one line on stderr naming the flag and value, exit 1",
     [["start", "stray"], /^etcd-gateway: unexpected argument "stray"$/],
     [["start", "--retry-delay=123"], /^etcd-gateway: --retry-delay: missing unit in duration "123"$/],
     [["start", "--endpoints=127.0.0.1:70000"], /^etcd-gateway: --endpoints: port 70000 out of range 1\.\.65535/],
-    [["start", "--endpoints=127.0.0.1"], /^etcd-gateway: --endpoints: missing port in address "127\.0\.0\.1"$/],
+    [["start", "--endpoints=127.0.0.1:"], /^etcd-gateway: --endpoints: missing port in address "127\.0\.0\.1:"$/],
     [["start", "--endpoints="], /^etcd-gateway: --endpoints: no endpoints given$/],
     // A DNS server that is not there: both SRV lookups fail, in etcd's words.
     [["start", "--discovery-srv=example.invalid", `--dns-server=127.0.0.1:${freePort()}`, `--listen-addr=127.0.0.1:${port}`], /^etcd-gateway: --discovery-srv: dns lookup errors: lookup _etcd-client-ssl\._tcp\.example\.invalid: .* and lookup _etcd-client\._tcp\.example\.invalid: /],
@@ -19,6 +20,8 @@ describe("startup errors: one line on stderr naming the flag and value, exit 1",
     // Self-loop guard, including the wildcard listen that etcd's gateway misses.
     [["start", `--listen-addr=127.0.0.1:${port}`, `--endpoints=127.0.0.1:${port}`], /^etcd-gateway: --endpoints: endpoint \(127\.0\.0\.1:\d+->127\.0\.0\.1:\d+\) should not resolve to the gateway listen addr/],
     [["start", `--listen-addr=127.0.0.1:${port}`, `--endpoints=http://localhost:${port}`], /should not resolve to the gateway listen addr/],
+    // An endpoint without a port is on 2379, and the guard sees it there.
+    [["start", "--listen-addr=127.0.0.1:2379", "--endpoints=localhost"], /^etcd-gateway: --endpoints: endpoint \(localhost:2379->127\.0\.0\.1:2379\) should not resolve to the gateway listen addr/],
     [["start", `--listen-addr=0.0.0.0:${port}`, `--endpoints=127.0.0.1:${port}`], /should not resolve to the gateway listen addr \(0\.0\.0\.0:\d+\)/],
     [["start", `--listen-addr=0.0.0.0:${port}`, `--endpoints=127.0.0.2:${port}`], /should not resolve to the gateway listen addr/],
     [["start", `--listen-addr=[::]:${port}`, `--endpoints=[::1]:${port}`], /should not resolve to the gateway listen addr/],
@@ -36,6 +39,41 @@ describe("startup errors: one line on stderr naming the flag and value, exit 1",
       expect(r.stderr.trimEnd().split("\n")).toHaveLength(1);
     });
   }
+});
+
+describe("the founding document's commands work as written", () => {
+  afterEach(stopAllGateways);
+  // Found: `--endpoints=infra0.example.com,...` was "missing port in address", and flags without a
+  // command printed the help and "No command specified.", exit 1.
+  test("endpoints without a port are on etcd's client port 2379, and the startup log says which", async () => {
+    const gw = await startGatewayProcess(["--endpoints=localhost,https://127.0.0.2,127.0.0.3:12379", "--health-check=none"]);
+    const said = await gw.waitForLog("no port given; using etcd's client port 2379");
+    expect(said.endpoints).toEqual(["localhost:2379", "127.0.0.2:2379"]);
+    expect((await gw.waitForLog("ready to proxy client requests")).endpoints).toEqual(["localhost:2379", "127.0.0.2:2379", "127.0.0.3:12379"]);
+  });
+  test("flags without a command mean start", async () => {
+    const echo = await echoServer();
+    try {
+      const gw = await startGatewayProcess([`--endpoints=127.0.0.1:${echo.port}`, "--health-check=none"], { wrap: (cmd) => cmd.filter((a) => a !== "start") });
+      expect(await roundTrip(gw.port, "no command")).toBe("no command");
+    } finally {
+      await echo.close();
+    }
+  });
+  test("etcd-gateway --discovery-srv=<domain> is start's discovery", () => {
+    const r = runBinary(["--discovery-srv=example.invalid", `--dns-server=127.0.0.1:${freePort()}`, `--listen-addr=127.0.0.1:${port}`]);
+    expect(r.stderr.trimEnd()).toMatch(/^etcd-gateway: --discovery-srv: dns lookup errors: lookup _etcd-client-ssl\._tcp\.example\.invalid: /);
+    expect(r.code).toBe(1);
+  });
+  test("an unknown flag without a command is start's error", () => {
+    const r = runBinary(["--bogus"]);
+    expect([r.code, r.stderr.trimEnd()]).toEqual([1, "etcd-gateway: unknown flag: --bogus"]);
+  });
+  test("no arguments at all still print the help, exit 1", () => {
+    const r = runBinary([]);
+    expect(r.code).toBe(1);
+    expect(r.stdout).toContain("start");
+  });
 });
 
 describe("startup errors at listen time", () => {

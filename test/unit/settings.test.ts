@@ -37,6 +37,7 @@ describe("flag syntax follows pflag", () => {
   const cases: { argv: string[]; check: (o: ReturnType<typeof parse>) => unknown; want: unknown }[] = [
     { argv: ["--endpoints=a:1,b:2"], check: (o) => o.endpoints.map((e) => e.address), want: ["a:1", "b:2"] },
     { argv: ["--endpoints", "a:1", "--endpoints=b:2,c:3"], check: (o) => o.endpoints.map((e) => e.address), want: ["a:1", "b:2", "c:3"] },
+    { argv: ["--endpoints=infra0.example.com,https://infra1.example.com,infra2.example.com:12379"], check: (o) => o.endpoints.map((e) => [e.address, e.defaultPort === true]), want: [["infra0.example.com:2379", true], ["infra1.example.com:2379", true], ["infra2.example.com:12379", false]] },
     { argv: ["--listen-addr", "[::1]:23790"], check: (o) => o.listenAddrs.map((a) => a.address), want: ["[::1]:23790"] },
     { argv: ["--listen-addr=127.0.0.1:1", "--listen-addr", "unix:///run/etcd.sock"], check: (o) => o.listenAddrs.map((a) => a.address), want: ["127.0.0.1:1", "unix:///run/etcd.sock"] },
     { argv: ["--listen-socket-mode=0600", "--max-connections=100", "--idle-timeout=1h"], check: (o) => [o.flags["listen-socket-mode"], o.flags["max-connections"], o.flags["idle-timeout"]], want: [0o600, 100, 3_600_000] },
@@ -77,7 +78,7 @@ describe("bad input is a one-line error naming the flag and the value", () => {
     [["--drain-timeout=soon"], "--drain-timeout: "],
     [["--endpoints"], "--endpoints: flag needs an argument"],
     [["--endpoints="], "--endpoints: no endpoints given"],
-    [["--endpoints=127.0.0.1"], '--endpoints: missing port in address "127.0.0.1"'],
+    [["--endpoints=127.0.0.1:"], '--endpoints: missing port in address "127.0.0.1:"'],
     [["--endpoints=127.0.0.1:0"], "--endpoints: port 0 out of range 1..65535"],
     [["--endpoints=127.0.0.1:70000"], "--endpoints: port 70000 out of range 1..65535"],
     [["--endpoints=a:1,,b:2"], "--endpoints: empty item"],
