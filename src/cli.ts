@@ -1,14 +1,16 @@
 #!/usr/bin/env bun
 /**
- * The command line: citty commands only; each command calls one function. citty renders the help;
- * parsing is ours (src/flags.ts), since citty ignores unknown flags and keeps only the last of
+ * The command line: citty commands only; each command calls one function. citty dispatches; the
+ * help is rendered by src/help.ts (citty's neither wraps nor asks whether stdout is a terminal),
+ * and parsing is ours (src/flags.ts), since citty ignores unknown flags and keeps only the last of
  * repeated ones (docs/bun.md, trap 12).
  *
  * @module
  */
 import { defineCommand, runMain, type ArgsDef } from "citty";
 import pkg from "../package.json" with { type: "json" };
-import { START_FLAGS, type FlagSpec } from "./flags.ts";
+import { printable, START_FLAGS, type FlagSpec } from "./flags.ts";
+import { showHelp } from "./help.ts";
 import { fail, serve } from "./serve.ts";
 import { runStatus, STATUS_FLAGS } from "./status.ts";
 
@@ -36,9 +38,11 @@ const version = defineCommand({
   },
 });
 
+const COMMANDS = { start, status, version };
+
 export const main = defineCommand({
   meta: { name: "etcd-gateway", version: pkg.version, description: pkg.description },
-  subCommands: { start, status, version },
+  subCommands: COMMANDS,
 });
 
 /** citty's own flags on the root: everything else that starts with `-` is a flag of `start`. */
@@ -54,4 +58,10 @@ export function withDefaultCommand(argv: readonly string[]): string[] {
   return first !== undefined && first.startsWith("-") && !ROOT_FLAGS.includes(first) ? ["start", ...argv] : [...argv];
 }
 
-if (import.meta.main) void runMain(main, { rawArgs: withDefaultCommand(process.argv.slice(2)) });
+if (import.meta.main) {
+  const argv = withDefaultCommand(process.argv.slice(2));
+  const command = argv[0];
+  // citty would print the whole help, then the name in colour on stderr.
+  if (command !== undefined && !command.startsWith("-") && !Object.hasOwn(COMMANDS, command)) fail(printable(`unknown command ${JSON.stringify(command)}; commands: ${Object.keys(COMMANDS).join(", ")}`));
+  void runMain(main, { rawArgs: argv, showUsage: showHelp });
+}

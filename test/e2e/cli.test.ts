@@ -1,5 +1,5 @@
 import { afterAll, afterEach, describe, expect, test } from "bun:test";
-import { runBinary, startGatewayProcess, stopAllGateways } from "../support/gateway.ts";
+import { BINARY, runBinary, startGatewayProcess, stopAllGateways } from "../support/gateway.ts";
 import { freePort } from "../support/net.ts";
 import { echoServer, roundTrip } from "../support/peers.ts";
 
@@ -119,7 +119,49 @@ describe("version and help", () => {
     expect(runBinary(["--help"]).stdout).toContain("start");
     expect(runBinary(["version", "--help"]).code).toBe(0);
   });
-  test("an unknown command exits 1", () => {
-    expect(runBinary(["bogus"]).code).toBe(1);
+  test("an unknown command is a one-line error naming it, exit 1", () => {
+    const r = runBinary(["bogus"]);
+    expect([r.code, r.stdout, r.stderr]).toEqual([1, "", 'etcd-gateway: unknown command "bogus"; commands: start, status, version\n']);
+  });
+});
+
+describe("help fits the terminal and is coloured only on one", () => {
+  // Found: `start --help` was 211 columns wide (one line per flag) and coloured when piped.
+  const { NO_COLOR: _, ...inherited } = process.env;
+  const env = { ...inherited, TERM: "xterm-256color" };
+  const ESC = "\x1b";
+  const widest = (text: string) => Math.max(...text.split("\n").map((l) => l.length));
+  const piped = (args: string[], extra: Record<string, string> = {}) => {
+    const p = Bun.spawnSync([BINARY, ...args], { env: { ...env, ...extra }, stdout: "pipe", stderr: "pipe" });
+    return p.stdout.toString();
+  };
+  /** Runs the binary on a pseudo-terminal of `cols` columns (util-linux `script`); its output with CRs removed. */
+  const onTerminal = (args: string[], cols: number, extra: Record<string, string> = {}) => {
+    const cmd = `stty cols ${cols} rows 50; exec ${[BINARY, ...args].map((a) => `'${a}'`).join(" ")}`;
+    const p = Bun.spawnSync(["script", "-qec", cmd, "/dev/null"], { env: { ...env, ...extra }, stdin: "ignore", stdout: "pipe", stderr: "pipe" });
+    return p.stdout.toString().replaceAll("\r", "");
+  };
+  for (const args of [["start", "--help"], ["--help"], ["status", "--help"], []]) {
+    for (const extra of [{}, { NO_COLOR: "1" }] as Record<string, string>[]) {
+      test(`${["etcd-gateway", ...args].join(" ")} piped${"NO_COLOR" in extra ? " with NO_COLOR" : ""}: 80 columns, no colour`, () => {
+        const out = piped(args, extra);
+        expect(out).toContain("USAGE");
+        expect(widest(out)).toBeLessThanOrEqual(80);
+        expect(out).not.toContain(ESC);
+      });
+    }
+  }
+  test("on a terminal: as wide as the terminal, coloured", () => {
+    const out = onTerminal(["start", "--help"], 100);
+    expect(out).toContain(ESC);
+    const plain = out.replace(/\x1b\[\d+m/g, "");
+    expect(widest(plain)).toBeLessThanOrEqual(100);
+    expect(widest(plain)).toBeGreaterThan(80);
+    expect(plain).toContain("--listen-addr=<host:port> (Default: 127.0.0.1:23790)");
+  });
+  test("on a terminal with NO_COLOR (any value): no colour", () => {
+    const out = onTerminal(["start", "--help"], 100, { NO_COLOR: "true" });
+    expect(out).toContain("USAGE");
+    expect(out).not.toContain(ESC);
   });
 });
