@@ -190,9 +190,9 @@ export const START_FLAGS = {
   "close-on-member-down": { type: "boolean", reload: "live", default: true, description: "when a member is marked down, reset the connections to it (if a healthy member exists) so clients reconnect to a healthy one" },
   "keepalive-time": { type: "string", reload: "live", default: "5s", valueHint: "duration", parse: duration(1000, 32_767_000, " (the kernel's TCP_KEEPIDLE limit)"), description: "TCP keepalive idle time on both legs; Bun then probes every 1s, 10 times, so a silent peer is dropped within this + 10s" },
   "access-log": {
-    type: "string", reload: "restart", default: "off", valueHint: "off|stderr|path", description: "one JSON line per closed connection (client, member, times, bytes, termination code); a file is reopened on SIGUSR1",
+    type: "string", reload: "restart", default: "off", valueHint: "off|stdout|-|stderr|path", description: "one JSON line per closed connection (client, member, times, bytes, termination code) to stdout (also -), stderr (among the log lines) or a file, which is reopened on SIGUSR1",
     parse: (t) => {
-      if (t === "") throw new Error("empty value; expected off, stderr or a file path");
+      if (t === "") throw new Error("empty value; expected off, stdout, -, stderr or a file path");
       return t === "off" ? null : t;
     },
   },
