@@ -1,9 +1,9 @@
 /**
  * The access log (`--access-log`): one JSON line per closed client connection, with a termination
  * code that says who ended it and why (in the spirit of HAProxy's termination state and Envoy's
- * response flags). The lines of one event-loop turn go out in one write at the end of it (as Bun's
- * FileSink did), at once from 64 KiB, and at exit; the file is reopened on SIGUSR1 for logrotate,
- * and the old descriptor closed.
+ * response flags), to stdout (`stdout` or `-`), stderr or a file. To a file, the lines of one
+ * event-loop turn go out in one write at the end of it (as Bun's FileSink did), at once from
+ * 64 KiB, and at exit; the file is reopened on SIGUSR1 for logrotate, and the old descriptor closed.
  *
  * A file that cannot take a write (a full disk, an I/O error) never gets half a line: what a short
  * write left of a line is cut off again, the lines not written are held (about 1 MiB, beyond that
@@ -74,16 +74,57 @@ export interface AccessLog {
 }
 
 /**
- * @param target "stderr" or a file path, appended to (created with mode 0640).
+ * `--access-log` values that name a stream, not a file (`./stdout` is the file). `-` is stdout, as
+ * for most tools. On stderr the lines are interleaved with the log, whose lines are zap-shaped
+ * (`level`, `ts`, `msg`) where these have no `level`: stdout keeps the two apart.
+ */
+const STREAMS: Readonly<Record<string, () => LineStream>> = {
+  stdout: () => process.stdout,
+  "-": () => process.stdout,
+  stderr: () => process.stderr,
+};
+
+/**
+ * @param target "stdout" (or "-"), "stderr", or a file path, appended to (created with mode 0640).
  * @param log where write and reopen failures (and the recoveries) are reported, once each.
  * @throws {Error} when the file cannot be opened.
  */
 export function openAccessLog(target: string, log: Logger): AccessLog {
-  if (target === "stderr") {
-    const stats = { dropped: 0, writeErrors: 0, reopenFailures: 0 };
-    return { write: (r) => void process.stderr.write(JSON.stringify(r) + "\n"), reopen() {}, close: async () => {}, stats };
-  }
-  return new FileAccessLog(target, log);
+  return Object.hasOwn(STREAMS, target) ? streamAccessLog(target === "-" ? "stdout" : target, STREAMS[target]!(), log) : new FileAccessLog(target, log);
+}
+
+/** What the access log needs of process.stdout or process.stderr. */
+export interface LineStream {
+  write(text: string, done: (error?: Error | null) => void): boolean;
+  on(event: "error", listener: (error: Error) => void): unknown;
+}
+
+/**
+ * Lines to a stream, buffered by the stream itself. A stream whose reader has gone (EPIPE) does not
+ * come back: from its first failed write on, lines are dropped and counted, and that is logged once.
+ */
+export function streamAccessLog(name: string, stream: LineStream, log: Logger): AccessLog {
+  const stats: AccessLogStats = { dropped: 0, writeErrors: 0, reopenFailures: 0 };
+  let failed = false;
+  // Each write's callback gets its error; without a listener the stream's error would also be thrown.
+  stream.on("error", () => {});
+  const written = (error?: Error | null) => {
+    if (error === undefined || error === null) return;
+    stats.writeErrors++;
+    stats.dropped++;
+    if (!failed) log.error("access log write failed; dropping lines", { file: name, error: errorText(error) });
+    failed = true;
+  };
+  return {
+    write(r) {
+      if (failed) stats.dropped++;
+      else stream.write(JSON.stringify(r) + "\n", written);
+    },
+    reopen() {},
+    // Resolves once what was written before has been handed to the descriptor (or failed).
+    close: () => new Promise<void>((resolve) => void stream.write("", () => resolve())),
+    stats,
+  };
 }
 
 /** Bytes (about: characters) of lines held while the file cannot take them; lines beyond are dropped. */

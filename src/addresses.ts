@@ -16,13 +16,18 @@ export interface HostPort {
 
 const HOSTNAME = /^(?=.{1,253}\.?$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?$/;
 
+/** etcd's client port: an endpoint given without a port uses it, as etcd's own tools do. */
+export const ETCD_CLIENT_PORT = 2379;
+
 /**
- * Parses `host:port`, `[IPv6]:port` or `hostname:port`. The port is required and must be 1..65535.
+ * Parses `host:port`, `[IPv6]:port` or `hostname:port`. The port must be 1..65535; it is required
+ * unless `defaultPort` is given, which then stands in for a missing one (not for an empty `host:`).
  *
  * @throws {Error} naming what is wrong with `text`.
  * @example parseHostPort("[::1]:2379") // { host: "::1", port: 2379, address: "[::1]:2379" }
+ * @example parseHostPort("[::1]", 2379) // the same
  */
-export function parseHostPort(text: string): HostPort {
+export function parseHostPort(text: string, defaultPort?: number): HostPort {
   const q = JSON.stringify(text);
   let host: string;
   let portText: string;
@@ -32,14 +37,14 @@ export function parseHostPort(text: string): HostPort {
     host = text.slice(1, close);
     if (isIP(host) !== 6) throw new Error(`invalid IPv6 address in ${q}`);
     const after = text.slice(close + 1);
-    if (after === "") throw new Error(`missing port in address ${q}`);
-    if (!after.startsWith(":")) throw new Error(`unexpected text after "]" in address ${q}`);
-    portText = after.slice(1);
+    if (after === "" && defaultPort === undefined) throw new Error(`missing port in address ${q}`);
+    if (after !== "" && !after.startsWith(":")) throw new Error(`unexpected text after "]" in address ${q}`);
+    portText = after === "" ? String(defaultPort) : after.slice(1);
   } else {
     const colon = text.lastIndexOf(":");
-    if (colon < 0) throw new Error(`missing port in address ${q}`);
-    host = text.slice(0, colon);
-    portText = text.slice(colon + 1);
+    if (colon < 0 && defaultPort === undefined) throw new Error(`missing port in address ${q}`);
+    host = colon < 0 ? text : text.slice(0, colon);
+    portText = colon < 0 ? String(defaultPort) : text.slice(colon + 1);
     if (host.includes(":")) throw new Error(`IPv6 address must be in brackets, as in "[::1]:2379", in ${q}`);
     if (host === "") throw new Error(`missing host in address ${q}`);
     if (/^[\d.]+$/.test(host) ? isIP(host) !== 4 : !HOSTNAME.test(host)) {
@@ -87,6 +92,8 @@ export function parseListenAddress(text: string): ListenAddress {
 export interface EndpointSpec extends HostPort {
   /** Given as `https://` (or from an `_etcd-client-ssl` record): health checks use TLS. */
   readonly tls?: boolean;
+  /** Given without a port, so on ETCD_CLIENT_PORT (the startup log says so). */
+  readonly defaultPort?: boolean;
   /** SRV priority: lower is preferred. @default 0 */
   readonly priority?: number;
   /** SRV weight within a priority. @default 0 */
@@ -97,9 +104,11 @@ export interface EndpointSpec extends HostPort {
 
 /**
  * Parses one `--endpoints` entry: an optional `http://` or `https://` scheme is stripped (as etcd
- * does), surrounding spaces are trimmed, the port is required.
+ * does), surrounding spaces are trimmed, a missing port is etcd's client port 2379 (also for
+ * `https://`, as in etcd's own examples).
  *
  * @example parseEndpoint("https://10.0.0.1:2379") // { host: "10.0.0.1", port: 2379, tls: true, ... }
+ * @example parseEndpoint("infra0.example.com") // { address: "infra0.example.com:2379", defaultPort: true, ... }
  */
 export function parseEndpoint(text: string): EndpointSpec {
   let rest = text.trim();
@@ -114,7 +123,9 @@ export function parseEndpoint(text: string): EndpointSpec {
     rest = rest.slice(scheme[0].length).replace(/\/$/, "");
   }
   if (rest === "") throw new Error(`empty endpoint ${JSON.stringify(text)}`);
-  return { ...parseHostPort(rest), tls };
+  const hp = parseHostPort(rest, ETCD_CLIENT_PORT);
+  const defaulted = rest.startsWith("[") ? rest.endsWith("]") : !rest.includes(":");
+  return defaulted ? { ...hp, tls, defaultPort: true } : { ...hp, tls };
 }
 
 /**

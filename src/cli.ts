@@ -1,14 +1,16 @@
 #!/usr/bin/env bun
 /**
- * The command line: citty commands only; each command calls one function. citty renders the help;
- * parsing is ours (src/flags.ts), since citty ignores unknown flags and keeps only the last of
+ * The command line: citty commands only; each command calls one function. citty dispatches; the
+ * help is rendered by src/help.ts (citty's neither wraps nor asks whether stdout is a terminal),
+ * and parsing is ours (src/flags.ts), since citty ignores unknown flags and keeps only the last of
  * repeated ones (docs/bun.md, trap 12).
  *
  * @module
  */
 import { defineCommand, runMain, type ArgsDef } from "citty";
 import pkg from "../package.json" with { type: "json" };
-import { START_FLAGS, type FlagSpec } from "./flags.ts";
+import { printable, START_FLAGS, type FlagSpec } from "./flags.ts";
+import { showHelp } from "./help.ts";
 import { fail, serve } from "./serve.ts";
 import { runStatus, STATUS_FLAGS } from "./status.ts";
 
@@ -36,9 +38,30 @@ const version = defineCommand({
   },
 });
 
+const COMMANDS = { start, status, version };
+
 export const main = defineCommand({
   meta: { name: "etcd-gateway", version: pkg.version, description: pkg.description },
-  subCommands: { start, status, version },
+  subCommands: COMMANDS,
 });
 
-if (import.meta.main) void runMain(main);
+/** citty's own flags on the root: everything else that starts with `-` is a flag of `start`. */
+const ROOT_FLAGS = ["--help", "-h", "--version", "-v"];
+
+/**
+ * The command line with `start` put in front when it begins with a flag, so that
+ * `etcd-gateway --endpoints=...` is `etcd-gateway start --endpoints=...` (the founding document's
+ * own command); `--help` and `--version` alone stay the root's.
+ */
+export function withDefaultCommand(argv: readonly string[]): string[] {
+  const first = argv[0];
+  return first !== undefined && first.startsWith("-") && !ROOT_FLAGS.includes(first) ? ["start", ...argv] : [...argv];
+}
+
+if (import.meta.main) {
+  const argv = withDefaultCommand(process.argv.slice(2));
+  const command = argv[0];
+  // citty would print the whole help, then the name in colour on stderr.
+  if (command !== undefined && !command.startsWith("-") && !Object.hasOwn(COMMANDS, command)) fail(printable(`unknown command ${JSON.stringify(command)}; commands: ${Object.keys(COMMANDS).join(", ")}`));
+  void runMain(main, { rawArgs: argv, showUsage: showHelp });
+}

@@ -131,7 +131,7 @@ const text = (t: string) => t;
 export const START_FLAGS = {
   config: { type: "string", reload: "restart", valueHint: "path", parse: path, description: "YAML file whose keys are these flag names; precedence: flags > ETCD_GATEWAY_* environment > file > defaults; re-read on SIGHUP" },
   "listen-addr": { type: "string", reload: "restart", default: "127.0.0.1:23790", valueHint: "host:port", repeatable: true, parse: (t) => t.split(",").map((v) => parseListenAddress(v.trim())), description: "address to accept client connections on (IPv4, [IPv6]:port, hostname:port, or unix:///path); repeatable" },
-  endpoints: { type: "string", reload: "live", default: "127.0.0.1:2379", valueHint: "host:port,...", repeatable: true, parse: (t) => parseEndpointList([t]), description: "comma-separated etcd cluster endpoints; repeatable; http:// and https:// are stripped" },
+  endpoints: { type: "string", reload: "live", default: "127.0.0.1:2379", valueHint: "host:port,...", repeatable: true, parse: (t) => parseEndpointList([t]), description: "comma-separated etcd cluster endpoints; repeatable; http:// and https:// are stripped; without a port, etcd's client port 2379" },
   "discovery-srv": { type: "string", reload: "restart", valueHint: "domain", parse: domain, description: "DNS domain used to bootstrap cluster endpoints through SRV records (_etcd-client-ssl._tcp and _etcd-client._tcp), refreshed on their TTL" },
   "discovery-srv-name": {
     type: "string", reload: "restart", valueHint: "name", description: "service name to query when using DNS discovery",
@@ -190,9 +190,9 @@ export const START_FLAGS = {
   "close-on-member-down": { type: "boolean", reload: "live", default: true, description: "when a member is marked down, reset the connections to it (if a healthy member exists) so clients reconnect to a healthy one" },
   "keepalive-time": { type: "string", reload: "live", default: "5s", valueHint: "duration", parse: duration(1000, 32_767_000, " (the kernel's TCP_KEEPIDLE limit)"), description: "TCP keepalive idle time on both legs; Bun then probes every 1s, 10 times, so a silent peer is dropped within this + 10s" },
   "access-log": {
-    type: "string", reload: "restart", default: "off", valueHint: "off|stderr|path", description: "one JSON line per closed connection (client, member, times, bytes, termination code); a file is reopened on SIGUSR1",
+    type: "string", reload: "restart", default: "off", valueHint: "off|stdout|-|stderr|path", description: "one JSON line per closed connection (client, member, times, bytes, termination code) to stdout (also -), stderr (among the log lines) or a file, which is reopened on SIGUSR1",
     parse: (t) => {
-      if (t === "") throw new Error("empty value; expected off, stderr or a file path");
+      if (t === "") throw new Error("empty value; expected off, stdout, -, stderr or a file path");
       return t === "off" ? null : t;
     },
   },

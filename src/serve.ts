@@ -7,6 +7,7 @@
  * @module
  */
 import pkg from "../package.json" with { type: "json" };
+import { ETCD_CLIENT_PORT } from "./addresses.ts";
 import { startAdmin } from "./admin.ts";
 import { formatDuration } from "./duration.ts";
 import { parseFlags, START_FLAGS, type RawFlags } from "./flags.ts";
@@ -195,6 +196,8 @@ class GatewayProcess {
   private announceReady(gw: Gateway): void {
     const s = gw.settings;
     const admin = s.flags["admin-addr"];
+    const defaulted = s.endpoints.filter((e) => e.defaultPort === true && gw.members.list.some((m) => m.address === e.address));
+    if (defaulted.length > 0) this.log.info(`no port given; using etcd's client port ${ETCD_CLIENT_PORT}`, { endpoints: defaulted.map((e) => e.address) });
     this.log.info("ready to proxy client requests", {
       "listen-addr": s.listenAddrs.map((a) => a.address).join(","),
       endpoints: gw.members.list.map((m) => m.address),

@@ -8,6 +8,7 @@
  * @module
  */
 import type { EndpointSpec, ListenAddress } from "./addresses.ts";
+import { parseConfigYaml } from "./config-file.ts";
 import { ConfigError, envName, parseBoolean, START_FLAGS, type FlagSpec, type FlagValues, type RawFlags, type StartFlag } from "./flags.ts";
 import type { HealthSettings } from "./health/monitor.ts";
 import { readFileBounded } from "./limits.ts";
@@ -57,6 +58,7 @@ const KEY_PAIRS: readonly [StartFlag, StartFlag][] = [
  * a value of the wrong shape.
  */
 export function gatherFlags(flags: RawFlags, env: Record<string, string | undefined>, readFile: (path: string) => string = readFileBounded): Gathered {
+  checkEnvironment(env);
   const raw: RawFlags = {};
   const origins: FlagOrigins = {};
   const configFile = typeof flags.config === "string" ? flags.config : (env[envName("config")] ?? null);
@@ -77,10 +79,50 @@ export function gatherFlags(flags: RawFlags, env: Record<string, string | undefi
   return { raw, origins, configFile };
 }
 
+/**
+ * `ETCD_GATEWAY_*` names that are no flag's: the binary ignores them, and they are not errors. The
+ * first is set by the gateway itself; the others belong to the project's scripts, tests and
+ * benchmarks, and are in the environment when the binary runs under them.
+ */
+export const OTHER_ENV: Readonly<Record<string, string>> = {
+  ETCD_GATEWAY_WORKER: "set by the gateway for its --workers processes (src/workers.ts)",
+  ETCD_GATEWAY_BASE_URL: "where scripts/install.sh downloads releases from",
+  ETCD_GATEWAY_BINARY: "the binary the tests run (test/support/gateway.ts)",
+  ETCD_GATEWAY_SKIP_BUILD: "tests reuse dist/etcd-gateway (test/support/preload.ts)",
+  ETCD_GATEWAY_BEFORE: "an earlier build the benchmarks compare with (scripts/bench/contenders.ts)",
+};
+const FLAG_ENV = FLAG_NAMES.map(envName);
+
+/**
+ * Refuses an `ETCD_GATEWAY_*` variable that is no flag's (a misspelt one would otherwise be ignored),
+ * as etcd refuses an unknown `ETCD_*` one, suggesting the flag variable it is closest to.
+ *
+ * @throws {ConfigError} `unrecognized environment variable ETCD_GATEWAY_ENDPOINT=... (did you mean ETCD_GATEWAY_ENDPOINTS?)`
+ */
+function checkEnvironment(env: Record<string, string | undefined>): void {
+  for (const [name, value] of Object.entries(env)) {
+    if (!name.startsWith("ETCD_GATEWAY_") || FLAG_ENV.includes(name) || Object.hasOwn(OTHER_ENV, name)) continue;
+    const near = FLAG_ENV.map((known) => ({ known, d: editDistance(name, known) })).sort((a, b) => a.d - b.d)[0];
+    const hint = near !== undefined && near.d <= 3 ? ` (did you mean ${near.known}?)` : "";
+    throw new ConfigError(null, name, `unrecognized environment variable ${name}=${value ?? ""}${hint}`);
+  }
+}
+
+/** Levenshtein distance: insertions, deletions and substitutions that turn `a` into `b`. */
+function editDistance(a: string, b: string): number {
+  let row = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const next = [i];
+    for (let j = 1; j <= b.length; j++) next[j] = Math.min(row[j]! + 1, next[j - 1]! + 1, row[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1));
+    row = next;
+  }
+  return row[b.length]!;
+}
+
 function readConfigFile(file: string, readFile: (path: string) => string, raw: RawFlags, origins: FlagOrigins): void {
   let doc: unknown;
   try {
-    doc = Bun.YAML.parse(readFile(file));
+    doc = parseConfigYaml(file, readFile(file));
   } catch (e) {
     throw new ConfigError("config", file, readError(file, e));
   }

@@ -10,6 +10,7 @@ import type { Status } from "./admin.ts";
 import { parseHostPort } from "./addresses.ts";
 import { parseFlags } from "./flags.ts";
 import { errorText } from "./log.ts";
+import { colourAllowed } from "./terminal.ts";
 
 /** The flags of `etcd-gateway status`. */
 export const STATUS_FLAGS = {
@@ -86,7 +87,7 @@ export interface Colours {
 
 /** ANSI colours when stdout is a terminal and NO_COLOR is unset; plain text otherwise. */
 export function colours(): Colours {
-  const on = process.stdout.isTTY === true && !process.env.NO_COLOR && process.env.TERM !== "dumb";
+  const on = colourAllowed();
   const wrap = (code: number) => (s: string) => (on ? `\x1b[${code}m${s}\x1b[0m` : s);
   return { green: wrap(32), red: wrap(31), yellow: wrap(33), dim: wrap(2) };
 }

@@ -7,12 +7,13 @@
 import { afterAll, afterEach, describe, expect, test } from "bun:test";
 import type { Socket as BunSocket } from "bun";
 import type { AccessRecord } from "../../src/accesslog.ts";
-import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, renameSync, rmSync, unlinkSync, writeSync } from "node:fs";
+import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, renameSync, rmSync, unlinkSync, writeSync } from "node:fs";
 import { connect, createServer, type Server } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { startGatewayProcess as startGateway, stopAllGateways, type GatewayProcess } from "../support/gateway.ts";
+import { BINARY, startGatewayProcess as startGateway, stopAllGateways, type GatewayProcess } from "../support/gateway.ts";
 import { fdCount, freePort, sleep, waitFor } from "../support/net.ts";
+import { track } from "../support/process.ts";
 import { dial, echoServer, readAll, roundTrip, type Listening } from "../support/peers.ts";
 
 const dir = mkdtempSync(join(tmpdir(), "etcd-gateway-access-"));
@@ -160,6 +161,58 @@ describe("access log termination codes", () => {
     expect(await gw.proc.exited).toBe(0);
     await closed;
     expect(lines().map((l) => l.termination)).toEqual(["shut-down"]);
+  });
+});
+
+describe("access log to a stream", () => {
+  /**
+   * Runs the gateway in an empty working directory with `--access-log=<target>`, passes one
+   * connection, drains it with SIGTERM, and returns what it wrote to stdout and stderr, and the
+   * files it left in that directory.
+   */
+  async function oneConnection(target: string): Promise<{ stdout: string[]; stderr: string[]; files: string[] }> {
+    echo ??= await echoServer();
+    const cwd = mkdtempSync(join(dir, "cwd-"));
+    const port = freePort();
+    const proc = track(Bun.spawn([BINARY, "start", `--listen-addr=127.0.0.1:${port}`, `--endpoints=127.0.0.1:${echo.port}`, "--health-check=none", `--access-log=${target}`], { cwd, stdin: "ignore", stdout: "pipe", stderr: "pipe" }));
+    const stdout = new Response(proc.stdout).text();
+    let err = "";
+    const stderr = (async () => {
+      const decoder = new TextDecoder();
+      for await (const chunk of proc.stderr) err += decoder.decode(chunk, { stream: true });
+      return err;
+    })();
+    try {
+      // Not a probe connection: it would be logged too.
+      await waitFor("ready to proxy client requests", () => (err.includes("ready to proxy client requests") ? true : undefined), 10_000, 25);
+      expect(await roundTrip(port, "to a stream")).toBe("to a stream");
+      await sleep(100);
+    } finally {
+      proc.kill("SIGTERM");
+    }
+    expect(await proc.exited).toBe(0);
+    const lines = (t: string) => t.split("\n").filter((l) => l !== "");
+    return { stdout: lines(await stdout), stderr: lines(await stderr), files: readdirSync(cwd) };
+  }
+
+  // Found: --access-log=stdout created a file named ./stdout.
+  for (const target of ["stdout", "-"]) {
+    test(`--access-log=${target} writes the lines to standard output, apart from the log on stderr, and creates no file`, async () => {
+      const { stdout, stderr, files } = await oneConnection(target);
+      expect(files).toEqual([]);
+      expect(stdout).toHaveLength(1);
+      expect(JSON.parse(stdout[0]!)).toMatchObject({ member: `127.0.0.1:${echo.port}`, bytes_from_client: 11, termination: "client-close" });
+      for (const l of stderr) expect(JSON.parse(l)).toHaveProperty("level");
+    });
+  }
+
+  test("--access-log=stderr: the lines share stderr with the log, told apart by having no level (README)", async () => {
+    const { stdout, stderr } = await oneConnection("stderr");
+    expect(stdout).toEqual([]);
+    const access = stderr.map((l) => JSON.parse(l) as Record<string, unknown>).filter((r) => !("level" in r));
+    expect(access).toHaveLength(1);
+    expect(access[0]).toMatchObject({ termination: "client-close" });
+    expect(access[0]).not.toHaveProperty("msg");
   });
 });
 

@@ -1,6 +1,7 @@
-import { afterAll, describe, expect, test } from "bun:test";
-import { runBinary } from "../support/gateway.ts";
+import { afterAll, afterEach, describe, expect, test } from "bun:test";
+import { BINARY, runBinary, startGatewayProcess, stopAllGateways } from "../support/gateway.ts";
 import { freePort } from "../support/net.ts";
+import { echoServer, roundTrip } from "../support/peers.ts";
 
 const port = freePort();
 
@@ -10,7 +11,7 @@ describe("startup errors: one line on stderr naming the flag and value, exit 1",
     [["start", "stray"], /^etcd-gateway: unexpected argument "stray"$/],
     [["start", "--retry-delay=123"], /^etcd-gateway: --retry-delay: missing unit in duration "123"$/],
     [["start", "--endpoints=127.0.0.1:70000"], /^etcd-gateway: --endpoints: port 70000 out of range 1\.\.65535/],
-    [["start", "--endpoints=127.0.0.1"], /^etcd-gateway: --endpoints: missing port in address "127\.0\.0\.1"$/],
+    [["start", "--endpoints=127.0.0.1:"], /^etcd-gateway: --endpoints: missing port in address "127\.0\.0\.1:"$/],
     [["start", "--endpoints="], /^etcd-gateway: --endpoints: no endpoints given$/],
     // A DNS server that is not there: both SRV lookups fail, in etcd's words.
     [["start", "--discovery-srv=example.invalid", `--dns-server=127.0.0.1:${freePort()}`, `--listen-addr=127.0.0.1:${port}`], /^etcd-gateway: --discovery-srv: dns lookup errors: lookup _etcd-client-ssl\._tcp\.example\.invalid: .* and lookup _etcd-client\._tcp\.example\.invalid: /],
@@ -19,6 +20,8 @@ describe("startup errors: one line on stderr naming the flag and value, exit 1",
     // Self-loop guard, including the wildcard listen that etcd's gateway misses.
     [["start", `--listen-addr=127.0.0.1:${port}`, `--endpoints=127.0.0.1:${port}`], /^etcd-gateway: --endpoints: endpoint \(127\.0\.0\.1:\d+->127\.0\.0\.1:\d+\) should not resolve to the gateway listen addr/],
     [["start", `--listen-addr=127.0.0.1:${port}`, `--endpoints=http://localhost:${port}`], /should not resolve to the gateway listen addr/],
+    // An endpoint without a port is on 2379, and the guard sees it there.
+    [["start", "--listen-addr=127.0.0.1:2379", "--endpoints=localhost"], /^etcd-gateway: --endpoints: endpoint \(localhost:2379->127\.0\.0\.1:2379\) should not resolve to the gateway listen addr/],
     [["start", `--listen-addr=0.0.0.0:${port}`, `--endpoints=127.0.0.1:${port}`], /should not resolve to the gateway listen addr \(0\.0\.0\.0:\d+\)/],
     [["start", `--listen-addr=0.0.0.0:${port}`, `--endpoints=127.0.0.2:${port}`], /should not resolve to the gateway listen addr/],
     [["start", `--listen-addr=[::]:${port}`, `--endpoints=[::1]:${port}`], /should not resolve to the gateway listen addr/],
@@ -36,6 +39,41 @@ describe("startup errors: one line on stderr naming the flag and value, exit 1",
       expect(r.stderr.trimEnd().split("\n")).toHaveLength(1);
     });
   }
+});
+
+describe("the founding document's commands work as written", () => {
+  afterEach(stopAllGateways);
+  // Found: `--endpoints=infra0.example.com,...` was "missing port in address", and flags without a
+  // command printed the help and "No command specified.", exit 1.
+  test("endpoints without a port are on etcd's client port 2379, and the startup log says which", async () => {
+    const gw = await startGatewayProcess(["--endpoints=localhost,https://127.0.0.2,127.0.0.3:12379", "--health-check=none"]);
+    const said = await gw.waitForLog("no port given; using etcd's client port 2379");
+    expect(said.endpoints).toEqual(["localhost:2379", "127.0.0.2:2379"]);
+    expect((await gw.waitForLog("ready to proxy client requests")).endpoints).toEqual(["localhost:2379", "127.0.0.2:2379", "127.0.0.3:12379"]);
+  });
+  test("flags without a command mean start", async () => {
+    const echo = await echoServer();
+    try {
+      const gw = await startGatewayProcess([`--endpoints=127.0.0.1:${echo.port}`, "--health-check=none"], { wrap: (cmd) => cmd.filter((a) => a !== "start") });
+      expect(await roundTrip(gw.port, "no command")).toBe("no command");
+    } finally {
+      await echo.close();
+    }
+  });
+  test("etcd-gateway --discovery-srv=<domain> is start's discovery", () => {
+    const r = runBinary(["--discovery-srv=example.invalid", `--dns-server=127.0.0.1:${freePort()}`, `--listen-addr=127.0.0.1:${port}`]);
+    expect(r.stderr.trimEnd()).toMatch(/^etcd-gateway: --discovery-srv: dns lookup errors: lookup _etcd-client-ssl\._tcp\.example\.invalid: /);
+    expect(r.code).toBe(1);
+  });
+  test("an unknown flag without a command is start's error", () => {
+    const r = runBinary(["--bogus"]);
+    expect([r.code, r.stderr.trimEnd()]).toEqual([1, "etcd-gateway: unknown flag: --bogus"]);
+  });
+  test("no arguments at all still print the help, exit 1", () => {
+    const r = runBinary([]);
+    expect(r.code).toBe(1);
+    expect(r.stdout).toContain("start");
+  });
 });
 
 describe("startup errors at listen time", () => {
@@ -81,7 +119,49 @@ describe("version and help", () => {
     expect(runBinary(["--help"]).stdout).toContain("start");
     expect(runBinary(["version", "--help"]).code).toBe(0);
   });
-  test("an unknown command exits 1", () => {
-    expect(runBinary(["bogus"]).code).toBe(1);
+  test("an unknown command is a one-line error naming it, exit 1", () => {
+    const r = runBinary(["bogus"]);
+    expect([r.code, r.stdout, r.stderr]).toEqual([1, "", 'etcd-gateway: unknown command "bogus"; commands: start, status, version\n']);
+  });
+});
+
+describe("help fits the terminal and is coloured only on one", () => {
+  // Found: `start --help` was 211 columns wide (one line per flag) and coloured when piped.
+  const { NO_COLOR: _, ...inherited } = process.env;
+  const env = { ...inherited, TERM: "xterm-256color" };
+  const ESC = "\x1b";
+  const widest = (text: string) => Math.max(...text.split("\n").map((l) => l.length));
+  const piped = (args: string[], extra: Record<string, string> = {}) => {
+    const p = Bun.spawnSync([BINARY, ...args], { env: { ...env, ...extra }, stdout: "pipe", stderr: "pipe" });
+    return p.stdout.toString();
+  };
+  /** Runs the binary on a pseudo-terminal of `cols` columns (util-linux `script`); its output with CRs removed. */
+  const onTerminal = (args: string[], cols: number, extra: Record<string, string> = {}) => {
+    const cmd = `stty cols ${cols} rows 50; exec ${[BINARY, ...args].map((a) => `'${a}'`).join(" ")}`;
+    const p = Bun.spawnSync(["script", "-qec", cmd, "/dev/null"], { env: { ...env, ...extra }, stdin: "ignore", stdout: "pipe", stderr: "pipe" });
+    return p.stdout.toString().replaceAll("\r", "");
+  };
+  for (const args of [["start", "--help"], ["--help"], ["status", "--help"], []]) {
+    for (const extra of [{}, { NO_COLOR: "1" }] as Record<string, string>[]) {
+      test(`${["etcd-gateway", ...args].join(" ")} piped${"NO_COLOR" in extra ? " with NO_COLOR" : ""}: 80 columns, no colour`, () => {
+        const out = piped(args, extra);
+        expect(out).toContain("USAGE");
+        expect(widest(out)).toBeLessThanOrEqual(80);
+        expect(out).not.toContain(ESC);
+      });
+    }
+  }
+  test("on a terminal: as wide as the terminal, coloured", () => {
+    const out = onTerminal(["start", "--help"], 100);
+    expect(out).toContain(ESC);
+    const plain = out.replace(/\x1b\[\d+m/g, "");
+    expect(widest(plain)).toBeLessThanOrEqual(100);
+    expect(widest(plain)).toBeGreaterThan(80);
+    expect(plain).toContain("--listen-addr=<host:port> (Default: 127.0.0.1:23790)");
+  });
+  test("on a terminal with NO_COLOR (any value): no colour", () => {
+    const out = onTerminal(["start", "--help"], 100, { NO_COLOR: "true" });
+    expect(out).toContain("USAGE");
+    expect(out).not.toContain(ESC);
   });
 });

@@ -50,10 +50,29 @@ describe("configuration sources", () => {
       expect(r.stderr.trim().split("\n")).toHaveLength(1);
     });
   }
+  // Found: Bun.YAML let the last of a duplicated key win (the good member was silently dropped), and
+  // said only "YAML Parse error: Unexpected token" for a missing "]". The `yaml` package does both.
+  const positioned: [string, string, RegExp][] = [
+    ["duplicate.yaml", "endpoints: 127.0.0.1:12379\nendpoints: 127.0.0.1:12399\n", /^etcd-gateway: --config: ".*duplicate\.yaml": line 2, column 1: duplicate key "endpoints" \(first on line 1\)$/],
+    ["unclosed.yaml", "endpoints: [127.0.0.1:12379, 127.0.0.1:12399\nhealth-check: none\n", /^etcd-gateway: --config: ".*unclosed\.yaml": line 2, column 1: flow sequence in block collection must be sufficiently indented and end with a \]$/],
+  ];
+  for (const [name, text, pattern] of positioned) {
+    test(`a duplicated key or a YAML syntax error is a one-line error naming file, line and column: ${name}`, () => {
+      const r = runBinary(["start", `--config=${file(name, text)}`, `--listen-addr=127.0.0.1:${freePort()}`]);
+      expect(r.stderr.trim()).toMatch(pattern);
+      expect(r.code).toBe(1);
+    });
+  }
   test("a missing file names the file", () => {
     const r = runBinary(["start", `--config=${join(dir, "nope.yaml")}`]);
     expect(r.code).toBe(1);
     expect(r.stderr.trim()).toMatch(/^etcd-gateway: --config: ".*nope\.yaml": cannot read: ENOENT$/);
+  });
+  test("an unknown ETCD_GATEWAY_* variable is a one-line error naming it (etcd: unrecognized environment variable)", () => {
+    // Found: ETCD_GATEWAY_ENDPOINT (no S) was ignored, and the gateway started with the default endpoint.
+    const r = runBinary(["start", `--listen-addr=127.0.0.1:${freePort()}`], { ETCD_GATEWAY_ENDPOINT: "127.0.0.1:12379" });
+    expect(r.stderr.trim()).toBe("etcd-gateway: unrecognized environment variable ETCD_GATEWAY_ENDPOINT=127.0.0.1:12379 (did you mean ETCD_GATEWAY_ENDPOINTS?)");
+    expect(r.code).toBe(1);
   });
   test("a bad environment value names the variable", () => {
     const r = runBinary(["start"], { ETCD_GATEWAY_CONNECT_TIMEOUT: "soon" });

@@ -18,16 +18,28 @@ describe("parseEndpoint", () => {
   for (const [input, host, port, address, tls] of ok) {
     test(`${JSON.stringify(input)} is ${address}${tls ? " (TLS)" : ""}`, () => expect(parseEndpoint(input)).toEqual({ host, port, address, tls }));
   }
+  // The founding document's own `--endpoints=infra0.example.com,...` (found: "missing port"): etcd's client port.
+  const defaulted: [string, string, string, boolean][] = [
+    ["infra0.example.com", "infra0.example.com", "infra0.example.com:2379", false],
+    ["https://infra0.example.com", "infra0.example.com", "infra0.example.com:2379", true],
+    ["http://10.0.0.1/", "10.0.0.1", "10.0.0.1:2379", false],
+    ["127.0.0.1", "127.0.0.1", "127.0.0.1:2379", false],
+    ["[::1]", "::1", "[::1]:2379", false],
+    ["https://[fc00::ccf0]", "fc00::ccf0", "[fc00::ccf0]:2379", true],
+  ];
+  for (const [input, host, address, tls] of defaulted) {
+    test(`${JSON.stringify(input)} without a port is ${address}${tls ? " (TLS)" : ""}, marked as defaulted`, () => expect(parseEndpoint(input)).toEqual({ host, port: 2379, address, tls, defaultPort: true }));
+  }
   const bad: [string, RegExp][] = [
-    ["127.0.0.1", /missing port in address "127.0.0.1"/],
-    ["127.0.0.1:", /missing port/],
+    ["127.0.0.1:", /missing port in address "127.0.0.1:"/],
     ["127.0.0.1:0", /port 0 out of range 1..65535/],
     ["127.0.0.1:65536", /port 65536 out of range/],
     ["127.0.0.1:70000", /port 70000 out of range/],
     ["127.0.0.1:abc", /invalid port "abc"/],
     ["127.0.0.1:-1", /invalid port "-1"/],
     ["::1:2379", /IPv6 address must be in brackets/],
-    ["[::1]", /missing port/],
+    ["::1", /IPv6 address must be in brackets/],
+    ["[::1", /missing "]"/],
     ["[::1:2379", /missing "]"/],
     ["[nope]:2379", /invalid IPv6 address/],
     ["[::1]x:2379", /unexpected text after "]"/],
@@ -36,7 +48,8 @@ describe("parseEndpoint", () => {
     [":2379", /missing host/],
     ["unix:///tmp/x.sock", /unsupported scheme "unix:\/\/"/],
     ["http://", /empty endpoint/],
-    ["foo", /missing port in address "foo"/],
+    ["foo bar", /invalid host "foo bar" in address "foo bar"$/],
+    ["https://foo bar", /invalid host "foo bar" in address "foo bar"$/],
   ];
   for (const [input, err] of bad) test(`rejects ${JSON.stringify(input)}`, () => expect(() => parseEndpoint(input)).toThrow(err));
 });

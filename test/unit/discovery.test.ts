@@ -25,8 +25,13 @@ describe("--endpoints-file", () => {
   });
   test("rejects a bad endpoint with the parser's message", () => {
     const f = join(dir, "b");
-    writeFileSync(f, "127.0.0.1\n");
+    writeFileSync(f, "127.0.0.1:\n");
     expect(() => readEndpointsFile(f)).toThrow(/missing port/);
+  });
+  test("an endpoint without a port is on etcd's client port 2379, as with --endpoints", () => {
+    const f = join(dir, "d");
+    writeFileSync(f, "infra0.example.com\nhttps://10.0.0.2\n");
+    expect(readEndpointsFile(f).endpoints.map((e) => [e.address, e.defaultPort])).toEqual([["infra0.example.com:2379", true], ["10.0.0.2:2379", true]]);
   });
   test("rejects an empty file", () => {
     const f = join(dir, "c");

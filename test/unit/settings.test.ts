@@ -4,9 +4,24 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { ConfigError, parseFlags, START_FLAGS } from "../../src/flags.ts";
 import { connectionCap } from "../../src/limits.ts";
-import { buildSettings, gatherFlags, reloadSettings, serialize } from "../../src/settings.ts";
+import { buildSettings, gatherFlags, OTHER_ENV, reloadSettings, serialize } from "../../src/settings.ts";
+import { WORKER_ENV } from "../../src/workers.ts";
 
 const parse = (argv: string[]) => buildSettings(gatherFlags(parseFlags(argv, START_FLAGS), {}));
+
+/** The message of the ConfigError that `f` throws, checked to be one line. */
+function configError(f: () => unknown): string {
+  let err: unknown;
+  try {
+    f();
+  } catch (e) {
+    err = e;
+  }
+  expect(err).toBeInstanceOf(ConfigError);
+  const text = (err as Error).message;
+  expect(text).not.toContain("\n");
+  return text;
+}
 
 describe("defaults are etcd gateway start's", () => {
   const o = parse([]);
@@ -22,6 +37,7 @@ describe("flag syntax follows pflag", () => {
   const cases: { argv: string[]; check: (o: ReturnType<typeof parse>) => unknown; want: unknown }[] = [
     { argv: ["--endpoints=a:1,b:2"], check: (o) => o.endpoints.map((e) => e.address), want: ["a:1", "b:2"] },
     { argv: ["--endpoints", "a:1", "--endpoints=b:2,c:3"], check: (o) => o.endpoints.map((e) => e.address), want: ["a:1", "b:2", "c:3"] },
+    { argv: ["--endpoints=infra0.example.com,https://infra1.example.com,infra2.example.com:12379"], check: (o) => o.endpoints.map((e) => [e.address, e.defaultPort === true]), want: [["infra0.example.com:2379", true], ["infra1.example.com:2379", true], ["infra2.example.com:12379", false]] },
     { argv: ["--listen-addr", "[::1]:23790"], check: (o) => o.listenAddrs.map((a) => a.address), want: ["[::1]:23790"] },
     { argv: ["--listen-addr=127.0.0.1:1", "--listen-addr", "unix:///run/etcd.sock"], check: (o) => o.listenAddrs.map((a) => a.address), want: ["127.0.0.1:1", "unix:///run/etcd.sock"] },
     { argv: ["--listen-socket-mode=0600", "--max-connections=100", "--idle-timeout=1h"], check: (o) => [o.flags["listen-socket-mode"], o.flags["max-connections"], o.flags["idle-timeout"]], want: [0o600, 100, 3_600_000] },
@@ -62,7 +78,7 @@ describe("bad input is a one-line error naming the flag and the value", () => {
     [["--drain-timeout=soon"], "--drain-timeout: "],
     [["--endpoints"], "--endpoints: flag needs an argument"],
     [["--endpoints="], "--endpoints: no endpoints given"],
-    [["--endpoints=127.0.0.1"], '--endpoints: missing port in address "127.0.0.1"'],
+    [["--endpoints=127.0.0.1:"], '--endpoints: missing port in address "127.0.0.1:"'],
     [["--endpoints=127.0.0.1:0"], "--endpoints: port 0 out of range 1..65535"],
     [["--endpoints=127.0.0.1:70000"], "--endpoints: port 70000 out of range 1..65535"],
     [["--endpoints=a:1,,b:2"], "--endpoints: empty item"],
@@ -101,18 +117,7 @@ describe("bad input is a one-line error naming the flag and the value", () => {
   ];
   for (const [argv, message] of cases) {
     // Titles are printed: control characters in them would make the test log binary to grep.
-    test(JSON.stringify(argv.join(" ")).slice(1, -1) || "(empty)", () => {
-      let err: unknown;
-      try {
-        parse(argv);
-      } catch (e) {
-        err = e;
-      }
-      expect(err).toBeInstanceOf(ConfigError);
-      const text = (err as Error).message;
-      expect(text).toContain(message);
-      expect(text).not.toContain("\n");
-    });
+    test(JSON.stringify(argv.join(" ")).slice(1, -1) || "(empty)", () => expect(configError(() => parse(argv))).toContain(message));
   }
 });
 
@@ -173,6 +178,59 @@ describe("reloads run one at a time", () => {
     await expect(reload()).rejects.toThrow("boom");
     await reload();
     expect(n).toBe(2);
+  });
+});
+
+describe("the --config file's YAML: a duplicated key is an error, every parse error names file, line and column", () => {
+  const load = (text: string) => buildSettings(gatherFlags({ config: "/etc/gw.yaml" }, {}, () => text));
+  const cases: [string, string, string][] = [
+    // Found: Bun.YAML let the second key win, so the first member was silently dropped.
+    ["a duplicated key", "endpoints: 127.0.0.1:12379\nendpoints: 127.0.0.1:12399\n", '--config: "/etc/gw.yaml": line 2, column 1: duplicate key "endpoints" (first on line 1)'],
+    ["a duplicated key spelt two ways", 'policy: sticky\nretry-delay: 1s\n"policy": ordered\n', '--config: "/etc/gw.yaml": line 3, column 1: duplicate key "policy" (first on line 1)'],
+    ["a key three times: the second is named", "policy: a\npolicy: b\npolicy: c\n", '--config: "/etc/gw.yaml": line 2, column 1: duplicate key "policy" (first on line 1)'],
+    ["a duplicated key in a nested mapping", "endpoints:\n  - {x: 1, x: 2}\n", '--config: "/etc/gw.yaml": line 2, column 12: duplicate key "x" (first on line 2)'],
+    // Found: Bun.YAML said only "YAML Parse error: Unexpected token".
+    ["a missing ]", "endpoints: [127.0.0.1:12379, 127.0.0.1:12399\npolicy: sticky\n", '--config: "/etc/gw.yaml": line 2, column 1: flow sequence in block collection must be sufficiently indented and end with a ]'],
+    ["a missing }", "endpoints: {a: 1\n", '--config: "/etc/gw.yaml": line 2, column 1: flow map in block collection must be sufficiently indented and end with a }'],
+    ["an unclosed quote", 'policy: "sticky\n', '--config: "/etc/gw.yaml": line 2, column 1: missing closing "quote'],
+    ["a tab as indentation", "endpoints:\n\t- 127.0.0.1:2379\n", '--config: "/etc/gw.yaml": line 2, column 1: tabs are not allowed as indentation'],
+    ["two documents", "policy: sticky\n---\npolicy: ordered\n", '--config: "/etc/gw.yaml": line 2, column 1: source contains multiple documents'],
+    ["a mapping as a key", "? {a: 1}\n: x\n", '--config: "/etc/gw.yaml": line 1, column 3: a key must be a flag name, not a list or mapping'],
+    ["an alias to nothing", "policy: *nope\n", '--config: "/etc/gw.yaml": unresolved alias'],
+  ];
+  for (const [name, text, message] of cases) {
+    test(name, () => expect(configError(() => load(text))).toStartWith(message));
+  }
+  test("what parsed before still does: lists, comma strings, numbers, anchors, empty files", () => {
+    const s = load("endpoints:\n  - 127.0.0.1:1\n  - 127.0.0.2:2\nhealth-rise: 4\nlisten-addr: 127.0.0.1:5,127.0.0.1:6\n");
+    expect([s.endpoints.map((e) => e.address), s.flags["health-rise"], s.listenAddrs.map((a) => a.address)]).toEqual([["127.0.0.1:1", "127.0.0.2:2"], 4, ["127.0.0.1:5", "127.0.0.1:6"]]);
+    expect(load("policy: &p ordered\ndiscovery-srv-name: *p\n").flags["discovery-srv-name"]).toBe("ordered");
+    expect(load("").flags.policy).toBe("sticky");
+    expect(load("# only a comment\n").flags.policy).toBe("sticky");
+  });
+});
+
+describe("ETCD_GATEWAY_* variables: a flag's, or an error naming the variable (as etcd's unrecognized environment variable)", () => {
+  const env = (vars: Record<string, string>) => buildSettings(gatherFlags({}, vars));
+  const cases: [Record<string, string>, string][] = [
+    // Found: ETCD_GATEWAY_ENDPOINT (no S) was ignored, and the gateway proxied to the default 127.0.0.1:2379.
+    [{ ETCD_GATEWAY_ENDPOINT: "10.0.0.1:2379" }, "unrecognized environment variable ETCD_GATEWAY_ENDPOINT=10.0.0.1:2379 (did you mean ETCD_GATEWAY_ENDPOINTS?)"],
+    [{ ETCD_GATEWAY_RETRYDELAY: "5s" }, "unrecognized environment variable ETCD_GATEWAY_RETRYDELAY=5s (did you mean ETCD_GATEWAY_RETRY_DELAY?)"],
+    [{ ETCD_GATEWAY_LISTEN_ADRR: "127.0.0.1:1" }, "unrecognized environment variable ETCD_GATEWAY_LISTEN_ADRR=127.0.0.1:1 (did you mean ETCD_GATEWAY_LISTEN_ADDR?)"],
+    [{ ETCD_GATEWAY_FROBNICATE: "yes" }, "unrecognized environment variable ETCD_GATEWAY_FROBNICATE=yes"],
+    [{ ETCD_GATEWAY_: "" }, "unrecognized environment variable ETCD_GATEWAY_="],
+    [{ ETCD_GATEWAY_X: "\u001b[2J" }, "unrecognized environment variable ETCD_GATEWAY_X=\\u001b[2J"],
+  ];
+  for (const [vars, message] of cases) test(Object.keys(vars)[0]!, () => expect(configError(() => env(vars))).toBe(message));
+  test("every flag's variable, the worker marker and the project's tool variables are known", () => {
+    const vars: Record<string, string> = Object.fromEntries(Object.keys(OTHER_ENV).map((k) => [k, "1"]));
+    vars.ETCD_GATEWAY_RETRY_DELAY = "5s";
+    vars.ETCD_GATEWAY_INSECURE_DISCOVERY = "true";
+    expect(env(vars).flags["retry-delay"]).toBe(5000);
+    expect(Object.keys(OTHER_ENV)).toEqual(expect.arrayContaining([WORKER_ENV, "ETCD_GATEWAY_BINARY", "ETCD_GATEWAY_SKIP_BUILD", "ETCD_GATEWAY_BEFORE", "ETCD_GATEWAY_BASE_URL"]));
+  });
+  test("other variables are not the gateway's business: etcd's own, and other cases", () => {
+    expect(env({ ETCD_ENDPOINTS: "x", ETCDCTL_API: "3", etcd_gateway_endpoint: "x" }).flags.policy).toBe("sticky");
   });
 });
 
