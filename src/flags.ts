@@ -152,7 +152,7 @@ export const START_FLAGS = {
   },
   "reuse-port": { type: "boolean", reload: "restart", default: false, description: "let another gateway started with this flag listen on the same address (SO_REUSEPORT), for a zero-downtime restart; without it a taken address is an error" },
   "max-connections": {
-    type: "string", reload: "live", default: "0", valueHint: "N", description: "client connections at most; at the limit the gateway stops accepting (new connects are refused) until one closes (0 = unlimited)",
+    type: "string", reload: "live", default: "0", valueHint: "N", description: "client connections at most; at the limit the gateway stops accepting (new connects wait in the kernel's backlog) until one closes (0 = as many as the open-files limit allows)",
     parse: (t) => {
       if (!/^\d+$/.test(t)) throw new Error(`invalid count ${JSON.stringify(t)}`);
       return Number(t);
@@ -167,7 +167,7 @@ export const START_FLAGS = {
   "connect-timeout": { type: "string", reload: "live", default: "1s", valueHint: "duration", parse: duration(1, 300_000, " (the kernel gives up on a connect after about 2 minutes)"), description: "how long one dial to an endpoint may take before the next endpoint is tried" },
   "drain-timeout": { type: "string", reload: "live", default: "10s", valueHint: "duration", parse: duration(), description: "on SIGTERM/SIGINT, how long open connections may finish before they are closed" },
   policy: { type: "string", reload: "live", default: "sticky", valueHint: POLICY_NAMES.join("|"), parse: oneOf(POLICY_NAMES), description: "endpoint selection: sticky (one random endpoint until it fails) or round-robin (per connection, like etcd's gateway)" },
-  "health-check": { type: "string", reload: "live", default: "etcd", valueHint: CHECK_KINDS.join("|"), parse: oneOf(CHECK_KINDS), description: "active health check: etcd (/readyz, or /health + status: leader, not a learner, no alarm), health (/health), tcp (connect), none" },
+  "health-check": { type: "string", reload: "live", default: "etcd", valueHint: CHECK_KINDS.join("|"), parse: oneOf(CHECK_KINDS), description: "active health check: etcd (maintenance status: leader, not a learner, no alarm; /version between), health (/health?serializable=true), tcp (connect), none" },
   "health-interval": { type: "string", reload: "live", default: "2s", valueHint: "duration", parse: duration(1), description: "time between checks of the member in use (a cheap liveness check); a down member is checked this often, doubling after each failure" },
   "health-status-interval": { type: "string", reload: "live", default: "10s", valueHint: "duration", parse: duration(1), description: "time between full checks (leader, learner, alarm) of the member in use" },
   "health-spare-interval": { type: "string", reload: "live", default: "60s", valueHint: "duration", parse: duration(1), description: "time between checks of a member that carries no clients; also the longest wait between checks of a down member" },
