@@ -95,10 +95,10 @@ function readConfigFile(file: string, readFile: (path: string) => string, raw: R
   }
 }
 
-/** A read or parse error of the config file, starting with the file's name once. */
+/** A read or parse error of the config file, naming the file once (`open PATH: …` already does). */
 function readError(file: string, e: unknown): string {
   const text = e instanceof Error ? e.message : String(e);
-  return text.startsWith(JSON.stringify(file)) ? text : `${JSON.stringify(file)}: ${text}`;
+  return text.startsWith(JSON.stringify(file)) || text.startsWith(`open ${file}: `) || text.startsWith(`read ${file}: `) ? text : `${JSON.stringify(file)}: ${text}`;
 }
 
 function fromFile(flag: StartFlag, value: unknown, where: string): string | boolean | string[] {

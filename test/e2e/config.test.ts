@@ -53,7 +53,7 @@ describe("configuration sources", () => {
   test("a missing file names the file", () => {
     const r = runBinary(["start", `--config=${join(dir, "nope.yaml")}`]);
     expect(r.code).toBe(1);
-    expect(r.stderr.trim()).toMatch(/^etcd-gateway: --config: ".*nope\.yaml": cannot read: ENOENT$/);
+    expect(r.stderr.trim()).toMatch(/^etcd-gateway: --config: open .*nope\.yaml: no such file or directory$/);
   });
   test("a bad environment value names the variable", () => {
     const r = runBinary(["start"], { ETCD_GATEWAY_CONNECT_TIMEOUT: "soon" });
