@@ -228,6 +228,23 @@ function deepFreeze<T>(o: T): T {
   return o;
 }
 
+/**
+ * The files a reload reads again, as `flag path` (`config /etc/etcd-gateway/config.yaml`,
+ * `endpoints-file /etc/etcd-gateway/endpoints`, `upstream-cacert /etc/etcd/ca.pem`): the `--config`
+ * file and every flag that names a file it reads (not `--access-log`, which is written). Empty:
+ * a reload could change nothing, since flags and environment are read only at start.
+ */
+export function filesToReread(s: Settings): string[] {
+  const files = s.configFile === null ? [] : [`config ${s.configFile}`];
+  for (const flag of FLAG_NAMES) {
+    if (flag === "config" || (START_FLAGS[flag] as FlagSpec).valueHint !== "path") continue;
+    const v = s.flags[flag] as unknown;
+    const path = typeof v === "string" ? v : (v as { path?: unknown } | null)?.path;
+    if (typeof path === "string") files.push(`${flag} ${path}`);
+  }
+  return files;
+}
+
 /** What a reload did: the snapshot now in force, the flags it changed, and those kept until a restart. */
 export interface Reloaded {
   settings: Settings;
