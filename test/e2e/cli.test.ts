@@ -1,4 +1,6 @@
 import { afterAll, describe, expect, test } from "bun:test";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
 import { runBinary } from "../support/gateway.ts";
 import { freePort } from "../support/net.ts";
 
@@ -83,5 +85,24 @@ describe("version and help", () => {
   });
   test("an unknown command exits 1", () => {
     expect(runBinary(["bogus"]).code).toBe(1);
+  });
+});
+
+describe("the README says what the binary does (issue 14, item 5)", () => {
+  const readme = readFileSync(join(import.meta.dir, "../../README.md"), "utf8");
+  const plain = (text: string) => text.replace(/\x1b\[[0-9;]*m/g, "");
+
+  test("the Commands line names every command of `etcd-gateway --help`", () => {
+    const usage = /USAGE\s+etcd-gateway (\S+)/.exec(plain(runBinary(["--help"]).stdout))?.[1];
+    expect(usage).toBeDefined();
+    const line = /^Commands: .*?(?=\n\n)/ms.exec(readme)?.[0] ?? "";
+    for (const command of usage!.split("|")) expect(line).toContain(`\`etcd-gateway ${command}`);
+  });
+
+  test("the --keepalive-time default in the flag table and the data path is the binary's", () => {
+    const dflt = /--keepalive-time=<duration>.*\(Default: (\S+)\)/.exec(plain(runBinary(["start", "--help"]).stdout))?.[1];
+    expect(dflt).toBe("5s");
+    expect(readme).toContain(`| \`--keepalive-time\` | \`${dflt}\` |`);
+    expect(readme).toContain(`TCP keepalive (\`--keepalive-time\`, ${dflt!.replace(/s$/, " s")})`);
   });
 });
