@@ -3,7 +3,8 @@
 # etcd-server and etcd-client (a real 3-member cluster and etcdctl), python3 (a SYN-blackhole helper),
 # dnsmasq-base (SRV discovery tests; the -base package is the binary without a system service),
 # iproute2 (ss and ip: socket inspection, network namespaces), procps (pgrep), util-linux (unshare, nsenter),
-# openssl (test certificates), curl (the installer test).
+# openssl (test certificates), curl (the installer test), systemd (systemd-analyze verify of the shipped unit),
+# musl-tools and gcc (a musl program that checks how src/libc.ts finds the C library on musl).
 # Safe to run repeatedly; prints nothing when everything is present.
 set -euo pipefail
 missing=()
@@ -16,6 +17,9 @@ command -v pgrep >/dev/null || missing+=(procps)
 command -v unshare >/dev/null && command -v nsenter >/dev/null || missing+=(util-linux)
 command -v openssl >/dev/null || missing+=(openssl)
 command -v curl >/dev/null || missing+=(curl)
+command -v systemd-analyze >/dev/null || missing+=(systemd)
+command -v gcc >/dev/null || missing+=(gcc)
+command -v musl-gcc >/dev/null || missing+=(musl-tools)
 [ ${#missing[@]} -eq 0 ] && exit 0
 sudo=""
 if [ "$(id -u)" -ne 0 ]; then

@@ -11,7 +11,8 @@
  */
 import { dlopen, FFIType, ptr, read } from "bun:ffi";
 
-const SYMBOLS = {
+/** The functions bound, by name (test/e2e/musl.test.ts checks musl's C library has each). */
+export const SYMBOLS = {
   dup: { args: [FFIType.i32], returns: FFIType.i32 },
   close: { args: [FFIType.i32], returns: FFIType.i32 },
   socket: { args: [FFIType.i32, FFIType.i32, FFIType.i32], returns: FFIType.i32 },
@@ -24,8 +25,12 @@ const SYMBOLS = {
 
 type Libc = ReturnType<typeof dlopen<typeof SYMBOLS>>["symbols"];
 
-/** Where the C library may be, most common first. */
-function candidates(): string[] {
+/**
+ * Where the C library may be, most common first. On musl the first already works: musl's loader
+ * answers any `libc.*` name with itself (measured with Debian's musl 1.2.3, test/e2e/musl.test.ts),
+ * so glibc is never loaded into a musl process; the musl names are for loaders that do not.
+ */
+export function candidates(): string[] {
   const arch = process.arch === "arm64" ? "aarch64" : "x86_64";
   return ["libc.so.6", `libc.musl-${arch}.so.1`, `/lib/ld-musl-${arch}.so.1`, "libc.so"];
 }

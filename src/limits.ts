@@ -5,6 +5,7 @@
  * @module
  */
 import { closeSync, openSync, readdirSync, readFileSync, readSync } from "node:fs";
+import { fileErrorText } from "./neterror.ts";
 
 /** Files named by flags (config, endpoints file, certificates): far above any real one. */
 export const MAX_FILE_BYTES = 1 << 20;
@@ -14,14 +15,15 @@ export const MAX_REPLY_BYTES = 64 << 10;
 /**
  * Reads a whole text file of at most `maxBytes`, without trusting its size (`/dev/zero` reports 0).
  *
- * @throws {Error} `"<path>": cannot read: <code>`, or `"<path>": larger than N bytes`.
+ * @throws {Error} in Go's words: `open <path>: no such file or directory`, `read <path>: is a
+ * directory`; or `"<path>": larger than N bytes`.
  */
 export function readFileBounded(path: string, maxBytes = MAX_FILE_BYTES): string {
   let fd: number;
   try {
     fd = openSync(path, "r");
   } catch (e) {
-    throw new Error(`${JSON.stringify(path)}: cannot read: ${String((e as NodeJS.ErrnoException).code ?? e)}`);
+    throw new Error(fileErrorText(e, "open", path));
   }
   try {
     const buf = Buffer.alloc(maxBytes + 1);
@@ -34,8 +36,7 @@ export function readFileBounded(path: string, maxBytes = MAX_FILE_BYTES): string
     if (n > maxBytes) throw new Error(`${JSON.stringify(path)}: larger than ${maxBytes} bytes`);
     return buf.toString("utf8", 0, n);
   } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    throw code === undefined ? e : new Error(`${JSON.stringify(path)}: cannot read: ${code}`);
+    throw (e as NodeJS.ErrnoException).code === undefined ? e : new Error(fileErrorText(e, "read", path));
   } finally {
     closeSync(fd);
   }

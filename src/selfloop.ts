@@ -9,7 +9,7 @@ import { isIP } from "node:net";
 import { networkInterfaces } from "node:os";
 import type { EndpointSpec, HostPort, ListenAddress } from "./addresses.ts";
 import { ConfigError } from "./flags.ts";
-import { errorText } from "./log.ts";
+import { lookupErrorText } from "./neterror.ts";
 
 /** All addresses `host` resolves to (itself when it is an IP literal). */
 async function resolveAll(host: string): Promise<string[]> {
@@ -80,7 +80,7 @@ async function checkSelfLoop(listen: HostPort, endpoints: readonly EndpointSpec[
   try {
     listenIPs = (await resolveAll(listen.host)).map(canonicalIP);
   } catch (e) {
-    throw new ConfigError("listen-addr", listen.address, `failed to resolve listen host ${JSON.stringify(listen.host)}: ${errorText(e)}`);
+    throw new ConfigError("listen-addr", listen.address, `failed to resolve listen host ${JSON.stringify(listen.host)}: ${lookupErrorText(e, listen.host)}`);
   }
   const wildcard = listenIPs.some((ip) => WILDCARD.has(ip));
   for (const ep of endpoints) {
@@ -88,7 +88,7 @@ async function checkSelfLoop(listen: HostPort, endpoints: readonly EndpointSpec[
     try {
       ips = (await resolveAll(ep.dialHost ?? ep.host)).map(canonicalIP);
     } catch (e) {
-      throw new ConfigError("endpoints", ep.address, `failed to resolve endpoint host ${JSON.stringify(ep.host)}: ${errorText(e)}`);
+      throw new ConfigError("endpoints", ep.address, `failed to resolve endpoint host ${JSON.stringify(ep.host)}: ${lookupErrorText(e, ep.dialHost ?? ep.host)}`);
     }
     if (ep.port !== listen.port) continue;
     for (const ip of ips) {

@@ -15,7 +15,7 @@ import { startGateway, type Gateway } from "./gateway.ts";
 import { createLogger, errorText, type Logger } from "./log.ts";
 import { processStats } from "./metrics.ts";
 import { notify } from "./sdnotify.ts";
-import { buildSettings, gatherFlags, serialize, type Settings } from "./settings.ts";
+import { buildSettings, filesToReread, gatherFlags, serialize, type Settings } from "./settings.ts";
 import { adopt, joinPrimary, reportToPrimary, sendToPrimary, snapshot, workerNumber, WorkerPool } from "./workers.ts";
 
 const EXIT_OK = 0;
@@ -112,24 +112,44 @@ class GatewayProcess {
     process.exit(EXIT_OK);
   }
 
-  /** One reload: a new snapshot from the files as they are now, applied where it can be live. */
+  /**
+   * One reload: a new snapshot from the files as they are now (`--config`, `--endpoints-file`,
+   * certificates), applied where it can be live; then discovery runs again. Logged as what it did:
+   * `config reloaded` with the files read again (`reread`) and the flags whose new value is in force
+   * (`applied`), `reloading endpoints (SIGHUP)` with the discovery that runs again, or
+   * `nothing to reload` when there is neither (flags and environment are read only at start).
+   */
   private async reloadOnce(): Promise<void> {
     const gw = this.#gateway;
     if (gw === undefined) return;
+    const f = gw.settings.flags;
+    const discovery = this.worker !== null ? [] : [...(f["discovery-srv"] !== null ? ["dns srv"] : []), ...(f["endpoints-auto-sync-interval"] > 0 ? ["member list"] : [])];
+    const files = filesToReread(gw.settings).length > 0;
+    if (!files && discovery.length === 0) {
+      this.log.info("nothing to reload", { reason: "no --config, --endpoints-file or certificate file to read again; flags and environment are read only at start" });
+      return;
+    }
+    if (files && !(await this.reloadFiles(gw))) return;
+    if (this.worker !== null) return;
+    if (files) this.#pool?.reload();
+    if (discovery.length === 0) return;
+    this.log.info("reloading endpoints (SIGHUP)", { discovery });
+    await gw.refresh();
+  }
+
+  /** Reads the files again and swaps the new snapshot in; false when they were rejected. */
+  private async reloadFiles(gw: Gateway): Promise<boolean> {
     let loaded: Settings;
     try {
       loaded = this.load();
     } catch (e) {
       this.log.error("config reload rejected; keeping the running configuration", { error: errorText(e) });
-      return;
+      return false;
     }
     const { applied, restart } = await gw.reload(loaded);
-    this.log.info("config reloaded", { file: loaded.configFile, applied });
+    this.log.info("config reloaded", { reread: filesToReread(loaded), applied });
     if (restart.length > 0) this.log.warn("config changes need a restart to take effect", { keys: restart });
-    if (this.worker !== null) return;
-    this.#pool?.reload();
-    this.log.info("reloading endpoints (SIGHUP)");
-    await gw.refresh();
+    return true;
   }
 
   /** A worker: its primary checked the configuration, decides member state, and logs readiness. */

@@ -137,10 +137,10 @@ function readConfigFile(file: string, readFile: (path: string) => string, raw: R
   }
 }
 
-/** A read or parse error of the config file, starting with the file's name once. */
+/** A read or parse error of the config file, naming the file once (`open PATH: …` already does). */
 function readError(file: string, e: unknown): string {
   const text = e instanceof Error ? e.message : String(e);
-  return text.startsWith(JSON.stringify(file)) ? text : `${JSON.stringify(file)}: ${text}`;
+  return text.startsWith(JSON.stringify(file)) || text.startsWith(`open ${file}: `) || text.startsWith(`read ${file}: `) ? text : `${JSON.stringify(file)}: ${text}`;
 }
 
 function fromFile(flag: StartFlag, value: unknown, where: string): string | boolean | string[] {
@@ -268,6 +268,23 @@ function deepFreeze<T>(o: T): T {
     for (const v of Object.values(o)) deepFreeze(v);
   }
   return o;
+}
+
+/**
+ * The files a reload reads again, as `flag path` (`config /etc/etcd-gateway/config.yaml`,
+ * `endpoints-file /etc/etcd-gateway/endpoints`, `upstream-cacert /etc/etcd/ca.pem`): the `--config`
+ * file and every flag that names a file it reads (not `--access-log`, which is written). Empty:
+ * a reload could change nothing, since flags and environment are read only at start.
+ */
+export function filesToReread(s: Settings): string[] {
+  const files = s.configFile === null ? [] : [`config ${s.configFile}`];
+  for (const flag of FLAG_NAMES) {
+    if (flag === "config" || (START_FLAGS[flag] as FlagSpec).valueHint !== "path") continue;
+    const v = s.flags[flag] as unknown;
+    const path = typeof v === "string" ? v : (v as { path?: unknown } | null)?.path;
+    if (typeof path === "string") files.push(`${flag} ${path}`);
+  }
+  return files;
 }
 
 /** What a reload did: the snapshot now in force, the flags it changed, and those kept until a restart. */

@@ -10,6 +10,7 @@ import type { Status } from "./admin.ts";
 import { parseHostPort } from "./addresses.ts";
 import { parseFlags } from "./flags.ts";
 import { errorText } from "./log.ts";
+import { requestErrorText } from "./neterror.ts";
 import { colourAllowed } from "./terminal.ts";
 
 /** The flags of `etcd-gateway status`. */
@@ -37,11 +38,14 @@ export async function runStatus(argv: readonly string[], fail: (message: string)
     fail(errorText(e));
   }
   let answer: { status: number; text: string };
+  const url = `http://${addr}/status`;
+  const signal = AbortSignal.timeout(3000);
   try {
-    const r = await fetch(`http://${addr}/status`, { signal: AbortSignal.timeout(3000) });
+    const r = await fetch(url, { signal });
     answer = { status: r.status, text: await r.text() };
   } catch (e) {
-    fail(`cannot reach the admin endpoint at ${addr}: ${printable(errorText(e))} (is the gateway running with --admin-addr=${addr}?)`);
+    const why = requestErrorText(e, "GET", url, { timeoutMs: signal.aborted ? 3000 : undefined });
+    fail(`cannot reach the admin endpoint at ${addr}: ${printable(why)} (is the gateway running with --admin-addr=${addr}?)`);
   }
   // E.g. 503 while the endpoint is at its connection cap.
   if (answer.status !== 200) fail(`the admin endpoint at ${addr} answered ${answer.status}: ${printable(answer.text.split("\n")[0] ?? "")}`);

@@ -11,10 +11,11 @@
  * @module
  */
 import type { SocketHandler } from "bun";
+import { formatHostPort } from "../addresses.ts";
 import type { ListenerStats, FailureReason } from "../counters.ts";
-import { formatDuration } from "../duration.ts";
-import { errorText, type Logger } from "../log.ts";
+import type { Logger } from "../log.ts";
 import type { Member } from "../members.ts";
+import { dialErrorText, dialTimeoutText, readErrorText, tlsErrorText, type NetTarget } from "../neterror.ts";
 import type { UpstreamTls } from "../settings.ts";
 import { receiveQueue } from "../libc.ts";
 import { outOfFds } from "../limits.ts";
@@ -78,6 +79,16 @@ export const bunConnect: Connect = (leg, socket, tls) => {
 
 const NO_MEMBERS: Member[] = [];
 
+/** Where a dial to `member` goes, for error text (`dial tcp 10.0.1.10:2379: …`). */
+function targetOf(member: Member): NetTarget {
+  return { network: "tcp", address: formatHostPort(member.dialHost, member.endpoint.port) };
+}
+
+/** Bun's rejection of a connect: refused is all it can say (docs/bun.md, trap 6). */
+function refusedByBun(e: unknown): boolean {
+  return (e as { code?: unknown } | null)?.code === "ECONNREFUSED";
+}
+
 export class Dialer implements LegOwner {
   readonly #handlers: SocketHandler<Leg>;
 
@@ -88,7 +99,7 @@ export class Dialer implements LegOwner {
     this.#handlers = {
       ...pipeHandlers,
       open: (s) => this.opened(s.data as UpstreamLeg, s),
-      error: (_s, err) => host.log.warn("connection error", { error: errorText(err) }),
+      error: (s, err) => host.log.warn("connection error", { error: readErrorText(err, targetOf((s.data as UpstreamLeg).member)) }),
     };
   }
 
@@ -110,10 +121,12 @@ export class Dialer implements LegOwner {
     leg.timeoutMs = this.host.connectTimeoutMs;
     this.host.watch(leg);
     this.connect(leg, this.#handlers, this.host.upstreamTls).catch((e: unknown) => {
-      const text = errorText(e);
+      const refused = refusedByBun(e);
       // Bun reports a connect that failed for lack of descriptors as ECONNREFUSED (docs/bun.md, trap 6).
-      if (text.includes("ECONNREFUSED") && outOfFds()) this.fail(leg, `${text} (out of file descriptors)`, "other", false);
-      else this.fail(leg, text, text.includes("ECONNREFUSED") ? "refused" : "other");
+      const ours = refused && outOfFds();
+      const text = dialErrorText(e, targetOf(member), { outOfFds: ours });
+      if (ours) this.fail(leg, text, "other", false);
+      else this.fail(leg, text, refused ? "refused" : "other");
     });
   }
 
@@ -135,7 +148,7 @@ export class Dialer implements LegOwner {
 
   /** The sweep's verdict on a dial still in flight after its timeout. */
   timedOut(leg: UpstreamLeg): void {
-    this.fail(leg, `connect timeout after ${formatDuration(leg.timeoutMs)}`, "timeout");
+    this.fail(leg, dialTimeoutText(targetOf(leg.member)), "timeout");
   }
 
   private opened(leg: UpstreamLeg, s: NonNullable<Leg["sock"]>): void {
@@ -146,9 +159,9 @@ export class Dialer implements LegOwner {
     if (this.host.upstreamTls !== null && !s.authorized) {
       // Without a handshake handler, open fires after the handshake (docs/bun.md, trap 8): a
       // member whose certificate does not verify is a failed dial, and this socket goes.
-      const reason = tlsReason(s.getAuthorizationError() ?? new Error("certificate not authorized"));
-      this.host.stats.countTlsFailure("member", reason);
-      this.fail(leg, `TLS: ${reason}`, "tls");
+      const err = s.getAuthorizationError() ?? new Error("certificate not authorized");
+      this.host.stats.countTlsFailure("member", tlsReason(err));
+      this.fail(leg, tlsErrorText(err, this.host.upstreamTls.serverName ?? leg.member.endpoint.host), "tls");
       s.terminate();
       return;
     }
@@ -254,7 +267,7 @@ export class Dialer implements LegOwner {
     const conn = up.conn;
     conn.termination ??= err === undefined ? "member-close" : "member-reset";
     up.member.connections--;
-    this.earlyEnd(up, err === undefined ? "closed right after connect" : `reset right after connect: ${errorText(err)}`);
+    this.earlyEnd(up, err === undefined ? "closed right after connect" : `reset right after connect: ${readErrorText(err, targetOf(up.member))}`);
     passClose(up, err);
     if (conn.done) this.host.release(conn);
   }

@@ -13,8 +13,9 @@ import type { AccessLog, TerminationCode } from "../accesslog.ts";
 import { formatHostPort, type ListenAddress } from "../addresses.ts";
 import { ListenerStats } from "../counters.ts";
 import type { StartFlag } from "../flags.ts";
-import { errorText, type Logger } from "../log.ts";
+import type { Logger } from "../log.ts";
 import type { Member } from "../members.ts";
+import { readErrorText, type NetTarget } from "../neterror.ts";
 import type { Policy } from "../select.ts";
 import type { Settings, UpstreamTls } from "../settings.ts";
 import { sendQueue } from "../libc.ts";
@@ -67,7 +68,7 @@ export class Proxy implements ConnHost, DialerHost, SweepHost {
     const handlers: SocketHandler<Leg> = {
       ...pipeHandlers,
       open: (s) => this.accept(s, false),
-      error: (_s, err) => opts.log.warn("connection error", { error: errorText(err) }),
+      error: (s, err) => opts.log.warn("connection error", { error: readErrorText(err, clientTarget(s)) }),
     };
     const tlsHandlers: SocketHandler<Leg> = { ...handlers, open: (s) => this.accept(s, true), handshake: (s, ok, err) => this.handshake(s, ok, err) };
     const { addresses, reusePort, exclusive, log } = opts;
@@ -203,7 +204,7 @@ export class Proxy implements ConnHost, DialerHost, SweepHost {
     const now = performance.now();
     if (now - this.#lastNoMemberLog >= 1000) {
       this.opts.log.warn("no endpoint could be reached; closing client connection", {
-        client: conn.client.sock?.remoteAddress,
+        client: conn.clientAddr ?? (conn.client.sock === null ? "unknown" : clientAddress(conn.client.sock)),
         tried: conn.candidates.map((m) => m.address),
         suppressed: this.#suppressedNoMember,
       });
@@ -272,7 +273,13 @@ export class Proxy implements ConnHost, DialerHost, SweepHost {
   }
 }
 
-/** The client's address for the access log. */
+/** The client's end, for error text in Go's words (`read tcp 127.0.0.1:53412: read: connection reset by peer`). */
+function clientTarget(s: Socket<Leg>): NetTarget {
+  const address = clientAddress(s);
+  return address === "unix" ? { network: "unix", address: "@" } : { network: "tcp", address };
+}
+
+/** The client's address (`127.0.0.1:53412`, `unix`), for the access log and the no-member warning. */
 function clientAddress(s: Socket<Leg>): string {
   if (s.remoteAddress === undefined) return s.localPort === undefined ? "unix" : "unknown";
   return formatHostPort(s.remoteAddress, s.remotePort);

@@ -138,7 +138,8 @@ export class Refresher {
           await this.apply(endpoints, `member list from ${address}`);
           return;
         } catch (e) {
-          lastError = `${address}: ${errorText(e)}`;
+          const text = errorText(e);
+          lastError = text.includes(address) ? text : `${address}: ${text}`;
         }
       }
       this.stats.failures++;

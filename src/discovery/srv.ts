@@ -8,7 +8,8 @@
  */
 import { formatHostPort, type EndpointSpec } from "../addresses.ts";
 import { readFileBounded } from "../limits.ts";
-import { errorText, type Logger } from "../log.ts";
+import type { Logger } from "../log.ts";
+import { dialErrorText, lookupErrorText, readErrorText } from "../neterror.ts";
 import { resolve, type DnsRecord } from "./dns.ts";
 
 export interface SrvOptions {
@@ -57,7 +58,7 @@ export async function discoverSrv(opts: SrvOptions, log: Logger): Promise<SrvRes
     resolve(opts.dnsServer, names.plain, "SRV", dnsOpts),
   ]);
   if (ssl.status === "rejected" && plain.status === "rejected") {
-    throw new DiscoveryError(`dns lookup errors: lookup ${names.ssl}: ${errorText(ssl.reason)} and lookup ${names.plain}: ${errorText(plain.reason)}`);
+    throw new DiscoveryError(`dns lookup errors: ${lookupErrorText(ssl.reason, names.ssl)} and ${lookupErrorText(plain.reason, names.plain)}`);
   }
   const records: { r: Extract<DnsRecord, { type: "SRV" }>; tls: boolean }[] = [];
   if (ssl.status === "fulfilled") for (const r of ssl.value) if (r.type === "SRV") records.push({ r, tls: true });
@@ -78,7 +79,7 @@ export async function discoverSrv(opts: SrvOptions, log: Logger): Promise<SrvRes
         dialHost = found.address;
         ttl = Math.min(ttl, found.ttl);
       } catch (e) {
-        log.warn("cannot resolve SRV target", { target: r.target, error: errorText(e) });
+        log.warn("cannot resolve SRV target", { target: r.target, error: lookupErrorText(e, r.target) });
         continue;
       }
     }
@@ -126,6 +127,9 @@ async function resolveAddress(server: string, name: string, opts: { timeoutMs: n
  * the discovery domain; resolves to null when it verifies, else the reason.
  */
 function verifyTLS(endpoint: EndpointSpec, domain: string, ca: string | undefined, timeoutMs: number): Promise<string | null> {
+  const target = { network: "tcp", address: formatHostPort(endpoint.dialHost ?? endpoint.host, endpoint.port) } as const;
+  // In Go's words (src/neterror.ts): a reset during the handshake is a read, the rest a dial or TLS failure.
+  const why = (err: unknown) => ((err as { code?: unknown }).code === "ECONNRESET" ? readErrorText(err, target) : dialErrorText(err, target, { serverName: domain }));
   return new Promise((done) => {
     let settled = false;
     const finish = (reason: string | null, s?: { end(): void }) => {
@@ -135,7 +139,7 @@ function verifyTLS(endpoint: EndpointSpec, domain: string, ca: string | undefine
       s?.end();
       done(reason);
     };
-    const timer = setTimeout(() => finish(`TLS handshake timeout after ${timeoutMs}ms`), timeoutMs);
+    const timer = setTimeout(() => finish(`${target.address}: tls: handshake timeout after ${timeoutMs}ms`), timeoutMs);
     Bun.connect({
       hostname: endpoint.dialHost ?? endpoint.host,
       port: endpoint.port,
@@ -143,13 +147,13 @@ function verifyTLS(endpoint: EndpointSpec, domain: string, ca: string | undefine
       socket: {
         // Trap 8: with a handshake handler, open fires before the handshake; the verdict is here.
         handshake(s, ok, err) {
-          finish(ok && s.authorized ? null : errorText(err ?? new Error("certificate not authorized")), s);
+          finish(ok && s.authorized ? null : why(err ?? new Error("certificate not authorized")), s);
         },
         data() {},
         close() {
           finish("connection closed during the TLS handshake");
         },
       },
-    }).catch((e: unknown) => finish(errorText(e)));
+    }).catch((e: unknown) => finish(why(e)));
   });
 }

@@ -7,8 +7,8 @@
  */
 import { formatHostPort } from "../addresses.ts";
 import { outOfFds, readReply } from "../limits.ts";
-import { errorText } from "../log.ts";
 import type { Member } from "../members.ts";
+import { requestErrorText, statusErrorText } from "../neterror.ts";
 import type { TlsFiles } from "../tls.ts";
 import { tcpProbe } from "./probe.ts";
 
@@ -19,7 +19,11 @@ export const CHECK_KINDS: readonly CheckKind[] = ["etcd", "health", "tcp", "none
 export interface CheckResult {
   /** null: inconclusive because of the gateway's own trouble (out of file descriptors), not the member's. */
   ok: boolean | null;
-  /** Why it failed (or what passed), in a few words for the log. */
+  /**
+   * Why it failed (or what passed), in a few words for the log, in Go's words where the connection
+   * or the request failed (src/neterror.ts): `dial tcp 127.0.0.1:2379: connect: connection refused`,
+   * `Get "http://127.0.0.1:2379/version": 503 Service Unavailable: <body>`.
+   */
   reason: string;
 }
 
@@ -60,24 +64,29 @@ export async function runCheck(kind: Exclude<CheckKind, "none">, member: Member,
   const tls = scheme === "https" ? { ...o.tls, serverName: member.endpoint.host } : undefined;
   const headers: Record<string, string> = o.keepAlive ? {} : { connection: "close" };
   const init = { signal, tls, keepalive: o.keepAlive, headers };
+  let request = { method: "GET", url: `${base}/health?serializable=true` };
   try {
     if (kind === "health") {
-      const h = await fetch(`${base}/health?serializable=true`, init);
+      const h = await fetch(request.url, init);
       const health = await readReply(h);
-      if (!h.ok || !/"health"\s*:\s*"true"/.test(health)) return failed(`health ${h.status}: ${oneLine(health)}`);
+      if (!h.ok) return failed(statusErrorText(request.method, request.url, h.status, health));
+      if (!/"health"\s*:\s*"true"/.test(health)) return failed(`${statusErrorText(request.method, request.url, h.status, health)} (not healthy)`);
       return { ok: true, reason: "health ok" };
     }
     if (o.depth === "liveness") {
-      const v = await fetch(`${base}/version`, init);
+      request = { method: "GET", url: `${base}/version` };
+      const v = await fetch(request.url, init);
       const version = await readReply(v);
-      return v.ok ? { ok: true, reason: "version ok" } : failed(`version ${v.status}: ${oneLine(version)}`);
+      return v.ok ? { ok: true, reason: "version ok" } : failed(statusErrorText(request.method, request.url, v.status, version));
     }
-    const s = await fetch(`${base}/v3/maintenance/status`, { ...init, method: "POST", body: "{}", headers: { ...init.headers, "content-type": "application/json" } });
+    request = { method: "POST", url: `${base}/v3/maintenance/status` };
+    const s = await fetch(request.url, { ...init, method: "POST", body: "{}", headers: { ...init.headers, "content-type": "application/json" } });
     const body = await readReply(s);
-    if (!s.ok) return failed(`status ${s.status}: ${oneLine(body)}`);
-    return judgeStatus(JSON.parse(body) as MaintenanceStatus);
+    if (!s.ok) return failed(statusErrorText(request.method, request.url, s.status, body));
+    const status = parseJson(body);
+    return status === undefined ? failed(`${statusErrorText(request.method, request.url, s.status, body)} (not JSON)`) : judgeStatus(status);
   } catch (e) {
-    return failed(signal.aborted ? `check timeout after ${o.timeoutMs}ms` : errorText(e));
+    return failed(requestErrorText(e, request.method, request.url, { timeoutMs: signal.aborted ? o.timeoutMs : undefined, outOfFds: outOfFds() }));
   }
 }
 
@@ -92,15 +101,19 @@ interface MaintenanceStatus {
   errors?: string[];
 }
 
+function parseJson(text: string): MaintenanceStatus | undefined {
+  try {
+    const v: unknown = JSON.parse(text);
+    return v !== null && typeof v === "object" ? (v as MaintenanceStatus) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 /** etcd's JSON status (IDs are strings): a leader is known, not a learner, no alarm. */
 export function judgeStatus(s: MaintenanceStatus): CheckResult {
   if (s.leader === undefined || s.leader === "0") return { ok: false, reason: "no leader" };
   if (s.isLearner === true) return { ok: false, reason: "member is a learner" };
   if (s.errors !== undefined && s.errors.length > 0) return { ok: false, reason: `errors: ${s.errors.join("; ")}` };
   return { ok: true, reason: "status ok" };
-}
-
-function oneLine(text: string): string {
-  const t = text.replace(/\s+/g, " ").trim();
-  return t.length > 120 ? `${t.slice(0, 117)}...` : t;
 }

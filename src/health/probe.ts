@@ -4,19 +4,21 @@
  * @module
  */
 import { connect as netConnect } from "node:net";
-import { formatDuration } from "../duration.ts";
+import { formatHostPort } from "../addresses.ts";
+import { dialErrorText, dialTimeoutText } from "../neterror.ts";
 
 /**
  * One TCP connect to `host:port`, closed at once; resolves to null on success or the reason of the
- * failure. Uses node:net because its `destroy()` cancels a pending connect, which `Bun.connect`
+ * failure, in Go's words (`dial tcp 127.0.0.1:2379: connect: connection refused`). Uses node:net because its `destroy()` cancels a pending connect, which `Bun.connect`
  * cannot (docs/bun.md, trap 5), so a probe of a blackholed member never outlives its timeout.
  */
 export function tcpProbe(host: string, port: number, timeoutMs: number): Promise<string | null> {
+  const target = { network: "tcp", address: formatHostPort(host, port) } as const;
   return new Promise((resolve) => {
     const sock = netConnect({ host, port });
     const timer = setTimeout(() => {
       sock.destroy();
-      resolve(`connect timeout after ${formatDuration(timeoutMs)}`);
+      resolve(dialTimeoutText(target));
     }, timeoutMs);
     sock.once("connect", () => {
       clearTimeout(timer);
@@ -26,7 +28,7 @@ export function tcpProbe(host: string, port: number, timeoutMs: number): Promise
     sock.once("error", (e: NodeJS.ErrnoException) => {
       clearTimeout(timer);
       sock.destroy();
-      resolve(e.code ?? e.message);
+      resolve(dialErrorText(e, target));
     });
   });
 }

@@ -1,4 +1,6 @@
 import { afterAll, afterEach, describe, expect, test } from "bun:test";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
 import { BINARY, runBinary, startGatewayProcess, stopAllGateways } from "../support/gateway.ts";
 import { freePort } from "../support/net.ts";
 import { echoServer, roundTrip } from "../support/peers.ts";
@@ -14,8 +16,8 @@ describe("startup errors: one line on stderr naming the flag and value, exit 1",
     [["start", "--endpoints=127.0.0.1:"], /^etcd-gateway: --endpoints: missing port in address "127\.0\.0\.1:"$/],
     [["start", "--endpoints="], /^etcd-gateway: --endpoints: no endpoints given$/],
     // A DNS server that is not there: both SRV lookups fail, in etcd's words.
-    [["start", "--discovery-srv=example.invalid", `--dns-server=127.0.0.1:${freePort()}`, `--listen-addr=127.0.0.1:${port}`], /^etcd-gateway: --discovery-srv: dns lookup errors: lookup _etcd-client-ssl\._tcp\.example\.invalid: .* and lookup _etcd-client\._tcp\.example\.invalid: /],
-    [["start", "--endpoints=nonexistent.invalid:2379", `--listen-addr=127.0.0.1:${port}`], /^etcd-gateway: --endpoints: failed to resolve endpoint host "nonexistent\.invalid"/],
+    [["start", "--discovery-srv=example.invalid", `--dns-server=127.0.0.1:${freePort()}`, `--listen-addr=127.0.0.1:${port}`], /^etcd-gateway: --discovery-srv: dns lookup errors: lookup _etcd-client-ssl\._tcp\.example\.invalid on 127\.0\.0\.1:\d+: connection refused and lookup _etcd-client\._tcp\.example\.invalid on 127\.0\.0\.1:\d+: connection refused$/],
+    [["start", "--endpoints=nonexistent.invalid:2379", `--listen-addr=127.0.0.1:${port}`], /^etcd-gateway: --endpoints: failed to resolve endpoint host "nonexistent\.invalid": lookup nonexistent\.invalid: no such host$/],
     [["start", `--listen-addr=nonexistent.invalid:${port}`], /^etcd-gateway: --listen-addr: failed to resolve listen host "nonexistent\.invalid"/],
     // Self-loop guard, including the wildcard listen that etcd's gateway misses.
     [["start", `--listen-addr=127.0.0.1:${port}`, `--endpoints=127.0.0.1:${port}`], /^etcd-gateway: --endpoints: endpoint \(127\.0\.0\.1:\d+->127\.0\.0\.1:\d+\) should not resolve to the gateway listen addr/],
@@ -163,5 +165,24 @@ describe("help fits the terminal and is coloured only on one", () => {
     const out = onTerminal(["start", "--help"], 100, { NO_COLOR: "true" });
     expect(out).toContain("USAGE");
     expect(out).not.toContain(ESC);
+  });
+});
+
+describe("the README says what the binary does (issue 14, item 5)", () => {
+  const readme = readFileSync(join(import.meta.dir, "../../README.md"), "utf8");
+  const plain = (text: string) => text.replace(/\x1b\[[0-9;]*m/g, "");
+
+  test("the Commands line names every command of `etcd-gateway --help`", () => {
+    const usage = /USAGE\s+etcd-gateway (\S+)/.exec(plain(runBinary(["--help"]).stdout))?.[1];
+    expect(usage).toBeDefined();
+    const line = /^Commands: .*?(?=\n\n)/ms.exec(readme)?.[0] ?? "";
+    for (const command of usage!.split("|")) expect(line).toContain(`\`etcd-gateway ${command}`);
+  });
+
+  test("the --keepalive-time default in the flag table and the data path is the binary's", () => {
+    const dflt = /--keepalive-time=<duration>.*\(Default: (\S+)\)/.exec(plain(runBinary(["start", "--help"]).stdout))?.[1];
+    expect(dflt).toBe("5s");
+    expect(readme).toContain(`| \`--keepalive-time\` | \`${dflt}\` |`);
+    expect(readme).toContain(`TCP keepalive (\`--keepalive-time\`, ${dflt!.replace(/s$/, " s")})`);
   });
 });

@@ -3,6 +3,7 @@ import { afterAll, afterEach, describe, expect, test } from "bun:test";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { makeCerts } from "../support/certs.ts";
 import { startDnsmasq } from "../support/dns.ts";
 import { runBinary, startGatewayProcess, stopAllGateways } from "../support/gateway.ts";
 import { freePort, waitFor } from "../support/net.ts";
@@ -66,7 +67,7 @@ describe("configuration sources", () => {
   test("a missing file names the file", () => {
     const r = runBinary(["start", `--config=${join(dir, "nope.yaml")}`]);
     expect(r.code).toBe(1);
-    expect(r.stderr.trim()).toMatch(/^etcd-gateway: --config: ".*nope\.yaml": cannot read: ENOENT$/);
+    expect(r.stderr.trim()).toMatch(/^etcd-gateway: --config: open .*nope\.yaml: no such file or directory$/);
   });
   test("an unknown ETCD_GATEWAY_* variable is a one-line error naming it (etcd: unrecognized environment variable)", () => {
     // Found: ETCD_GATEWAY_ENDPOINT (no S) was ignored, and the gateway started with the default endpoint.
@@ -159,6 +160,43 @@ describe("SIGHUP", () => {
     } finally {
       await dns.stop();
     }
+  });
+
+  test("SIGHUP says what it re-read: the config file and the endpoints file, and which flags changed", async () => {
+    const echo = await echoServer();
+    servers.push(echo);
+    const cfg = file("reread.yaml", "health-check: none\n");
+    const eps = file("reread-endpoints.txt", `127.0.0.1:${echo.port}\n`);
+    const gw = await startGatewayProcess([`--config=${cfg}`, `--endpoints-file=${eps}`]);
+    writeFileSync(cfg, "health-check: none\npolicy: ordered\n");
+    gw.proc.kill("SIGHUP");
+    const r = await gw.waitForLog("config reloaded");
+    expect(r.reread).toEqual([`config ${cfg}`, `endpoints-file ${eps}`]);
+    expect(r.applied).toEqual(["policy"]);
+    expect(r).not.toHaveProperty("file");
+  });
+
+  test("SIGHUP with no file to read and no discovery says there is nothing to reload", async () => {
+    const echo = await echoServer();
+    servers.push(echo);
+    const gw = await startGatewayProcess([`--endpoints=127.0.0.1:${echo.port}`, "--health-check=none"]);
+    gw.proc.kill("SIGHUP");
+    const r = await gw.waitForLog("nothing to reload");
+    expect(r).toMatchObject({ level: "info", reason: "no --config, --endpoints-file or certificate file to read again; flags and environment are read only at start" });
+    await Bun.sleep(200);
+    expect(gw.lines.filter((l) => /config reloaded|reloading endpoints/.test(l))).toEqual([]);
+    expect(await roundTrip(gw.port, "still")).toBe("still");
+  });
+
+  test("SIGHUP with only certificate files names them", async () => {
+    const echo = await echoServer();
+    servers.push(echo);
+    const { ca } = await makeCerts(join(dir, "certs"));
+    const gw = await startGatewayProcess([`--endpoints=127.0.0.1:${echo.port}`, "--health-check=none", `--health-cacert=${ca}`]);
+    gw.proc.kill("SIGHUP");
+    const r = await gw.waitForLog("config reloaded");
+    expect(r.reread).toEqual([`health-cacert ${ca}`]);
+    expect(r.applied).toEqual([]);
   });
 
   test("--endpoints-file is re-read on SIGHUP", async () => {

@@ -320,7 +320,7 @@ describe("a member's replies are read bounded", () => {
       const gw = await startGatewayProcess([`--endpoints=127.0.0.1:${member.port}`, "--health-check=health", "--health-interval=200ms", "--health-fall=1"]);
       const before = rssKiB(gw.proc.pid);
       const down = await waitFor("the member marked down", () => records(gw, "deactivated endpoint")[0], 5000, 20);
-      expect(String(down.error)).toMatch(/^health 200: x{100}/);
+      expect(String(down.error)).toMatch(/^Get "http:\/\/127\.0\.0\.1:\d+\/health\?serializable=true": 200 OK: x{100}/);
       await waitFor("several more checks", () => served >= 5, 5000, 20);
       expect(rssKiB(gw.proc.pid) - before).toBeLessThan(64 * 1024);
     } finally {

@@ -1,11 +1,17 @@
-/** systemd integration: sd_notify READY=1 after listening and STOPPING=1 on drain, through a real unix datagram socket. */
-import { afterEach, expect, test } from "bun:test";
-import { existsSync, mkdtempSync, rmSync } from "node:fs";
+/**
+ * systemd integration: sd_notify READY=1 after listening and STOPPING=1 on drain, through a real
+ * unix datagram socket; and the shipped unit (contrib/systemd/etcd-gateway.service) with its
+ * example configuration (contrib/etcd-gateway.yaml): `systemd-analyze verify` finds nothing to say,
+ * and the unit does what the README says (issue 14, item 3).
+ */
+import { afterEach, describe, expect, test } from "bun:test";
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
-import { startGatewayProcess, stopAllGateways } from "../support/gateway.ts";
-import { waitFor } from "../support/net.ts";
-import { which } from "../support/process.ts";
+import { join, resolve } from "node:path";
+import { BINARY, startGatewayProcess, stopAllGateways } from "../support/gateway.ts";
+import { freePort, waitFor } from "../support/net.ts";
+import { echoServer, roundTrip } from "../support/peers.ts";
+import { track, which } from "../support/process.ts";
 
 afterEach(stopAllGateways);
 
@@ -48,4 +54,156 @@ test("with NOTIFY_SOCKET set, the gateway sends READY=1 (with MAINPID) once it l
 test("without NOTIFY_SOCKET nothing is sent and nothing is logged about it", async () => {
   const gw = await startGatewayProcess(["--endpoints=127.0.0.1:2379", "--health-check=none"], { wrap: (cmd) => ["env", "-u", "NOTIFY_SOCKET", ...cmd] });
   expect(gw.lines.some((l) => l.includes("notif"))).toBe(false);
+});
+
+const ROOT = resolve(import.meta.dir, "../..");
+const UNIT = join(ROOT, "contrib/systemd/etcd-gateway.service");
+const EXAMPLE = join(ROOT, "contrib/etcd-gateway.yaml");
+
+/** The unit's `Key=value` lines (continuations joined), in order. */
+function unitEntries(text: string): [string, string][] {
+  return text
+    .replace(/\\\n/g, " ")
+    .split("\n")
+    .filter((l) => /^[A-Za-z]+=/.test(l))
+    .map((l) => [l.slice(0, l.indexOf("=")), l.slice(l.indexOf("=") + 1).trim()]);
+}
+
+describe("the shipped unit", () => {
+  const text = readFileSync(UNIT, "utf8");
+  const entries = unitEntries(text);
+  const values = (key: string) => entries.filter(([k]) => k === key).map(([, v]) => v);
+
+  test("`systemd-analyze verify` passes without a word, with ExecStart pointed at the binary under test", () => {
+    const dir = mkdtempSync(join(tmpdir(), "etcd-gateway-unit-"));
+    try {
+      const unit = join(dir, "etcd-gateway.service");
+      writeFileSync(unit, text.replaceAll("/usr/local/bin/etcd-gateway", resolve(BINARY)));
+      const r = Bun.spawnSync([which("systemd-analyze"), "verify", unit], { stdout: "pipe", stderr: "pipe" });
+      expect(`${r.stdout.toString()}${r.stderr.toString()}`).toBe("");
+      expect(r.exitCode).toBe(0);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test("reload reaches a file: ExecStart reads /etc/etcd-gateway/config.yaml, in the unit's ConfigurationDirectory, and ExecReload sends SIGHUP", () => {
+    expect(values("ExecStart")).toEqual(["/usr/local/bin/etcd-gateway start --config=/etc/etcd-gateway/config.yaml"]);
+    expect(values("ConfigurationDirectory")).toEqual(["etcd-gateway"]);
+    expect(values("ExecReload")).toEqual(["/bin/kill -HUP $MAINPID"]);
+  });
+
+  test("the README's /run/etcd-gateway and /var/log/etcd-gateway paths exist under DynamicUser and ProtectSystem=strict", () => {
+    expect(values("DynamicUser")).toEqual(["yes"]);
+    expect(values("ProtectSystem")).toEqual(["strict"]);
+    expect(values("RuntimeDirectory")).toEqual(["etcd-gateway"]);
+    expect(values("LogsDirectory")).toEqual(["etcd-gateway"]);
+    const readme = readFileSync(join(ROOT, "README.md"), "utf8");
+    expect(readme).toContain("unix:///run/etcd-gateway/");
+    expect(readme).toContain("/var/log/etcd-gateway/");
+    expect(values("LimitNOFILE")).toEqual(["65536"]);
+    expect(values("Type")).toEqual(["notify"]);
+  });
+
+  test("Documentation= names no placeholder", () => {
+    expect(values("Documentation").length).toBeGreaterThan(0);
+    for (const d of values("Documentation")) expect(d).not.toMatch(/OWNER|example\.(com|org)|TODO/);
+  });
+
+  test("the example configuration starts the gateway, and a reload reads it again", async () => {
+    const echo = await echoServer();
+    try {
+      // Flags beat the file: members on loopback only (the file's 10.0.1.x are never contacted), no checks.
+      const gw = await startGatewayProcess([`--config=${EXAMPLE}`, `--endpoints=127.0.0.1:${echo.port}`, `--admin-addr=127.0.0.1:${freePort()}`, "--health-check=none"]);
+      expect(await roundTrip(gw.port, "through the unit's config")).toBe("through the unit's config");
+      gw.proc.kill("SIGHUP");
+      const r = await gw.waitForLog("config reloaded");
+      expect(r.reread).toEqual([`config ${EXAMPLE}`]);
+    } finally {
+      await echo.close();
+    }
+  });
+});
+
+const SYSTEMD = "/lib/systemd/systemd";
+const canBoot = process.getuid?.() === 0 && existsSync(SYSTEMD) && Bun.which("unshare") !== null && Bun.which("nsenter") !== null;
+
+/** Runs systemd as PID 1 of a new PID and mount namespace, with only our units, /etc overlaid and /run, /var/log fresh. */
+function bootScript(dir: string, config: string): string {
+  return [
+    "#!/bin/bash",
+    "set -e",
+    `mount -t tmpfs tmpfs ${dir}/ov && mkdir ${dir}/ov/upper ${dir}/ov/work`,
+    `mount -t overlay overlay -o lowerdir=/etc,upperdir=${dir}/ov/upper,workdir=${dir}/ov/work /etc`,
+    "mount -t tmpfs tmpfs /run && mount -t tmpfs tmpfs /var/log",
+    `mkdir -p /etc/etcd-gateway && cp ${config} /etc/etcd-gateway/config.yaml`,
+    `export SYSTEMD_UNIT_PATH=${dir}/units container=unshare`,
+    `exec ${SYSTEMD} --system --unit=gw-test.target --log-target=null`,
+  ].join("\n");
+}
+
+/** Cgroup directories under the systemd hierarchies, to remove the ones the namespaced systemd leaves behind. */
+function cgroupDirs(): Set<string> {
+  const out = new Set<string>();
+  const walk = (d: string) => {
+    for (const e of readdirSync(d, { withFileTypes: true })) if (e.isDirectory()) (out.add(join(d, e.name)), walk(join(d, e.name)));
+  };
+  for (const root of ["/sys/fs/cgroup/systemd", "/sys/fs/cgroup/unified"]) if (existsSync(root)) walk(root);
+  return out;
+}
+
+describe("the shipped unit under a real systemd", () => {
+  test.skipIf(!canBoot)("starts (READY=1), serves TCP and the unix socket in /run/etcd-gateway, logs to /var/log/etcd-gateway as its dynamic user, applies `systemctl reload`, and stops cleanly", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "etcd-gateway-systemd-"));
+    const echo = await echoServer();
+    const before = cgroupDirs();
+    const [port, admin] = [freePort(), freePort()];
+    const units = join(dir, "units");
+    mkdirSync(units);
+    mkdirSync(join(dir, "ov"));
+    for (const stub of ["sysinit.target", "basic.target", "shutdown.target", "network.target", "network-online.target", "multi-user.target", "system.slice"]) writeFileSync(join(units, stub), "[Unit]\nDescription=stub\n");
+    writeFileSync(join(units, "gw-test.target"), "[Unit]\nDescription=the gateway alone\nWants=etcd-gateway.service\n");
+    writeFileSync(join(units, "etcd-gateway.service"), readFileSync(UNIT, "utf8").replaceAll("/usr/local/bin/etcd-gateway", resolve(BINARY)));
+    const config = (policy: string) => `listen-addr:\n  - 127.0.0.1:${port}\n  - unix:///run/etcd-gateway/etcd.sock\nendpoints: 127.0.0.1:${echo.port}\nhealth-check: none\npolicy: ${policy}\nadmin-addr: 127.0.0.1:${admin}\naccess-log: /var/log/etcd-gateway/access.log\n`;
+    writeFileSync(join(dir, "config.yaml"), config("sticky"));
+    writeFileSync(join(dir, "boot.sh"), bootScript(dir, join(dir, "config.yaml")));
+    chmodSync(join(dir, "boot.sh"), 0o755);
+    const ns = track(Bun.spawn([which("unshare"), "--pid", "--fork", "--mount", "--mount-proc", join(dir, "boot.sh")], { stdout: "ignore", stderr: "pipe" }));
+    let init = 0;
+    // Not spawnSync: the member (echo) is served by this process's event loop.
+    const inside = async (...cmd: string[]) => {
+      const p = Bun.spawn([which("nsenter"), "-t", String(init), "-m", "-p", ...cmd], { stdout: "pipe", stderr: "pipe" });
+      const [out, code] = await Promise.all([new Response(p.stdout).text(), p.exited]);
+      return { code, out: out.trim() };
+    };
+    try {
+      init = await waitFor("systemd in its namespace", () => Number(readFileSync(`/proc/${ns.pid}/task/${ns.pid}/children`, "utf8").trim().split(" ")[0]) || undefined, 5000);
+      await waitFor("etcd-gateway.service active", async () => (await inside("systemctl", "is-active", "etcd-gateway")).out === "active" || undefined, 15_000, 100);
+      const mainPid = (await inside("systemctl", "show", "-p", "MainPID", "--value", "etcd-gateway")).out;
+      expect((await inside("sh", "-c", `grep ^Uid: /proc/${mainPid}/status`)).out).not.toMatch(/^Uid:\s+0\s/); // DynamicUser
+      expect(await roundTrip(port, "over tcp")).toBe("over tcp");
+      const unix = await inside("python3", "-c", "import socket; c = socket.socket(socket.AF_UNIX); c.connect('/run/etcd-gateway/etcd.sock'); c.sendall(b'over unix'); print(c.recv(100).decode())");
+      expect(unix.out).toBe("over unix");
+      await waitFor("both connections in the access log", async () => {
+        const log = (await inside("cat", "/var/log/etcd-gateway/access.log")).out;
+        return (log.includes('"client":"unix"') && log.includes('"client":"127.0.0.1:')) || undefined;
+      }, 5000, 200);
+      writeFileSync(join(dir, "config.yaml"), config("round-robin"));
+      expect((await inside("sh", "-c", `cp ${dir}/config.yaml /etc/etcd-gateway/config.yaml && systemctl reload etcd-gateway`)).code).toBe(0);
+      await waitFor("the reloaded policy", async () => ((await (await fetch(`http://127.0.0.1:${admin}/status`)).json()) as { policy: string }).policy === "round-robin" || undefined, 5000);
+      expect((await inside("systemctl", "stop", "etcd-gateway")).code).toBe(0);
+      expect((await inside("systemctl", "show", "-p", "Result", "-p", "ExecMainStatus", "etcd-gateway")).out.split("\n").sort()).toEqual(["ExecMainStatus=0", "Result=success"]);
+    } finally {
+      if (init > 0) process.kill(init, "SIGKILL"); // the namespace's init: everything in it goes
+      ns.kill("SIGKILL");
+      await ns.exited;
+      await echo.close();
+      for (const d of [...cgroupDirs()].filter((d) => !before.has(d)).sort((a, b) => b.length - a.length)) {
+        try {
+          rmdirSync(d);
+        } catch {}
+      }
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }, 30_000);
 });

@@ -80,7 +80,7 @@ describe("origination (--upstream-tls)", () => {
     const metrics = await (await fetch(`http://127.0.0.1:${admin}/metrics`)).text();
     expect(metrics).toMatch(/etcd_gateway_tls_handshake_failures_total\{side="member",reason="[^"]+"\} [1-9]/);
     expect(metrics).toMatch(/etcd_gateway_member_connect_failures_total\{endpoint="[^"]+",reason="tls"\} [1-9]/);
-    expect(gw.lines.join("\n")).toMatch(/"error":"\d+ failed dials in a row, last: TLS: /);
+    expect(gw.lines.join("\n")).toMatch(/"error":"\d+ failed dials in a row, last: tls: failed to verify certificate: x509: /);
   });
 });
 
@@ -148,7 +148,7 @@ describe("startup errors name the file and the reason", () => {
   const cases: [string, () => string[], RegExp][] = [
     ["an expired listen certificate", () => [`--listen-cert=${certs.expired}`, `--listen-key=${certs.expiredKey}`], /^etcd-gateway: --listen-cert: ".*expired\.pem": certificate expired on /],
     ["a key that does not match", () => [`--listen-cert=${certs.mismatch}`, `--listen-key=${certs.mismatchKey}`], /^etcd-gateway: --listen-key: ".*mismatch-key\.pem" is not the private key of ".*mismatch\.pem"$/],
-    ["an unreadable upstream CA", () => ["--upstream-tls", `--upstream-cacert=${join(dir, "nope.pem")}`], /^etcd-gateway: --upstream-cacert: ".*nope\.pem": cannot read: ENOENT$/],
+    ["an unreadable upstream CA", () => ["--upstream-tls", `--upstream-cacert=${join(dir, "nope.pem")}`], /^etcd-gateway: --upstream-cacert: open .*nope\.pem: no such file or directory$/],
     ["an expired upstream client certificate", () => ["--upstream-tls", `--upstream-cert=${certs.expired}`, `--upstream-key=${certs.expiredKey}`], /^etcd-gateway: --upstream-cert: ".*expired\.pem": certificate expired on /],
     ["upstream files without --upstream-tls", () => [`--upstream-cacert=${certs.ca}`], /^etcd-gateway: --upstream-tls: .*need --upstream-tls$/],
   ];

@@ -3,6 +3,7 @@
  * is checked by code that shares nothing with it. Fault-injecting backends live here too.
  */
 import { createHash, randomBytes } from "node:crypto";
+import { createServer as createHttpServer } from "node:http";
 import { connect, createServer, type Server, type Socket } from "node:net";
 
 export interface Listening {
@@ -28,6 +29,11 @@ function listen(server: Server): Promise<Listening> {
       }),
     ),
   );
+}
+
+/** An HTTP member that answers every request (an etcd check's included) with `status` and `body`. */
+export function httpAnswering(status: number, body: string): Promise<Listening> {
+  return listen(createHttpServer((_req, res) => res.writeHead(status).end(body)) as unknown as Server);
 }
 
 /** Echoes every byte back; forwards the client's FIN after the echo. */

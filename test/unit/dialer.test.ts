@@ -79,7 +79,7 @@ describe("failover within one client connection", () => {
     const good = await echo();
     const { proxy, events } = proxyFor([closed, good.port]);
     expect(await roundTrip(proxy.port, "hello")).toBe("hello");
-    expect(events).toEqual([expect.stringMatching(new RegExp(`^failed ${closed} .*ECONNREFUSED`)), `ok ${good.port}`]);
+    expect(events).toEqual([`failed ${closed} dial tcp 127.0.0.1:${closed}: connect: connection refused`, `ok ${good.port}`]);
   });
 
   test("a dial that never completes is given up after --connect-timeout and the next member is tried", async () => {
@@ -92,7 +92,7 @@ describe("failover within one client connection", () => {
     expect(await roundTrip(proxy.port, "late")).toBe("late");
     const took = performance.now() - t0;
     expect(took).toBeGreaterThanOrEqual(200);
-    expect(events).toEqual([`failed ${hang} connect timeout after 200ms`, `ok ${good.port}`]);
+    expect(events).toEqual([`failed ${hang} dial tcp 127.0.0.1:${hang}: i/o timeout`, `ok ${good.port}`]);
     await waitFor("the access record", () => records.length === 1);
     expect(records[0]).toMatchObject({ member: `127.0.0.1:${good.port}`, termination: "client-close" });
     expect(records[0]!.connect_ms).toBeGreaterThanOrEqual(200);
