@@ -21,6 +21,8 @@ export interface Status {
   listener: { address: string; accepted: number; active: number };
   policy: string;
   workers: number;
+  /** At least one member is usable: what `/readyz` answers 200 for. */
+  ready: boolean;
   members: {
     endpoint: string;
     state: string;
@@ -62,6 +64,7 @@ export function status(gw: Gateway, ctx: AdminContext, all: ProcessStats): Statu
     listener: { address: s.listenAddrs.map((a) => a.address).join(","), accepted: all.listener.accepted, active: all.active },
     policy: f.policy,
     workers: f.workers,
+    ready: gw.members.anyUsable,
     members: gw.members.list.map((m) => {
       const c = byAddress.get(m.address);
       const last = m.stats.lastConnectedAt;
@@ -107,7 +110,7 @@ export function startAdmin(addr: HostPort, gw: Gateway, ctx: AdminContext): { re
       case "/healthz":
         return { status: 200, body: "ok\n" };
       case "/readyz": {
-        const ready = gw.members.list.some((m) => m.up);
+        const ready = gw.members.anyUsable;
         return { status: ready ? 200 : 503, body: ready ? "ready\n" : "no usable member\n" };
       }
       case "/status":

@@ -61,8 +61,12 @@ export class Member {
   get address(): string {
     return this.endpoint.address;
   }
-  /** Usable: new connections go to usable members first. */
+  /** Health says up (its checks pass and it is not ejected). */
   get up(): boolean {
+    return this.state === "up";
+  }
+  /** Usable: new connections go to usable members first; `/readyz` is 200 while one is. */
+  get usable(): boolean {
     return this.state === "up";
   }
 }
@@ -88,6 +92,11 @@ export class MemberTable {
 
   get list(): readonly Member[] {
     return this.#list;
+  }
+
+  /** Whether any member is usable (`/readyz`, the `status` command's exit code). */
+  get anyUsable(): boolean {
+    return this.#list.some((m) => m.usable);
   }
 
   /** Calls `fn` after every state change. */

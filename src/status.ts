@@ -17,8 +17,18 @@ export const STATUS_FLAGS = {
   json: { type: "boolean", default: false, description: "print the raw JSON of /status" },
 } as const;
 
+/** Exit codes of `etcd-gateway status` (README, Admin endpoint): 1 is `fail`'s (bad flag, no answer). */
+export const STATUS_EXIT = { ok: 0, unreachable: 1, noUsableMember: 2 } as const;
+
+/** What the gateway says of itself: `ready` (absent before issue 14: then any member up). */
+export function anyUsable(s: Status): boolean {
+  return typeof s.ready === "boolean" ? s.ready : s.members.some((m) => m.state === "up");
+}
+
 /**
- * Runs `etcd-gateway status` with `argv`; `fail` prints one line and exits 1.
+ * Runs `etcd-gateway status` with `argv`; `fail` prints one line and exits 1. Prints the table (or
+ * the JSON) and exits 2 when no member is usable, as `etcdctl endpoint health` exits non-zero for
+ * an unhealthy cluster, so scripts can use it.
  */
 export async function runStatus(argv: readonly string[], fail: (message: string) => never): Promise<void> {
   let addr: string;
@@ -51,6 +61,10 @@ export async function runStatus(argv: readonly string[], fail: (message: string)
     fail(`the admin endpoint at ${addr} answered something other than JSON: ${printable(errorText(e))}`);
   }
   process.stdout.write(json ? statusJson(body) : renderStatus(body, colours()));
+  if (!anyUsable(body)) {
+    process.stderr.write("etcd-gateway: no member is usable\n");
+    process.exitCode = STATUS_EXIT.noUsableMember;
+  }
 }
 
 /** Bidirectional-text and line-separator controls: they reorder or break what a terminal shows. */

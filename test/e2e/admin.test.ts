@@ -11,8 +11,8 @@ import { connect } from "node:net";
 // @ts-expect-error: the parser ships no type declarations
 import parsePrometheusTextFormat from "parse-prometheus-text-format";
 import { runBinary, startGatewayProcess, stopAllGateways, type GatewayProcess } from "../support/gateway.ts";
-import { fdCount, freePort, sleep } from "../support/net.ts";
-import { echoServer, roundTrip, type Listening } from "../support/peers.ts";
+import { fdCount, freePort, sleep, waitFor } from "../support/net.ts";
+import { closeServer, echoOnPort, echoServer, roundTrip, type Listening } from "../support/peers.ts";
 
 interface Family {
   name: string;
@@ -132,12 +132,34 @@ describe("admin endpoint", () => {
     const gw = await startGatewayProcess([`--endpoints=127.0.0.1:${port}`, "--health-check=etcd", "--health-interval=200ms"], { admin: true });
     await gw.waitForLog("deactivated endpoint");
     const table = runBinary(["status", `--admin-addr=${gw.adminURL!.slice("http://".length)}`]);
-    expect(table.code).toBe(0);
+    expect(table.code).toBe(2); // its only member is down
     expect(table.stdout).toContain("status 503: \\x1b]0;pwned\\x07\\x1b[2Jnot ready");
     expect(table.stdout).not.toMatch(/[\x00-\x09\x0b-\x1f\x7f-\x9f]/);
     const json = runBinary(["status", `--admin-addr=${gw.adminURL!.slice("http://".length)}`, "--json"]);
     expect(json.stdout).not.toMatch(/[\x00-\x09\x0b-\x1f\x7f-\x9f]/);
     expect(JSON.parse(json.stdout).members[0].reason).toBe("status 503: \x1b]0;pwned\x07\x1b[2Jnot ready");
+  });
+
+  test("`etcd-gateway status` exits 2 when no member is usable (as /readyz answers 503), 0 again once one is", async () => {
+    // Found in issue 14: it exited 0 whatever the members' state, so scripts could not use it.
+    const echo = await echoServer();
+    const admin = freePort();
+    await startGatewayProcess([`--endpoints=127.0.0.1:${echo.port}`, "--health-check=tcp", "--health-interval=200ms", `--admin-addr=127.0.0.1:${admin}`]);
+    expect(runBinary(["status", `--admin-addr=127.0.0.1:${admin}`]).code).toBe(0);
+    await echo.close();
+    await waitFor("/readyz 503", async () => (await fetch(`http://127.0.0.1:${admin}/readyz`)).status === 503 || undefined, 5000, 50);
+    for (const json of [[], ["--json"]]) {
+      const r = runBinary(["status", `--admin-addr=127.0.0.1:${admin}`, ...json]);
+      expect([json.join(""), r.code, r.stderr.trim()]).toEqual([json.join(""), 2, "etcd-gateway: no member is usable"]);
+      expect(r.stdout).toContain(`127.0.0.1:${echo.port}`); // the table (or the JSON) is printed all the same
+    }
+    const back = await echoOnPort(echo.port);
+    try {
+      await waitFor("/readyz 200", async () => (await fetch(`http://127.0.0.1:${admin}/readyz`)).status === 200 || undefined, 5000, 50);
+      expect(runBinary(["status", `--admin-addr=127.0.0.1:${admin}`]).code).toBe(0);
+    } finally {
+      await closeServer(back);
+    }
   });
 
   test("`etcd-gateway status` without a gateway is a one-line error, exit 1", () => {
