@@ -43,9 +43,16 @@ export type TerminationCode =
   | "shut-down";
 
 export interface AccessRecord {
+  /** When the connection closed (ISO 8601, UTC). */
   ts: string;
+  /** When it was accepted (ISO 8601, UTC). */
+  start: string;
   client: string;
   member: string | null;
+  /** Dials started: 1 when the first member tried connected, 0 when none was (a TLS client that failed its handshake). */
+  attempts: number;
+  /** The members dialled, in order (the last is `member` when one connected). */
+  tried: string[];
   /** Milliseconds from accept to the member connection (null if none). */
   connect_ms: number | null;
   duration_ms: number;
