@@ -48,7 +48,8 @@ export interface AdminContext {
 
 /** The whole gateway's counters: this process's plus the workers'. */
 async function counters(gw: Gateway, ctx: AdminContext): Promise<ProcessStats> {
-  return mergeStats(processStats(gw.members.list, gw.proxy.stats, gw.proxy.active, gw.accessLog?.stats), await ctx.workerStats());
+  const worker = gw.settings.flags.workers > 1 ? 0 : null;
+  return mergeStats(processStats(gw.members.list, gw.proxy.stats, gw.proxy.active, gw.accessLog?.stats, worker), await ctx.workerStats());
 }
 
 export function status(gw: Gateway, ctx: AdminContext, all: ProcessStats): Status {

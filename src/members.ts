@@ -9,7 +9,7 @@
  * @module
  */
 import type { EndpointSpec, HostPort } from "./addresses.ts";
-import { MemberStats } from "./counters.ts";
+import { CheckStats, MemberStats } from "./counters.ts";
 import type { Logger } from "./log.ts";
 
 /**
@@ -50,6 +50,8 @@ export class Member {
   connections = 0;
   /** Data-path counters for /metrics (this process's share). */
   readonly stats = new MemberStats();
+  /** How long its health checks took (in the primary, which runs them). */
+  readonly checks = new CheckStats();
   readonly endpoint: HostPort;
   constructor(spec: EndpointSpec) {
     this.endpoint = { host: spec.host, port: spec.port, address: spec.address };

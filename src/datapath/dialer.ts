@@ -173,7 +173,7 @@ export class Dialer implements LegOwner {
     leg.earlyWindow = true;
     member.stats.connectionsTotal++;
     member.stats.lastConnectedAt = leg.connectedAt;
-    member.stats.observeConnect((leg.connectedAt - leg.startedAt) / 1000);
+    member.stats.connect.observe((leg.connectedAt - leg.startedAt) / 1000);
     if (!leg.conn.logged) leg.conn.candidates = NO_MEMBERS; // not needed any more; keep idle connections small
     // A member with failed dials behind it only counts as working once it sends a byte or the
     // connection ends normally: one that accepts and resets at once keeps counting failures.

@@ -187,9 +187,11 @@ export class Proxy implements ConnHost, DialerHost, SweepHost {
 
   release(conn: Conn): void {
     if (!this.#conns.delete(conn)) return;
+    const now = performance.now();
+    this.stats.duration.observe((now - conn.acceptedAt) / 1000);
     this.#sweep.unwatchHandshake(conn);
     this.#queued.delete(conn);
-    this.opts.accessLog?.write(conn.record(performance.now()));
+    this.opts.accessLog?.write(conn.record(now));
     this.#listeners.resumeBelowLimit(this.#conns.size);
     if (this.#conns.size === 0 && this.#idleWaiters.length > 0) {
       const waiters = this.#idleWaiters;

@@ -6,6 +6,7 @@
  * 405 for methods other than GET and HEAD.
  */
 import { afterAll, afterEach, describe, expect, test } from "bun:test";
+import { readFileSync } from "node:fs";
 import { createServer } from "node:http";
 import { connect } from "node:net";
 // @ts-expect-error: the parser ships no type declarations
@@ -167,6 +168,66 @@ describe("admin endpoint", () => {
     expect(r.code).toBe(1);
     expect(r.stderr.trim()).toMatch(/^etcd-gateway: cannot reach the admin endpoint at 127\.0\.0\.1:\d+: /);
     expect(r.stderr.trim().split("\n")).toHaveLength(1);
+  });
+});
+
+/** `promtool check metrics` (Debian's prometheus package; scripts/ensure-deps.sh installs it) on `text`: its exit code and what it said. */
+function promtool(text: string): { code: number | null; said: string } {
+  const p = Bun.spawnSync(["promtool", "check", "metrics"], { stdin: Buffer.from(text), stdout: "pipe", stderr: "pipe" });
+  return { code: p.exitCode, said: (p.stdout.toString() + p.stderr.toString()).trim() };
+}
+
+/** The samples of `name` in an exposition: label block (as written) to value. */
+function samples(text: string, name: string): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const m of text.matchAll(new RegExp(`^${name}(\\{[^}]*\\})? (\\S+)$`, "gm"))) out.set(m[1] ?? "", Number(m[2]));
+  return out;
+}
+
+const limitOf = (pid: number) => Number(/^Max open files\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/limits`, "utf8"))![1]);
+
+describe("/metrics for Prometheus (issue 14, item 2)", () => {
+  test("passes `promtool check metrics`, with the standard process metrics, health-check and connection durations", async () => {
+    const echo = await echoServer();
+    servers.push(echo);
+    const gw = await startGatewayProcess([`--endpoints=127.0.0.1:${echo.port}`, "--health-check=tcp", "--health-interval=100ms"], { admin: true });
+    for (let i = 0; i < 5; i++) expect(await roundTrip(gw.port, `m${i}`)).toBe(`m${i}`);
+    await sleep(400); // a few checks
+    const text = await (await fetch(`${gw.adminURL}/metrics`, { headers: { connection: "close" } })).text();
+    expect(promtool(text)).toEqual({ code: 0, said: "" });
+    const one = (name: string) => [...samples(text, name).entries()];
+    expect(one("process_open_fds")).toEqual([["", expect.any(Number)]]);
+    expect(Math.abs(one("process_open_fds")[0]![1] - fdCount(gw.pid))).toBeLessThanOrEqual(3);
+    expect(one("process_max_fds")).toEqual([["", limitOf(gw.pid)]]);
+    expect(one("process_resident_memory_bytes")[0]![1]).toBeGreaterThan(10 << 20);
+    expect(one("process_cpu_seconds_total")[0]![1]).toBeGreaterThan(0);
+    const started = one("process_start_time_seconds")[0]![1];
+    expect(Math.abs(started - Date.now() / 1000)).toBeLessThan(30);
+    const ep = `endpoint="127.0.0.1:${echo.port}"`;
+    // The member carries no client between round trips: its checks are full ones (a spare's), at least the first.
+    expect(samples(text, "etcd_gateway_health_check_duration_seconds_count").get(`{${ep},depth="full"}`)).toBeGreaterThanOrEqual(1);
+    expect(samples(text, "etcd_gateway_health_check_duration_seconds_count").has(`{${ep},depth="liveness"}`)).toBe(true);
+    expect(samples(text, "etcd_gateway_connection_duration_seconds_count").get("")).toBe(5);
+    expect(samples(text, "etcd_gateway_connection_duration_seconds_bucket").get('{le="+Inf"}')).toBe(5);
+    expect(samples(text, "etcd_gateway_connection_duration_seconds_sum").get("")).toBeGreaterThan(0);
+  });
+
+  test("with --workers 2: `promtool check metrics` passes, and process metrics are one series per process, labelled worker", async () => {
+    const echo = await echoServer();
+    servers.push(echo);
+    const gw = await startGatewayProcess([`--endpoints=127.0.0.1:${echo.port}`, "--health-check=tcp", "--workers=2"], { admin: true });
+    for (let i = 0; i < 20; i++) expect(await roundTrip(gw.port, `w${i}`)).toBe(`w${i}`);
+    const text = await (await fetch(`${gw.adminURL}/metrics`, { headers: { connection: "close" } })).text();
+    expect(promtool(text)).toEqual({ code: 0, said: "" });
+    const worker = Number(Bun.spawnSync(["pgrep", "-P", String(gw.pid)]).stdout.toString().trim());
+    for (const name of ["process_open_fds", "process_max_fds", "process_resident_memory_bytes", "process_cpu_seconds_total", "process_start_time_seconds"]) {
+      expect([name, [...samples(text, name).keys()]]).toEqual([name, ['{worker="0"}', '{worker="1"}']]);
+    }
+    expect(samples(text, "process_max_fds").get('{worker="1"}')).toBe(limitOf(worker));
+    // Each process's own start: the worker was started by the primary, after it.
+    expect(samples(text, "process_start_time_seconds").get('{worker="1"}')!).toBeGreaterThanOrEqual(samples(text, "process_start_time_seconds").get('{worker="0"}')!);
+    // Connection durations are summed over the processes, like every data-path counter.
+    expect(samples(text, "etcd_gateway_connection_duration_seconds_count").get("")).toBe(20);
   });
 });
 
