@@ -10,7 +10,7 @@ import type { HostPort } from "./addresses.ts";
 import { serveHttp, type Reply } from "./admin-http.ts";
 import { formatDuration } from "./duration.ts";
 import type { Gateway } from "./gateway.ts";
-import { mergeStats, processStats, renderMetrics, type ProcessStats } from "./metrics.ts";
+import { memberViews, mergeStats, processStats, renderMetrics, type ProcessStats } from "./metrics.ts";
 
 /** The JSON of `GET /status`; also what `etcd-gateway status --json` prints. */
 export interface Status {
@@ -49,7 +49,8 @@ export interface AdminContext {
 /** The whole gateway's counters: this process's plus the workers'. */
 async function counters(gw: Gateway, ctx: AdminContext): Promise<ProcessStats> {
   const worker = gw.settings.flags.workers > 1 ? 0 : null;
-  return mergeStats(processStats(gw.members.list, gw.proxy.stats, gw.proxy.active, gw.accessLog?.stats, worker), await ctx.workerStats());
+  const members = [...gw.members.list, ...gw.members.retired];
+  return mergeStats(processStats(members, gw.proxy.stats, gw.proxy.active, gw.accessLog?.stats, worker), await ctx.workerStats());
 }
 
 export function status(gw: Gateway, ctx: AdminContext, all: ProcessStats): Status {
@@ -57,6 +58,7 @@ export function status(gw: Gateway, ctx: AdminContext, all: ProcessStats): Statu
   const s = gw.settings;
   const f = s.flags;
   const byAddress = new Map(all.members.map((c) => [c.address, c]));
+  const members = memberViews(gw.members, all.members);
   return {
     version: ctx.version,
     pid: process.pid,
@@ -66,9 +68,9 @@ export function status(gw: Gateway, ctx: AdminContext, all: ProcessStats): Statu
     policy: f.policy,
     workers: f.workers,
     ready: gw.members.anyUsable,
-    members: gw.members.list.map((m) => {
+    members: members.map((m) => {
       const c = byAddress.get(m.address);
-      const last = m.stats.lastConnectedAt;
+      const last = m.lastConnectedAt;
       return {
         endpoint: m.address,
         state: m.state,
@@ -105,7 +107,8 @@ export function startAdmin(addr: HostPort, gw: Gateway, ctx: AdminContext): { re
   return serveHttp(addr.host, addr.port, async (path): Promise<Reply> => {
     switch (path) {
       case "/metrics": {
-        const text = renderMetrics({ version: ctx.version, startedAt: ctx.startedAt, members: gw.members.list, counters: await counters(gw, ctx), discovery: gw.discoveryStats });
+        const all = await counters(gw, ctx);
+        const text = renderMetrics({ version: ctx.version, startedAt: ctx.startedAt, members: memberViews(gw.members, all.members), counters: all, discovery: gw.discoveryStats });
         return { status: 200, body: text, type: PROMETHEUS_TEXT };
       }
       case "/healthz":

@@ -39,7 +39,7 @@ export class Member {
   readonly failures: number = 0;
   /** Times the member was ejected (decided in the primary process). */
   readonly ejections: number = 0;
-  /** No longer in the endpoint set (discovery moved on); its open connections carry on. */
+  /** No longer in the endpoint set (discovery moved on); its open connections carry on (MemberTable.retired). */
   readonly removed: boolean = false;
   readonly tls: boolean;
   readonly priority: number;
@@ -81,6 +81,8 @@ export type StateListener = (member: Member, from: MemberState, to: MemberState)
  */
 export class MemberTable {
   #list: readonly Member[];
+  /** Removed members with connections still open in this process (pruned as they are read). */
+  #retired: Member[] = [];
   readonly #listeners: StateListener[] = [];
   /**
    * @param log where transitions are logged; null in worker processes, whose primary logs them.
@@ -96,6 +98,15 @@ export class MemberTable {
     return this.#list;
   }
 
+  /**
+   * Members no longer in the endpoint set whose connections in this process are still open: shown
+   * as `removed` until the last one closes. Pruned here, so the data path does nothing for it.
+   */
+  get retired(): readonly Member[] {
+    if (this.#retired.some((m) => m.connections <= 0)) this.#retired = this.#retired.filter((m) => m.connections > 0);
+    return this.#retired;
+  }
+
   /** Whether any member is usable (`/readyz`, the `status` command's exit code). */
   get anyUsable(): boolean {
     return this.#list.some((m) => m.usable);
@@ -108,26 +119,32 @@ export class MemberTable {
 
   /**
    * Makes `next` the endpoint set, keeping the Member (state, connections, counters) of every
-   * address that stays. Returns what changed.
+   * address that stays. A removed member with open connections is kept aside (`retired`); one that
+   * comes back before they close is the same Member again, counted as added (health checks it
+   * afresh) and starting up, as a new one would. Returns what changed.
    */
   replace(next: readonly EndpointSpec[]): { added: Member[]; removed: Member[] } {
     const old = new Map(this.#list.map((m) => [m.address, m]));
+    const retired = new Map(this.retired.map((m) => [m.address, m]));
     const added: Member[] = [];
+    const back: Member[] = [];
     const list = next.map((e) => {
-      const kept = old.get(e.address);
+      const kept = old.get(e.address) ?? retired.get(e.address);
       if (kept === undefined) {
         const m = new Member(e);
         added.push(m);
         return m;
       }
-      old.delete(e.address);
-      Object.assign(kept as Writable<Member>, { tls: e.tls === true, priority: e.priority ?? 0, weight: e.weight ?? 0, dialHost: e.dialHost ?? e.host });
+      if (!old.delete(e.address)) back.push(kept);
+      Object.assign(kept as Writable<Member>, { removed: false, tls: e.tls === true, priority: e.priority ?? 0, weight: e.weight ?? 0, dialHost: e.dialHost ?? e.host });
       return kept;
     });
     const removed = [...old.values()];
     for (const m of removed) (m as Writable<Member>).removed = true;
+    this.#retired = [...this.#retired.filter((m) => !back.includes(m)), ...removed.filter((m) => m.connections > 0)];
     this.#list = list;
-    return { added, removed };
+    for (const m of back) this.update(m, { state: "up", reason: "back in the endpoint set", failures: 0 });
+    return { added: added.concat(back), removed };
   }
 
   /** The one writer of member state: applies `change`, logs a transition once, tells subscribers. */

@@ -7,9 +7,9 @@
  * @module
  */
 import type { AccessLogStats } from "./accesslog.ts";
-import { addHistogram, CONNECT_BUCKETS, CONNECTION_BUCKETS, FAILURE_REASONS, MemberStats, type DiscoveryStats, type HistogramData, type ListenerStats, type MemberCounts } from "./counters.ts";
+import { addHistogram, CheckStats, CONNECT_BUCKETS, CONNECTION_BUCKETS, FAILURE_REASONS, MemberStats, type DiscoveryStats, type HistogramData, type ListenerStats, type MemberCounts } from "./counters.ts";
 import { openFds, openFilesLimit } from "./limits.ts";
-import type { Member } from "./members.ts";
+import type { Member, MemberState, MemberTable } from "./members.ts";
 
 /** One process's resources: what the Prometheus standard `process_*` metrics say. */
 export interface ProcessInfo {
@@ -37,6 +37,50 @@ export function processInfo(worker: number | null): ProcessInfo {
     cpuSeconds: (cpu.user + cpu.system) / 1e6,
     startTimeSeconds: performance.timeOrigin / 1000,
   };
+}
+
+/** What /status and /metrics show of a member: one in the table, or a removed one still carrying connections. */
+export interface MemberView {
+  readonly address: string;
+  /** The health state, or `removed`: no longer in the endpoint set, connections still open (in some process). */
+  readonly state: MemberState | "removed";
+  readonly reason: string;
+  readonly priority: number;
+  readonly weight: number;
+  /** Failed dials in a row. */
+  readonly failures: number;
+  readonly ejections: number;
+  readonly checks: { readonly full: HistogramData; readonly liveness: HistogramData };
+  /** performance.now() of this process's last connect to it (0: none). */
+  readonly lastConnectedAt: number;
+}
+
+const view = (m: Member, state: MemberView["state"]): MemberView => ({
+  address: m.address,
+  state,
+  reason: m.reason,
+  priority: m.priority,
+  weight: m.weight,
+  failures: m.failures,
+  ejections: m.ejections,
+  checks: m.checks,
+  lastConnectedAt: m.stats.lastConnectedAt,
+});
+
+/**
+ * The members to show, in table order, then the removed ones that some process (`shares`, merged)
+ * still has connections to. A removed member only a worker still uses has no history here (no
+ * checks, no ejections: the primary forgot it once its own connections closed).
+ */
+export function memberViews(table: MemberTable, shares: readonly MemberShare[]): MemberView[] {
+  const listed = new Set(table.list.map((m) => m.address));
+  const retired = new Map(table.retired.map((m) => [m.address, m]));
+  const bare = (address: string): MemberView => ({ address, state: "removed", reason: "", priority: 0, weight: 0, failures: 0, ejections: 0, checks: new CheckStats(), lastConnectedAt: 0 });
+  const removed = shares.filter((s) => !listed.has(s.address) && s.connections > 0).map((s) => {
+    const m = retired.get(s.address);
+    return m === undefined ? bare(s.address) : view(m, "removed");
+  });
+  return [...table.list.map((m) => view(m, m.state)), ...removed];
 }
 
 /** One member's share of one process's counters. */
@@ -93,7 +137,11 @@ export function mergeStats(own: ProcessStats, others: readonly ProcessStats[]): 
     merged.processes.push(...o.processes);
     for (const om of o.members) {
       const m = merged.members.find((x) => x.address === om.address);
-      if (m === undefined) continue;
+      // A member only this worker still has connections to (removed, and closed in the primary).
+      if (m === undefined) {
+        merged.members.push(om);
+        continue;
+      }
       m.connections += om.connections;
       const a = m.stats;
       const b = om.stats;
@@ -142,7 +190,8 @@ class Exposition {
 export interface MetricsInput {
   version: string;
   startedAt: number;
-  members: readonly Member[];
+  /** memberViews: the table's members and the removed ones still carrying connections. */
+  members: readonly MemberView[];
   /** Data-path counters of every process (with --workers, summed over them). */
   counters: ProcessStats;
   discovery: DiscoveryStats;
@@ -161,12 +210,12 @@ export function renderMetrics(s: MetricsInput): string {
 
 const zero: MemberShare = { address: "", connections: 0, stats: new MemberStats() };
 
-function renderMembers(x: Exposition, ms: readonly Member[], shares: readonly MemberShare[]): void {
+function renderMembers(x: Exposition, ms: readonly MemberView[], shares: readonly MemberShare[]): void {
   const counted = new Map(shares.map((c) => [c.address, c]));
-  const c = (m: Member) => counted.get(m.address) ?? zero;
-  const ep = (m: Member, extra = "") => `endpoint="${esc(m.address)}"${extra}`;
-  x.metric("etcd_gateway_member_up", "gauge", "1 when the member is usable (state up), else 0.", ms.map((m) => [ep(m), m.up ? 1 : 0]));
-  x.metric("etcd_gateway_member_state", "gauge", "1 for the member's current state (up, down, ejected).", ms.flatMap((m) => (["up", "down", "ejected"] as const).map((st) => [ep(m, `,state="${st}"`), m.state === st ? 1 : 0] as const)));
+  const c = (m: MemberView) => counted.get(m.address) ?? zero;
+  const ep = (m: MemberView, extra = "") => `endpoint="${esc(m.address)}"${extra}`;
+  x.metric("etcd_gateway_member_up", "gauge", "1 when the member is usable (state up), else 0.", ms.map((m) => [ep(m), m.state === "up" ? 1 : 0]));
+  x.metric("etcd_gateway_member_state", "gauge", "1 for the member's current state (up, down, ejected; removed: out of the endpoint set, connections still open).", ms.flatMap((m) => (["up", "down", "ejected", "removed"] as const).map((st) => [ep(m, `,state="${st}"`), m.state === st ? 1 : 0] as const)));
   x.metric("etcd_gateway_member_connections", "gauge", "Proxied connections open to the member (dials in flight included).", ms.map((m) => [ep(m), c(m).connections]));
   x.metric("etcd_gateway_member_connections_total", "counter", "Proxied connections established to the member.", ms.map((m) => [ep(m), c(m).stats.connectionsTotal]));
   x.metric("etcd_gateway_member_connect_failures_total", "counter", "Failed dials to the member by reason (refused, timeout, reset right after connect, tls, other).", ms.flatMap((m) => FAILURE_REASONS.map((r) => [ep(m, `,reason="${r}"`), c(m).stats.failures[r]] as const)));

@@ -6,14 +6,16 @@
  * 405 for methods other than GET and HEAD.
  */
 import { afterAll, afterEach, describe, expect, test } from "bun:test";
-import { readFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { createServer } from "node:http";
 import { connect } from "node:net";
 // @ts-expect-error: the parser ships no type declarations
 import parsePrometheusTextFormat from "parse-prometheus-text-format";
 import { runBinary, startGatewayProcess, stopAllGateways, type GatewayProcess } from "../support/gateway.ts";
 import { fdCount, freePort, sleep, waitFor } from "../support/net.ts";
-import { closeServer, echoOnPort, echoServer, roundTrip, type Listening } from "../support/peers.ts";
+import { closeServer, dial, echoOnPort, echoServer, roundTrip, type Listening } from "../support/peers.ts";
 
 interface Family {
   name: string;
@@ -229,6 +231,57 @@ describe("/metrics for Prometheus (issue 14, item 2)", () => {
     // Connection durations are summed over the processes, like every data-path counter.
     expect(samples(text, "etcd_gateway_connection_duration_seconds_count").get("")).toBe(20);
   });
+});
+
+interface StatusBody {
+  ready: boolean;
+  members: { endpoint: string; state: string; connections: number; drained?: boolean }[];
+}
+const statusOf = async (gw: GatewayProcess) => (await (await fetch(`${gw.adminURL}/status`, { headers: { connection: "close" } })).json()) as StatusBody;
+const metricsOf = async (gw: GatewayProcess) => (await fetch(`${gw.adminURL}/metrics`, { headers: { connection: "close" } })).text();
+
+describe("removed members (issue 14, item 3)", () => {
+  const scratch = mkdtempSync(join(tmpdir(), "etcd-gateway-removed-"));
+  afterAll(() => rmSync(scratch, { recursive: true, force: true }));
+
+  for (const workers of [1, 2]) {
+    test(`a member taken out of the endpoint set stays in /status and /metrics as removed while clients are connected to it${workers > 1 ? ", counted over every process (--workers 2)" : ""}`, async () => {
+      const [a, b] = [await echoServer(), await echoServer()];
+      servers.push(a, b);
+      const [A, B] = [`127.0.0.1:${a.port}`, `127.0.0.1:${b.port}`];
+      const eps = join(scratch, `endpoints-${workers}.txt`);
+      writeFileSync(eps, `${A}\n${B}\n`);
+      const gw = await startGatewayProcess([`--endpoints-file=${eps}`, "--policy=ordered", "--health-check=none", `--workers=${workers}`], { admin: true });
+      // Ten connections to A, each proven by a round trip (with --workers the kernel spreads them over both processes).
+      const held = await Promise.all(Array.from({ length: 10 }, () => dial(gw.port)));
+      for (const s of held) await new Promise<void>((r) => (s.once("data", () => r()), s.write("x")));
+      writeFileSync(eps, `${B}\n`);
+      gw.proc.kill("SIGHUP");
+      await gw.waitForLog("endpoints changed");
+      await sleep(100); // the workers adopt the new set
+      const st = await statusOf(gw);
+      expect(st.members.map((m) => [m.endpoint, m.state, m.connections])).toEqual([
+        [B, "up", 0],
+        [A, "removed", 10],
+      ]);
+      const text = await metricsOf(gw);
+      expect(promtool(text)).toEqual({ code: 0, said: "" });
+      expect(samples(text, "etcd_gateway_member_state").get(`{endpoint="${A}",state="removed"}`)).toBe(1);
+      expect(samples(text, "etcd_gateway_member_state").get(`{endpoint="${B}",state="removed"}`)).toBe(0);
+      expect(samples(text, "etcd_gateway_member_up").get(`{endpoint="${A}"}`)).toBe(0);
+      expect(samples(text, "etcd_gateway_member_connections").get(`{endpoint="${A}"}`)).toBe(10);
+      expect(samples(text, "etcd_gateway_member_connections_total").get(`{endpoint="${A}"}`)).toBe(10);
+      const table = runBinary(["status", `--admin-addr=${gw.adminURL!.slice("http://".length)}`]);
+      expect(table.stdout).toMatch(new RegExp(`${A.replace(/\./g, "\\.")}\\s+removed\\s+10\\s`));
+      // The connections still work; new ones go to B.
+      expect(await roundTrip(gw.port, "new")).toBe("new");
+      for (const s of held.slice(0, 9)) s.destroy();
+      await waitFor("9 closed", async () => (await statusOf(gw)).members.find((m) => m.endpoint === A)?.connections === 1 || undefined, 5000, 50);
+      held[9]!.destroy();
+      await waitFor("A gone from /status", async () => ((await statusOf(gw)).members.length === 1 ? true : undefined), 5000, 50);
+      expect(await metricsOf(gw)).not.toContain(A);
+    });
+  }
 });
 
 /** A gateway with the admin endpoint on (`adminURL`), in front of one echo member, no health checks. */
