@@ -22,10 +22,11 @@ import { errorText, type Logger } from "./log.ts";
  * - `client-close` / `member-close`: that side closed first (FIN), normally.
  * - `client-reset` / `member-reset`: that side reset the connection (RST).
  * - `connect-failed`: a member was usable, but every member was tried and none connected; the client was reset.
- * - `no-member`: no member was usable (all down or ejected) and none of them connected either; the client was reset.
+ * - `no-member`: no member was usable (all down, ejected or drained) and none of them connected either; the client was reset.
  * - `idle-timeout`: no byte moved either way for `--idle-timeout` (the connection is reset).
  * - `handshake-timeout`: a TLS client did not finish its handshake within `--listen-handshake-timeout`.
  * - `member-down`: reset by `--close-on-member-down`.
+ * - `drain-idle`: its member was drained with close-idle and no byte moved either way for a second.
  * - `drained`: still open when `--drain-timeout` ran out.
  * - `shut-down`: reset by a second SIGTERM/SIGINT.
  */
@@ -39,6 +40,7 @@ export type TerminationCode =
   | "idle-timeout"
   | "handshake-timeout"
   | "member-down"
+  | "drain-idle"
   | "drained"
   | "shut-down";
 

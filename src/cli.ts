@@ -1,8 +1,8 @@
 #!/usr/bin/env bun
 /**
- * The command line: citty commands only; each command calls one function. citty renders the help;
- * parsing is ours (src/flags.ts), since citty ignores unknown flags and keeps only the last of
- * repeated ones (docs/bun.md, trap 12).
+ * The command line: citty commands only (start, status, member drain|ready, version); each
+ * command calls one function. citty renders the help; parsing is ours (src/flags.ts), since citty
+ * ignores unknown flags and keeps only the last of repeated ones (docs/bun.md, trap 12).
  *
  * @module
  */
@@ -10,6 +10,7 @@ import { defineCommand, runMain, type ArgsDef } from "citty";
 import pkg from "../package.json" with { type: "json" };
 import { START_FLAGS, type FlagSpec } from "./flags.ts";
 import { fail, serve } from "./serve.ts";
+import { MEMBER_FLAGS, runMember } from "./drain.ts";
 import { runStatus, STATUS_FLAGS } from "./status.ts";
 
 /** citty's help table from one of our flag tables. */
@@ -29,6 +30,24 @@ const status = defineCommand({
   run: ({ rawArgs }) => runStatus(rawArgs, fail),
 });
 
+/** `member drain|ready <endpoint>`: the endpoint is a positional argument in the help. */
+const endpointArg: ArgsDef = { endpoint: { type: "positional", description: "the member, as `etcd-gateway status` lists it (e.g. 10.0.1.10:2379)", required: true } };
+const member = defineCommand({
+  meta: { name: "member", description: "Take a member of a running gateway out of rotation, or bring it back (asks its --admin-addr)" },
+  subCommands: {
+    drain: defineCommand({
+      meta: { name: "drain", description: "No new connections to the member (open ones carry on; with --close-idle they are reset once idle); health checks go on" },
+      args: { ...endpointArg, ...helpArgs(MEMBER_FLAGS) },
+      run: ({ rawArgs }) => runMember("drain", rawArgs, fail),
+    }),
+    ready: defineCommand({
+      meta: { name: "ready", description: "Put a drained member back in rotation" },
+      args: { ...endpointArg, ...helpArgs({ "admin-addr": MEMBER_FLAGS["admin-addr"] }) },
+      run: ({ rawArgs }) => runMember("ready", rawArgs, fail),
+    }),
+  },
+});
+
 const version = defineCommand({
   meta: { name: "version", description: "Print the version" },
   run() {
@@ -38,7 +57,7 @@ const version = defineCommand({
 
 export const main = defineCommand({
   meta: { name: "etcd-gateway", version: pkg.version, description: pkg.description },
-  subCommands: { start, status, version },
+  subCommands: { start, status, member, version },
 });
 
 if (import.meta.main) void runMain(main);

@@ -1,10 +1,11 @@
 /**
  * The member table, and the one writer of member state.
  *
- * A member's state (up, down, ejected), the reason for it and its failed-dial count change only
- * through `MemberTable.update`, which also logs each transition once, with etcd's phrases, and
- * tells subscribers (close-on-member-down, the worker broadcast). Health (src/health/) decides what
- * to write; worker processes write what their primary decided; everything else only reads.
+ * A member's state (up, down, ejected), the reason for it, its failed-dial count and whether an
+ * operator drained it change only through `MemberTable.update`, which also logs each transition
+ * once, with etcd's phrases, and tells subscribers (close-on-member-down, the drain's idle sweep,
+ * the worker broadcast). Health (src/health/) decides the state; the admin endpoint (src/admin.ts)
+ * the drain; worker processes write what their primary decided; everything else only reads.
  *
  * @module
  */
@@ -18,9 +19,17 @@ import type { Logger } from "./log.ts";
  */
 export type MemberState = "up" | "down" | "ejected";
 
+/**
+ * An operator's drain (the admin endpoint, HAProxy's `set server … state drain`): `off` (in
+ * rotation), `keep-open` (no new connections; open ones carry on) or `close-idle` (no new
+ * connections, and open ones are reset once idle). Health checks go on either way.
+ */
+export type Drain = "off" | "keep-open" | "close-idle";
+
 /** What `update` may change. */
 export interface MemberChange {
   state?: MemberState;
+  drain?: Drain;
   /** Why it was marked down or ejected, or what the last check said. */
   reason?: string;
   /** Failed dials in a row. */
@@ -34,6 +43,7 @@ type Writable<T> = { -readonly [K in keyof T]: T[K] };
 /** One etcd member as the gateway sees it. */
 export class Member {
   readonly state: MemberState = "up";
+  readonly drain: Drain = "off";
   readonly reason: string = "";
   /** Dials (or resets right after connect) that failed in a row; 0 after a successful dial. */
   readonly failures: number = 0;
@@ -67,9 +77,9 @@ export class Member {
   get up(): boolean {
     return this.state === "up";
   }
-  /** Usable: new connections go to usable members first; `/readyz` is 200 while one is. */
+  /** Usable: up and not drained. New connections go to usable members first; `/readyz` is 200 while one is. */
   get usable(): boolean {
-    return this.state === "up";
+    return this.state === "up" && this.drain === "off";
   }
 }
 
@@ -147,18 +157,32 @@ export class MemberTable {
     return { added: added.concat(back), removed };
   }
 
-  /** The one writer of member state: applies `change`, logs a transition once, tells subscribers. */
+  /**
+   * The one writer of member state: applies `change`, logs a transition once, tells subscribers
+   * (after a state or drain change; `from` and `to` are equal when only the drain changed).
+   */
   update(m: Member, change: MemberChange): void {
     const w = m as Writable<Member>;
     if (change.failures !== undefined) w.failures = change.failures;
     if (change.reason !== undefined) w.reason = change.reason;
-    const to = change.state;
+    const drained = change.drain !== undefined && change.drain !== m.drain;
+    if (drained) {
+      w.drain = change.drain!;
+      this.logDrain(m);
+    }
+    const to = change.state ?? m.state;
     const from = m.state;
-    if (to === undefined || to === from) return;
-    w.state = to;
-    if (to === "ejected") w.ejections++;
-    this.logTransition(m, from, to, change.interval);
-    for (const fn of this.#listeners) fn(m, from, to);
+    if (to !== from) {
+      w.state = to;
+      if (to === "ejected") w.ejections++;
+      this.logTransition(m, from, to, change.interval);
+    }
+    if (to !== from || drained) for (const fn of this.#listeners) fn(m, from, to);
+  }
+
+  private logDrain(m: Member): void {
+    if (m.drain === "off") this.log?.info("member back in rotation", { address: m.address });
+    else this.log?.info("member drained: no new connections", { address: m.address, "close-idle": m.drain === "close-idle" });
   }
 
   private logTransition(m: Member, from: MemberState, to: MemberState, interval: string | undefined): void {

@@ -9,7 +9,7 @@
 import type { AccessLogStats } from "./accesslog.ts";
 import { addHistogram, CheckStats, CONNECT_BUCKETS, CONNECTION_BUCKETS, FAILURE_REASONS, MemberStats, type DiscoveryStats, type HistogramData, type ListenerStats, type MemberCounts } from "./counters.ts";
 import { openFds, openFilesLimit } from "./limits.ts";
-import type { Member, MemberState, MemberTable } from "./members.ts";
+import type { Drain, Member, MemberState, MemberTable } from "./members.ts";
 
 /** One process's resources: what the Prometheus standard `process_*` metrics say. */
 export interface ProcessInfo {
@@ -44,6 +44,8 @@ export interface MemberView {
   readonly address: string;
   /** The health state, or `removed`: no longer in the endpoint set, connections still open (in some process). */
   readonly state: MemberState | "removed";
+  /** An operator's drain (the admin endpoint); `off` for a removed member. */
+  readonly drain: Drain;
   readonly reason: string;
   readonly priority: number;
   readonly weight: number;
@@ -58,6 +60,7 @@ export interface MemberView {
 const view = (m: Member, state: MemberView["state"]): MemberView => ({
   address: m.address,
   state,
+  drain: state === "removed" ? "off" : m.drain,
   reason: m.reason,
   priority: m.priority,
   weight: m.weight,
@@ -75,7 +78,7 @@ const view = (m: Member, state: MemberView["state"]): MemberView => ({
 export function memberViews(table: MemberTable, shares: readonly MemberShare[]): MemberView[] {
   const listed = new Set(table.list.map((m) => m.address));
   const retired = new Map(table.retired.map((m) => [m.address, m]));
-  const bare = (address: string): MemberView => ({ address, state: "removed", reason: "", priority: 0, weight: 0, failures: 0, ejections: 0, checks: new CheckStats(), lastConnectedAt: 0 });
+  const bare = (address: string): MemberView => ({ address, state: "removed", drain: "off", reason: "", priority: 0, weight: 0, failures: 0, ejections: 0, checks: new CheckStats(), lastConnectedAt: 0 });
   const removed = shares.filter((s) => !listed.has(s.address) && s.connections > 0).map((s) => {
     const m = retired.get(s.address);
     return m === undefined ? bare(s.address) : view(m, "removed");
@@ -214,7 +217,8 @@ function renderMembers(x: Exposition, ms: readonly MemberView[], shares: readonl
   const counted = new Map(shares.map((c) => [c.address, c]));
   const c = (m: MemberView) => counted.get(m.address) ?? zero;
   const ep = (m: MemberView, extra = "") => `endpoint="${esc(m.address)}"${extra}`;
-  x.metric("etcd_gateway_member_up", "gauge", "1 when the member is usable (state up), else 0.", ms.map((m) => [ep(m), m.state === "up" ? 1 : 0]));
+  x.metric("etcd_gateway_member_up", "gauge", "1 when the member's state is up (its health; a drained member stays up), else 0.", ms.map((m) => [ep(m), m.state === "up" ? 1 : 0]));
+  x.metric("etcd_gateway_member_drained", "gauge", "1 when an operator drained the member (no new connections), else 0.", ms.map((m) => [ep(m), m.drain === "off" ? 0 : 1]));
   x.metric("etcd_gateway_member_state", "gauge", "1 for the member's current state (up, down, ejected; removed: out of the endpoint set, connections still open).", ms.flatMap((m) => (["up", "down", "ejected", "removed"] as const).map((st) => [ep(m, `,state="${st}"`), m.state === st ? 1 : 0] as const)));
   x.metric("etcd_gateway_member_connections", "gauge", "Proxied connections open to the member (dials in flight included).", ms.map((m) => [ep(m), c(m).connections]));
   x.metric("etcd_gateway_member_connections_total", "counter", "Proxied connections established to the member.", ms.map((m) => [ep(m), c(m).stats.connectionsTotal]));

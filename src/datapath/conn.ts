@@ -83,7 +83,7 @@ export class Conn implements LegOwner {
   /** The members to dial, best first. */
   choose(candidates: readonly Member[]): void {
     this.candidates = candidates;
-    this.hadUsable = candidates[0]?.up === true;
+    this.hadUsable = candidates[0]?.usable === true;
   }
 
   /** Both legs closed and nothing in flight. */
