@@ -4,7 +4,8 @@
 # dnsmasq-base (SRV discovery tests; the -base package is the binary without a system service),
 # iproute2 (ss and ip: socket inspection, network namespaces), procps (pgrep), util-linux (unshare, nsenter),
 # openssl (test certificates), curl (the installer test), systemd (systemd-analyze verify of the shipped unit),
-# musl-tools and gcc (a musl program that checks how src/libc.ts finds the C library on musl).
+# musl-tools and gcc (a musl program that checks how src/libc.ts finds the C library on musl),
+# prometheus (for promtool: /metrics is checked with `promtool check metrics`).
 # Safe to run repeatedly; prints nothing when everything is present.
 set -euo pipefail
 missing=()
@@ -20,13 +21,24 @@ command -v curl >/dev/null || missing+=(curl)
 command -v systemd-analyze >/dev/null || missing+=(systemd)
 command -v gcc >/dev/null || missing+=(gcc)
 command -v musl-gcc >/dev/null || missing+=(musl-tools)
-[ ${#missing[@]} -eq 0 ] && exit 0
+need_promtool=0
+command -v promtool >/dev/null || need_promtool=1
+[ ${#missing[@]} -eq 0 ] && [ "$need_promtool" -eq 0 ] && exit 0
 sudo=""
 if [ "$(id -u)" -ne 0 ]; then
-  command -v sudo >/dev/null || { echo "ensure-deps: need root or sudo to install: ${missing[*]}" >&2; exit 1; }
+  command -v sudo >/dev/null || { echo "ensure-deps: need root or sudo to install: ${missing[*]} $([ "$need_promtool" -eq 1 ] && echo prometheus)" >&2; exit 1; }
   sudo="sudo"
 fi
-echo "ensure-deps: installing Debian packages: ${missing[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
 $sudo apt-get update -qq
-$sudo apt-get install -y -qq "${missing[@]}" >&2
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "ensure-deps: installing Debian packages: ${missing[*]}" >&2
+  $sudo apt-get install -y -qq "${missing[@]}" >&2
+fi
+if [ "$need_promtool" -eq 1 ]; then
+  # Only promtool is wanted: without the recommended node exporter, and the Prometheus server the
+  # package starts is stopped and kept from starting at boot (without systemd nothing was started).
+  echo "ensure-deps: installing Debian package: prometheus (for promtool)" >&2
+  $sudo apt-get install -y -qq --no-install-recommends prometheus >&2
+  if command -v systemctl >/dev/null; then $sudo systemctl disable --now prometheus >/dev/null 2>&1 || true; fi
+fi

@@ -22,10 +22,11 @@ import { errorText, type Logger } from "./log.ts";
  * - `client-close` / `member-close`: that side closed first (FIN), normally.
  * - `client-reset` / `member-reset`: that side reset the connection (RST).
  * - `connect-failed`: a member was usable, but every member was tried and none connected; the client was reset.
- * - `no-member`: no member was usable (all down or ejected) and none of them connected either; the client was reset.
+ * - `no-member`: no member was usable (all down, ejected or drained) and none of them connected either; the client was reset.
  * - `idle-timeout`: no byte moved either way for `--idle-timeout` (the connection is reset).
  * - `handshake-timeout`: a TLS client did not finish its handshake within `--listen-handshake-timeout`.
  * - `member-down`: reset by `--close-on-member-down`.
+ * - `drain-idle`: its member was drained with close-idle and no byte moved either way for a second.
  * - `drained`: still open when `--drain-timeout` ran out.
  * - `shut-down`: reset by a second SIGTERM/SIGINT.
  */
@@ -39,13 +40,21 @@ export type TerminationCode =
   | "idle-timeout"
   | "handshake-timeout"
   | "member-down"
+  | "drain-idle"
   | "drained"
   | "shut-down";
 
 export interface AccessRecord {
+  /** When the connection closed (ISO 8601, UTC). */
   ts: string;
+  /** When it was accepted (ISO 8601, UTC). */
+  start: string;
   client: string;
   member: string | null;
+  /** Dials started: 1 when the first member tried connected, 0 when none was (a TLS client that failed its handshake). */
+  attempts: number;
+  /** The members dialled, in order (the last is `member` when one connected). */
+  tried: string[];
   /** Milliseconds from accept to the member connection (null if none). */
   connect_ms: number | null;
   duration_ms: number;

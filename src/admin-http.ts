@@ -1,6 +1,6 @@
 /**
- * The admin endpoint's small HTTP/1.1 server, on Bun.listen: one GET or HEAD per connection,
- * answered with `Connection: close`, and every resource it takes bounded, so that a flood of
+ * The admin endpoint's small HTTP/1.1 server, on Bun.listen: one request per connection (GET or
+ * HEAD, and POST for the routes that change something), answered with `Connection: close`, and every resource it takes bounded, so that a flood of
  * admin connections can never take the descriptors the data path needs (issue 12). Bun.serve has
  * no connection cap and no bound on the time a request head may take, hence this file.
  *
@@ -12,8 +12,8 @@
  *   `headBytes` (else 431); bodies are never read, only discarded;
  * - the answer must be written within `answerMs`; after it the write side is shut down (FIN) and
  *   the client gets `lingerMs` to close its side before the socket is closed;
- * - methods other than GET and HEAD: 405 with `Allow: GET, HEAD`; a request line that does not
- *   parse: 400.
+ * - methods other than GET, HEAD and POST: 405 with `Allow: GET, HEAD` (the route answers 405
+ *   for a method it does not take); a request line that does not parse: 400.
  *
  * @module
  */
@@ -27,8 +27,19 @@ export interface Reply {
   headers?: Record<string, string>;
 }
 
-/** Answers a GET or HEAD of `path` (the request target's path, query removed). */
-export type Route = (path: string) => Reply | Promise<Reply>;
+/** A request the route answers: GET, HEAD or POST. */
+export interface Request {
+  method: string;
+  /** The request target's path. */
+  path: string;
+  /** The query, without `?` ("" when none). */
+  query: string;
+  /** It carries `Origin` or a `Sec-Fetch-` header: a web browser sent it (a page may make one cross-site). */
+  fromBrowser: boolean;
+}
+
+/** Answers a request (HEAD as GET: the server leaves the body out). */
+export type Route = (req: Request) => Reply | Promise<Reply>;
 
 export interface HttpLimits {
   /** Connections open at once; one more is answered 503 and closed at once. */
@@ -47,12 +58,13 @@ export interface HttpLimits {
 export const ADMIN_LIMITS: HttpLimits = { connections: 16, headBytes: 8192, headMs: 5000, answerMs: 5000, lingerMs: 1000 };
 
 /** A parsed request head, or the status it is refused with. */
-export type Head = { method: string; path: string } | { refuse: 400 | 405 | 431 };
+export type Head = Request | { refuse: 400 | 405 | 431 };
 
 const TEXT = "text/plain;charset=utf-8";
 const REASONS: Record<number, string> = {
   200: "OK",
   400: "Bad Request",
+  403: "Forbidden",
   404: "Not Found",
   405: "Method Not Allowed",
   408: "Request Timeout",
@@ -60,14 +72,19 @@ const REASONS: Record<number, string> = {
   500: "Internal Server Error",
   503: "Service Unavailable",
 };
+/** 405 for a route that takes GET and HEAD only. */
+export const GET_ONLY: Reply = { status: 405, body: "method not allowed: use GET or HEAD\n", headers: { Allow: "GET, HEAD" } };
+
 const REFUSALS: Record<number, Reply> = {
   400: { status: 400, body: "bad request\n" },
-  405: { status: 405, body: "method not allowed: use GET or HEAD\n", headers: { Allow: "GET, HEAD" } },
+  405: GET_ONLY,
   408: { status: 408, body: "request head not received in time\n" },
   431: { status: 431, body: "request head too large\n" },
   500: { status: 500, body: "internal error\n" },
   503: { status: 503, body: "too many admin connections, try again later\n", headers: { "Retry-After": "1" } },
 };
+/** Headers only browsers send: every POST of theirs carries Origin (Fetch standard), and they add Sec-Fetch-*. */
+const BROWSER_HEADER = /\n(origin|sec-fetch-[a-z]+)[ \t]*:/i;
 /** RFC 9112: method SP request-target SP HTTP-version; the method is a token. */
 const REQUEST_LINE = /^([!#$%&'*+.^_`|~0-9A-Za-z-]+) (\S+) HTTP\/1\.[01]$/;
 
@@ -82,10 +99,11 @@ export function parseHead(bytes: Uint8Array, maxBytes: number): Head | null {
   const m = REQUEST_LINE.exec(text.slice(0, text.search(/\r?\n/)));
   if (m === null) return { refuse: 400 };
   const [, method, target] = m as unknown as [string, string, string];
-  if (method !== "GET" && method !== "HEAD") return { refuse: 405 };
+  if (method !== "GET" && method !== "HEAD" && method !== "POST") return { refuse: 405 };
   try {
     // Origin form ("/metrics?x") or absolute form ("http://host/metrics"), resolved as a URL would be.
-    return { method, path: new URL(target.startsWith("/") ? `http://admin${target}` : target).pathname };
+    const url = new URL(target.startsWith("/") ? `http://admin${target}` : target);
+    return { method, path: url.pathname, query: url.search.slice(1), fromBrowser: BROWSER_HEADER.test(text.slice(0, blank.index)) };
   } catch {
     return { refuse: 400 };
   }
@@ -170,7 +188,7 @@ class AdminConnections {
     this.arm(s, this.limits.answerMs);
     let reply: Reply;
     try {
-      reply = "refuse" in req ? REFUSALS[req.refuse]! : await this.route(req.path);
+      reply = "refuse" in req ? REFUSALS[req.refuse]! : await this.route(req);
     } catch {
       reply = REFUSALS[500]!;
     }

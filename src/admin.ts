@@ -1,16 +1,19 @@
 /**
  * The admin endpoint (`--admin-addr`): `/metrics` (Prometheus), `/healthz` (process alive),
- * `/readyz` (200 only while a member is usable) and `/status` (JSON member table). It reads the
- * settings in force and the member table; it never touches the data path. The HTTP server and its
- * bounds are in src/admin-http.ts.
+ * `/readyz` (200 only while a member is usable), `/status` (JSON member table), and the one thing
+ * it changes: a member's drain (`POST /members/<endpoint>/drain`, `…/ready`), written through the
+ * member table. It never touches the data path. The HTTP server and its bounds are in
+ * src/admin-http.ts.
  *
  * @module
  */
 import type { HostPort } from "./addresses.ts";
-import { serveHttp, type Reply } from "./admin-http.ts";
+import { GET_ONLY, serveHttp, type Reply, type Request } from "./admin-http.ts";
 import { formatDuration } from "./duration.ts";
+import { parseBoolean } from "./flags.ts";
 import type { Gateway } from "./gateway.ts";
-import { mergeStats, processStats, renderMetrics, type ProcessStats } from "./metrics.ts";
+import { errorText } from "./log.ts";
+import { memberViews, mergeStats, processStats, renderMetrics, type ProcessStats } from "./metrics.ts";
 
 /** The JSON of `GET /status`; also what `etcd-gateway status --json` prints. */
 export interface Status {
@@ -21,9 +24,15 @@ export interface Status {
   listener: { address: string; accepted: number; active: number };
   policy: string;
   workers: number;
+  /** At least one member is usable: what `/readyz` answers 200 for. */
+  ready: boolean;
   members: {
     endpoint: string;
     state: string;
+    /** An operator drained it (`etcd-gateway member drain`): no new connections. */
+    drained: boolean;
+    /** Drained with close-idle: its connections are reset once idle for a second. */
+    closeIdle: boolean;
     reason: string;
     priority: number;
     weight: number;
@@ -46,7 +55,9 @@ export interface AdminContext {
 
 /** The whole gateway's counters: this process's plus the workers'. */
 async function counters(gw: Gateway, ctx: AdminContext): Promise<ProcessStats> {
-  return mergeStats(processStats(gw.members.list, gw.proxy.stats, gw.proxy.active, gw.accessLog?.stats), await ctx.workerStats());
+  const worker = gw.settings.flags.workers > 1 ? 0 : null;
+  const members = [...gw.members.list, ...gw.members.retired];
+  return mergeStats(processStats(members, gw.proxy.stats, gw.proxy.active, gw.accessLog?.stats, worker), await ctx.workerStats());
 }
 
 export function status(gw: Gateway, ctx: AdminContext, all: ProcessStats): Status {
@@ -54,6 +65,7 @@ export function status(gw: Gateway, ctx: AdminContext, all: ProcessStats): Statu
   const s = gw.settings;
   const f = s.flags;
   const byAddress = new Map(all.members.map((c) => [c.address, c]));
+  const members = memberViews(gw.members, all.members);
   return {
     version: ctx.version,
     pid: process.pid,
@@ -62,12 +74,15 @@ export function status(gw: Gateway, ctx: AdminContext, all: ProcessStats): Statu
     listener: { address: s.listenAddrs.map((a) => a.address).join(","), accepted: all.listener.accepted, active: all.active },
     policy: f.policy,
     workers: f.workers,
-    members: gw.members.list.map((m) => {
+    ready: gw.members.anyUsable,
+    members: members.map((m) => {
       const c = byAddress.get(m.address);
-      const last = m.stats.lastConnectedAt;
+      const last = m.lastConnectedAt;
       return {
         endpoint: m.address,
         state: m.state,
+        drained: m.drain !== "off",
+        closeIdle: m.drain === "close-idle",
         reason: m.reason,
         priority: m.priority,
         weight: m.weight,
@@ -93,27 +108,63 @@ const JSON_TYPE = "application/json;charset=utf-8";
 
 /**
  * Serves the admin endpoint on `addr`, within the bounds of src/admin-http.ts (16 connections,
- * the request head in 5 s and 8 KiB, GET and HEAD only).
+ * the request head in 5 s and 8 KiB): GET and HEAD of what it shows, POST of a member's drain.
  *
  * @throws {Error} from Bun.listen when the address cannot be bound.
  */
 export function startAdmin(addr: HostPort, gw: Gateway, ctx: AdminContext): { readonly port: number; stop(): void } {
-  return serveHttp(addr.host, addr.port, async (path): Promise<Reply> => {
-    switch (path) {
-      case "/metrics": {
-        const text = renderMetrics({ version: ctx.version, startedAt: ctx.startedAt, members: gw.members.list, counters: await counters(gw, ctx), discovery: gw.discoveryStats });
-        return { status: 200, body: text, type: PROMETHEUS_TEXT };
-      }
-      case "/healthz":
-        return { status: 200, body: "ok\n" };
-      case "/readyz": {
-        const ready = gw.members.list.some((m) => m.up);
-        return { status: ready ? 200 : 503, body: ready ? "ready\n" : "no usable member\n" };
-      }
-      case "/status":
-        return { status: 200, body: JSON.stringify(status(gw, ctx, await counters(gw, ctx))), type: JSON_TYPE };
-      default:
-        return { status: 404, body: "not found: try /metrics, /healthz, /readyz, /status\n" };
-    }
+  return serveHttp(addr.host, addr.port, (req) => {
+    const action = MEMBER_ACTION.exec(req.path);
+    if (action !== null) return req.method === "POST" ? memberAction(gw, ctx, req, action[1]!, action[2] as "drain" | "ready") : POST_ONLY;
+    return req.method === "POST" ? GET_ONLY : show(gw, ctx, req.path);
   });
+}
+
+/** GET (and HEAD) of what the endpoint shows. */
+async function show(gw: Gateway, ctx: AdminContext, path: string): Promise<Reply> {
+  switch (path) {
+    case "/metrics": {
+      const all = await counters(gw, ctx);
+      const text = renderMetrics({ version: ctx.version, startedAt: ctx.startedAt, members: memberViews(gw.members, all.members), counters: all, discovery: gw.discoveryStats });
+      return { status: 200, body: text, type: PROMETHEUS_TEXT };
+    }
+    case "/healthz":
+      return { status: 200, body: "ok\n" };
+    case "/readyz": {
+      const ready = gw.members.anyUsable;
+      return { status: ready ? 200 : 503, body: ready ? "ready\n" : "no usable member\n" };
+    }
+    case "/status":
+      return { status: 200, body: JSON.stringify(status(gw, ctx, await counters(gw, ctx))), type: JSON_TYPE };
+    default:
+      return { status: 404, body: "not found: try /metrics, /healthz, /readyz, /status\n" };
+  }
+}
+
+/** `/members/<endpoint>/drain` and `/members/<endpoint>/ready`, the endpoint as /status lists it (percent-encoded or not). */
+const MEMBER_ACTION = /^\/members\/([^/]+)\/(drain|ready)$/;
+const POST_ONLY: Reply = { status: 405, body: "method not allowed: use POST\n", headers: { Allow: "POST" } };
+
+/**
+ * POST /members/<endpoint>/drain[?close-idle=true] takes the member out of rotation (no new
+ * connections; with close-idle its connections are also reset once idle), POST …/ready brings it
+ * back; both through the member table's one writer, so workers follow. Answers the member's /status row.
+ */
+async function memberAction(gw: Gateway, ctx: AdminContext, req: Request, encoded: string, action: "drain" | "ready"): Promise<Reply> {
+  // A web page can make a browser POST here (to a loopback address, or after DNS rebinding): refused.
+  if (req.fromBrowser) return { status: 403, body: "refused: a state-changing request from a web browser (Origin or Sec-Fetch- header)\n" };
+  let endpoint: string;
+  let closeIdle: boolean;
+  try {
+    endpoint = decodeURIComponent(encoded);
+    const v = new URLSearchParams(req.query).get("close-idle");
+    closeIdle = v === null ? false : parseBoolean("close-idle", v === "" ? "true" : v);
+  } catch (e) {
+    return { status: 400, body: `bad request: ${errorText(e)}\n` };
+  }
+  const m = gw.members.list.find((x) => x.address === endpoint);
+  if (m === undefined) return { status: 404, body: `no member ${endpoint} in the endpoint set (${gw.members.list.map((x) => x.address).join(", ")})\n` };
+  gw.members.update(m, { drain: action === "ready" ? "off" : closeIdle ? "close-idle" : "keep-open" });
+  const row = status(gw, ctx, await counters(gw, ctx)).members.find((r) => r.endpoint === endpoint);
+  return { status: 200, body: JSON.stringify(row), type: JSON_TYPE };
 }

@@ -1,9 +1,9 @@
 #!/usr/bin/env bun
 /**
- * The command line: citty commands only; each command calls one function. citty dispatches; the
- * help is rendered by src/help.ts (citty's neither wraps nor asks whether stdout is a terminal),
- * and parsing is ours (src/flags.ts), since citty ignores unknown flags and keeps only the last of
- * repeated ones (docs/bun.md, trap 12).
+ * The command line: citty commands only (start, status, member drain|ready, version); each
+ * command calls one function. citty dispatches; the help is rendered by src/help.ts (citty's
+ * neither wraps nor asks whether stdout is a terminal), and parsing is ours (src/flags.ts), since
+ * citty ignores unknown flags and keeps only the last of repeated ones (docs/bun.md, trap 12).
  *
  * @module
  */
@@ -12,6 +12,7 @@ import pkg from "../package.json" with { type: "json" };
 import { printable, START_FLAGS, type FlagSpec } from "./flags.ts";
 import { showHelp } from "./help.ts";
 import { fail, serve } from "./serve.ts";
+import { MEMBER_FLAGS, runMember } from "./drain.ts";
 import { runStatus, STATUS_FLAGS } from "./status.ts";
 
 /** citty's help table from one of our flag tables. */
@@ -31,6 +32,24 @@ const status = defineCommand({
   run: ({ rawArgs }) => runStatus(rawArgs, fail),
 });
 
+/** `member drain|ready <endpoint>`: the endpoint is a positional argument in the help. */
+const endpointArg: ArgsDef = { endpoint: { type: "positional", description: "the member, as `etcd-gateway status` lists it (e.g. 10.0.1.10:2379)", required: true } };
+const member = defineCommand({
+  meta: { name: "member", description: "Take a member of a running gateway out of rotation, or bring it back (asks its --admin-addr)" },
+  subCommands: {
+    drain: defineCommand({
+      meta: { name: "drain", description: "No new connections to the member (open ones carry on; with --close-idle they are reset once idle); health checks go on" },
+      args: { ...endpointArg, ...helpArgs(MEMBER_FLAGS) },
+      run: ({ rawArgs }) => runMember("drain", rawArgs, fail),
+    }),
+    ready: defineCommand({
+      meta: { name: "ready", description: "Put a drained member back in rotation" },
+      args: { ...endpointArg, ...helpArgs({ "admin-addr": MEMBER_FLAGS["admin-addr"] }) },
+      run: ({ rawArgs }) => runMember("ready", rawArgs, fail),
+    }),
+  },
+});
+
 const version = defineCommand({
   meta: { name: "version", description: "Print the version" },
   run() {
@@ -38,7 +57,7 @@ const version = defineCommand({
   },
 });
 
-const COMMANDS = { start, status, version };
+const COMMANDS = { start, status, member, version };
 
 export const main = defineCommand({
   meta: { name: "etcd-gateway", version: pkg.version, description: pkg.description },

@@ -196,7 +196,7 @@ export const START_FLAGS = {
       return t === "off" ? null : t;
     },
   },
-  "admin-addr": { type: "string", reload: "restart", valueHint: "host:port", parse: parseHostPort, description: "serve /metrics, /healthz, /readyz and /status here (off by default; 127.0.0.1:23791 is the documented choice)" },
+  "admin-addr": { type: "string", reload: "restart", valueHint: "host:port", parse: parseHostPort, description: "serve /metrics, /healthz, /readyz and /status, and take member drains, here (off by default; 127.0.0.1:23791 is the documented choice)" },
   workers: { type: "string", reload: "restart", default: "1", valueHint: "N|auto", parse: workers, description: "processes accepting on the listen address (SO_REUSEPORT); auto = one per core; they share member state" },
   "log-format": { type: "string", reload: "restart", default: "json", valueHint: LOG_FORMATS.join("|"), parse: oneOf(LOG_FORMATS), description: "log format on stderr" },
   "log-level": { type: "string", reload: "live", default: "info", valueHint: LOG_LEVELS.join("|"), parse: oneOf(LOG_LEVELS), description: "lowest level logged" },
@@ -249,7 +249,7 @@ export class ConfigError extends Error {
 }
 
 /** What the strict parser needs of a flag. */
-type ParserSpec = { readonly type: "string" | "boolean"; readonly repeatable?: boolean };
+export type ParserSpec = { readonly type: "string" | "boolean"; readonly repeatable?: boolean };
 
 /**
  * Parses `argv` with pflag's rules. Accepted: `--name=value`, `--name value`, `--bool`,

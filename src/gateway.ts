@@ -89,9 +89,9 @@ export class Gateway {
    * follows the state its primary shares).
    */
   memberDown(m: Member): void {
-    if (!this.settings.flags["close-on-member-down"] || !this.members.list.some((o) => o.up)) return;
+    if (!this.settings.flags["close-on-member-down"] || !this.members.anyUsable) return;
     if (m.connections === 0) return;
-    const next = this.policy.preferred() ?? this.members.list.find((o) => o.up);
+    const next = this.policy.preferred() ?? this.members.list.find((o) => o.usable);
     if (this.health === null || next === undefined) return this.closeConnections(m);
     void this.health.verify(next).then((ok) => {
       if (ok && m.state !== "up") this.closeConnections(m);
@@ -210,8 +210,9 @@ export async function startGateway(settings: Settings, log: Logger, role: Gatewa
   if (asked > proxy.fdCap) log.warn("--max-connections is above what the open-files limit allows; the lower value applies", { "max-connections": asked, allowed: proxy.fdCap });
   gw = new Gateway(store, members, health, proxy, accessLog, discoveryStats, log, role);
   const started = gw;
-  members.onChange((m, _from, to) => {
-    if (to !== "up") started.memberDown(m);
+  members.onChange((m, from, to) => {
+    if (from !== to && to !== "up") started.memberDown(m);
+    proxy.closeIdleOfDrained([...members.list, ...members.retired].some((o) => o.drain === "close-idle"));
     role.changed?.();
   });
   health?.start();

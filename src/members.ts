@@ -1,15 +1,16 @@
 /**
  * The member table, and the one writer of member state.
  *
- * A member's state (up, down, ejected), the reason for it and its failed-dial count change only
- * through `MemberTable.update`, which also logs each transition once, with etcd's phrases, and
- * tells subscribers (close-on-member-down, the worker broadcast). Health (src/health/) decides what
- * to write; worker processes write what their primary decided; everything else only reads.
+ * A member's state (up, down, ejected), the reason for it, its failed-dial count and whether an
+ * operator drained it change only through `MemberTable.update`, which also logs each transition
+ * once, with etcd's phrases, and tells subscribers (close-on-member-down, the drain's idle sweep,
+ * the worker broadcast). Health (src/health/) decides the state; the admin endpoint (src/admin.ts)
+ * the drain; worker processes write what their primary decided; everything else only reads.
  *
  * @module
  */
 import type { EndpointSpec, HostPort } from "./addresses.ts";
-import { MemberStats } from "./counters.ts";
+import { CheckStats, MemberStats } from "./counters.ts";
 import type { Logger } from "./log.ts";
 
 /**
@@ -18,9 +19,17 @@ import type { Logger } from "./log.ts";
  */
 export type MemberState = "up" | "down" | "ejected";
 
+/**
+ * An operator's drain (the admin endpoint, HAProxy's `set server … state drain`): `off` (in
+ * rotation), `keep-open` (no new connections; open ones carry on) or `close-idle` (no new
+ * connections, and open ones are reset once idle). Health checks go on either way.
+ */
+export type Drain = "off" | "keep-open" | "close-idle";
+
 /** What `update` may change. */
 export interface MemberChange {
   state?: MemberState;
+  drain?: Drain;
   /** Why it was marked down or ejected, or what the last check said. */
   reason?: string;
   /** Failed dials in a row. */
@@ -34,12 +43,13 @@ type Writable<T> = { -readonly [K in keyof T]: T[K] };
 /** One etcd member as the gateway sees it. */
 export class Member {
   readonly state: MemberState = "up";
+  readonly drain: Drain = "off";
   readonly reason: string = "";
   /** Dials (or resets right after connect) that failed in a row; 0 after a successful dial. */
   readonly failures: number = 0;
   /** Times the member was ejected (decided in the primary process). */
   readonly ejections: number = 0;
-  /** No longer in the endpoint set (discovery moved on); its open connections carry on. */
+  /** No longer in the endpoint set (discovery moved on); its open connections carry on (MemberTable.retired). */
   readonly removed: boolean = false;
   readonly tls: boolean;
   readonly priority: number;
@@ -50,6 +60,8 @@ export class Member {
   connections = 0;
   /** Data-path counters for /metrics (this process's share). */
   readonly stats = new MemberStats();
+  /** How long its health checks took (in the primary, which runs them). */
+  readonly checks = new CheckStats();
   readonly endpoint: HostPort;
   constructor(spec: EndpointSpec) {
     this.endpoint = { host: spec.host, port: spec.port, address: spec.address };
@@ -61,9 +73,13 @@ export class Member {
   get address(): string {
     return this.endpoint.address;
   }
-  /** Usable: new connections go to usable members first. */
+  /** Health says up (its checks pass and it is not ejected). */
   get up(): boolean {
     return this.state === "up";
+  }
+  /** Usable: up and not drained. New connections go to usable members first; `/readyz` is 200 while one is. */
+  get usable(): boolean {
+    return this.state === "up" && this.drain === "off";
   }
 }
 
@@ -75,6 +91,8 @@ export type StateListener = (member: Member, from: MemberState, to: MemberState)
  */
 export class MemberTable {
   #list: readonly Member[];
+  /** Removed members with connections still open in this process (pruned as they are read). */
+  #retired: Member[] = [];
   readonly #listeners: StateListener[] = [];
   /**
    * @param log where transitions are logged; null in worker processes, whose primary logs them.
@@ -90,6 +108,20 @@ export class MemberTable {
     return this.#list;
   }
 
+  /**
+   * Members no longer in the endpoint set whose connections in this process are still open: shown
+   * as `removed` until the last one closes. Pruned here, so the data path does nothing for it.
+   */
+  get retired(): readonly Member[] {
+    if (this.#retired.some((m) => m.connections <= 0)) this.#retired = this.#retired.filter((m) => m.connections > 0);
+    return this.#retired;
+  }
+
+  /** Whether any member is usable (`/readyz`, the `status` command's exit code). */
+  get anyUsable(): boolean {
+    return this.#list.some((m) => m.usable);
+  }
+
   /** Calls `fn` after every state change. */
   onChange(fn: StateListener): void {
     this.#listeners.push(fn);
@@ -97,40 +129,60 @@ export class MemberTable {
 
   /**
    * Makes `next` the endpoint set, keeping the Member (state, connections, counters) of every
-   * address that stays. Returns what changed.
+   * address that stays. A removed member with open connections is kept aside (`retired`); one that
+   * comes back before they close is the same Member again, counted as added (health checks it
+   * afresh) and starting up, as a new one would. Returns what changed.
    */
   replace(next: readonly EndpointSpec[]): { added: Member[]; removed: Member[] } {
     const old = new Map(this.#list.map((m) => [m.address, m]));
+    const retired = new Map(this.retired.map((m) => [m.address, m]));
     const added: Member[] = [];
+    const back: Member[] = [];
     const list = next.map((e) => {
-      const kept = old.get(e.address);
+      const kept = old.get(e.address) ?? retired.get(e.address);
       if (kept === undefined) {
         const m = new Member(e);
         added.push(m);
         return m;
       }
-      old.delete(e.address);
-      Object.assign(kept as Writable<Member>, { tls: e.tls === true, priority: e.priority ?? 0, weight: e.weight ?? 0, dialHost: e.dialHost ?? e.host });
+      if (!old.delete(e.address)) back.push(kept);
+      Object.assign(kept as Writable<Member>, { removed: false, tls: e.tls === true, priority: e.priority ?? 0, weight: e.weight ?? 0, dialHost: e.dialHost ?? e.host });
       return kept;
     });
     const removed = [...old.values()];
     for (const m of removed) (m as Writable<Member>).removed = true;
+    this.#retired = [...this.#retired.filter((m) => !back.includes(m)), ...removed.filter((m) => m.connections > 0)];
     this.#list = list;
-    return { added, removed };
+    for (const m of back) this.update(m, { state: "up", reason: "back in the endpoint set", failures: 0 });
+    return { added: added.concat(back), removed };
   }
 
-  /** The one writer of member state: applies `change`, logs a transition once, tells subscribers. */
+  /**
+   * The one writer of member state: applies `change`, logs a transition once, tells subscribers
+   * (after a state or drain change; `from` and `to` are equal when only the drain changed).
+   */
   update(m: Member, change: MemberChange): void {
     const w = m as Writable<Member>;
     if (change.failures !== undefined) w.failures = change.failures;
     if (change.reason !== undefined) w.reason = change.reason;
-    const to = change.state;
+    const drained = change.drain !== undefined && change.drain !== m.drain;
+    if (drained) {
+      w.drain = change.drain!;
+      this.logDrain(m);
+    }
+    const to = change.state ?? m.state;
     const from = m.state;
-    if (to === undefined || to === from) return;
-    w.state = to;
-    if (to === "ejected") w.ejections++;
-    this.logTransition(m, from, to, change.interval);
-    for (const fn of this.#listeners) fn(m, from, to);
+    if (to !== from) {
+      w.state = to;
+      if (to === "ejected") w.ejections++;
+      this.logTransition(m, from, to, change.interval);
+    }
+    if (to !== from || drained) for (const fn of this.#listeners) fn(m, from, to);
+  }
+
+  private logDrain(m: Member): void {
+    if (m.drain === "off") this.log?.info("member back in rotation", { address: m.address });
+    else this.log?.info("member drained: no new connections", { address: m.address, "close-idle": m.drain === "close-idle" });
   }
 
   private logTransition(m: Member, from: MemberState, to: MemberState, interval: string | undefined): void {

@@ -6,7 +6,8 @@
  * weight-0 members get a small chance (static `--endpoints` all have priority 0 and weight 0, so
  * they are simply equal). After the chosen member come the other usable ones (by priority), then
  * the unusable ones, most recently successful first, so that when every member looks bad the
- * gateway still tries them all and recovers the moment the cluster does.
+ * gateway still tries them all and recovers the moment the cluster does; members an operator
+ * drained come last of all.
  *
  * A policy only reads the member table (and its own rotation state).
  *
@@ -61,7 +62,7 @@ function positionless(name: PolicyName, candidates: () => Member[], preferred: (
  */
 function sticky(table: MemberTable, random: () => number): Policy {
   let current: Member | undefined;
-  const good = (m: Member) => m.up && m.failures === 0;
+  const good = (m: Member) => m.usable && m.failures === 0;
   const settle = (): Member | undefined => {
     const list = table.list;
     const known = current !== undefined && list.includes(current);
@@ -145,8 +146,8 @@ function leastConnections(table: MemberTable, random: () => number): Policy {
 /** Usable members of the lowest SRV priority value that has any, in table order. */
 export function bestClass(list: readonly Member[]): Member[] {
   let best = Infinity;
-  for (const m of list) if (m.up && m.priority < best) best = m.priority;
-  return list.filter((m) => m.up && m.priority === best);
+  for (const m of list) if (m.usable && m.priority < best) best = m.priority;
+  return list.filter((m) => m.usable && m.priority === best);
 }
 
 /**
@@ -180,21 +181,26 @@ export function weightedPick(members: readonly Member[], random: () => number): 
 
 /**
  * `chosen` (when usable), then the other usable members by priority (table order, rotated to
- * start after `chosen`), then the unusable ones by most recent success.
+ * start after `chosen`), then the unusable ones by most recent success, and the drained ones last
+ * (by most recent success too): a drained member is dialled only when every other member failed
+ * for this client, the last resort of failing open.
  */
 function arrange(list: readonly Member[], chosen: Member | undefined): Member[] {
   // With nothing usable, only the record of past successes orders the attempts.
-  const first = chosen?.up ? chosen : undefined;
+  const first = chosen?.usable ? chosen : undefined;
   const start = first === undefined ? 0 : Math.max(list.indexOf(first), 0);
   const usable: Member[] = [];
   const failed: Member[] = [];
+  const drained: Member[] = [];
   for (let i = 0; i < list.length; i++) {
     const m = list[(start + i) % list.length]!;
     if (m === first) continue;
-    (m.up ? usable : failed).push(m);
+    (m.usable ? usable : m.drain === "off" ? failed : drained).push(m);
   }
   usable.sort((a, b) => a.priority - b.priority);
-  failed.sort((a, b) => b.stats.lastConnectedAt - a.stats.lastConnectedAt);
+  const recent = (a: Member, b: Member) => b.stats.lastConnectedAt - a.stats.lastConnectedAt;
+  failed.sort(recent);
+  drained.sort(recent);
   const out = first === undefined ? [] : [first];
-  return out.concat(usable, failed);
+  return out.concat(usable, failed, drained);
 }

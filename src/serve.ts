@@ -13,7 +13,7 @@ import { formatDuration } from "./duration.ts";
 import { parseFlags, START_FLAGS, type RawFlags } from "./flags.ts";
 import { startGateway, type Gateway } from "./gateway.ts";
 import { createLogger, errorText, type Logger } from "./log.ts";
-import { processStats } from "./metrics.ts";
+import { emptyStats, processStats } from "./metrics.ts";
 import { notify } from "./sdnotify.ts";
 import { buildSettings, filesToReread, gatherFlags, serialize, type Settings } from "./settings.ts";
 import { adopt, joinPrimary, reportToPrimary, sendToPrimary, snapshot, workerNumber, WorkerPool } from "./workers.ts";
@@ -160,8 +160,8 @@ class GatewayProcess {
       () => void this.reload(),
       () => {
         const gw = this.#gateway;
-        if (gw === undefined) return { members: [], listener: { accepted: 0, limitReached: 0, tlsFailures: [] }, active: 0, accessLog: { dropped: 0, writeErrors: 0, reopenFailures: 0 } };
-        return processStats(gw.members.list, gw.proxy.stats, gw.proxy.active, gw.accessLog?.stats);
+        if (gw === undefined) return emptyStats(this.worker!);
+        return processStats([...gw.members.list, ...gw.members.retired], gw.proxy.stats, gw.proxy.active, gw.accessLog?.stats, this.worker);
       },
     );
     try {

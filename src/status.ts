@@ -1,6 +1,6 @@
 /**
  * `etcd-gateway status`: asks a running gateway's admin endpoint for its member table and prints
- * it, readable in a terminal, or as JSON. What the endpoint says (a member's error text can carry
+ * it, readable in a terminal, or as JSON; and how any command asks that endpoint (`askAdmin`). What the endpoint says (a member's error text can carry
  * whatever the member sent) is printed with its control characters escaped, so it cannot move the
  * cursor, clear the screen or retitle the terminal.
  *
@@ -13,49 +13,79 @@ import { errorText } from "./log.ts";
 import { requestErrorText } from "./neterror.ts";
 import { colourAllowed } from "./terminal.ts";
 
+/** `--admin-addr` of the commands that talk to a running gateway. */
+export const ADMIN_ADDR_FLAG = { type: "string", default: "127.0.0.1:23791", valueHint: "host:port", description: "the gateway's --admin-addr" } as const;
+
 /** The flags of `etcd-gateway status`. */
 export const STATUS_FLAGS = {
-  "admin-addr": { type: "string", default: "127.0.0.1:23791", valueHint: "host:port", description: "the gateway's --admin-addr" },
+  "admin-addr": ADMIN_ADDR_FLAG,
   json: { type: "boolean", default: false, description: "print the raw JSON of /status" },
 } as const;
 
+/** Exit codes of `etcd-gateway status` (README, Admin endpoint): 1 is `fail`'s (bad flag, no answer). */
+export const STATUS_EXIT = { ok: 0, unreachable: 1, noUsableMember: 2 } as const;
+
+/** What the gateway says of itself: `ready` (absent before issue 14: then any member up). */
+export function anyUsable(s: Status): boolean {
+  return typeof s.ready === "boolean" ? s.ready : s.members.some((m) => m.state === "up");
+}
+
+/** The address of a parsed `--admin-addr` (its default when absent). @throws {Error} naming the flag. */
+export function adminAddress(value: unknown): string {
+  try {
+    return parseHostPort(typeof value === "string" ? value : ADMIN_ADDR_FLAG.default).address;
+  } catch (e) {
+    throw new Error(`--admin-addr: ${errorText(e)}`);
+  }
+}
+
 /**
- * Runs `etcd-gateway status` with `argv`; `fail` prints one line and exits 1.
+ * Asks the admin endpoint at `addr` for `path` and resolves with the body of its 200 answer;
+ * anything else (no answer, another status) is one line through `fail`.
+ */
+export async function askAdmin(addr: string, path: string, fail: (message: string) => never, method = "GET"): Promise<string> {
+  let answer: { status: number; text: string };
+  const url = `http://${addr}${path}`;
+  const signal = AbortSignal.timeout(3000);
+  try {
+    const r = await fetch(url, { method, signal });
+    answer = { status: r.status, text: await r.text() };
+  } catch (e) {
+    const why = requestErrorText(e, method, url, { timeoutMs: signal.aborted ? 3000 : undefined });
+    fail(`cannot reach the admin endpoint at ${addr}: ${printable(why)} (is the gateway running with --admin-addr=${addr}?)`);
+  }
+  // E.g. 503 while the endpoint is at its connection cap, 404 for an unknown member.
+  if (answer.status !== 200) fail(`the admin endpoint at ${addr} answered ${answer.status}: ${printable(answer.text.split("\n")[0] ?? "")}`);
+  return answer.text;
+}
+
+/**
+ * Runs `etcd-gateway status` with `argv`; `fail` prints one line and exits 1. Prints the table (or
+ * the JSON) and exits 2 when no member is usable, as `etcdctl endpoint health` exits non-zero for
+ * an unhealthy cluster, so scripts can use it.
  */
 export async function runStatus(argv: readonly string[], fail: (message: string) => never): Promise<void> {
   let addr: string;
   let json: boolean;
   try {
     const v = parseFlags(argv, STATUS_FLAGS);
-    const text = typeof v["admin-addr"] === "string" ? v["admin-addr"] : STATUS_FLAGS["admin-addr"].default;
-    try {
-      addr = parseHostPort(text).address;
-    } catch (e) {
-      throw new Error(`--admin-addr: ${errorText(e)}`);
-    }
+    addr = adminAddress(v["admin-addr"]);
     json = v.json === true;
   } catch (e) {
     fail(errorText(e));
   }
-  let answer: { status: number; text: string };
-  const url = `http://${addr}/status`;
-  const signal = AbortSignal.timeout(3000);
-  try {
-    const r = await fetch(url, { signal });
-    answer = { status: r.status, text: await r.text() };
-  } catch (e) {
-    const why = requestErrorText(e, "GET", url, { timeoutMs: signal.aborted ? 3000 : undefined });
-    fail(`cannot reach the admin endpoint at ${addr}: ${printable(why)} (is the gateway running with --admin-addr=${addr}?)`);
-  }
-  // E.g. 503 while the endpoint is at its connection cap.
-  if (answer.status !== 200) fail(`the admin endpoint at ${addr} answered ${answer.status}: ${printable(answer.text.split("\n")[0] ?? "")}`);
+  const text = await askAdmin(addr, "/status", fail);
   let body: Status;
   try {
-    body = JSON.parse(answer.text) as Status;
+    body = JSON.parse(text) as Status;
   } catch (e) {
     fail(`the admin endpoint at ${addr} answered something other than JSON: ${printable(errorText(e))}`);
   }
   process.stdout.write(json ? statusJson(body) : renderStatus(body, colours()));
+  if (!anyUsable(body)) {
+    process.stderr.write("etcd-gateway: no member is usable\n");
+    process.exitCode = STATUS_EXIT.noUsableMember;
+  }
 }
 
 /** Bidirectional-text and line-separator controls: they reorder or break what a terminal shows. */
@@ -97,7 +127,8 @@ export function colours(): Colours {
 }
 
 /**
- * One line of header, then one row per member: endpoint, state, connections, failed dials, reason.
+ * One line of header, then one row per member: endpoint, state (`,drained` when an operator drained
+ * it), connections, failed dials, reason.
  * Every value from the endpoint is printed through `printable`, numbers too (the answer is not trusted to be ours).
  */
 export function renderStatus(s: Status, c: Colours): string {
@@ -105,7 +136,7 @@ export function renderStatus(s: Status, c: Colours): string {
   const head = `etcd-gateway ${p(s.version)}  pid ${p(s.pid)}  up ${p(Math.round(s.uptimeSeconds))}s  listen ${p(s.listener.address)}  policy ${p(s.policy)}  workers ${p(s.workers)}  connections ${p(s.listener.active)} (${p(s.listener.accepted)} accepted)\n`;
   const rows = [["ENDPOINT", "STATE", "CONNS", "TOTAL", "FAILED", "PRIO", "WEIGHT", "REASON"]];
   for (const m of s.members) {
-    rows.push([m.endpoint, m.state, m.connections, m.connectionsTotal, m.failedDials, m.priority, m.weight, m.reason].map(p));
+    rows.push([m.endpoint, m.drained === true ? `${m.state},drained` : m.state, m.connections, m.connectionsTotal, m.failedDials, m.priority, m.weight, m.reason].map(p));
   }
   const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
   const paint = (state: string, text: string) => (state === "up" ? c.green(text) : state === "down" ? c.red(text) : c.yellow(text));

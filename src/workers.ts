@@ -10,7 +10,7 @@ import type { Subprocess } from "bun";
 import type { EndpointSpec } from "./addresses.ts";
 import type { DialReports } from "./datapath/dialer.ts";
 import type { ProcessStats } from "./metrics.ts";
-import type { Member, MemberState, MemberTable } from "./members.ts";
+import type { Drain, Member, MemberState, MemberTable } from "./members.ts";
 import type { Logger } from "./log.ts";
 import type { Policy } from "./select.ts";
 import { after } from "./timers.ts";
@@ -25,7 +25,7 @@ export type ToPrimary =
   | { t: "ok"; i: number }
   | { t: "stats"; id: number; stats: ProcessStats };
 /** One member as the primary describes it to workers: the endpoint and its state. */
-export type SharedMember = EndpointSpec & { state: MemberState; reason: string; failures: number };
+export type SharedMember = EndpointSpec & { state: MemberState; drain: Drain; reason: string; failures: number };
 export type SharedState = { t: "state"; members: SharedMember[]; current: number };
 
 /** This process's worker number, or null for the primary (or a single process). */
@@ -38,7 +38,7 @@ export function workerNumber(): number | null {
 export function snapshot(members: MemberTable, policy: Policy): SharedState {
   return {
     t: "state",
-    members: members.list.map((m) => ({ ...m.endpoint, tls: m.tls, priority: m.priority, weight: m.weight, dialHost: m.dialHost, state: m.state, reason: m.reason, failures: m.failures })),
+    members: members.list.map((m) => ({ ...m.endpoint, tls: m.tls, priority: m.priority, weight: m.weight, dialHost: m.dialHost, state: m.state, drain: m.drain, reason: m.reason, failures: m.failures })),
     current: policy.position(),
   };
 }
@@ -48,7 +48,7 @@ export function adopt(state: SharedState, members: MemberTable, policy: Policy):
   members.replace(state.members);
   members.list.forEach((m, i) => {
     const s = state.members[i];
-    if (s !== undefined) members.update(m, { state: s.state, reason: s.reason, failures: s.failures });
+    if (s !== undefined) members.update(m, { state: s.state, drain: s.drain, reason: s.reason, failures: s.failures });
   });
   policy.adopt(state.current);
 }

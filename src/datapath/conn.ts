@@ -49,7 +49,10 @@ export class Conn implements LegOwner {
   readonly client: Leg;
   /** The dial in flight, or the paired member connection; null before the first dial and after the last failed. */
   up: UpstreamLeg | null = null;
-  /** Members to try, best first (chosen when dialing starts), and the next one's index. */
+  /**
+   * Members to try, best first (chosen when dialing starts), and the next one's index (so, dials
+   * started). Dropped once a member connects unless the access log wants the members tried.
+   */
   candidates: readonly Member[] = [];
   attempt = 0;
   /** Client bytes read before an upstream was paired (rare: the client is paused until then). */
@@ -72,10 +75,15 @@ export class Conn implements LegOwner {
     this.activeAt = host.epoch;
   }
 
+  /** Whether the access log is on (it wants the client's address, the members tried, and the times). */
+  get logged(): boolean {
+    return this.clientAddr !== null;
+  }
+
   /** The members to dial, best first. */
   choose(candidates: readonly Member[]): void {
     this.candidates = candidates;
-    this.hadUsable = candidates[0]?.up === true;
+    this.hadUsable = candidates[0]?.usable === true;
   }
 
   /** Both legs closed and nothing in flight. */
@@ -89,16 +97,24 @@ export class Conn implements LegOwner {
     resetPair(this.client, this.up);
   }
 
-  /** The access-log record of a finished connection. */
+  /**
+   * The access-log record of a finished connection, `now` being performance.now() at its end. The
+   * accept time is the close time less the duration: no wall-clock read per accepted connection.
+   */
   record(now: number): AccessRecord {
     const up = this.up;
     const connected = up !== null && up.connectedAt > 0;
+    const closedAt = Date.now();
+    const duration = now - this.acceptedAt;
     return {
-      ts: new Date().toISOString(),
+      ts: new Date(closedAt).toISOString(),
+      start: new Date(closedAt - duration).toISOString(),
       client: this.clientAddr ?? "unknown",
       member: connected ? up.member.address : null,
+      attempts: this.attempt,
+      tried: this.candidates.slice(0, this.attempt).map((m) => m.address),
       connect_ms: connected ? round3(up.connectedAt - this.acceptedAt) : null,
-      duration_ms: round3(now - this.acceptedAt),
+      duration_ms: round3(duration),
       bytes_from_client: this.bytesFromClient,
       bytes_from_member: this.bytesFromMember,
       termination: this.termination ?? "client-close",

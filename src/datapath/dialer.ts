@@ -109,8 +109,9 @@ export class Dialer implements LegOwner {
       if (conn.done) this.host.release(conn);
       return;
     }
-    const member = conn.candidates[conn.attempt++];
+    const member = conn.candidates[conn.attempt];
     if (member === undefined) return this.host.exhausted(conn);
+    conn.attempt++;
     // Counted from the dial on, so least-connections sees a burst of new connections as it happens.
     if (member.connections++ === 0) this.host.reports.cameIntoUse?.(member);
     const leg = new UpstreamLeg(this, conn, member);
@@ -185,8 +186,8 @@ export class Dialer implements LegOwner {
     leg.earlyWindow = true;
     member.stats.connectionsTotal++;
     member.stats.lastConnectedAt = leg.connectedAt;
-    member.stats.observeConnect((leg.connectedAt - leg.startedAt) / 1000);
-    leg.conn.candidates = NO_MEMBERS; // not needed any more; keep idle connections small
+    member.stats.connect.observe((leg.connectedAt - leg.startedAt) / 1000);
+    if (!leg.conn.logged) leg.conn.candidates = NO_MEMBERS; // not needed any more; keep idle connections small
     // A member with failed dials behind it only counts as working once it sends a byte or the
     // connection ends normally: one that accepts and resets at once keeps counting failures.
     if (member.failures === 0 && member.up) this.host.reports.dialSucceeded(member);

@@ -44,6 +44,9 @@ export interface ProxyOptions {
   readonly connect?: Connect;
 }
 
+/** A connection to a member drained with close-idle is reset once no byte moved either way for this long. */
+export const DRAIN_IDLE_MS = 1000;
+
 /** The flags whose change the data path acts on beyond reading them per connection. */
 const TLS_LISTEN_FLAGS: readonly StartFlag[] = ["listen-cert", "listen-key", "listen-client-ca"];
 // (--listen-handshake-timeout and the rest are read per connection.)
@@ -58,6 +61,9 @@ export class Proxy implements ConnHost, DialerHost, SweepHost {
   /** Bytes the kernel held for each idle-looking connection at the last idle sweep. */
   readonly #queued = new Map<Conn, number>();
   #fdCap = Infinity;
+  /** While a member is drained with close-idle: the traffic of each connection to it at the last drain sweep. */
+  #drainSeen = new Map<Conn, { bytes: number; queued: number }>();
+  #drainTimer: Timer | null = null;
   #lastNoMemberLog = -Infinity;
   #suppressedNoMember = 0;
 
@@ -188,9 +194,11 @@ export class Proxy implements ConnHost, DialerHost, SweepHost {
 
   release(conn: Conn): void {
     if (!this.#conns.delete(conn)) return;
+    const now = performance.now();
+    this.stats.duration.observe((now - conn.acceptedAt) / 1000);
     this.#sweep.unwatchHandshake(conn);
     this.#queued.delete(conn);
-    this.opts.accessLog?.write(conn.record(performance.now()));
+    this.opts.accessLog?.write(conn.record(now));
     this.#listeners.resumeBelowLimit(this.#conns.size);
     if (this.#conns.size === 0 && this.#idleWaiters.length > 0) {
       const waiters = this.#idleWaiters;
@@ -224,7 +232,7 @@ export class Proxy implements ConnHost, DialerHost, SweepHost {
     for (const conn of this.#conns) {
       const up = conn.up;
       if (epoch - conn.activeAt <= ticks || up === null || up.sock === null) continue;
-      const queued = sendQueue(fdOf(conn.client.sock)) + sendQueue(fdOf(up.sock));
+      const queued = queuedOf(conn, up);
       const before = this.#queued.get(conn);
       if (queued > 0 && queued !== before) {
         this.#queued.set(conn, queued);
@@ -234,6 +242,42 @@ export class Proxy implements ConnHost, DialerHost, SweepHost {
       this.opts.log.debug("closing idle connection", { member: up.member.address });
       conn.reset("idle-timeout");
     }
+  }
+
+  /** Whether some member is drained with close-idle: while one is, connections to it are swept every DRAIN_IDLE_MS. */
+  closeIdleOfDrained(on: boolean): void {
+    if (on === (this.#drainTimer !== null)) return;
+    if (on) {
+      this.#drainTimer = setInterval(() => this.drainSweep(), DRAIN_IDLE_MS);
+      this.#drainTimer.unref();
+      return;
+    }
+    clearInterval(this.#drainTimer!);
+    this.#drainTimer = null;
+    this.#drainSeen.clear();
+  }
+
+  /**
+   * Resets each connection to a member drained with close-idle on which no byte moved either way
+   * since the last sweep (DRAIN_IDLE_MS ago); bytes the kernel still delivers to a slow reader
+   * count as moving, as for --idle-timeout. Nothing is added to the data path for it.
+   */
+  private drainSweep(): void {
+    const seen = new Map<Conn, { bytes: number; queued: number }>();
+    const closed = new Map<Member, number>();
+    for (const conn of this.#conns) {
+      const up = conn.up;
+      if (up === null || up.sock === null || up.closed || up.member.drain !== "close-idle") continue;
+      const bytes = conn.bytesFromClient + conn.bytesFromMember;
+      const before = this.#drainSeen.get(conn);
+      const queued = before?.bytes === bytes ? queuedOf(conn, up) : -1;
+      if (before?.bytes === bytes && (queued === 0 || queued === before.queued)) {
+        conn.reset("drain-idle");
+        closed.set(up.member, (closed.get(up.member) ?? 0) + 1);
+      } else seen.set(conn, { bytes, queued });
+    }
+    this.#drainSeen = seen;
+    for (const [m, n] of closed) this.opts.log.info("closed idle connections to a drained member", { address: m.address, connections: n });
   }
 
   /** A reload changed `applied` flags: act on those that need more than being read per connection. */
@@ -271,6 +315,11 @@ export class Proxy implements ConnHost, DialerHost, SweepHost {
     }
     return n;
   }
+}
+
+/** Bytes the kernel still holds to send on both legs of `conn`. */
+function queuedOf(conn: Conn, up: UpstreamLeg): number {
+  return sendQueue(fdOf(conn.client.sock)) + sendQueue(fdOf(up.sock));
 }
 
 /** The client's end, for error text in Go's words (`read tcp 127.0.0.1:53412: read: connection reset by peer`). */

@@ -190,7 +190,7 @@ export class Health {
     const s = this.settings();
     const t = this.track(m);
     if (s.check === "none" || t.probing) return m.up;
-    const r = await this.world.check(s.check, m, { depth: "full", timeoutMs: s.timeoutMs, tls: s.tls, keepAlive: false });
+    const r = await this.timed(m, s.check, { depth: "full", timeoutMs: s.timeoutMs, tls: s.tls, keepAlive: false });
     if (this.#stopped || m.removed) return false;
     if (r.ok === null) return m.up;
     t.lastFullAt = this.world.now();
@@ -265,7 +265,7 @@ export class Health {
     if (before.check === "none") return; // switched off by a reload
     const t = this.track(m);
     const plan = this.plan(m, t, before);
-    const r = await this.world.check(before.check, m, plan);
+    const r = await this.timed(m, before.check, plan);
     if (this.#stopped || m.removed) return;
     if (plan.depth === "full" && r.ok !== null) {
       t.lastFullAt = this.world.now();
@@ -274,6 +274,14 @@ export class Health {
     if (r.ok !== null) this.judge(m, t, r.ok, r.reason);
     const s = this.settings();
     this.schedule(m, this.nextIn(m, t, s) * this.jitter(), () => this.check(m));
+  }
+
+  /** One check, its duration observed by depth for /metrics (unless it could not run: out of descriptors). */
+  private async timed(m: Member, kind: Exclude<CheckKind, "none">, plan: CheckOptions): Promise<CheckResult> {
+    const t0 = this.world.now();
+    const r = await this.world.check(kind, m, plan);
+    if (r.ok !== null) m.checks[plan.depth].observe((this.world.now() - t0) / 1000);
+    return r;
   }
 
   /** Rise and fall: `ok` is the latest check's verdict. */

@@ -62,6 +62,34 @@ describe("access log termination codes", () => {
     expect(l!.duration_ms).toBeGreaterThanOrEqual(l!.connect_ms!);
   });
 
+  test("start (accept time), attempts and the members tried: a refusing member, then the one that connected", async () => {
+    // Issue 14: `ts` is the close time and nothing said how many dials a connection took.
+    echo ??= await echoServer();
+    const refusing = freePort();
+    const { gw, lines } = await gatewayWithLog([`--endpoints=127.0.0.1:${refusing},127.0.0.1:${echo.port}`, "--policy=ordered", "--health-fall=1"]);
+    const s = await dial(gw.port);
+    const got = readAll(s);
+    await sleep(150);
+    s.end("hello");
+    await got;
+    const [l] = await awaitLine(lines);
+    expect(l).toMatchObject({ member: `127.0.0.1:${echo.port}`, attempts: 2, tried: [`127.0.0.1:${refusing}`, `127.0.0.1:${echo.port}`], termination: "client-close" });
+    expect(l!.start).toMatch(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/);
+    const span = Date.parse(l!.ts) - Date.parse(l!.start);
+    expect(span).toBeGreaterThanOrEqual(150);
+    expect(Math.abs(span - l!.duration_ms)).toBeLessThanOrEqual(2); // the same span, rounded to milliseconds
+    // The refusing member was ejected (--health-fall=1): the next connection goes straight to the working one.
+    await roundTrip(gw.port, "again");
+    expect((await awaitLine(lines, 2))[1]).toMatchObject({ attempts: 1, tried: [`127.0.0.1:${echo.port}`] });
+  });
+
+  test("no member connected: every member tried, in order", async () => {
+    const [a, b] = [freePort(), freePort()];
+    const { gw, lines } = await gatewayWithLog([`--endpoints=127.0.0.1:${a},127.0.0.1:${b}`, "--policy=ordered", "--health-fall=5"]);
+    await roundTrip(gw.port, "x").catch(() => "");
+    expect((await awaitLine(lines))[0]).toMatchObject({ member: null, attempts: 2, tried: [`127.0.0.1:${a}`, `127.0.0.1:${b}`], termination: "connect-failed" });
+  });
+
   test("member-close", async () => {
     const m = await memberThat((s) => s.end("bye"));
     try {

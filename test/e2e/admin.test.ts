@@ -6,12 +6,16 @@
  * 405 for methods other than GET and HEAD.
  */
 import { afterAll, afterEach, describe, expect, test } from "bun:test";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { createServer } from "node:http";
 import { connect } from "node:net";
 // @ts-expect-error: the parser ships no type declarations
 import parsePrometheusTextFormat from "parse-prometheus-text-format";
 import { runBinary, startGatewayProcess, stopAllGateways, type GatewayProcess } from "../support/gateway.ts";
-import { fdCount, freePort, sleep } from "../support/net.ts";
-import { echoServer, httpAnswering, roundTrip, type Listening } from "../support/peers.ts";
+import { fdCount, freePort, sleep, waitFor } from "../support/net.ts";
+import { closeServer, dial, echoOnPort, echoServer, httpAnswering, roundTrip, type Listening } from "../support/peers.ts";
 
 interface Family {
   name: string;
@@ -130,12 +134,34 @@ describe("admin endpoint", () => {
     const gw = await startGatewayProcess([`--endpoints=127.0.0.1:${port}`, "--health-check=etcd", "--health-interval=200ms"], { admin: true });
     await gw.waitForLog("deactivated endpoint");
     const table = runBinary(["status", `--admin-addr=${gw.adminURL!.slice("http://".length)}`]);
-    expect(table.code).toBe(0);
+    expect(table.code).toBe(2); // its only member is down
     expect(table.stdout).toContain(`Post "http://127.0.0.1:${port}/v3/maintenance/status": 503 Service Unavailable: \\x1b]0;pwned\\x07\\x1b[2Jnot ready`);
     expect(table.stdout).not.toMatch(/[\x00-\x09\x0b-\x1f\x7f-\x9f]/);
     const json = runBinary(["status", `--admin-addr=${gw.adminURL!.slice("http://".length)}`, "--json"]);
     expect(json.stdout).not.toMatch(/[\x00-\x09\x0b-\x1f\x7f-\x9f]/);
     expect(JSON.parse(json.stdout).members[0].reason).toBe(`Post "http://127.0.0.1:${port}/v3/maintenance/status": 503 Service Unavailable: \x1b]0;pwned\x07\x1b[2Jnot ready`);
+  });
+
+  test("`etcd-gateway status` exits 2 when no member is usable (as /readyz answers 503), 0 again once one is", async () => {
+    // Found in issue 14: it exited 0 whatever the members' state, so scripts could not use it.
+    const echo = await echoServer();
+    const admin = freePort();
+    await startGatewayProcess([`--endpoints=127.0.0.1:${echo.port}`, "--health-check=tcp", "--health-interval=200ms", `--admin-addr=127.0.0.1:${admin}`]);
+    expect(runBinary(["status", `--admin-addr=127.0.0.1:${admin}`]).code).toBe(0);
+    await echo.close();
+    await waitFor("/readyz 503", async () => (await fetch(`http://127.0.0.1:${admin}/readyz`)).status === 503 || undefined, 5000, 50);
+    for (const json of [[], ["--json"]]) {
+      const r = runBinary(["status", `--admin-addr=127.0.0.1:${admin}`, ...json]);
+      expect([json.join(""), r.code, r.stderr.trim()]).toEqual([json.join(""), 2, "etcd-gateway: no member is usable"]);
+      expect(r.stdout).toContain(`127.0.0.1:${echo.port}`); // the table (or the JSON) is printed all the same
+    }
+    const back = await echoOnPort(echo.port);
+    try {
+      await waitFor("/readyz 200", async () => (await fetch(`http://127.0.0.1:${admin}/readyz`)).status === 200 || undefined, 5000, 50);
+      expect(runBinary(["status", `--admin-addr=127.0.0.1:${admin}`]).code).toBe(0);
+    } finally {
+      await closeServer(back);
+    }
   });
 
   test("`etcd-gateway status` without a gateway is a one-line error, exit 1", () => {
@@ -144,6 +170,117 @@ describe("admin endpoint", () => {
     expect(r.stderr.trim()).toMatch(/^etcd-gateway: cannot reach the admin endpoint at 127\.0\.0\.1:\d+: /);
     expect(r.stderr.trim().split("\n")).toHaveLength(1);
   });
+});
+
+/** `promtool check metrics` (Debian's prometheus package; scripts/ensure-deps.sh installs it) on `text`: its exit code and what it said. */
+function promtool(text: string): { code: number | null; said: string } {
+  const p = Bun.spawnSync(["promtool", "check", "metrics"], { stdin: Buffer.from(text), stdout: "pipe", stderr: "pipe" });
+  return { code: p.exitCode, said: (p.stdout.toString() + p.stderr.toString()).trim() };
+}
+
+/** The samples of `name` in an exposition: label block (as written) to value. */
+function samples(text: string, name: string): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const m of text.matchAll(new RegExp(`^${name}(\\{[^}]*\\})? (\\S+)$`, "gm"))) out.set(m[1] ?? "", Number(m[2]));
+  return out;
+}
+
+const limitOf = (pid: number) => Number(/^Max open files\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/limits`, "utf8"))![1]);
+
+describe("/metrics for Prometheus (issue 14, item 2)", () => {
+  test("passes `promtool check metrics`, with the standard process metrics, health-check and connection durations", async () => {
+    const echo = await echoServer();
+    servers.push(echo);
+    const gw = await startGatewayProcess([`--endpoints=127.0.0.1:${echo.port}`, "--health-check=tcp", "--health-interval=100ms"], { admin: true });
+    for (let i = 0; i < 5; i++) expect(await roundTrip(gw.port, `m${i}`)).toBe(`m${i}`);
+    await sleep(400); // a few checks
+    const text = await (await fetch(`${gw.adminURL}/metrics`, { headers: { connection: "close" } })).text();
+    expect(promtool(text)).toEqual({ code: 0, said: "" });
+    const one = (name: string) => [...samples(text, name).entries()];
+    expect(one("process_open_fds")).toEqual([["", expect.any(Number)]]);
+    expect(Math.abs(one("process_open_fds")[0]![1] - fdCount(gw.pid))).toBeLessThanOrEqual(3);
+    expect(one("process_max_fds")).toEqual([["", limitOf(gw.pid)]]);
+    expect(one("process_resident_memory_bytes")[0]![1]).toBeGreaterThan(10 << 20);
+    expect(one("process_cpu_seconds_total")[0]![1]).toBeGreaterThan(0);
+    const started = one("process_start_time_seconds")[0]![1];
+    expect(Math.abs(started - Date.now() / 1000)).toBeLessThan(30);
+    const ep = `endpoint="127.0.0.1:${echo.port}"`;
+    // The member carries no client between round trips: its checks are full ones (a spare's), at least the first.
+    expect(samples(text, "etcd_gateway_health_check_duration_seconds_count").get(`{${ep},depth="full"}`)).toBeGreaterThanOrEqual(1);
+    expect(samples(text, "etcd_gateway_health_check_duration_seconds_count").has(`{${ep},depth="liveness"}`)).toBe(true);
+    expect(samples(text, "etcd_gateway_connection_duration_seconds_count").get("")).toBe(5);
+    expect(samples(text, "etcd_gateway_connection_duration_seconds_bucket").get('{le="+Inf"}')).toBe(5);
+    expect(samples(text, "etcd_gateway_connection_duration_seconds_sum").get("")).toBeGreaterThan(0);
+  });
+
+  test("with --workers 2: `promtool check metrics` passes, and process metrics are one series per process, labelled worker", async () => {
+    const echo = await echoServer();
+    servers.push(echo);
+    const gw = await startGatewayProcess([`--endpoints=127.0.0.1:${echo.port}`, "--health-check=tcp", "--workers=2"], { admin: true });
+    for (let i = 0; i < 20; i++) expect(await roundTrip(gw.port, `w${i}`)).toBe(`w${i}`);
+    const text = await (await fetch(`${gw.adminURL}/metrics`, { headers: { connection: "close" } })).text();
+    expect(promtool(text)).toEqual({ code: 0, said: "" });
+    const worker = Number(Bun.spawnSync(["pgrep", "-P", String(gw.pid)]).stdout.toString().trim());
+    for (const name of ["process_open_fds", "process_max_fds", "process_resident_memory_bytes", "process_cpu_seconds_total", "process_start_time_seconds"]) {
+      expect([name, [...samples(text, name).keys()]]).toEqual([name, ['{worker="0"}', '{worker="1"}']]);
+    }
+    expect(samples(text, "process_max_fds").get('{worker="1"}')).toBe(limitOf(worker));
+    // Each process's own start: the worker was started by the primary, after it.
+    expect(samples(text, "process_start_time_seconds").get('{worker="1"}')!).toBeGreaterThanOrEqual(samples(text, "process_start_time_seconds").get('{worker="0"}')!);
+    // Connection durations are summed over the processes, like every data-path counter.
+    expect(samples(text, "etcd_gateway_connection_duration_seconds_count").get("")).toBe(20);
+  });
+});
+
+interface StatusBody {
+  ready: boolean;
+  members: { endpoint: string; state: string; connections: number; drained?: boolean }[];
+}
+const statusOf = async (gw: GatewayProcess) => (await (await fetch(`${gw.adminURL}/status`, { headers: { connection: "close" } })).json()) as StatusBody;
+const metricsOf = async (gw: GatewayProcess) => (await fetch(`${gw.adminURL}/metrics`, { headers: { connection: "close" } })).text();
+
+describe("removed members (issue 14, item 3)", () => {
+  const scratch = mkdtempSync(join(tmpdir(), "etcd-gateway-removed-"));
+  afterAll(() => rmSync(scratch, { recursive: true, force: true }));
+
+  for (const workers of [1, 2]) {
+    test(`a member taken out of the endpoint set stays in /status and /metrics as removed while clients are connected to it${workers > 1 ? ", counted over every process (--workers 2)" : ""}`, async () => {
+      const [a, b] = [await echoServer(), await echoServer()];
+      servers.push(a, b);
+      const [A, B] = [`127.0.0.1:${a.port}`, `127.0.0.1:${b.port}`];
+      const eps = join(scratch, `endpoints-${workers}.txt`);
+      writeFileSync(eps, `${A}\n${B}\n`);
+      const gw = await startGatewayProcess([`--endpoints-file=${eps}`, "--policy=ordered", "--health-check=none", `--workers=${workers}`], { admin: true });
+      // Ten connections to A, each proven by a round trip (with --workers the kernel spreads them over both processes).
+      const held = await Promise.all(Array.from({ length: 10 }, () => dial(gw.port)));
+      for (const s of held) await new Promise<void>((r) => (s.once("data", () => r()), s.write("x")));
+      writeFileSync(eps, `${B}\n`);
+      gw.proc.kill("SIGHUP");
+      await gw.waitForLog("endpoints changed");
+      await sleep(100); // the workers adopt the new set
+      const st = await statusOf(gw);
+      expect(st.members.map((m) => [m.endpoint, m.state, m.connections])).toEqual([
+        [B, "up", 0],
+        [A, "removed", 10],
+      ]);
+      const text = await metricsOf(gw);
+      expect(promtool(text)).toEqual({ code: 0, said: "" });
+      expect(samples(text, "etcd_gateway_member_state").get(`{endpoint="${A}",state="removed"}`)).toBe(1);
+      expect(samples(text, "etcd_gateway_member_state").get(`{endpoint="${B}",state="removed"}`)).toBe(0);
+      expect(samples(text, "etcd_gateway_member_up").get(`{endpoint="${A}"}`)).toBe(0);
+      expect(samples(text, "etcd_gateway_member_connections").get(`{endpoint="${A}"}`)).toBe(10);
+      expect(samples(text, "etcd_gateway_member_connections_total").get(`{endpoint="${A}"}`)).toBe(10);
+      const table = runBinary(["status", `--admin-addr=${gw.adminURL!.slice("http://".length)}`]);
+      expect(table.stdout).toMatch(new RegExp(`${A.replace(/\./g, "\\.")}\\s+removed\\s+10\\s`));
+      // The connections still work; new ones go to B.
+      expect(await roundTrip(gw.port, "new")).toBe("new");
+      for (const s of held.slice(0, 9)) s.destroy();
+      await waitFor("9 closed", async () => (await statusOf(gw)).members.find((m) => m.endpoint === A)?.connections === 1 || undefined, 5000, 50);
+      held[9]!.destroy();
+      await waitFor("A gone from /status", async () => ((await statusOf(gw)).members.length === 1 ? true : undefined), 5000, 50);
+      expect(await metricsOf(gw)).not.toContain(A);
+    });
+  }
 });
 
 /** A gateway with the admin endpoint on (`adminURL`), in front of one echo member, no health checks. */

@@ -3,7 +3,7 @@ import { describe, expect, test } from "bun:test";
 import { streamAccessLog, type AccessRecord, type LineStream } from "../../src/accesslog.ts";
 import { createLogger } from "../../src/log.ts";
 
-const record: AccessRecord = { ts: "2026-12-02T00:00:00.000Z", client: "127.0.0.1:1", member: "127.0.0.1:2379", connect_ms: 0.1, duration_ms: 1, bytes_from_client: 1, bytes_from_member: 1, termination: "client-close" };
+const record: AccessRecord = { ts: "2026-12-02T00:00:00.000Z", start: "2026-12-02T00:00:00.000Z", client: "127.0.0.1:1", member: "127.0.0.1:2379", attempts: 1, tried: ["127.0.0.1:2379"], connect_ms: 0.1, duration_ms: 1, bytes_from_client: 1, bytes_from_member: 1, termination: "client-close" };
 
 /** A stream that takes `ok` writes, then fails every one as a pipe whose reader has gone. */
 function pipe(ok: number): LineStream & { lines: string[] } {

@@ -8,18 +8,24 @@ import { encodeReply, parseHead, type Head } from "../../src/admin-http.ts";
 const bytes = (s: string) => Buffer.from(s, "latin1");
 
 describe("parseHead", () => {
+  const req = (method: string, path: string, query = "", fromBrowser = false): Head => ({ method, path, query, fromBrowser });
   const cases: [string, string, Head | null][] = [
-    ["a GET", "GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n", { method: "GET", path: "/metrics" }],
-    ["a HEAD, HTTP/1.0, no headers", "HEAD /healthz HTTP/1.0\r\n\r\n", { method: "HEAD", path: "/healthz" }],
-    ["the query is not part of the path", "GET /metrics?name[]=up HTTP/1.1\r\n\r\n", { method: "GET", path: "/metrics" }],
-    ["absolute form", "GET http://127.0.0.1:23791/status HTTP/1.1\r\n\r\n", { method: "GET", path: "/status" }],
-    ["dot segments resolve as in a URL", "GET /x/../readyz HTTP/1.1\r\n\r\n", { method: "GET", path: "/readyz" }],
-    ["bare LF line ends", "GET /status HTTP/1.1\nHost: a\n\n", { method: "GET", path: "/status" }],
-    ["bytes after the head are ignored", "GET /status HTTP/1.1\r\n\r\nbody", { method: "GET", path: "/status" }],
+    ["a GET", "GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n", req("GET", "/metrics")],
+    ["a HEAD, HTTP/1.0, no headers", "HEAD /healthz HTTP/1.0\r\n\r\n", req("HEAD", "/healthz")],
+    ["the query is kept apart from the path", "GET /metrics?name[]=up HTTP/1.1\r\n\r\n", req("GET", "/metrics", "name[]=up")],
+    ["absolute form", "GET http://127.0.0.1:23791/status HTTP/1.1\r\n\r\n", req("GET", "/status")],
+    ["dot segments resolve as in a URL", "GET /x/../readyz HTTP/1.1\r\n\r\n", req("GET", "/readyz")],
+    ["bare LF line ends", "GET /status HTTP/1.1\nHost: a\n\n", req("GET", "/status")],
+    ["bytes after the head are ignored", "GET /status HTTP/1.1\r\n\r\nbody", req("GET", "/status")],
     ["incomplete: only the request line", "GET /metrics HTTP/1.1\r\n", null],
     ["incomplete: nothing yet", "", null],
-    ["POST is 405", "POST /metrics HTTP/1.1\r\nContent-Length: 1\r\n\r\nx", { refuse: 405 }],
+    ["a POST goes to the route (which says 405 where it takes none)", "POST /metrics HTTP/1.1\r\nContent-Length: 1\r\n\r\nx", req("POST", "/metrics")],
+    ["a POST with a bracketed endpoint and a query", "POST /members/[::1]:2379/drain?close-idle=true HTTP/1.1\r\n\r\n", req("POST", "/members/[::1]:2379/drain", "close-idle=true")],
+    ["a browser's POST (Origin) is marked", "POST /members/a:1/drain HTTP/1.1\r\nHost: a\r\nOrigin: http://evil.example\r\n\r\n", req("POST", "/members/a:1/drain", "", true)],
+    ["Sec-Fetch-Site marks it too, in any case", "POST /x HTTP/1.1\r\nsec-fetch-site: cross-site\r\n\r\n", req("POST", "/x", "", true)],
+    ["a header value that says Origin does not", "POST /x HTTP/1.1\r\nX-Note: Origin: no\r\n\r\n", req("POST", "/x")],
     ["OPTIONS * is 405", "OPTIONS * HTTP/1.1\r\n\r\n", { refuse: 405 }],
+    ["PUT is 405", "PUT /status HTTP/1.1\r\n\r\n", { refuse: 405 }],
     ["a lower-case get is another method: 405", "get /metrics HTTP/1.1\r\n\r\n", { refuse: 405 }],
     ["garbage is 400", "hello\r\n\r\n", { refuse: 400 }],
     ["HTTP/2.0 is 400", "GET / HTTP/2.0\r\n\r\n", { refuse: 400 }],
@@ -32,7 +38,7 @@ describe("parseHead", () => {
     const line = "GET /healthz HTTP/1.1\r\nX: ";
     const exact = `${line}${"a".repeat(100 - line.length - 4)}\r\n\r\n`;
     expect(exact).toHaveLength(100);
-    expect(parseHead(bytes(exact), 100)).toEqual({ method: "GET", path: "/healthz" });
+    expect(parseHead(bytes(exact), 100)).toEqual({ method: "GET", path: "/healthz", query: "", fromBrowser: false });
     expect(parseHead(bytes(`${line}${"a".repeat(100 - line.length - 3)}\r\n\r\n`), 100)).toEqual({ refuse: 431 });
     expect(parseHead(bytes(`${line}${"a".repeat(200)}`), 100)).toEqual({ refuse: 431 });
     expect(parseHead(bytes(`${line}${"a".repeat(50)}`), 100)).toBeNull();

@@ -94,7 +94,7 @@ describe("failover within one client connection", () => {
     expect(took).toBeGreaterThanOrEqual(200);
     expect(events).toEqual([`failed ${hang} dial tcp 127.0.0.1:${hang}: i/o timeout`, `ok ${good.port}`]);
     await waitFor("the access record", () => records.length === 1);
-    expect(records[0]).toMatchObject({ member: `127.0.0.1:${good.port}`, termination: "client-close" });
+    expect(records[0]).toMatchObject({ member: `127.0.0.1:${good.port}`, attempts: 2, tried: [`127.0.0.1:${hang}`, `127.0.0.1:${good.port}`], termination: "client-close" });
     expect(records[0]!.connect_ms).toBeGreaterThanOrEqual(200);
   });
 

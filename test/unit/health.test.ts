@@ -232,3 +232,23 @@ describe("verify", () => {
     expect(f.pending()).toBe(0); // nothing was scheduled by it
   });
 });
+
+describe("check durations (etcd_gateway_health_check_duration_seconds)", () => {
+  test("each check's time is observed by depth, in seconds; a check that could not run is not", async () => {
+    const f = fakeWorld([OK, OK, { ok: null, reason: "not checked: out of file descriptors" }, OK]);
+    let extra = 0;
+    const check = f.world.check;
+    // Each check takes 5 ms (full) or 1 ms (liveness) of the fake clock.
+    const world: HealthWorld = { ...f.world, now: () => f.now() + extra, check: async (k, m, o) => ((extra += o.depth === "full" ? 5 : 1), check(k, m, o)) };
+    const { health, member } = setup({ intervalMs: 2000, statusIntervalMs: 10_000 }, world);
+    health.start();
+    for (let i = 0; i < 4; i++) await f.step();
+    expect(f.plans.map((p) => p.depth)).toEqual(["full", "liveness", "liveness", "liveness"]);
+    expect({ full: member.checks.full.counts.reduce((a, b) => a + b), liveness: member.checks.liveness.counts.reduce((a, b) => a + b) }).toEqual({ full: 1, liveness: 2 });
+    expect(member.checks.full.sum).toBeCloseTo(0.005, 9);
+    expect(member.checks.liveness.sum).toBeCloseTo(0.002, 9);
+    // 5 ms is in the bucket whose upper bound is 0.005 (le is inclusive), 1 ms in le="0.001".
+    expect(member.checks.full.counts.indexOf(1)).toBe(member.checks.full.bounds.indexOf(0.005));
+    expect(member.checks.liveness.counts.indexOf(2)).toBe(member.checks.liveness.bounds.indexOf(0.001));
+  });
+});

@@ -122,3 +122,39 @@ describe("sticky and failed dials", () => {
     expect(p.candidates()[0]!.address[0]).toBe("c");
   });
 });
+
+describe("a drained member (issue 14, item 4)", () => {
+  for (const name of ["sticky", "round-robin", "least-connections", "ordered"] as const) {
+    test(`${name}: never chosen, and tried last, after the members that are down`, () => {
+      const ms = table();
+      const p = createPolicy(name, ms, () => 0);
+      ms.update(ms.list[0]!, { drain: "keep-open" });
+      ms.update(ms.list[2]!, { state: "down" });
+      for (let i = 0; i < 50; i++) expect(names(p.candidates())).toBe("bca");
+      expect(p.preferred?.()?.address ?? "b:2").toBe("b:2");
+    });
+  }
+
+  test("with nothing else usable it is still tried (fail-open's last resort), and once ready it is chosen again", () => {
+    const ms = table();
+    const p = createPolicy("ordered", ms);
+    ms.update(ms.list[0]!, { drain: "close-idle" });
+    ms.update(ms.list[1]!, { state: "down" });
+    ms.update(ms.list[2]!, { state: "ejected" });
+    ms.list[2]!.stats.lastConnectedAt = 5;
+    expect(names(p.candidates())).toBe("cba");
+    expect(ms.anyUsable).toBe(false);
+    ms.update(ms.list[0]!, { drain: "off" });
+    expect(names(p.candidates())).toBe("acb");
+  });
+
+  test("sticky moves off a drained member and does not move back when it is ready again", () => {
+    const ms = table();
+    const p = createPolicy("sticky", ms, () => 0);
+    expect(names(p.candidates())).toBe("abc");
+    ms.update(ms.list[0]!, { drain: "keep-open" });
+    expect(names(p.candidates())).toBe("bca");
+    ms.update(ms.list[0]!, { drain: "off" });
+    expect(names(p.candidates())).toBe("bca");
+  });
+});

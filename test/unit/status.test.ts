@@ -4,7 +4,7 @@
  */
 import { describe, expect, test } from "bun:test";
 import type { Status } from "../../src/admin.ts";
-import { printable, renderStatus, statusJson, type Colours } from "../../src/status.ts";
+import { anyUsable, printable, renderStatus, statusJson, type Colours } from "../../src/status.ts";
 
 const plain: Colours = { green: (s) => s, red: (s) => s, yellow: (s) => s, dim: (s) => s };
 const HOSTILE = "member said: \x1b]0;pwned\x07\x1b[2J";
@@ -18,7 +18,8 @@ function status(reason: string, endpoint = "10.0.0.1:2379"): Status {
     listener: { address: "127.0.0.1:23790", accepted: 5, active: 1 },
     policy: "sticky",
     workers: 1,
-    members: [{ endpoint, state: "down", reason, priority: 0, weight: 1, connections: 0, connectionsTotal: 3, failedDials: 2, lastSuccessAgoSeconds: null }],
+    ready: false,
+    members: [{ endpoint, state: "down", drained: false, closeIdle: false, reason, priority: 0, weight: 1, connections: 0, connectionsTotal: 3, failedDials: 2, lastSuccessAgoSeconds: null }],
     config: {},
   };
 }
@@ -73,5 +74,19 @@ describe("statusJson (--json)", () => {
     expect(text).not.toMatch(CONTROL);
     expect(JSON.parse(text)).toEqual(s);
     expect(text).toContain('"reason": "member said: \\u001b]0;pwned\\u0007\\u001b[2J\\u007f\\u009b2J\\u202e"');
+  });
+});
+
+describe("anyUsable (the exit code: 2 when false)", () => {
+  test("the gateway's own word, `ready`, decides", () => {
+    expect(anyUsable({ ...status("r"), ready: true })).toBe(true);
+    expect(anyUsable({ ...status("r"), ready: false })).toBe(false);
+  });
+  test("an older gateway without `ready`: any member up", () => {
+    const { ready: _, ...older } = status("r");
+    const s = older as Status;
+    expect(anyUsable(s)).toBe(false);
+    s.members[0]!.state = "up";
+    expect(anyUsable(s)).toBe(true);
   });
 });
