@@ -188,7 +188,7 @@ export const START_FLAGS = {
   "listen-handshake-timeout": { type: "string", reload: "live", default: "10s", valueHint: "duration", parse: duration(1, 300_000), description: "with --listen-cert: how long a client may take to finish its TLS handshake; no member is dialled before it does" },
   "listen-client-ca": { type: "string", reload: "live", valueHint: "path", parse: certificate, description: "require client certificates signed by this CA on TLS listeners" },
   "close-on-member-down": { type: "boolean", reload: "live", default: true, description: "when a member is marked down, reset the connections to it (if a healthy member exists) so clients reconnect to a healthy one" },
-  "keepalive-time": { type: "string", reload: "live", default: "5s", valueHint: "duration", parse: duration(1000, 32_767_000, " (the kernel's TCP_KEEPIDLE limit)"), description: "TCP keepalive idle time on both legs; Bun then probes every 1s, 10 times, so a silent peer is dropped within this + 10s" },
+  "keepalive-time": { type: "string", reload: "live", default: "5s", valueHint: "duration", parse: duration(1000, 32_767_000, " (the kernel's TCP_KEEPIDLE limit)"), description: "TCP keepalive idle time on the member leg (and the client leg of listeners reachable from other hosts); Bun then probes every 1s, 10 times, so a silent peer is dropped within this + 10s" },
   "access-log": {
     type: "string", reload: "restart", default: "off", valueHint: "off|stdout|-|stderr|path", description: "one JSON line per closed connection (client, member, times, bytes, termination code) to stdout (also -), stderr (among the log lines) or a file, which is reopened on SIGUSR1",
     parse: (t) => {

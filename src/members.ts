@@ -94,6 +94,7 @@ export class MemberTable {
   /** Removed members with connections still open in this process (pruned as they are read). */
   #retired: Member[] = [];
   readonly #listeners: StateListener[] = [];
+  #generation = 0;
   /**
    * @param log where transitions are logged; null in worker processes, whose primary logs them.
    */
@@ -106,6 +107,11 @@ export class MemberTable {
 
   get list(): readonly Member[] {
     return this.#list;
+  }
+
+  /** Changes with every write to the table (set, state, drain, failures): what policies may cache against. */
+  get generation(): number {
+    return this.#generation;
   }
 
   /**
@@ -153,6 +159,7 @@ export class MemberTable {
     for (const m of removed) (m as Writable<Member>).removed = true;
     this.#retired = [...this.#retired.filter((m) => !back.includes(m)), ...removed.filter((m) => m.connections > 0)];
     this.#list = list;
+    this.#generation++;
     for (const m of back) this.update(m, { state: "up", reason: "back in the endpoint set", failures: 0 });
     return { added: added.concat(back), removed };
   }
@@ -163,6 +170,7 @@ export class MemberTable {
    */
   update(m: Member, change: MemberChange): void {
     const w = m as Writable<Member>;
+    this.#generation++;
     if (change.failures !== undefined) w.failures = change.failures;
     if (change.reason !== undefined) w.reason = change.reason;
     const drained = change.drain !== undefined && change.drain !== m.drain;

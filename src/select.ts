@@ -21,7 +21,7 @@ export const POLICY_NAMES: readonly PolicyName[] = ["sticky", "round-robin", "le
 export interface Policy {
   readonly name: PolicyName;
   /** The members to try, in order, for one new client connection. Never empty for a non-empty table. */
-  candidates(): Member[];
+  candidates(): readonly Member[];
   /**
    * The index (in the table) of the member this policy prefers now (sticky's chosen member), or -1
    * for policies without one. Worker processes adopt the primary's so that sticky stays sticky.
@@ -47,11 +47,33 @@ export function createPolicy(name: PolicyName, table: MemberTable, random: () =>
     case "least-connections":
       return leastConnections(table, random);
     case "ordered":
-      return positionless("ordered", () => arrange(table.list, bestClass(table.list)[0]), () => bestClass(table.list)[0]);
+      return orderedPolicy(table);
   }
 }
 
-function positionless(name: PolicyName, candidates: () => Member[], preferred: () => Member | undefined = () => undefined): Policy {
+/** Always the first usable member in list order. */
+function orderedPolicy(table: MemberTable): Policy {
+  const cached = cacheWhileUnchanged(table);
+  return positionless("ordered", () => cached(bestClass(table.list)[0]), () => bestClass(table.list)[0]);
+}
+
+/**
+ * `arrange`, reused while the table and the chosen member stay the same: sticky and ordered give
+ * every connection the same list, so it is built once instead of per connection. Only a list with
+ * every member usable is kept: the unusable ones' order follows their most recent success, which
+ * changes without a write to the table.
+ */
+function cacheWhileUnchanged(table: MemberTable): (chosen: Member | undefined) => readonly Member[] {
+  let kept: { generation: number; chosen: Member | undefined; list: readonly Member[] } | null = null;
+  return (chosen) => {
+    if (kept !== null && kept.generation === table.generation && kept.chosen === chosen) return kept.list;
+    const list = arrange(table.list, chosen);
+    kept = list.every((m) => m.usable) ? { generation: table.generation, chosen, list } : null;
+    return list;
+  };
+}
+
+function positionless(name: PolicyName, candidates: () => readonly Member[], preferred: () => Member | undefined = () => undefined): Policy {
   return { name, candidates, position: () => -1, adopt() {}, preferred };
 }
 
@@ -81,9 +103,10 @@ function sticky(table: MemberTable, random: () => number): Policy {
     }
     return current;
   };
+  const cached = cacheWhileUnchanged(table);
   return {
     name: "sticky",
-    candidates: () => arrange(table.list, settle()),
+    candidates: () => cached(settle()),
     position: () => {
       const m = settle();
       return m === undefined ? -1 : table.list.indexOf(m);

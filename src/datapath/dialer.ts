@@ -33,7 +33,7 @@ export interface DialReports {
   cameIntoUse?(member: Member): void;
 }
 
-/** Opens the socket of `leg` to its member, as Bun.connect does: `socket.open` when connected, rejects when not. */
+/** Opens the socket of `leg` to its member, as Bun.connect does: `socket.open` when connected, `socket.connectError` when not. */
 export type Connect = (leg: UpstreamLeg, socket: SocketHandler<Leg>, tls: UpstreamTls | null) => Promise<unknown>;
 
 /** What the dialer reads and calls on the proxy it serves. */
@@ -99,6 +99,7 @@ export class Dialer implements LegOwner {
     this.#handlers = {
       ...pipeHandlers,
       open: (s) => this.opened(s.data as UpstreamLeg, s),
+      connectError: (s, err) => this.connectFailed(s.data as UpstreamLeg, err),
       error: (s, err) => host.log.warn("connection error", { error: readErrorText(err, targetOf((s.data as UpstreamLeg).member)) }),
     };
   }
@@ -121,14 +122,19 @@ export class Dialer implements LegOwner {
     leg.startedAt = performance.now();
     leg.timeoutMs = this.host.connectTimeoutMs;
     this.host.watch(leg);
-    this.connect(leg, this.#handlers, this.host.upstreamTls).catch((e: unknown) => {
-      const refused = refusedByBun(e);
-      // Bun reports a connect that failed for lack of descriptors as ECONNREFUSED (docs/bun.md, trap 6).
-      const ours = refused && outOfFds();
-      const text = dialErrorText(e, targetOf(member), { outOfFds: ours });
-      if (ours) this.fail(leg, text, "other", false);
-      else this.fail(leg, text, refused ? "refused" : "other");
-    });
+    // Failures arrive at the connectError handler (no closure per dial; with the handler, Bun marks
+    // the rejected promise handled).
+    void this.connect(leg, this.#handlers, this.host.upstreamTls);
+  }
+
+  /** The connect of `leg` failed: why, in Go's words, and whether it is the member's doing. */
+  private connectFailed(leg: UpstreamLeg, e: unknown): void {
+    const refused = refusedByBun(e);
+    // Bun reports a connect that failed for lack of descriptors as ECONNREFUSED (docs/bun.md, trap 6).
+    const ours = refused && outOfFds();
+    const text = dialErrorText(e, targetOf(leg.member), { outOfFds: ours });
+    if (ours) this.fail(leg, text, "other", false);
+    else this.fail(leg, text, refused ? "refused" : "other");
   }
 
   /**
@@ -168,7 +174,7 @@ export class Dialer implements LegOwner {
     }
     leg.sock = s;
     this.host.unwatch(leg);
-    s.setNoDelay(true);
+    // Bun sets TCP_NODELAY on every socket itself (docs/bun.md, setKeepAlive() and TCP_NODELAY).
     s.setKeepAlive(true, this.host.keepAliveMs);
     this.connected(leg);
     const client = leg.conn.client;

@@ -61,6 +61,8 @@ export class Proxy implements ConnHost, DialerHost, SweepHost {
   /** Bytes the kernel held for each idle-looking connection at the last idle sweep. */
   readonly #queued = new Map<Conn, number>();
   #fdCap = Infinity;
+  /** Some listener is reachable from other hosts: its clients get TCP keepalive. */
+  readonly #clientKeepAlive: boolean;
   /** While a member is drained with close-idle: the traffic of each connection to it at the last drain sweep. */
   #drainSeen = new Map<Conn, { bytes: number; queued: number }>();
   #drainTimer: Timer | null = null;
@@ -69,6 +71,7 @@ export class Proxy implements ConnHost, DialerHost, SweepHost {
 
   /** Listens on every address. @throws {Error} from Bun.listen (e.g. EADDRINUSE). */
   constructor(private readonly opts: ProxyOptions) {
+    this.#clientKeepAlive = opts.addresses.some((a) => a.kind === "tcp" && !isLoopback(a.tcp.host));
     this.#sweep = new Sweep(this);
     this.#dialer = new Dialer(this, opts.connect);
     const handlers: SocketHandler<Leg> = {
@@ -154,8 +157,9 @@ export class Proxy implements ConnHost, DialerHost, SweepHost {
     conn.client.sock = s;
     s.data = conn.client;
     this.#conns.add(conn);
-    s.setNoDelay?.(true);
-    s.setKeepAlive?.(true, this.keepAliveMs);
+    // Bun sets TCP_NODELAY itself; keepalive only where a client can vanish without a word: not
+    // over loopback or a unix socket, whose peer's kernel is ours (4 setsockopt calls saved).
+    if (this.#clientKeepAlive) s.setKeepAlive(true, this.keepAliveMs);
     this.#listeners.checkLimit(this.#conns.size);
     if (tls) {
       this.#sweep.watchHandshake(conn); // not paused: a paused socket does not handshake
@@ -315,6 +319,11 @@ export class Proxy implements ConnHost, DialerHost, SweepHost {
     }
     return n;
   }
+}
+
+/** A listen host only this host can reach (a hostname such as `localhost` counts if it says so). */
+function isLoopback(host: string): boolean {
+  return host === "localhost" || host.startsWith("127.") || host === "::1";
 }
 
 /** Bytes the kernel still holds to send on both legs of `conn`. */

@@ -700,6 +700,23 @@ describe("socket state", () => {
     expect(c.bytesWritten).toBe(6);
   });
 
+  test("Bun sets TCP_NODELAY on every socket itself: accepted and connected, before any handler asks", async () => {
+    // The gateway relies on this and does not call setNoDelay() (one setsockopt less per leg).
+    const { dlopen, FFIType, ptr } = await import("bun:ffi");
+    const lib = dlopen("libc.so.6", { getsockopt: { args: [FFIType.i32, FFIType.i32, FFIType.i32, FFIType.ptr, FFIType.ptr], returns: FFIType.i32 } });
+    const nodelay = (sock: Socket<unknown>) => {
+      const value = new Int32Array(1);
+      const len = new Uint32Array([4]);
+      expect(lib.symbols.getsockopt((sock as unknown as { fd: number }).fd, 6 /* IPPROTO_TCP */, 1 /* TCP_NODELAY */, ptr(value), ptr(len))).toBe(0);
+      return value[0];
+    };
+    const srv = acceptor();
+    const c = await dial(srv.port, { data() {} });
+    const server = await waitFor("the accept", () => srv.accepted[0], 2000);
+    expect([nodelay(c), nodelay(server as Socket<unknown>)]).toEqual([1, 1]);
+    lib.close();
+  });
+
   test("setKeepAlive(true, ms) returns true and arms the keepalive timer with the delay in milliseconds", async () => {
     const ss = Bun.which("ss");
     const srv = acceptor();

@@ -4,7 +4,7 @@ import { MemberTable } from "../../src/members.ts";
 import { createPolicy } from "../../src/select.ts";
 
 const table = () => new MemberTable(["a:1", "b:2", "c:3"].map((t) => parseEndpoint(t)), null);
-const names = (ms: { address: string }[]) => ms.map((m) => m.address[0]).join("");
+const names = (ms: readonly { address: string }[]) => ms.map((m) => m.address[0]).join("");
 
 describe("sticky", () => {
   test("sends every connection to the member picked at random at start", () => {
@@ -156,5 +156,20 @@ describe("a drained member (issue 14, item 4)", () => {
     expect(names(p.candidates())).toBe("bca");
     ms.update(ms.list[0]!, { drain: "off" });
     expect(names(p.candidates())).toBe("bca");
+  });
+});
+
+describe("per-connection cost", () => {
+  test("sticky and ordered hand every connection the same list until the member table changes", () => {
+    for (const name of ["sticky", "ordered"] as const) {
+      const ms = table();
+      const p = createPolicy(name, ms, () => 0);
+      const first = p.candidates();
+      expect(p.candidates()).toBe(first); // built once, not per connection
+      ms.update(ms.list[0]!, { state: "down" });
+      const after = p.candidates();
+      expect(after).not.toBe(first);
+      expect(names(after)).toBe("bca");
+    }
   });
 });
