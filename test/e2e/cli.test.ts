@@ -64,7 +64,7 @@ describe("the founding document's commands work as written", () => {
   });
   test("etcd-gateway --discovery-srv=<domain> is start's discovery", () => {
     const r = runBinary(["--discovery-srv=example.invalid", `--dns-server=127.0.0.1:${freePort()}`, `--listen-addr=127.0.0.1:${port}`]);
-    expect(r.stderr.trimEnd()).toMatch(/^etcd-gateway: --discovery-srv: dns lookup errors: lookup _etcd-client-ssl\._tcp\.example\.invalid: /);
+    expect(r.stderr.trimEnd()).toMatch(/^etcd-gateway: --discovery-srv: dns lookup errors: lookup _etcd-client-ssl\._tcp\.example\.invalid on 127\.0\.0\.1:\d+: /);
     expect(r.code).toBe(1);
   });
   test("an unknown flag without a command is start's error", () => {
@@ -123,7 +123,7 @@ describe("version and help", () => {
   });
   test("an unknown command is a one-line error naming it, exit 1", () => {
     const r = runBinary(["bogus"]);
-    expect([r.code, r.stdout, r.stderr]).toEqual([1, "", 'etcd-gateway: unknown command "bogus"; commands: start, status, version\n']);
+    expect([r.code, r.stdout, r.stderr]).toEqual([1, "", 'etcd-gateway: unknown command "bogus"; commands: start, status, member, version\n']);
   });
 });
 

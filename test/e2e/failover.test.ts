@@ -161,7 +161,15 @@ describe("passive ejection", () => {
 });
 
 describe("socket options", () => {
-  test("both legs carry TCP keepalive with --keepalive-time as the idle time", async () => {
+  /** The keepalive timers (remaining idle seconds) of the gateway's established sockets on `ports`. */
+  const keepaliveTimers = (filter: string) => {
+    const out = Bun.spawnSync(["ss", "-tnoH", "state", "established", filter]).stdout.toString();
+    // iproute2 6.1 prints the remaining idle time as e.g. "6.788ms" though the value is in seconds
+    // (it counts down by one per second), older ones as "6sec".
+    return [...out.matchAll(/timer:\(keepalive,([\d.]+)/g)].map((m) => Number(m[1]));
+  };
+
+  test("the member leg carries TCP keepalive with --keepalive-time as the idle time; a loopback client's leg does not need it", async () => {
     const port = freePort();
     const server = await echoOn(port);
     try {
@@ -169,15 +177,33 @@ describe("socket options", () => {
       const s = await dial(gw.port);
       s.write("x");
       await sleep(200);
-      // ss shows the kernel's keepalive timer of the gateway's sockets (client leg and member leg).
-      const out = Bun.spawnSync(["ss", "-tnoH", "state", "established", `( sport = :${gw.port} or dport = :${port} )`]).stdout.toString();
-      // The remaining idle time; iproute2 6.1 prints it as e.g. "6.788ms" though the value is in seconds
-      // (it counts down by one per second), older ones as "6sec".
-      const timers = [...out.matchAll(/timer:\(keepalive,([\d.]+)/g)].map((m) => Number(m[1]));
+      const member = keepaliveTimers(`( dport = :${port} )`);
+      const client = keepaliveTimers(`( sport = :${gw.port} )`);
       s.destroy();
-      // Two gateway sockets (the peers' own sockets have no keepalive).
-      expect(timers.length).toBe(2);
-      for (const t of timers) expect(t).toBeGreaterThan(5.5), expect(t).toBeLessThanOrEqual(7);
+      // The peers' own sockets have no keepalive: the one timer on each side is the gateway's.
+      expect(member).toHaveLength(1);
+      expect(member[0]).toBeGreaterThan(5.5);
+      expect(member[0]).toBeLessThanOrEqual(7);
+      expect(client).toEqual([]); // over loopback the client's kernel is ours: four setsockopt calls saved
+    } finally {
+      await close(server);
+    }
+  });
+
+  test("a listener reachable from other hosts gives its clients' legs keepalive too", async () => {
+    const port = freePort();
+    const server = await echoOn(port);
+    try {
+      const listen = freePort();
+      const gw = await startGatewayProcess([`--listen-addr=0.0.0.0:${listen}`, `--endpoints=127.0.0.1:${port}`, "--keepalive-time=7s"], { listen: false });
+      const s = await dial(listen);
+      s.write("x");
+      await sleep(200);
+      const client = keepaliveTimers(`( sport = :${listen} )`);
+      s.destroy();
+      expect(client).toHaveLength(1);
+      expect(client[0]).toBeGreaterThan(5.5);
+      expect(gw.proc.exitCode).toBeNull();
     } finally {
       await close(server);
     }
