@@ -51,13 +51,14 @@ export function keepBenchDir(): void {
  * child blocked on a full pipe would distort what it measures).
  *
  * @param stdout "pipe" for the few children that report a result on stdout (the idle client).
+ * @param env variables added to the bench's own environment (e.g. a garbage collector's log switch).
  */
-export function spawnChild(name: string, cmd: string[], opts: { stdout?: "log" | "pipe"; stdin?: "ignore" | "pipe"; cwd?: string } = {}): Child {
+export function spawnChild(name: string, cmd: string[], opts: { stdout?: "log" | "pipe"; stdin?: "ignore" | "pipe"; cwd?: string; env?: Record<string, string> } = {}): Child {
   const logFile = join(benchDir(), `${name.replace(/[^\w.-]+/g, "_")}-${++seq}.log`);
   const fd = openSync(logFile, "a");
   let proc: Subprocess;
   try {
-    proc = Bun.spawn(cmd, { stdin: opts.stdin ?? "ignore", stdout: opts.stdout === "pipe" ? "pipe" : fd, stderr: fd, cwd: opts.cwd });
+    proc = Bun.spawn(cmd, { stdin: opts.stdin ?? "ignore", stdout: opts.stdout === "pipe" ? "pipe" : fd, stderr: fd, cwd: opts.cwd, env: opts.env === undefined ? undefined : { ...process.env, ...opts.env } });
   } finally {
     // The child has its own copy of the descriptor.
     closeSync(fd);

@@ -14,6 +14,8 @@ import type { Measured, WorkloadId } from "./types.ts";
 
 export const ROOT = join(import.meta.dir, "..", "..");
 export const GATEWAY_BIN = join(ROOT, "dist", "etcd-gateway");
+/** scripts/bench/minimal-relay.ts, run by this Bun (the `bun-relay` row). */
+export const MINIMAL_RELAY = join(ROOT, "scripts", "bench", "minimal-relay.ts");
 
 /** What a contender is put in front of. */
 export interface Upstream {
@@ -36,14 +38,16 @@ export function gatewayBinary(): string {
 }
 
 /**
- * Copies dist/etcd-gateway into `dir` and runs every etcd-gateway row from the copy, so the whole
- * run measures one binary even if a test run alongside rebuilds dist/ meanwhile.
+ * Copies `source` (dist/etcd-gateway unless another build is named) into `dir` and runs every
+ * etcd-gateway row from the copy, so the whole run measures one binary even if a test run
+ * alongside rebuilds dist/ meanwhile.
  */
-export function snapshotGateway(dir: string): { builtAt: string; sha256: string } {
+export function snapshotGateway(dir: string, source = GATEWAY_BIN): { builtAt: string; sha256: string } {
   const copy = join(dir, "etcd-gateway");
-  const builtAt = statSync(GATEWAY_BIN).mtime.toISOString().replace(/\.\d+Z$/, "Z");
-  copyFileSync(GATEWAY_BIN, copy);
+  const builtAt = statSync(source).mtime.toISOString().replace(/\.\d+Z$/, "Z");
+  copyFileSync(source, copy);
   gatewayBin = copy;
+  gatewayHelp = null;
   const hash = new Bun.CryptoHasher("sha256").update(readFileSync(copy)).digest("hex");
   return { builtAt, sha256: hash };
 }
@@ -51,9 +55,15 @@ export function snapshotGateway(dir: string): { builtAt: string; sha256: string 
 /**
  * Builds dist/etcd-gateway (`bun run build`) when `build` is asked for or it is missing, snapshots
  * it (snapshotGateway) and returns the report's notes on it: when it was built, its hash, the git
- * HEAD and whether src/ had uncommitted changes, or that the build failed.
+ * HEAD and whether src/ had uncommitted changes, or that the build failed. With `binary`, that
+ * build is measured instead (nothing is built) and the notes name it.
  */
-export async function prepareGateway(build: boolean): Promise<string[]> {
+export async function prepareGateway(build: boolean, binary?: string): Promise<string[]> {
+  if (binary !== undefined) {
+    if (!existsSync(binary)) throw new Error(`--binary: ${binary} does not exist`);
+    const snap = snapshotGateway(benchDir(), binary);
+    return [`etcd-gateway: ${binary} (modified ${snap.builtAt}, sha256 ${snap.sha256.slice(0, 12)}), copied at the start so the whole run measures one binary.`];
+  }
   const notes: string[] = [];
   if (build || !existsSync(GATEWAY_BIN)) {
     process.stderr.write(`bench: building ${relative(ROOT, GATEWAY_BIN)} (bun run build)\n`);
@@ -243,6 +253,19 @@ export const CONTENDERS: readonly Contender[] = [
     rssPids: processTree,
     ready: tcpReady,
   },
+  {
+    // The ceiling of this runtime: the smallest correct relay on Bun.listen/Bun.connect, with no
+    // features (scripts/bench/minimal-relay.ts), to the first backend only.
+    id: "bun-relay",
+    title: "minimal Bun relay",
+    ours: false,
+    variant: true,
+    balance: "first",
+    command: (port, up) => [process.execPath, MINIMAL_RELAY, String(port), up.backends[0] ?? "127.0.0.1:0"],
+    rssPids: processTree,
+    ready: tcpReady,
+    skips: { failover: "one upstream, no failover: it is the floor of the data path, not a gateway" },
+  },
   haproxyRow("haproxy", "HAProxy (default threads)", null),
   haproxyRow("haproxy-1t", "HAProxy (nbthread 1)", 1, {
     failover: "same config as the default-threads row; failover does not depend on threads",
@@ -270,11 +293,12 @@ export interface Running {
  * Starts `c` on a free loopback port in front of `backends` and waits until it is ready:
  * `readiness` "row" uses the row's own check; "listening" only waits for the listening socket,
  * for the failover workload, where a readiness connection would make the proxy dial a member.
- * A start that exits at once (say, the free port was taken meanwhile) is tried once more.
+ * A start that exits at once (say, the free port was taken meanwhile) is tried once more. `env` is
+ * added to its environment.
  *
  * @throws when its program is missing, or it exits or is not ready within 10 s (with its log tail).
  */
-export async function startContender(c: Contender, up: Upstream, readiness: "row" | "listening" = "row"): Promise<Running> {
+export async function startContender(c: Contender, up: Upstream, readiness: "row" | "listening" = "row", env?: Record<string, string>): Promise<Running> {
   if (c.command === null) {
     const first = up.backends[0];
     if (first === undefined) throw new Error("no backend");
@@ -289,7 +313,7 @@ export async function startContender(c: Contender, up: Upstream, readiness: "row
   for (let attempt = 1; ; attempt++) {
     const port = freePort();
     for (const [name, text] of Object.entries(c.files?.(port, up) ?? {})) writeFileSync(join(dir, name), text);
-    const child = spawnChild(c.id, c.command(port, up, dir));
+    const child = spawnChild(c.id, c.command(port, up, dir), { env });
     const crashed = () => (child.running() ? null : `exited (${child.proc.exitCode ?? child.proc.signalCode})${child.logTail() ? `: ${child.logTail(3)}` : ""}`);
     try {
       if (readiness === "row") await c.ready(port, child.running);
@@ -333,6 +357,6 @@ export async function withContender<T>(
 /** The start command of `c` with placeholders, and the files it writes, for the report. */
 export function describeContender(c: Contender, up: Upstream): { command: string; files: Record<string, string> } {
   if (c.command === null) return { command: "(clients connect to the backend itself)", files: {} };
-  const cmd = c.command("<port>", up, "<dir>").map((a) => (a === gatewayBin ? "dist/etcd-gateway" : a.replace(`${ROOT}/`, "")));
+  const cmd = c.command("<port>", up, "<dir>").map((a) => (a === gatewayBin ? "dist/etcd-gateway" : a === process.execPath ? "bun" : a.replace(`${ROOT}/`, "")));
   return { command: cmd.join(" "), files: c.files?.("<port>", up) ?? {} };
 }
