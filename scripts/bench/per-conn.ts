@@ -9,15 +9,15 @@
  *
  * @module
  */
-import { mkdirSync, writeFileSync } from "node:fs";
-import { dirname, join, relative } from "node:path";
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { dirname, join, relative, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { helloServer, stopBackends } from "./backends.ts";
 import { benchDir, installExitHooks, keepBenchDir, onCleanup } from "./children.ts";
 import { churn } from "./churn-client.ts";
 import { CONTENDERS, prepareGateway, ROOT, startContender, type Contender, type Running, type Upstream } from "./contenders.ts";
 import {
-  addMallocProbes, churnPass, gcPass, GC_LOG_ENV, mallocPass, passTimeoutMs, perfSyscallPass, perfSyscallsWork, removeMallocProbes, smallPass, stracePass, type GcLog,
+  addMallocProbes, churnPass, gcLogOf, gcPass, GC_LOG_ENV, mallocPass, passTimeoutMs, perfSyscallPass, perfSyscallsWork, removeMallocProbes, smallPass, stracePass,
 } from "./perconn-passes.ts";
 import { perConnMarkdown, replaceDocSection, summaryLines, type PerConnPlan, type PerConnRun, type PerConnSample } from "./perconn-report.ts";
 import { describeMachine, ensureTools } from "./tools.ts";
@@ -35,6 +35,7 @@ const USAGE = `Usage: bun scripts/bench/per-conn.ts [options]
   --doc <path>         rewrite the marked table section of this file (e.g. docs/performance.md);
                        the Markdown always goes to bench-results/per-conn.md too
   --keep-logs          keep the children's logs and the tools' raw output
+  --from-json <path>   measure nothing: write the Markdown (and --doc) again from a run's JSON
 `;
 
 const FULL: PerConnPlan = { rounds: 3, warm: 1000, cpuConns: 10_000, perfConns: 5000, straceConns: 2000, mallocConns: 5000, gcConns: 40_000, concurrency: 32, smallSeconds: 3, smallConnections: 32 };
@@ -43,12 +44,6 @@ const QUICK: PerConnPlan = { rounds: 1, warm: 200, cpuConns: 2000, perfConns: 10
 function fail(message: string): never {
   process.stderr.write(`per-conn: ${message}\n${USAGE}`);
   process.exit(2);
-}
-
-/** Which collector log a contender has: JavaScriptCore for Bun processes, Go's for etcd's gateway. */
-function gcLogOf(c: Contender): GcLog | null {
-  if (c.id.startsWith("etcd-gateway") || c.id === "bun-relay") return "jsc";
-  return c.id === "etcd-gw" ? "go" : null;
 }
 
 /** What the machine lets the run do. */
@@ -110,7 +105,7 @@ async function measure(c: Contender, round: number, up: Upstream, plan: PerConnP
   const s: PerConnSample = { contender: c.id, round, failures: [] };
   try {
     await withStarted(c, up, undefined, (r) => plainPasses(r, plan, tools, s));
-    const kind = gcLogOf(c);
+    const kind = gcLogOf(c.id);
     if (kind !== null) {
       await withStarted(c, up, GC_LOG_ENV[kind], async (r) => {
         await churn(r.port, plan.warm, plan.concurrency, passTimeoutMs(plan.warm));
@@ -142,7 +137,7 @@ async function findTools(wantStrace: boolean): Promise<Tools> {
 const OPTIONS = {
   contenders: { type: "string" }, binary: { type: "string" }, before: { type: "string" }, rounds: { type: "string" },
   quick: { type: "boolean", default: false }, "no-strace": { type: "boolean", default: false },
-  json: { type: "string" }, doc: { type: "string" }, "keep-logs": { type: "boolean", default: false },
+  json: { type: "string" }, doc: { type: "string" }, "keep-logs": { type: "boolean", default: false }, "from-json": { type: "string" },
   help: { type: "boolean", short: "h", default: false },
 } as const;
 
@@ -171,6 +166,10 @@ function parseCli(): { plan: PerConnPlan; ids: string[]; args: Record<string, st
 
 async function main(): Promise<void> {
   const { plan, ids, args } = parseCli();
+  if (typeof args["from-json"] === "string") {
+    writeOutputs(JSON.parse(readFileSync(args["from-json"], "utf8")) as PerConnRun, args, false);
+    return;
+  }
   installExitHooks();
   if (args["keep-logs"]) keepBenchDir();
   const t0 = performance.now();
@@ -203,17 +202,19 @@ async function main(): Promise<void> {
   writeOutputs(run, args);
 }
 
-function writeOutputs(run: PerConnRun, args: Record<string, string | boolean | undefined>): void {
-  const jsonPath = join(ROOT, (args.json as string | undefined) ?? "bench-results/per-conn.json");
+function writeOutputs(run: PerConnRun, args: Record<string, string | boolean | undefined>, writeJson = true): void {
+  const jsonPath = resolve(ROOT, (args.json as string | undefined) ?? "bench-results/per-conn.json");
   const mdPath = join(ROOT, "bench-results/per-conn.md");
   const md = perConnMarkdown(run);
-  mkdirSync(dirname(jsonPath), { recursive: true });
-  writeFileSync(jsonPath, `${JSON.stringify(run, null, 2)}\n`);
+  if (writeJson) {
+    mkdirSync(dirname(jsonPath), { recursive: true });
+    writeFileSync(jsonPath, `${JSON.stringify(run, null, 2)}\n`);
+  }
   mkdirSync(dirname(mdPath), { recursive: true });
   writeFileSync(mdPath, md);
-  const written = [relative(ROOT, jsonPath), relative(ROOT, mdPath)];
+  const written = [...(writeJson ? [relative(ROOT, jsonPath)] : []), relative(ROOT, mdPath)];
   if (typeof args.doc === "string") {
-    replaceDocSection(join(ROOT, args.doc), md);
+    replaceDocSection(resolve(ROOT, args.doc), md);
     written.push(args.doc);
   }
   process.stdout.write(`${md}\n`);

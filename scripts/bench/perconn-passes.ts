@@ -184,6 +184,15 @@ interface GcEvent {
 /** The collector's log format: JavaScriptCore (`BUN_JSC_logGC=1`) or Go (`GODEBUG=gctrace=1,gcpacertrace=1`). */
 export type GcLog = "jsc" | "go";
 
+/**
+ * Which collector log a contender has: JavaScriptCore for Bun processes, Go's for etcd's gateway;
+ * none for HAProxy (no collector) and for `--workers` rows, whose processes write one log together.
+ */
+export function gcLogOf(id: string): GcLog | null {
+  if (id === "etcd-gateway" || id === "etcd-gateway-before" || id === "etcd-gateway-all" || id === "bun-relay") return "jsc";
+  return id === "etcd-gw" ? "go" : null;
+}
+
 export const GC_LOG_ENV: Record<GcLog, Record<string, string>> = {
   jsc: { BUN_JSC_logGC: "1" },
   go: { GODEBUG: "gctrace=1,gcpacertrace=1" },

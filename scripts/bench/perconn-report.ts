@@ -7,7 +7,7 @@
  */
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import type { Contender } from "./contenders.ts";
-import type { GcLog, ProcSnap } from "./perconn-passes.ts";
+import { gcLogOf, type GcLog, type ProcSnap } from "./perconn-passes.ts";
 import { fmt, median } from "./report.ts";
 import type { Machine } from "./tools.ts";
 
@@ -53,73 +53,65 @@ export interface PerConnRun {
 const TICK_US = 10_000;
 const sum = (r: Record<string, number>) => Object.values(r).reduce((a, b) => a + b, 0);
 
-/** The per-connection figures of one sample (undefined where the pass did not run). */
-export function figures(s: PerConnSample): Record<string, number | undefined> {
-  const cpu = s.cpu;
-  const per = (x: number, n: number | undefined) => (n === undefined || n <= 0 ? undefined : x / n);
-  const small = s.small;
-  const smallUs = small === undefined ? undefined : per((small.after.runNs - small.before.runNs) / 1000, small.requests);
-  return {
-    cps: cpu === undefined ? undefined : cpu.conns / cpu.seconds,
-    userUs: cpu && per((cpu.after.utime - cpu.before.utime) * TICK_US, cpu.conns),
-    sysUs: cpu && per((cpu.after.stime - cpu.before.stime) * TICK_US, cpu.conns),
-    cpuUs: cpu && per((cpu.after.runNs - cpu.before.runNs) / 1000, cpu.conns),
-    minflt10k: cpu && per((cpu.after.minflt - cpu.before.minflt) * 10_000, cpu.conns),
-    rss10k: cpu && per((cpu.after.rssKiB - cpu.before.rssKiB) * 10_000, cpu.conns),
-    rssAfterMiB: cpu && cpu.after.rssKiB / 1024,
-    threads: cpu?.after.threads,
-    syscalls: s.perf && per(sum(s.perf.calls), s.perf.conns),
-    straceCalls: s.strace && per(sum(s.strace.calls), s.strace.conns),
-    straceErrors: s.strace && per(sum(s.strace.errors), s.strace.conns),
-    mallocs: s.malloc && per(sum(s.malloc.calls), s.malloc.conns),
-    gcBytes: s.gc?.bytesPerConn ?? undefined,
-    gc10k: s.gc && per(s.gc.collections * 10_000, s.gc.conns),
-    smallRps: small?.rps,
-    smallUs,
-  };
-}
-
 /** Median over the rounds without a failure. */
 function med(run: PerConnRun, id: string, pick: (s: PerConnSample) => number | undefined): number | null {
   const xs = run.samples.filter((s) => s.contender === id && s.failures.length === 0).map(pick).filter((x): x is number => x !== undefined && Number.isFinite(x));
   return median(xs);
 }
 
+/** One row of the main table: its figure per connection from one sample (undefined where the pass did not run). */
 interface Row {
   label: string;
   key: string;
   digits: number;
+  /** No ratio columns (a count that is not a cost). */
+  noRatio?: boolean;
+  value(s: PerConnSample): number | undefined;
 }
 
+const per = (x: number, n: number) => (n > 0 ? x / n : undefined);
+/** A /proc counter's growth over a pass. */
+const grew = (p: { before: ProcSnap; after: ProcSnap }, field: keyof ProcSnap) => p.after[field] - p.before[field];
+/** The collector figures, for the rows that have a collector log (not HAProxy, not --workers). */
+const gcOf = (s: PerConnSample) => (gcLogOf(s.contender) === null ? undefined : s.gc);
+
 const ROWS: readonly Row[] = [
-  { label: "connections/s, untraced pass (higher is better)", key: "cps", digits: 0 },
-  { label: "CPU per connection, total (µs; schedstat)", key: "cpuUs", digits: 1 },
-  { label: "… user (µs; utime ticks)", key: "userUs", digits: 1 },
-  { label: "… system (µs; stime ticks)", key: "sysUs", digits: 1 },
-  { label: "system calls per connection (perf)", key: "syscalls", digits: 1 },
-  { label: "system calls per connection (strace -c)", key: "straceCalls", digits: 1 },
-  { label: "… of which failed (strace -c; mostly EAGAIN)", key: "straceErrors", digits: 1 },
-  { label: "heap bytes allocated per connection (GC log: JSC / Go)", key: "gcBytes", digits: 0 },
-  { label: "garbage collections per 10k connections", key: "gc10k", digits: 1 },
-  { label: "libc malloc+calloc+realloc calls per connection", key: "mallocs", digits: 2 },
-  { label: "minor page faults per 10k connections", key: "minflt10k", digits: 0 },
-  { label: "RSS growth over the CPU pass per 10k connections (KiB)", key: "rss10k", digits: 0 },
-  { label: "RSS after the CPU pass (MiB)", key: "rssAfterMiB", digits: 1 },
-  { label: "threads", key: "threads", digits: 0 },
-  { label: "keep-alive requests/s (wrk -c32)", key: "smallRps", digits: 0 },
-  { label: "keep-alive CPU per request (µs)", key: "smallUs", digits: 2 },
+  { key: "cps", digits: 0, label: "connections/s, untraced pass (higher is better)", value: (s) => s.cpu && s.cpu.conns / s.cpu.seconds },
+  { key: "cpuUs", digits: 1, label: "CPU per connection, total (µs; schedstat)", value: (s) => s.cpu && per(grew(s.cpu, "runNs") / 1000, s.cpu.conns) },
+  { key: "userUs", digits: 1, label: "… user (µs; utime ticks)", value: (s) => s.cpu && per(grew(s.cpu, "utime") * TICK_US, s.cpu.conns) },
+  { key: "sysUs", digits: 1, label: "… system (µs; stime ticks)", value: (s) => s.cpu && per(grew(s.cpu, "stime") * TICK_US, s.cpu.conns) },
+  { key: "syscalls", digits: 1, label: "system calls per connection (perf)", value: (s) => s.perf && per(sum(s.perf.calls), s.perf.conns) },
+  { key: "straceCalls", digits: 1, label: "system calls per connection (strace -c)", value: (s) => s.strace && per(sum(s.strace.calls), s.strace.conns) },
+  { key: "straceErrors", digits: 1, label: "… of which failed (strace -c; mostly EAGAIN)", value: (s) => s.strace && per(sum(s.strace.errors), s.strace.conns) },
+  { key: "gcBytes", digits: 0, label: "heap bytes allocated per connection (GC log: JSC / Go)", value: (s) => gcOf(s)?.bytesPerConn ?? undefined },
+  { key: "gc10k", digits: 1, label: "garbage collections per 10k connections", value: (s) => { const g = gcOf(s); return g && per(g.collections * 10_000, g.conns); } },
+  { key: "mallocs", digits: 2, label: "libc malloc+calloc+realloc calls per connection", value: (s) => s.malloc && per(sum(s.malloc.calls), s.malloc.conns) },
+  { key: "minflt10k", digits: 0, label: "minor page faults per 10k connections", value: (s) => s.cpu && per(grew(s.cpu, "minflt") * 10_000, s.cpu.conns) },
+  { key: "rss10k", digits: 0, label: "RSS growth over the CPU pass per 10k connections (KiB)", value: (s) => s.cpu && per(grew(s.cpu, "rssKiB") * 10_000, s.cpu.conns) },
+  { key: "rssAfterMiB", digits: 1, label: "RSS after the CPU pass (MiB)", value: (s) => s.cpu && s.cpu.after.rssKiB / 1024 },
+  { key: "threads", digits: 0, label: "threads", noRatio: true, value: (s) => s.cpu?.after.threads },
+  { key: "smallRps", digits: 0, label: "keep-alive requests/s (wrk -c32)", value: (s) => s.small?.rps },
+  { key: "smallUs", digits: 2, label: "keep-alive CPU per request (µs)", value: (s) => s.small && per(grew(s.small, "runNs") / 1000, s.small.requests) },
 ];
 
-/** Ratios that say whose gap it is: ours over the minimal relay, the relay over HAProxy (1 thread). */
+/** Every figure of one sample, by row key. */
+export function figures(s: PerConnSample): Record<string, number | undefined> {
+  return Object.fromEntries(ROWS.map((r) => [r.key, r.value(s)]));
+}
+
+/** Ratios that say whose gap it is: ours over the minimal relay, the relay over HAProxy (1 thread); and a change's effect, ours over the build before it. */
 const RATIOS: readonly [string, string, string][] = [
+  ["etcd-gateway", "etcd-gateway-before", "ours ÷ before"],
   ["etcd-gateway", "bun-relay", "ours ÷ relay"],
   ["bun-relay", "haproxy-1t", "relay ÷ HAProxy 1t"],
 ];
 
-function ratioCell(run: PerConnRun, key: string, a: string, b: string): string {
-  const x = med(run, a, (s) => figures(s)[key]);
-  const y = med(run, b, (s) => figures(s)[key]);
-  return x === null || y === null || y === 0 ? "—" : `${(x / y).toFixed(2)}×`;
+/** `a` over `b`; none where either rounds to zero at the row's digits (a ratio of noise). */
+function ratioCell(run: PerConnRun, row: Row, a: string, b: string): string {
+  const x = med(run, a, (s) => figures(s)[row.key]);
+  const y = med(run, b, (s) => figures(s)[row.key]);
+  const zero = (v: number) => Math.abs(v) < 0.5 * 10 ** -row.digits;
+  return row.noRatio || x === null || y === null || zero(x) || zero(y) ? "—" : `${(x / y).toFixed(2)}×`;
 }
 
 function present(run: PerConnRun, id: string): boolean {
@@ -137,7 +129,7 @@ function mainTable(run: PerConnRun): string[] {
       const v = med(run, c.id, (s) => figures(s)[row.key]);
       return v === null ? "—" : fmt(v, row.digits);
     });
-    lines.push(`| ${[row.label, ...cells, ...ratios.map(([a, b]) => ratioCell(run, row.key, a, b))].join(" | ")} |`);
+    lines.push(`| ${[row.label, ...cells, ...ratios.map(([a, b]) => ratioCell(run, row, a, b))].join(" | ")} |`);
   }
   return lines;
 }
