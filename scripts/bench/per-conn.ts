@@ -38,7 +38,7 @@ const USAGE = `Usage: bun scripts/bench/per-conn.ts [options]
   --from-json <path>   measure nothing: write the Markdown (and --doc) again from a run's JSON
 `;
 
-const FULL: PerConnPlan = { rounds: 3, warm: 1000, cpuConns: 10_000, perfConns: 5000, straceConns: 2000, mallocConns: 5000, gcConns: 40_000, concurrency: 32, smallSeconds: 3, smallConnections: 32 };
+const FULL: PerConnPlan = { rounds: 3, warm: 1000, cpuConns: 10_000, perfConns: 5000, straceConns: 2000, mallocConns: 5000, gcConns: 60_000, concurrency: 32, smallSeconds: 3, smallConnections: 32 };
 const QUICK: PerConnPlan = { rounds: 1, warm: 200, cpuConns: 2000, perfConns: 1000, straceConns: 300, mallocConns: 1000, gcConns: 10_000, concurrency: 32, smallSeconds: 1, smallConnections: 32 };
 
 function fail(message: string): never {

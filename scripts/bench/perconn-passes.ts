@@ -193,8 +193,13 @@ export function gcLogOf(id: string): GcLog | null {
   return id === "etcd-gw" ? "go" : null;
 }
 
+/**
+ * The collector's log on. For JavaScriptCore also Bun's own GC timer off and JSC's collection timer
+ * off, so that every collection is started by allocation and its log line says exactly how many
+ * bytes were allocated since the previous one (a timed collection says nothing, and resets the count).
+ */
 export const GC_LOG_ENV: Record<GcLog, Record<string, string>> = {
-  jsc: { BUN_JSC_logGC: "1" },
+  jsc: { BUN_JSC_logGC: "1", BUN_GC_TIMER_DISABLE: "1", BUN_JSC_collectionTimerMaxPercentCPU: "0" },
   go: { GODEBUG: "gctrace=1,gcpacertrace=1" },
 };
 

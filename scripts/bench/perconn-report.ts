@@ -84,7 +84,7 @@ const ROWS: readonly Row[] = [
   { key: "straceCalls", digits: 1, label: "system calls per connection (strace -c)", value: (s) => s.strace && per(sum(s.strace.calls), s.strace.conns) },
   { key: "straceErrors", digits: 1, label: "… of which failed (strace -c; mostly EAGAIN)", value: (s) => s.strace && per(sum(s.strace.errors), s.strace.conns) },
   { key: "gcBytes", digits: 0, label: "heap bytes allocated per connection (GC log: JSC / Go)", value: (s) => gcOf(s)?.bytesPerConn ?? undefined },
-  { key: "gc10k", digits: 1, label: "garbage collections per 10k connections", value: (s) => { const g = gcOf(s); return g && per(g.collections * 10_000, g.conns); } },
+  { key: "gc10k", digits: 1, label: "garbage collections per 10k connections (allocation pass: timers off)", value: (s) => { const g = gcOf(s); return g && per(g.collections * 10_000, g.conns); } },
   { key: "mallocs", digits: 2, label: "libc malloc+calloc+realloc calls per connection", value: (s) => s.malloc && per(sum(s.malloc.calls), s.malloc.conns) },
   { key: "minflt10k", digits: 0, label: "minor page faults per 10k connections", value: (s) => s.cpu && per(grew(s.cpu, "minflt") * 10_000, s.cpu.conns) },
   { key: "rss10k", digits: 0, label: "RSS growth over the CPU pass per 10k connections (KiB)", value: (s) => s.cpu && per(grew(s.cpu, "rssKiB") * 10_000, s.cpu.conns) },
