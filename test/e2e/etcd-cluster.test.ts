@@ -21,6 +21,8 @@ beforeEach(() => {
   cluster = shared();
 });
 
+afterEach(stopAllGateways);
+
 const gatewayMember = (gw: GatewayProcess) => memberBehind(cluster, gw);
 
 /**

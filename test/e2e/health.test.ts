@@ -45,6 +45,9 @@ function httpOver(s: Socket, request: string): Promise<string> {
 
 const STATUS = 'POST /v3/maintenance/status HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}';
 
+// Every gateway a test starts is stopped after it.
+afterEach(stopAllGateways);
+
 describe("against a plain 3-member cluster", () => {
   const shared = useSharedCluster();
   let cluster: Cluster;
