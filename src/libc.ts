@@ -1,6 +1,7 @@
 /**
  * The few C library calls Bun has no API for, through bun:ffi: duplicating a listening socket (so
- * a listener can stop accepting without giving up its address), binding a unix socket ourselves
+ * a listener can stop accepting without giving up its address), setting TCP keepalive on a listening
+ * socket (its accepted sockets inherit it), binding a unix socket ourselves
  * (Bun's listener removes its socket file by name when it stops), the kernel's send-queue size of
  * a socket, and sending a datagram to systemd. See docs/bun.md, "listener.stop() and unix socket
  * files" and "Listening through a file descriptor".
@@ -20,6 +21,7 @@ export const SYMBOLS = {
   listen: { args: [FFIType.i32, FFIType.i32], returns: FFIType.i32 },
   sendto: { args: [FFIType.i32, FFIType.ptr, FFIType.u64, FFIType.i32, FFIType.ptr, FFIType.u32], returns: FFIType.i64 },
   ioctl: { args: [FFIType.i32, FFIType.u64, FFIType.ptr], returns: FFIType.i32 },
+  setsockopt: { args: [FFIType.i32, FFIType.i32, FFIType.i32, FFIType.ptr, FFIType.u32], returns: FFIType.i32 },
   __errno_location: { args: [], returns: FFIType.ptr },
 } as const;
 
@@ -103,4 +105,47 @@ export function sendQueue(fd: number): number {
 /** Bytes that arrived on a socket and are not read yet (a paused socket keeps them), or -1 when unknown. */
 export function receiveQueue(fd: number): number {
   return ioctlInt(fd, FIONREAD);
+}
+
+const option = new Int32Array(1);
+
+/** setsockopt(2) with an int value; 0, or errno's name of the failure. */
+function setIntOption(fd: number, level: number, name: number, value: number): string | 0 {
+  option[0] = value;
+  return libc().setsockopt(fd, level, name, ptr(option), 4) === 0 ? 0 : errnoName(errno());
+}
+
+const SOL_SOCKET = 1;
+const SO_KEEPALIVE = 9;
+const IPPROTO_TCP = 6;
+const TCP_KEEPIDLE = 4;
+const TCP_KEEPINTVL = 5;
+const TCP_KEEPCNT = 6;
+const TCP_USER_TIMEOUT = 18;
+/** Keepalive probes, one a second, before a silent peer is given up (Bun's fixed values). */
+export const KEEPALIVE_PROBES = 10;
+
+/**
+ * TCP keepalive as Bun's `setKeepAlive(true, ms)` sets it (idle time in whole seconds, a probe
+ * every second, 10 probes; docs/bun.md, "setKeepAlive()"), plus TCP_USER_TIMEOUT of the same total
+ * (idle + 10 s), so that a peer that vanishes while data to it is unacknowledged (when Linux sends
+ * no keepalive probes) is given up as soon, not after about 15 minutes of retransmissions. On a
+ * listening socket, every socket accepted afterwards starts with these options (docs/bun.md,
+ * "Keepalive through the listening socket").
+ *
+ * @throws {Error} naming the option that the kernel refused.
+ */
+export function setKeepAlive(fd: number, ms: number): void {
+  const idle = Math.min(Math.max(Math.floor(ms / 1000), 1), 32_767);
+  const steps: [string, number, number, number][] = [
+    ["SO_KEEPALIVE", SOL_SOCKET, SO_KEEPALIVE, 1],
+    ["TCP_KEEPIDLE", IPPROTO_TCP, TCP_KEEPIDLE, idle],
+    ["TCP_KEEPINTVL", IPPROTO_TCP, TCP_KEEPINTVL, 1],
+    ["TCP_KEEPCNT", IPPROTO_TCP, TCP_KEEPCNT, KEEPALIVE_PROBES],
+    ["TCP_USER_TIMEOUT", IPPROTO_TCP, TCP_USER_TIMEOUT, (idle + KEEPALIVE_PROBES) * 1000],
+  ];
+  for (const [label, level, name, value] of steps) {
+    const failed = setIntOption(fd, level, name, value);
+    if (failed !== 0) throw new Error(`setsockopt ${label}: ${failed}`);
+  }
 }

@@ -55,7 +55,7 @@ export class Conn implements LegOwner {
    */
   candidates: readonly Member[] = [];
   attempt = 0;
-  /** Client bytes read before an upstream was paired (rare: the client is paused until then). */
+  /** Client bytes read before an upstream was paired: at most two reads (see unpaired). */
   early: Uint8Array[] | null = null;
   /** The idle sweep's counter when bytes last moved. */
   activeAt: number;
@@ -135,8 +135,14 @@ export class Conn implements LegOwner {
     this.activeAt = this.host.epoch;
   }
 
-  unpaired(_leg: Leg, chunk: Uint8Array): void {
+  /**
+   * The client is not paused at accept (a pause and the resume at pairing cost 2 epoll_ctl calls,
+   * docs/performance.md): its first read before the member is connected is kept, and only a
+   * second one pauses it, so at most two reads are held per connection.
+   */
+  unpaired(_leg: Leg, chunk: Uint8Array): boolean {
     (this.early ??= []).push(chunk);
+    return this.early.length > 1;
   }
 
   ended(): void {

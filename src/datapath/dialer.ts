@@ -39,14 +39,16 @@ export type Connect = (leg: UpstreamLeg, socket: SocketHandler<Leg>, tls: Upstre
 /** What the dialer reads and calls on the proxy it serves. */
 export interface DialerHost {
   readonly connectTimeoutMs: number;
-  readonly keepAliveMs: number;
   readonly upstreamTls: UpstreamTls | null;
   readonly stats: ListenerStats;
   readonly reports: DialReports;
   readonly log: Logger;
   /** The sweep: a dial in flight is failed when its `timeoutMs` has passed. */
   watch(leg: UpstreamLeg): void;
+  /** Off the sweep's lists: connected, failed or closed. */
   unwatch(leg: UpstreamLeg): void;
+  /** The sweep gives a connected leg TCP keepalive once it has lived a second. */
+  keepAliveLater(leg: UpstreamLeg): void;
   /** Every candidate failed. */
   exhausted(conn: Conn): void;
   /** The connection is done (both legs closed, nothing in flight). */
@@ -174,8 +176,9 @@ export class Dialer implements LegOwner {
     }
     leg.sock = s;
     this.host.unwatch(leg);
-    // Bun sets TCP_NODELAY on every socket itself (docs/bun.md, setKeepAlive() and TCP_NODELAY).
-    s.setKeepAlive(true, this.host.keepAliveMs);
+    // Bun sets TCP_NODELAY on every socket itself (docs/bun.md, setKeepAlive() and TCP_NODELAY);
+    // keepalive waits until the connection has lived a second (docs/performance.md).
+    this.host.keepAliveLater(leg);
     this.connected(leg);
     const client = leg.conn.client;
     if (client.closed) {
@@ -204,12 +207,18 @@ export class Dialer implements LegOwner {
     const conn = leg.conn;
     const client = conn.client;
     pair(leg, client);
-    if (conn.early !== null) {
-      leg.out = conn.early;
+    const early = conn.early;
+    if (early !== null) {
       conn.early = null;
+      let bytes = 0;
+      for (const chunk of early) bytes += chunk.byteLength;
+      conn.received(client, bytes); // counted as they leave, as on a paired leg
+      leg.out = early;
       flush(leg);
     }
     if (client.readDone) forwardFin(leg);
+    // A client paused by a second early read is resumed by flush; resuming one that was never
+    // paused makes no system call (docs/bun.md, pause() and resume()).
     else if (leg.out === null) client.sock!.resume();
   }
 
@@ -258,8 +267,8 @@ export class Dialer implements LegOwner {
     conn.activeAt = conn.host.epoch;
   }
 
-  unpaired(): void {
-    // An upstream leg is paired in open, before it can read.
+  unpaired(): boolean {
+    return true; // never: an upstream leg is paired in open, before it can read
   }
 
   ended(leg: Leg): void {
@@ -274,6 +283,7 @@ export class Dialer implements LegOwner {
     const conn = up.conn;
     conn.termination ??= err === undefined ? "member-close" : "member-reset";
     up.member.connections--;
+    this.host.unwatch(up);
     this.earlyEnd(up, err === undefined ? "closed right after connect" : `reset right after connect: ${readErrorText(err, targetOf(up.member))}`);
     passClose(up, err);
     if (conn.done) this.host.release(conn);

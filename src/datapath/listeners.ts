@@ -18,7 +18,7 @@ import { connect as netConnect } from "node:net";
 import type { ListenAddress } from "../addresses.ts";
 import type { ListenerStats } from "../counters.ts";
 import { ConfigError } from "../flags.ts";
-import { errno, errnoName, libc, unixAddress } from "../libc.ts";
+import { errno, errnoName, libc, setKeepAlive, unixAddress } from "../libc.ts";
 import { errorText, type Logger } from "../log.ts";
 import type { TlsFiles } from "../tls.ts";
 import type { Leg } from "./pipe.ts";
@@ -210,6 +210,23 @@ export class Listeners {
     }
   }
 
+  /**
+   * TCP keepalive (`--keepalive-time`) for the clients of every listener other hosts can reach, set
+   * once on the listening socket: each accepted socket starts with it (docs/bun.md, "Keepalive
+   * through the listening socket"), so no client pays four setsockopt calls. Loopback and unix
+   * listeners get none: their clients' kernel is ours and reports their end. Again on a reload.
+   */
+  keepClientsAlive(ms: number): void {
+    for (const s of this.#slots) {
+      if (s.address.kind !== "tcp" || isLoopback(s.address.tcp.host)) continue;
+      try {
+        setKeepAlive(s.keeper, ms);
+      } catch (e) {
+        this.opts.log.warn("cannot set TCP keepalive on a listener; its clients go without", { address: s.address.address, error: errorText(e) });
+      }
+    }
+  }
+
   /** Stops accepting for good and removes the unix socket files we created; open connections carry on. */
   stop(): void {
     this.#stopped = true;
@@ -225,6 +242,11 @@ export class Listeners {
     }
     this.#slots = [];
   }
+}
+
+/** A listen host only this host can reach (a hostname such as `localhost` counts if it says so). */
+function isLoopback(host: string): boolean {
+  return host === "localhost" || host.startsWith("127.") || host === "::1";
 }
 
 /** Whether `path` is still the file `was` (another process may have replaced it since). */

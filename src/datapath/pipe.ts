@@ -19,8 +19,8 @@ export interface LegOwner {
   received(leg: Leg, bytes: number): void;
   /** The kernel took more of the bytes queued for the leg (its reader is reading). */
   drained(leg: Leg): void;
-  /** Bytes arrived before the leg has a peer; the pipe pauses the leg. */
-  unpaired(leg: Leg, chunk: Uint8Array): void;
+  /** Bytes arrived before the leg has a peer: the owner keeps them; true when the pipe must pause the leg. */
+  unpaired(leg: Leg, chunk: Uint8Array): boolean;
   /** The leg's remote end sent FIN (`leg.readDone` is set); the pipe forwards it afterwards. */
   ended(leg: Leg): void;
   /** The leg's socket is gone (`err` on a reset); the owner calls `passClose` when the peer should follow. */
@@ -151,8 +151,7 @@ export const pipeHandlers: Omit<SocketHandler<Leg>, "open"> = {
     }
     const peer = leg.peer;
     if (peer === null) {
-      leg.owner.unpaired(leg, chunk);
-      s.pause();
+      if (leg.owner.unpaired(leg, chunk)) s.pause();
       return;
     }
     if (peer.closed) {

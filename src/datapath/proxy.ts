@@ -13,12 +13,12 @@ import type { AccessLog, TerminationCode } from "../accesslog.ts";
 import { formatHostPort, type ListenAddress } from "../addresses.ts";
 import { ListenerStats } from "../counters.ts";
 import type { StartFlag } from "../flags.ts";
-import type { Logger } from "../log.ts";
+import { errorText, type Logger } from "../log.ts";
 import type { Member } from "../members.ts";
 import { readErrorText, type NetTarget } from "../neterror.ts";
 import type { Policy } from "../select.ts";
 import type { Settings, UpstreamTls } from "../settings.ts";
-import { sendQueue } from "../libc.ts";
+import { sendQueue, setKeepAlive } from "../libc.ts";
 import { connectionCap, openFds, openFilesLimit } from "../limits.ts";
 import { tlsReason } from "../tls.ts";
 import { Conn, fdOf, type ConnHost, type UpstreamLeg } from "./conn.ts";
@@ -61,8 +61,6 @@ export class Proxy implements ConnHost, DialerHost, SweepHost {
   /** Bytes the kernel held for each idle-looking connection at the last idle sweep. */
   readonly #queued = new Map<Conn, number>();
   #fdCap = Infinity;
-  /** Some listener is reachable from other hosts: its clients get TCP keepalive. */
-  readonly #clientKeepAlive: boolean;
   /** While a member is drained with close-idle: the traffic of each connection to it at the last drain sweep. */
   #drainSeen = new Map<Conn, { bytes: number; queued: number }>();
   #drainTimer: Timer | null = null;
@@ -71,7 +69,6 @@ export class Proxy implements ConnHost, DialerHost, SweepHost {
 
   /** Listens on every address. @throws {Error} from Bun.listen (e.g. EADDRINUSE). */
   constructor(private readonly opts: ProxyOptions) {
-    this.#clientKeepAlive = opts.addresses.some((a) => a.kind === "tcp" && !isLoopback(a.tcp.host));
     this.#sweep = new Sweep(this);
     this.#dialer = new Dialer(this, opts.connect);
     const handlers: SocketHandler<Leg> = {
@@ -85,6 +82,7 @@ export class Proxy implements ConnHost, DialerHost, SweepHost {
       { addresses, socketMode: opts.settings().flags["listen-socket-mode"], reusePort, exclusive, handlers, tlsHandlers, stats: this.stats, log },
       () => ({ maxConnections: this.maxConnections, listenTls: opts.settings().listenTls }),
     );
+    this.#listeners.keepClientsAlive(this.keepAliveMs);
     this.#fdCap = connectionCap(openFilesLimit(), openFds());
   }
 
@@ -141,12 +139,24 @@ export class Proxy implements ConnHost, DialerHost, SweepHost {
   unwatch(leg: UpstreamLeg): void {
     this.#sweep.unwatch(leg);
   }
+  keepAliveLater(leg: UpstreamLeg): void {
+    this.#sweep.keepAliveLater(leg);
+  }
+  keepAlive(leg: UpstreamLeg): void {
+    if (leg.closed) return;
+    try {
+      setKeepAlive(fdOf(leg.sock), this.keepAliveMs);
+    } catch (e) {
+      this.opts.log.debug("cannot set TCP keepalive on a member connection", { address: leg.member.address, error: errorText(e) });
+    }
+  }
   timedOut(leg: UpstreamLeg): void {
     this.#dialer.timedOut(leg);
   }
 
   /**
-   * A client connected. Plaintext: hold its bytes in the kernel and dial. TLS: nothing is dialled
+   * A client connected. Plaintext: dial at once; what the client sends meanwhile is held by
+   * Conn.unpaired (one read kept, a second pauses it). TLS: nothing is dialled
    * before its handshake is done (open fires at TCP accept, docs/bun.md trap 8), and a client that
    * does not finish it within --listen-handshake-timeout is reset.
    */
@@ -157,16 +167,14 @@ export class Proxy implements ConnHost, DialerHost, SweepHost {
     conn.client.sock = s;
     s.data = conn.client;
     this.#conns.add(conn);
-    // Bun sets TCP_NODELAY itself; keepalive only where a client can vanish without a word: not
-    // over loopback or a unix socket, whose peer's kernel is ours (4 setsockopt calls saved).
-    if (this.#clientKeepAlive) s.setKeepAlive(true, this.keepAliveMs);
+    // Nothing to set: Bun sets TCP_NODELAY itself, keepalive comes from the listening socket
+    // (Listeners.keepClientsAlive).
     this.#listeners.checkLimit(this.#conns.size);
     if (tls) {
       this.#sweep.watchHandshake(conn); // not paused: a paused socket does not handshake
       return;
     }
-    s.pause();
-    this.dial(conn);
+    this.dial(conn); // not paused: see Conn.unpaired
   }
 
   private dial(conn: Conn): void {
@@ -181,8 +189,7 @@ export class Proxy implements ConnHost, DialerHost, SweepHost {
     // With client certificates required, a certificate that does not verify still reports ok: check authorized.
     const mutual = this.opts.settings().listenTls?.ca !== undefined;
     if (ok && (!mutual || s.authorized)) {
-      s.pause(); // until the member is connected, as for plaintext clients
-      this.dial(conn);
+      this.dial(conn); // not paused, as for plaintext clients
       return;
     }
     const reason = tlsReason(err ?? s.getAuthorizationError() ?? new Error("handshake failed"));
@@ -289,6 +296,7 @@ export class Proxy implements ConnHost, DialerHost, SweepHost {
     if (applied.includes("idle-timeout")) this.#sweep.settingsChanged();
     if (applied.some((f) => TLS_LISTEN_FLAGS.includes(f))) this.#listeners.relisten();
     if (applied.includes("max-connections")) this.#listeners.resumeBelowLimit(this.#conns.size);
+    if (applied.includes("keepalive-time")) this.#listeners.keepClientsAlive(this.keepAliveMs);
   }
 
   /** Stops accepting; open connections carry on. */
@@ -319,11 +327,6 @@ export class Proxy implements ConnHost, DialerHost, SweepHost {
     }
     return n;
   }
-}
-
-/** A listen host only this host can reach (a hostname such as `localhost` counts if it says so). */
-function isLoopback(host: string): boolean {
-  return host === "localhost" || host.startsWith("127.") || host === "::1";
 }
 
 /** Bytes the kernel still holds to send on both legs of `conn`. */

@@ -2,7 +2,9 @@
  * One timer for every per-connection deadline, instead of a timer per connection (a setTimeout per
  * dial was 5 % of the CPU under connection churn): the connect timeout of dials in flight, checked
  * every DIAL_SWEEP_MS while there are any; the TLS handshake timeout of clients that have not
- * finished theirs, every HANDSHAKE_SWEEP_MS; and `--idle-timeout`, a few times per timeout.
+ * finished theirs, every HANDSHAKE_SWEEP_MS; TCP keepalive on member legs that have lived
+ * KEEPALIVE_AFTER_MS (a connection that ends sooner never pays the system calls; checked every
+ * KEEPALIVE_SWEEP_MS); and `--idle-timeout`, a few times per timeout.
  *
  * @module
  */
@@ -12,6 +14,9 @@ import type { Conn, UpstreamLeg } from "./conn.ts";
 const DIAL_SWEEP_MS = 20;
 /** Granularity of TLS handshake timeouts. */
 const HANDSHAKE_SWEEP_MS = 250;
+/** A member leg gets TCP keepalive once it has been connected this long (within KEEPALIVE_SWEEP_MS more). */
+export const KEEPALIVE_AFTER_MS = 1000;
+const KEEPALIVE_SWEEP_MS = 250;
 
 export interface SweepHost {
   /** `--idle-timeout` in force (0: off). */
@@ -22,6 +27,8 @@ export interface SweepHost {
   timedOut(leg: UpstreamLeg): void;
   /** A TLS client ran past its handshake timeout. */
   handshakeTimedOut(conn: Conn): void;
+  /** A member leg has lived KEEPALIVE_AFTER_MS: give it TCP keepalive. */
+  keepAlive(leg: UpstreamLeg): void;
   /** The idle counter advanced to `epoch`; connections not stamped for more than `ticks` are idle. */
   idleSweep(epoch: number, ticks: number): void;
 }
@@ -31,6 +38,8 @@ export class Sweep {
   epoch = 0;
   readonly #dials = new Set<UpstreamLeg>();
   readonly #handshakes = new Set<Conn>();
+  /** Connected member legs without keepalive yet, oldest first. */
+  readonly #young = new Set<UpstreamLeg>();
   #timer: Timer | null = null;
   #due = 0;
   #idleEvery = 0;
@@ -47,8 +56,16 @@ export class Sweep {
     if (this.#dials.size === 1) this.arm();
   }
 
+  /** The leg connected, failed or closed: no more dial timeout; and no keepalive to set if it closed. */
   unwatch(leg: UpstreamLeg): void {
     this.#dials.delete(leg);
+    this.#young.delete(leg);
+  }
+
+  /** `leg` just connected: keepalive once it has lived KEEPALIVE_AFTER_MS (it is unwatched if it closes before). */
+  keepAliveLater(leg: UpstreamLeg): void {
+    this.#young.add(leg);
+    if (this.#young.size === 1) this.arm();
   }
 
   watchHandshake(conn: Conn): void {
@@ -87,6 +104,7 @@ export class Sweep {
     let due = this.#nextIdleAt;
     if (this.#dials.size > 0) due = Math.min(due, now + DIAL_SWEEP_MS);
     if (this.#handshakes.size > 0) due = Math.min(due, now + HANDSHAKE_SWEEP_MS);
+    if (this.#young.size > 0) due = Math.min(due, now + KEEPALIVE_SWEEP_MS);
     if (this.#timer !== null) {
       if (due >= this.#due) return; // the one set already comes first
       clearTimeout(this.#timer);
@@ -113,6 +131,11 @@ export class Sweep {
         this.#handshakes.delete(conn);
         this.host.handshakeTimedOut(conn);
       }
+    }
+    for (const leg of this.#young) {
+      if (now - leg.connectedAt < KEEPALIVE_AFTER_MS) break; // in the order they connected
+      this.#young.delete(leg);
+      this.host.keepAlive(leg);
     }
     if (now >= this.#nextIdleAt) {
       this.epoch++;

@@ -115,6 +115,34 @@ describe("SIGHUP", () => {
     }
   });
 
+  test("a reloaded --keepalive-time reaches the clients a listener other hosts can reach accepts afterwards", async () => {
+    const echo = await echoServer();
+    servers.push(echo);
+    const listen = freePort();
+    const text = (keepalive: string) => `listen-addr: 0.0.0.0:${listen}\nendpoints: 127.0.0.1:${echo.port}\nhealth-check: none\nkeepalive-time: ${keepalive}\n`;
+    const cfg = file("keepalive.yaml", text("7s"));
+    const gw = await startGatewayProcess([`--config=${cfg}`], { listen: false });
+    /** The keepalive timer (remaining idle seconds) of the gateway's side of the client connection from `port`. */
+    const timer = (port: number) => {
+      const out = Bun.spawnSync(["ss", "-tnoH", "state", "established", `( sport = :${listen} and dport = :${port} )`]).stdout.toString();
+      return Number(/timer:\(keepalive,([\d.]+)/.exec(out)?.[1] ?? NaN);
+    };
+    const before = await dial(listen);
+    writeFileSync(cfg, text("30s"));
+    gw.proc.kill("SIGHUP");
+    const reloaded = await gw.waitForLog("config reloaded");
+    expect(reloaded.applied).toEqual(["keepalive-time"]);
+    const after = await dial(listen);
+    const [b, a] = await waitFor("both clients accepted", () => {
+      const t = [timer(before.localPort!), timer(after.localPort!)];
+      return t.every((x) => !Number.isNaN(x)) ? t : undefined;
+    }, 3000, 50);
+    before.destroy();
+    after.destroy();
+    expect(b).toBeLessThanOrEqual(7);
+    expect(a).toBeGreaterThan(20);
+  });
+
   test("a bad file on reload is rejected with a log line and the running configuration is kept", async () => {
     const echo = await echoServer();
     servers.push(echo);

@@ -20,7 +20,7 @@ import { connect, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { stopAllGateways, type GatewayProcess } from "../support/gateway.ts";
-import { fdCount, waitFor } from "../support/net.ts";
+import { waitFor } from "../support/net.ts";
 import { readAll } from "../support/peers.ts";
 import { which } from "../support/process.ts";
 import { accessRecords, after, echoThrough, fdBaseline, fdsBack, MiB, payload, startGateway, type Payload, type Received } from "./harness.ts";
@@ -152,19 +152,19 @@ describe.skipIf(!canIsolate)("a real blackhole mid-stream (the member's packets 
     await fdsBack(idle.gw, idle.baseline, 2000);
   });
 
-  // Bug (README: "drops connections to a member that went silent mid-stream (blackholed) within
-  // that time plus 10 s"): Linux sends no keepalive probes while data is unacknowledged, so a
-  // member that vanishes with a request in flight is only given up after tcp_retries2 (15
-  // retransmissions, about 15 minutes), and the client hangs that long. TCP_USER_TIMEOUT (not
-  // settable from Bun) or an application-level deadline would bound it.
-  test.failing("bug: a stream with a request in flight to the vanished member is closed within the same bound", async () => {
+  // Linux sends no keepalive probes while data is unacknowledged, so a member that vanishes with a
+  // request in flight was only given up after tcp_retries2 (15 retransmissions, about 15 minutes)
+  // and the client hung that long; TCP_USER_TIMEOUT of --keepalive-time + 10 s (src/libc.ts,
+  // setKeepAlive) bounds it the same as the idle case.
+  test("a stream with a request in flight to the vanished member is closed within the same bound", async () => {
     const left = t0 + KEEPALIVE_BOUND_MS + SLACK_MS - performance.now();
     const got = await Promise.race([busy.closed, after(Math.max(0, left))]);
+    console.log(`real blackhole, stream with a request in flight: closed after ${((performance.now() - t0) / 1000).toFixed(1)} s`);
     expect(got).not.toBe("timeout");
   });
 
-  test("the gateway holding the stuck stream keeps only that stream's two fds", () => {
-    const stuck = isolated[1]!;
-    expect(fdCount(stuck.gw.proc.pid)).toBeLessThanOrEqual(stuck.baseline + 2);
+  test("the gateway that held the stream with a request in flight gets its fds back", async () => {
+    const busyOne = isolated[1]!;
+    await fdsBack(busyOne.gw, busyOne.baseline, 2000);
   });
 });

@@ -717,6 +717,33 @@ describe("socket state", () => {
     lib.close();
   });
 
+  test("keepalive options and TCP_USER_TIMEOUT set on a duplicate of a listening socket's descriptor are on every socket Bun accepts from it afterwards", async () => {
+    // The gateway sets client keepalive this way, once per listener (Listeners.keepClientsAlive).
+    const { dlopen, FFIType, ptr } = await import("bun:ffi");
+    const { libc, setKeepAlive } = await import("../../src/libc.ts");
+    const lib = dlopen("libc.so.6", { getsockopt: { args: [FFIType.i32, FFIType.i32, FFIType.i32, FFIType.ptr, FFIType.ptr], returns: FFIType.i32 } });
+    const get = (fd: number, level: number, name: number) => {
+      const value = new Int32Array(1);
+      const len = new Uint32Array([4]);
+      expect(lib.symbols.getsockopt(fd, level, name, ptr(value), ptr(len))).toBe(0);
+      return value[0];
+    };
+    const keepalive = (fd: number) => [get(fd, 1, 9 /* SO_KEEPALIVE */), get(fd, 6, 4 /* TCP_KEEPIDLE */), get(fd, 6, 5 /* TCP_KEEPINTVL */), get(fd, 6, 6 /* TCP_KEEPCNT */), get(fd, 6, 18 /* TCP_USER_TIMEOUT */)];
+    const srv = acceptor();
+    const keeper = libc().dup((srv.listener as unknown as { fd: number }).fd);
+    cleanups.push(() => libc().close(keeper));
+    const before = await dial(srv.port, { data() {} });
+    setKeepAlive(keeper, 7_500);
+    const after = await dial(srv.port, { data() {} });
+    await waitFor("both accepts", () => srv.accepted.length === 2, 2000);
+    const fdOf = (s: Socket<unknown>) => (s as unknown as { fd: number }).fd;
+    expect(keepalive(fdOf(srv.accepted[0]!))[0]).toBe(0); // accepted before: untouched
+    expect(keepalive(fdOf(srv.accepted[1]!))).toEqual([1, 7, 1, 10, 17_000]);
+    expect(keepalive(fdOf(after))[0]).toBe(0); // the connecting side is not the listener's
+    before.end();
+    lib.close();
+  });
+
   test("setKeepAlive(true, ms) returns true and arms the keepalive timer with the delay in milliseconds", async () => {
     const ss = Bun.which("ss");
     const srv = acceptor();

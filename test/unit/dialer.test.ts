@@ -5,6 +5,7 @@
  * timeout, and what counts as evidence against a member.
  */
 import { afterEach, describe, expect, test } from "bun:test";
+import { createHash } from "node:crypto";
 import { createServer, type Server, type Socket } from "node:net";
 import type { AccessRecord } from "../../src/accesslog.ts";
 import { bunConnect, type Connect, type DialReports } from "../../src/datapath/dialer.ts";
@@ -127,7 +128,7 @@ describe("failover within one client connection", () => {
       await Bun.sleep(100); // the client writes and shuts down meanwhile
       return bunConnect(leg, socket, tls);
     };
-    const { proxy } = proxyFor([portOf(member)], { connect: slow });
+    const { proxy, records } = proxyFor([portOf(member)], { connect: slow });
     const s = await dial(proxy.port);
     s.end("early bytes");
     const reply = await new Promise<string>((r) => {
@@ -138,6 +139,57 @@ describe("failover within one client connection", () => {
     await endSeen;
     expect(Buffer.concat(got).toString()).toBe("early bytes");
     expect(reply).toBe("bye");
+    // Bytes held until the member connected are counted like any other.
+    await waitFor("the access record", () => records.length === 1);
+    expect(records[0]).toMatchObject({ bytes_from_client: 11, bytes_from_member: 3 });
+  });
+  test("a client that keeps sending while the dial is in flight is paused at its second read: the gateway holds a bounded amount, and every byte arrives in order", async () => {
+    const LIMIT = 64 * 1024 * 1024;
+    let received = 0;
+    const memberHash = createHash("sha1");
+    const member = await server((s) => {
+      s.on("data", (c: Buffer) => {
+        received += c.byteLength;
+        memberHash.update(c);
+      });
+      s.on("end", () => s.end(`${received} ${memberHash.digest("hex")}`));
+    });
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    const held: Connect = async (leg, socket, tls) => {
+      await gate; // the member connects only when the test says so
+      return bunConnect(leg, socket, tls);
+    };
+    const { proxy } = proxyFor([portOf(member)], { connect: held, flags: { "connect-timeout": "30s" } });
+    let reply = "";
+    let ended!: () => void;
+    const replied = new Promise<void>((r) => (ended = r));
+    const client = await Bun.connect({
+      hostname: "127.0.0.1",
+      port: proxy.port,
+      allowHalfOpen: true,
+      socket: { data: (_s, d) => void (reply += d.toString()), end: () => ended(), close: () => ended() },
+    });
+    cleanup.push(() => client.terminate());
+    const buf = new Uint8Array(1024 * 1024).map((_, i) => (i * 31 + 7) & 255);
+    const sent = createHash("sha1");
+    let accepted = 0;
+    // Writes until the kernel has taken nothing for 300 ms (or LIMIT bytes): with the gateway not
+    // reading any more, that is the kernel's buffers plus what the gateway holds.
+    for (let idleSince = performance.now(); accepted < LIMIT && performance.now() - idleSince < 300; ) {
+      const n = client.write(buf.subarray(0, Math.min(buf.byteLength, LIMIT - accepted)));
+      if (n > 0) {
+        sent.update(buf.subarray(0, n));
+        accepted += n;
+        idleSince = performance.now();
+      } else await Bun.sleep(10);
+    }
+    // Loopback buffers hold a few MiB; a gateway that read on while unpaired would have taken all 64.
+    expect(accepted).toBeLessThan(LIMIT / 2);
+    release();
+    client.shutdown();
+    await replied;
+    expect(reply).toBe(`${accepted} ${sent.digest("hex")}`);
   });
 });
 
