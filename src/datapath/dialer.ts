@@ -69,14 +69,10 @@ function alpnWire(protocols: readonly string[]): Uint8Array {
 /** Bun.connect, with TLS origination when `tls` is set. */
 export const bunConnect: Connect = (leg, socket, tls) => {
   const m = leg.member;
-  return Bun.connect<Leg>({
-    hostname: m.dialHost,
-    port: m.endpoint.port,
-    allowHalfOpen: true,
-    data: leg,
-    socket,
-    ...(tls === null ? {} : { tls: { ca: tls.ca, cert: tls.cert, key: tls.key, serverName: tls.serverName ?? m.endpoint.host, rejectUnauthorized: true, ALPNProtocols: alpnWire(tls.alpn) } }),
-  });
+  // One options object per dial (no spread of an empty TLS object on the plaintext path).
+  if (tls === null) return Bun.connect<Leg>({ hostname: m.dialHost, port: m.endpoint.port, allowHalfOpen: true, data: leg, socket });
+  const options = { ca: tls.ca, cert: tls.cert, key: tls.key, serverName: tls.serverName ?? m.endpoint.host, rejectUnauthorized: true, ALPNProtocols: alpnWire(tls.alpn) };
+  return Bun.connect<Leg>({ hostname: m.dialHost, port: m.endpoint.port, allowHalfOpen: true, data: leg, socket, tls: options });
 };
 
 const NO_MEMBERS: Member[] = [];
