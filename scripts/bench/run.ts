@@ -9,7 +9,7 @@
  * @module
  */
 import { mkdirSync, writeFileSync } from "node:fs";
-import { dirname, join, relative } from "node:path";
+import { dirname, join, relative, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { etcdCluster, stopBackends } from "./backends.ts";
 import { benchDir, installExitHooks, keepBenchDir } from "./children.ts";
@@ -114,8 +114,9 @@ async function main(): Promise<void> {
   const contenders = CONTENDERS.filter((c) => (contenderIds === null ? c.variant !== true : contenderIds.includes(c.id)));
   const partial = args.quick || onlyIds !== null || contenderIds !== null || plan.rounds < FULL.rounds;
   const mode = partial ? [args.quick ? "--quick" : "", onlyIds ? `--only ${onlyIds.join(",")}` : "", contenderIds ? `--contenders ${contenderIds.join(",")}` : "", args.rounds ? `--rounds ${plan.rounds}` : ""].filter(Boolean).join(" ") : "full";
-  const jsonPath = join(ROOT, args.json ?? "bench-results/latest.json");
-  const docPath = join(ROOT, args.doc ?? (partial ? "bench-results/latest.md" : "docs/benchmarks.md"));
+  // A path given is taken from the current directory (absolute ones as they are), the defaults from the repository.
+  const jsonPath = args.json === undefined ? join(ROOT, "bench-results/latest.json") : resolve(args.json);
+  const docPath = args.doc === undefined ? join(ROOT, partial ? "bench-results/latest.md" : "docs/benchmarks.md") : resolve(args.doc);
 
   installExitHooks();
   if (args["keep-logs"]) keepBenchDir();
