@@ -128,11 +128,17 @@ describe("the shipped unit", () => {
 const SYSTEMD = "/lib/systemd/systemd";
 const canBoot = process.getuid?.() === 0 && existsSync(SYSTEMD) && Bun.which("unshare") !== null && Bun.which("nsenter") !== null;
 
-/** Runs systemd as PID 1 of a new PID and mount namespace, with only our units, /etc overlaid and /run, /var/log fresh. */
+/**
+ * Runs systemd as PID 1 of a new PID and mount namespace, with only our units, /etc overlaid, /run
+ * and /var/log fresh, and the binary under test at the unit's own /usr/local/bin/etcd-gateway (on a
+ * tmpfs of the namespace: the host's directory is untouched). Copied, not named where it lies: with
+ * PrivateTmp=yes the service could not see a binary built under /tmp.
+ */
 function bootScript(dir: string, config: string): string {
   return [
     "#!/bin/bash",
     "set -e",
+    `mount -t tmpfs tmpfs /usr/local/bin && cp ${resolve(BINARY)} /usr/local/bin/etcd-gateway`,
     `mount -t tmpfs tmpfs ${dir}/ov && mkdir ${dir}/ov/upper ${dir}/ov/work`,
     `mount -t overlay overlay -o lowerdir=/etc,upperdir=${dir}/ov/upper,workdir=${dir}/ov/work /etc`,
     "mount -t tmpfs tmpfs /run && mount -t tmpfs tmpfs /var/log",
@@ -163,7 +169,7 @@ describe("the shipped unit under a real systemd", () => {
     mkdirSync(join(dir, "ov"));
     for (const stub of ["sysinit.target", "basic.target", "shutdown.target", "network.target", "network-online.target", "multi-user.target", "system.slice"]) writeFileSync(join(units, stub), "[Unit]\nDescription=stub\n");
     writeFileSync(join(units, "gw-test.target"), "[Unit]\nDescription=the gateway alone\nWants=etcd-gateway.service\n");
-    writeFileSync(join(units, "etcd-gateway.service"), readFileSync(UNIT, "utf8").replaceAll("/usr/local/bin/etcd-gateway", resolve(BINARY)));
+    writeFileSync(join(units, "etcd-gateway.service"), readFileSync(UNIT, "utf8"));
     const config = (policy: string) => `listen-addr:\n  - 127.0.0.1:${port}\n  - unix:///run/etcd-gateway/etcd.sock\nendpoints: 127.0.0.1:${echo.port}\nhealth-check: none\npolicy: ${policy}\nadmin-addr: 127.0.0.1:${admin}\naccess-log: /var/log/etcd-gateway/access.log\n`;
     writeFileSync(join(dir, "config.yaml"), config("sticky"));
     writeFileSync(join(dir, "boot.sh"), bootScript(dir, join(dir, "config.yaml")));
