@@ -9,10 +9,11 @@
 import { afterAll, afterEach, describe, expect, test } from "bun:test";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
+import { connect as netConnect } from "node:net";
 import { join } from "node:path";
 import { runBinary, startGatewayProcess, stopAllGateways, type GatewayProcess } from "../support/gateway.ts";
 import { freePort } from "../support/net.ts";
-import { dial, echoServer, httpAnswering, roundTrip, type Listening } from "../support/peers.ts";
+import { echoServer, httpAnswering, roundTrip, type Listening } from "../support/peers.ts";
 
 const servers: Listening[] = [];
 const dir = mkdtempSync(join(tmpdir(), "etcd-gateway-errors-"));
@@ -48,8 +49,10 @@ describe("a refused member, in Go's words", () => {
   test("failed dials of the data path, the retry probe and the no-member warning (with the client's port)", async () => {
     const port = freePort();
     const gw = await startGatewayProcess([`--endpoints=127.0.0.1:${port}`, "--health-check=none", "--health-fall=1", "--retry-delay=200ms"]);
-    const client = await dial(gw.port);
-    const clientPort = client.localPort;
+    // The client's port is chosen here: the gateway may reset the connection before the client's
+    // connect completes in node (then it reports ECONNRESET and has no localPort to read).
+    const clientPort = freePort();
+    const client = netConnect({ host: "127.0.0.1", port: gw.port, localAddress: "127.0.0.1", localPort: clientPort });
     client.on("error", () => {}); // the gateway resets it
     await new Promise((r) => client.once("close", r));
     const deactivated = await gw.waitForLog("deactivated endpoint");
