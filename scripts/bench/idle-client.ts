@@ -1,9 +1,10 @@
 /**
  * The client side of the idle workload, run as its own process so its descriptors do not count
- * against the bench's: `bun scripts/bench/idle-client.ts <port> <count> <batch> <pauseMs>`.
+ * against the bench's: `bun scripts/bench/idle-client.ts <port> <count> <batch> <pauseMs> [path] [end]`.
  *
  * Opens `count` connections to 127.0.0.1:port, `batch` at a time with `pauseMs` between batches;
- * on each sends one `GET /` and waits for the whole `hello\n` reply, then leaves it open. Prints
+ * on each sends one `GET <path>` (default `/`) and waits for the reply to end with `end` (default
+ * the hello server's `hello\n`), then leaves it open. Prints
  * one JSON line `{"opened":n,"failed":n,"errors":[...]}` when done, then for every line read on
  * stdin prints `{"open":n}` (connections still open), until killed.
  *
@@ -11,15 +12,16 @@
  */
 import type { Socket } from "bun";
 
-const [port, count, batch, pauseMs] = process.argv.slice(2).map(Number);
+const [port, count, batch, pauseMs] = process.argv.slice(2, 6).map(Number);
+const [path = "/", end = "hello\n"] = process.argv.slice(6);
 if (!port || !count || !batch || pauseMs === undefined || Number.isNaN(pauseMs)) {
-  process.stderr.write("usage: bun scripts/bench/idle-client.ts <port> <count> <batch> <pauseMs>\n");
+  process.stderr.write("usage: bun scripts/bench/idle-client.ts <port> <count> <batch> <pauseMs> [path] [end]\n");
   process.exit(2);
 }
 
 /** Bound on one connection's connect + request + reply. */
 const EXCHANGE_TIMEOUT_MS = 10_000;
-const REQUEST = `GET / HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n\r\n`;
+const REQUEST = `GET ${path} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n\r\n`;
 
 interface Conn {
   got: string;
@@ -59,7 +61,7 @@ function exchange(): Promise<string | null> {
         },
         data(s, chunk) {
           s.data.got += chunk.toString();
-          if (s.data.got.endsWith("hello\n")) s.data.done?.(null);
+          if (s.data.got.endsWith(end)) s.data.done?.(null);
         },
         close(s) {
           if (s.data.open) open--;
