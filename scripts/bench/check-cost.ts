@@ -1,0 +1,69 @@
+/**
+ * What one health-check request costs an etcd member, by kind: the member's CPU per request
+ * (schedstat, every thread), `n` requests one after another on one kept connection, on a real
+ * 3-member cluster (test/support/cluster.ts), asking a follower. The kinds the gateway sends today
+ * (`GET /version`, the JSON gateway's `POST /v3/maintenance/status`) beside what it could send
+ * instead over gRPC on HTTP/2 (Maintenance/Status, grpc.health.v1.Health/Check), to tell whether a
+ * gRPC full check would cost the cluster less (docs/member-connections.md has the fleet-scale figures).
+ *
+ * Usage: bun scripts/bench/check-cost.ts [--requests 3000]
+ *
+ * @module
+ */
+import http2 from "node:http2";
+import { readdirSync, readFileSync } from "node:fs";
+import { parseArgs } from "node:util";
+import { startCluster } from "../../test/support/cluster.ts";
+
+const { values: args } = parseArgs({ options: { requests: { type: "string", default: "3000" } } });
+const n = Number(args.requests);
+
+function runNs(pid: number): number {
+  let ns = 0;
+  for (const tid of readdirSync(`/proc/${pid}/task`)) ns += Number(readFileSync(`/proc/${pid}/task/${tid}/schedstat`, "utf8").split(" ")[0]);
+  return ns;
+}
+
+/** One unary gRPC call with an empty request message; resolves with the reply's grpc-status. */
+function grpcCall(session: http2.ClientHttp2Session, path: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const req = session.request({ ":method": "POST", ":path": path, "content-type": "application/grpc", te: "trailers" });
+    let status = "";
+    req.on("trailers", (t) => (status = String(t["grpc-status"] ?? "")));
+    req.on("response", (h) => (status ||= String(h["grpc-status"] ?? "")));
+    req.on("data", () => {});
+    req.on("end", () => resolve(status));
+    req.on("error", reject);
+    req.end(Buffer.from([0, 0, 0, 0, 0]));
+  });
+}
+
+const cluster = await startCluster({ size: 3 });
+try {
+  const leader = await cluster.leaderIndex();
+  const m = cluster.members[(leader + 1) % 3]!;
+  const url = `http://127.0.0.1:${m.clientPort}`;
+  const session = http2.connect(url);
+  const kinds: [string, () => Promise<unknown>][] = [
+    ["GET /version (HTTP/1.1, what the liveness check sends)", async () => (await fetch(`${url}/version`)).text()],
+    ["POST /v3/maintenance/status (JSON gateway, what the full check sends)", async () => (await fetch(`${url}/v3/maintenance/status`, { method: "POST", body: "{}" })).text()],
+    ["gRPC etcdserverpb.Maintenance/Status (HTTP/2)", () => grpcCall(session, "/etcdserverpb.Maintenance/Status")],
+    ["gRPC grpc.health.v1.Health/Check (HTTP/2)", () => grpcCall(session, "/grpc.health.v1.Health/Check")],
+  ];
+  const rows: string[] = [];
+  for (const [name, call] of kinds) {
+    const first = await call();
+    if (typeof first === "string" && first !== "0" && !first.startsWith("{")) throw new Error(`${name}: grpc-status ${first}`);
+    for (let i = 0; i < Math.min(200, n); i++) await call();
+    const ns0 = runNs(m.pid);
+    for (let i = 0; i < n; i++) await call();
+    rows.push(`| ${name} | ${((runNs(m.pid) - ns0) / n / 1e6).toFixed(3)} |`);
+  }
+  session.close();
+  const version = Bun.spawnSync(["etcd", "--version"]).stdout.toString().split("\n")[0];
+  process.stdout.write(
+    [`${version}, a follower of a 3-member cluster on loopback, ${n} requests of each kind one after another on one kept connection:`, "", "| request | ms of member CPU per request |", "| --- | --- |", ...rows, ""].join("\n"),
+  );
+} finally {
+  await cluster.stop();
+}
