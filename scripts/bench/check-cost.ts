@@ -6,7 +6,11 @@
  * instead over gRPC on HTTP/2 (Maintenance/Status, grpc.health.v1.Health/Check), to tell whether a
  * gRPC full check would cost the cluster less (docs/member-connections.md has the fleet-scale figures).
  *
- * Usage: bun scripts/bench/check-cost.ts [--requests 3000]
+ * With `--hold N`, it then holds N HTTP/2 connections to the member, each after one
+ * Health/Check, and reads how much the member's memory grew per connection (the HTTP/1.1 figure
+ * for the connections the gateway keeps today is in docs/member-connections.md).
+ *
+ * Usage: bun scripts/bench/check-cost.ts [--requests 3000] [--hold 0]
  *
  * @module
  */
@@ -14,9 +18,11 @@ import http2 from "node:http2";
 import { readdirSync, readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 import { startCluster } from "../../test/support/cluster.ts";
+import { rssKiB } from "../../test/support/net.ts";
 
-const { values: args } = parseArgs({ options: { requests: { type: "string", default: "3000" } } });
+const { values: args } = parseArgs({ options: { requests: { type: "string", default: "3000" }, hold: { type: "string", default: "0" } } });
 const n = Number(args.requests);
+const hold = Number(args.hold);
 
 function runNs(pid: number): number {
   let ns = 0;
@@ -36,6 +42,25 @@ function grpcCall(session: http2.ClientHttp2Session, path: string): Promise<stri
     req.on("error", reject);
     req.end(Buffer.from([0, 0, 0, 0, 0]));
   });
+}
+
+/** Holds `hold` HTTP/2 connections, each after one Health/Check; says what the member's VmRSS grew by per connection. */
+async function holdSessions(url: string, pid: number): Promise<string> {
+  await Bun.sleep(2000);
+  const before = rssKiB(pid);
+  const sessions: http2.ClientHttp2Session[] = [];
+  try {
+    for (let i = 0; i < hold; i += 100) {
+      const batch = Array.from({ length: Math.min(100, hold - i) }, () => http2.connect(url));
+      sessions.push(...batch);
+      await Promise.all(batch.map((s) => grpcCall(s, "/grpc.health.v1.Health/Check")));
+    }
+    await Bun.sleep(2000);
+    const after = rssKiB(pid);
+    return `Holding ${hold} HTTP/2 connections (one Health/Check each), the member's VmRSS grew from ${(before / 1024).toFixed(1)} to ${(after / 1024).toFixed(1)} MiB: ${((after - before) / hold).toFixed(1)} KiB a connection.`;
+  } finally {
+    for (const s of sessions) s.destroy();
+  }
 }
 
 const cluster = await startCluster({ size: 3 });
@@ -60,6 +85,7 @@ try {
     rows.push(`| ${name} | ${((runNs(m.pid) - ns0) / n / 1e6).toFixed(3)} |`);
   }
   session.close();
+  if (hold > 0) rows.push("", await holdSessions(url, m.pid));
   const version = Bun.spawnSync(["etcd", "--version"]).stdout.toString().split("\n")[0];
   process.stdout.write(
     [`${version}, a follower of a 3-member cluster on loopback, ${n} requests of each kind one after another on one kept connection:`, "", "| request | ms of member CPU per request |", "| --- | --- |", ...rows, ""].join("\n"),
