@@ -15,20 +15,13 @@
  * @module
  */
 import http2 from "node:http2";
-import { readdirSync, readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 import { startCluster } from "../../test/support/cluster.ts";
-import { rssKiB } from "../../test/support/net.ts";
+import { cpuNs, rssKiB } from "../../test/support/net.ts";
 
 const { values: args } = parseArgs({ options: { requests: { type: "string", default: "3000" }, hold: { type: "string", default: "0" } } });
 const n = Number(args.requests);
 const hold = Number(args.hold);
-
-function runNs(pid: number): number {
-  let ns = 0;
-  for (const tid of readdirSync(`/proc/${pid}/task`)) ns += Number(readFileSync(`/proc/${pid}/task/${tid}/schedstat`, "utf8").split(" ")[0]);
-  return ns;
-}
 
 /** One unary gRPC call with an empty request message; resolves with the reply's grpc-status. */
 function grpcCall(session: http2.ClientHttp2Session, path: string): Promise<string> {
@@ -80,9 +73,9 @@ try {
     const first = await call();
     if (typeof first === "string" && first !== "0" && !first.startsWith("{")) throw new Error(`${name}: grpc-status ${first}`);
     for (let i = 0; i < Math.min(200, n); i++) await call();
-    const ns0 = runNs(m.pid);
+    const ns0 = cpuNs(m.pid);
     for (let i = 0; i < n; i++) await call();
-    rows.push(`| ${name} | ${((runNs(m.pid) - ns0) / n / 1e6).toFixed(3)} |`);
+    rows.push(`| ${name} | ${((cpuNs(m.pid) - ns0) / n / 1e6).toFixed(3)} |`);
   }
   session.close();
   if (hold > 0) rows.push("", await holdSessions(url, m.pid));

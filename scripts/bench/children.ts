@@ -86,6 +86,36 @@ export function tail(path: string, lines = 5): string {
   return readFileSync(path, "utf8").trim().split("\n").filter((l) => l.trim() !== "").slice(-lines).join(" | ");
 }
 
+/**
+ * Reads a child's stdout a line at a time: each call resolves with the next line, waited for at
+ * most `timeoutMs`. @throws when the child exits first or the time runs out (`what` names it)
+ */
+export function lineReader(stdout: ReadableStream<Uint8Array>, what: string): (timeoutMs: number) => Promise<string> {
+  const reader = stdout.getReader();
+  const decoder = new TextDecoder();
+  let text = "";
+  return async (timeoutMs) => {
+    const deadline = performance.now() + timeoutMs;
+    for (let i = 0; i < 100_000; i++) {
+      const nl = text.indexOf("\n");
+      if (nl >= 0) {
+        const line = text.slice(0, nl);
+        text = text.slice(nl + 1);
+        return line;
+      }
+      const left = deadline - performance.now();
+      if (left <= 0) break;
+      let timer: Timer | undefined;
+      const chunk = await Promise.race([reader.read(), new Promise<null>((r) => (timer = setTimeout(() => r(null), left)))]);
+      clearTimeout(timer);
+      if (chunk === null) break;
+      if (chunk.done) throw new Error(`${what} exited before reporting`);
+      text += decoder.decode(chunk.value, { stream: true });
+    }
+    throw new Error(`${what} did not report within ${timeoutMs} ms`);
+  };
+}
+
 /** Registers an async cleanup (e.g. stopping the etcd cluster) run on Ctrl-C; returns its remover. */
 export function onCleanup(fn: () => Promise<void>): () => void {
   cleanups.add(fn);

@@ -11,36 +11,13 @@
 import type { FileSink } from "bun";
 import { join } from "node:path";
 import { helloEnv, HELLO_COMMAND } from "./backends.ts";
-import { spawnChild } from "./children.ts";
+import { lineReader, spawnChild } from "./children.ts";
 import { emptyMeasured, noteCrash } from "./contenders.ts";
 import { totalFdCount, totalRssKiB } from "./net.ts";
 import type { Plan, Workload } from "./types.ts";
 
 /** Lets the proxy settle (finish the last writes, release transient buffers) before reading VmRSS. */
 const SETTLE_MS = 300;
-
-/** Reads the next stdout line of the idle client within `timeoutMs`. */
-async function nextLine(reader: { read(): Promise<{ done: boolean; value?: Uint8Array }> }, pending: { text: string }, timeoutMs: number): Promise<string> {
-  const deadline = performance.now() + timeoutMs;
-  const decoder = new TextDecoder();
-  for (let i = 0; i < 100_000; i++) {
-    const nl = pending.text.indexOf("\n");
-    if (nl >= 0) {
-      const line = pending.text.slice(0, nl);
-      pending.text = pending.text.slice(nl + 1);
-      return line;
-    }
-    const left = deadline - performance.now();
-    if (left <= 0) break;
-    let timer: Timer | undefined;
-    const chunk = await Promise.race([reader.read(), new Promise<null>((r) => (timer = setTimeout(() => r(null), left)))]);
-    clearTimeout(timer);
-    if (chunk === null) break;
-    if (chunk.done) throw new Error("idle client exited before reporting");
-    pending.text += decoder.decode(chunk.value, { stream: true });
-  }
-  throw new Error(`idle client did not report within ${timeoutMs} ms`);
-}
 
 function clientCommand(port: number | string, plan: Plan): string[] {
   return [process.execPath, join(import.meta.dir, "idle-client.ts"), String(port), String(plan.idleConnections), String(plan.idleBatch), String(plan.idlePauseMs)];
@@ -67,17 +44,16 @@ export const idleWorkload: Workload = {
       }, 100);
       const client = spawnChild("idle-client", clientCommand(r.port, plan), { stdout: "pipe", stdin: "pipe" });
       try {
-        const reader = (client.proc.stdout as ReadableStream<Uint8Array>).getReader();
+        const nextLine = lineReader(client.proc.stdout as ReadableStream<Uint8Array>, "idle client");
         const stdin = client.proc.stdin as FileSink;
-        const pending = { text: "" };
         const batches = Math.ceil(plan.idleConnections / plan.idleBatch);
-        const report = JSON.parse(await nextLine(reader, pending, 30_000 + batches * (plan.idlePauseMs + 1000))) as { opened: number; failed: number; errors: string[] };
+        const report = JSON.parse(await nextLine(30_000 + batches * (plan.idlePauseMs + 1000))) as { opened: number; failed: number; errors: string[] };
         await Bun.sleep(SETTLE_MS);
         const after = totalRssKiB(r.pids());
         const fdsAfter = totalFdCount(r.pids());
         stdin.write("report\n");
         stdin.flush();
-        const { open } = JSON.parse(await nextLine(reader, pending, 5000)) as { open: number };
+        const { open } = JSON.parse(await nextLine(5000)) as { open: number };
         m.details = { rssBeforeKiB: before, rssAfterKiB: after, fdsBefore, fdsAfter, fdsMaxSeen: fdsSeen, opened: report.opened, failed: report.failed, stillOpen: open, errors: report.errors };
         const crash = r.crashed();
         if (crash !== null) {

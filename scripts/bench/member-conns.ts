@@ -18,13 +18,14 @@
  * @module
  */
 import { parseArgs } from "node:util";
-import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Subprocess } from "bun";
 import { startCluster, type Cluster } from "../../test/support/cluster.ts";
 import { makeCerts } from "../../test/support/certs.ts";
-import { fdCount, rssKiB, smapsRollupKiB } from "../../test/support/net.ts";
+import { cpuNs, fdCount, rssKiB, smapsRollupKiB } from "../../test/support/net.ts";
+import { lineReader } from "./children.ts";
 
 const { values: args } = parseArgs({
   options: { steps: { type: "string", default: "1000,3334,10000" }, "idle-seconds": { type: "string", default: "20" }, "check-gateways": { type: "string", default: "3334" }, "check-seconds": { type: "string", default: "10" }, doc: { type: "string" } },
@@ -66,40 +67,12 @@ async function read(pid: number, port: number, conns: number): Promise<Reading> 
   };
 }
 
-/** Time the member's threads have been on a CPU, in ns (/proc/<pid>/task/<tid>/schedstat: finer than utime's ticks). */
-function runNs(pid: number): number {
-  let ns = 0;
-  for (const tid of readdirSync(`/proc/${pid}/task`)) ns += Number(readFileSync(`/proc/${pid}/task/${tid}/schedstat`, "utf8").split(" ")[0]);
-  return ns;
-}
-
-/** The lines a child prints on stdout, one at a time, each awaited within a bound. */
-function lineReader(client: Subprocess): (timeoutMs: number) => Promise<Record<string, unknown>> {
-  const reader = (client.stdout as ReadableStream<Uint8Array>).getReader();
-  const decoder = new TextDecoder();
-  let text = "";
-  return async (timeoutMs) => {
-    const deadline = Date.now() + timeoutMs;
-    while (!text.includes("\n") && Date.now() < deadline) {
-      let timer: Timer | undefined;
-      const chunk = await Promise.race([reader.read(), new Promise<null>((r) => (timer = setTimeout(() => r(null), deadline - Date.now())))]);
-      clearTimeout(timer);
-      if (chunk === null || chunk.done) break;
-      text += decoder.decode(chunk.value, { stream: true });
-    }
-    const nl = text.indexOf("\n");
-    const line = nl < 0 ? text : text.slice(0, nl);
-    text = nl < 0 ? "" : text.slice(nl + 1);
-    return JSON.parse(line || "{}") as Record<string, unknown>;
-  };
-}
-
 interface CheckLoad {
   mode: "kept" | "new";
   tls: boolean;
   /** The member's VmRSS in the middle of the window, and before the checks began, in KiB. */
   rssKiB: number;
-  rss0KiB?: number;
+  rss0KiB: number;
   checks: number;
   failed: number;
   /** The member's CPU over the window, less its idle CPU, in cores. */
@@ -107,41 +80,41 @@ interface CheckLoad {
 }
 
 /**
- * The member's CPU under the liveness checks of `gateways` gateways, one every 2 s each
- * (scripts/bench/check-client.ts), on kept connections or each on a new one; `idleNs` is its idle
- * CPU per second, subtracted.
+ * The member's CPU under the checks of `--check-gateways` gateways on the default schedule
+ * (scripts/bench/check-client.ts), on kept connections or each on a new one; `idle` is the member at
+ * rest before: its CPU per second (subtracted) and its VmRSS.
  */
-async function checkLoad(pid: number, port: number, mode: "kept" | "new", idleNsPerS: number, tls?: string[]): Promise<CheckLoad> {
+async function checkLoad(pid: number, port: number, mode: "kept" | "new", idle: { nsPerS: number; rssKiB: number }, tls?: string[]): Promise<CheckLoad> {
   const warm = 4;
   const client = Bun.spawn([process.execPath, join(import.meta.dir, "check-client.ts"), String(port), String(checkGateways), "2000", String(warm), String(checkSeconds), mode, "5", ...(tls ?? [])], { stdout: "pipe", stderr: "inherit" });
   clients.push(client);
-  const next = lineReader(client);
+  const next = lineReader(client.stdout as ReadableStream<Uint8Array>, "check client");
   await next(120_000);
   await Bun.sleep(warm * 1000);
-  const ns0 = runNs(pid);
+  const ns0 = cpuNs(pid);
   const t0 = performance.now();
   await Bun.sleep((checkSeconds * 1000) / 2);
   const rss = rssKiB(pid);
-  const end = (await next(checkSeconds * 1000 + 30_000)) as { done?: number; failed?: number; errors?: string[] };
+  const end = JSON.parse(await next(checkSeconds * 1000 + 30_000)) as { done: number; failed: number; errors: string[] };
   if (end.failed) process.stderr.write(`member-conns: ${mode}${tls ? " https" : ""}: ${JSON.stringify(end.errors)}\n`);
   const seconds = (performance.now() - t0) / 1000;
-  const cores = (runNs(pid) - ns0 - idleNsPerS * seconds) / seconds / 1e9;
+  const cores = (cpuNs(pid) - ns0 - idle.nsPerS * seconds) / seconds / 1e9;
   await stopClients();
-  return { mode, tls: tls !== undefined, rssKiB: rss, checks: end.done ?? 0, failed: end.failed ?? 0, cores };
+  return { mode, tls: tls !== undefined, rssKiB: rss, rss0KiB: idle.rssKiB, checks: end.done, failed: end.failed, cores };
 }
 
 /** The member's CPU over `idleSeconds` of nothing asked of it, in ns per second. */
 async function idleCpu(pid: number): Promise<number> {
-  const ns0 = runNs(pid);
+  const ns0 = cpuNs(pid);
   await Bun.sleep(idleSeconds * 1000);
-  return (runNs(pid) - ns0) / idleSeconds;
+  return (cpuNs(pid) - ns0) / idleSeconds;
 }
 
 /** Opens `count` more kept-alive connections from a client process of their own; resolves once all are open. */
 async function openMore(port: number, count: number): Promise<Subprocess> {
   const client = Bun.spawn([process.execPath, join(import.meta.dir, "idle-client.ts"), String(port), String(count), "200", "20", "/version", "}"], { stdin: "pipe", stdout: "pipe", stderr: "inherit" });
   clients.push(client);
-  const report = (await lineReader(client)(120_000)) as { opened?: number; errors?: string[] };
+  const report = JSON.parse(await lineReader(client.stdout as ReadableStream<Uint8Array>, "idle client")(120_000)) as { opened: number; errors: string[] };
   if (report.opened !== count) throw new Error(`opened ${report.opened} of ${count}: ${JSON.stringify(report.errors)}`);
   return client;
 }
@@ -173,8 +146,8 @@ try {
       const mm = c.members[0]!;
       await Bun.sleep(3000);
       const idle = await idleCpu(mm.pid);
-      const rss0 = rssKiB(mm.pid);
-      for (const mode of ["kept", "new"] as const) loads.push({ ...(await checkLoad(mm.pid, mm.clientPort, mode, idle, certs && [certs.ca, certs.client, certs.clientKey])), rss0KiB: rss0 });
+      const rest = { nsPerS: idle, rssKiB: rssKiB(mm.pid) };
+      for (const mode of ["kept", "new"] as const) loads.push(await checkLoad(mm.pid, mm.clientPort, mode, rest, certs && [certs.ca, certs.client, certs.clientKey]));
       process.stderr.write(`member-conns: ${JSON.stringify(loads.slice(-2))}\n`);
     } finally {
       await c.stop();
@@ -226,13 +199,13 @@ function render(rows: Reading[], idleBase: number, idleHeld: number, loads: Chec
     "",
     "| member | checks | checks done | failed | member CPU added (cores) | ms of member CPU per check | member VmRSS MiB: before → during |",
     "| --- | --- | --- | --- | --- | --- | --- |",
-    ...loads.map((l) => `| ${l.tls ? "https" : "http"} | ${l.mode === "kept" ? "kept-alive connections" : "a new connection each"} | ${l.checks} | ${l.failed} | ${l.cores.toFixed(3)} | ${msPerCheck(l)} | ${((l.rss0KiB ?? 0) / 1024).toFixed(0)} → ${(l.rssKiB / 1024).toFixed(0)} |`),
+    ...loads.map((l) => `| ${l.tls ? "https" : "http"} | ${l.mode === "kept" ? "kept-alive connections" : "a new connection each"} | ${l.checks} | ${l.failed} | ${l.cores.toFixed(3)} | ${msPerCheck(l)} | ${(l.rss0KiB / 1024).toFixed(0)} → ${(l.rssKiB / 1024).toFixed(0)} |`),
     "",
     `At 10,000 gateways (3,334 a member, ${checkGateways} here) the checks on kept connections cost the cluster about ${((3 * loads.find((l) => !l.tls && l.mode === "kept")!.cores * 3334) / checkGateways).toFixed(2)} cores over http and ${((3 * loads.find((l) => l.tls && l.mode === "kept")!.cores * 3334) / checkGateways).toFixed(2)} over https.`,
     "",
     ...[false, true].map((t) => {
       const [k, n] = [loads.find((l) => l.tls === t && l.mode === "kept")!, loads.find((l) => l.tls === t && l.mode === "new")!];
-      const grew = (l: CheckLoad) => ((l.rssKiB - (l.rss0KiB ?? 0)) / 1024).toFixed(0);
+      const grew = (l: CheckLoad) => ((l.rssKiB - l.rss0KiB) / 1024).toFixed(0);
       return `Over ${t ? "https" : "http"}, a new connection per check costs the member ${(n.cores / Math.max(k.cores, 1e-9)).toFixed(1)}× the CPU of kept connections at this rate; the member's memory grew by ${grew(k)} MiB with kept connections and by ${grew(n)} MiB with new ones while the checks ran.`;
     }),
     "",

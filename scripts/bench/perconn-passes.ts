@@ -7,8 +7,9 @@
  *
  * @module
  */
-import { closeSync, existsSync, openSync, readdirSync, readFileSync, readSync, statSync } from "node:fs";
+import { closeSync, existsSync, openSync, readFileSync, readSync, statSync } from "node:fs";
 import { join } from "node:path";
+import { cpuNs } from "../../test/support/net.ts";
 import { runToEnd } from "../../test/support/process.ts";
 import { benchDir, spawnChild } from "./children.ts";
 import { churn, type ChurnProgress, type ChurnResult } from "./churn-client.ts";
@@ -38,7 +39,7 @@ export function procSnap(pids: readonly number[]): ProcSnap {
       s.stime += Number(f[12]);
       s.threads += Number(f[17]);
       s.rssKiB += Number(/^VmRSS:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1] ?? 0);
-      for (const tid of readdirSync(`/proc/${pid}/task`)) s.runNs += Number(readFileSync(`/proc/${pid}/task/${tid}/schedstat`, "utf8").split(" ")[0]);
+      s.runNs += cpuNs(pid);
     } catch {
       // gone
     }
