@@ -116,6 +116,11 @@ export interface ClusterOptions {
   timeoutMs?: number;
   /** Serve client URLs over https with these certificates. @default undefined (plain http) */
   tls?: ClusterTLS;
+  /**
+   * More etcd flags for member `i` (restarts and learners included), e.g. `--enable-grpc-gateway=false`
+   * for all, or `--quota-backend-bytes` for one. @default none
+   */
+  extraArgs?: (i: number) => string[];
 }
 
 /** Options of one `etcdctl` run. */
@@ -245,7 +250,7 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<Cluster> 
   // A port taken by someone else between freePorts() and etcd's bind makes a member exit: try anew.
   for (let attempt = 1; ; attempt++) {
     try {
-      return await startOnce(size, root, ownRoot, timeoutMs, opts.tls);
+      return await startOnce(size, root, ownRoot, timeoutMs, opts.tls, opts.extraArgs ?? (() => []));
     } catch (e) {
       const portTaken = e instanceof MemberExited && /address already in use/.test(e.message);
       if (attempt >= 3 || !portTaken) {
@@ -263,7 +268,7 @@ function etcdctlTLS(tls: ClientTLS | undefined): Pick<EtcdctlOptions, "cacert" |
   return tls === undefined ? {} : { cacert: tls.ca, cert: tls.cert, key: tls.key };
 }
 
-async function startOnce(size: number, root: string, ownRoot: boolean, timeoutMs: number, tls: ClusterTLS | undefined): Promise<Cluster> {
+async function startOnce(size: number, root: string, ownRoot: boolean, timeoutMs: number, tls: ClusterTLS | undefined, extraArgs: (i: number) => string[]): Promise<Cluster> {
   const etcd = which("etcd");
   const token = `etcd-gateway-cluster-${process.pid}-${Date.now()}-${Math.random().toString(36).slice(2, 8)}`;
   const ports = freePorts(size * 2);
@@ -308,6 +313,7 @@ async function startOnce(size: number, root: string, ownRoot: boolean, timeoutMs
       `--initial-cluster-state=${state}`,
       `--initial-cluster-token=${token}`,
       ...tlsFlags,
+      ...extraArgs(Number(m.name.slice(1))),
       "--heartbeat-interval=50",
       "--election-timeout=500",
       "--logger=zap",
