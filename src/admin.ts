@@ -40,7 +40,19 @@ export interface Status {
     connectionsTotal: number;
     failedDials: number;
     lastSuccessAgoSeconds: number | null;
+    /** Whether it answered its last health check at all (null: not checked yet, or no active checks). */
+    alive: boolean | null;
+    /** The cluster ID (hex) it reported in its last full check. */
+    clusterId: string | null;
   }[];
+  /** The cluster the gateway fronts (absent before issue 19). */
+  cluster?: {
+    /** Its ID (hex): `--cluster-id`, or learned from the members; null until known. */
+    id: string | null;
+    pinned: boolean;
+    /** Alarms raised in it, by the member they are on (hex ID). */
+    alarms: { alarm: string; member: string }[];
+  };
   config: Record<string, unknown>;
 }
 
@@ -90,10 +102,14 @@ export function status(gw: Gateway, ctx: AdminContext, all: ProcessStats): Statu
         connectionsTotal: c?.stats.connectionsTotal ?? 0,
         failedDials: m.failures,
         lastSuccessAgoSeconds: last === 0 ? null : (now - last) / 1000,
+        alive: m.alive,
+        clusterId: m.clusterId,
       };
     }),
+    cluster: { id: gw.health?.cluster.id ?? null, pinned: gw.health?.cluster.pinned ?? false, alarms: [...(gw.health?.cluster.alarms ?? [])] },
     config: {
       "health-check": f["health-check"],
+      "cluster-id": f["cluster-id"],
       "health-interval": formatDuration(f["health-interval"]),
       "connect-timeout": formatDuration(f["connect-timeout"]),
       "retry-delay": formatDuration(f["retry-delay"]),
@@ -125,7 +141,7 @@ async function show(gw: Gateway, ctx: AdminContext, path: string): Promise<Reply
   switch (path) {
     case "/metrics": {
       const all = await counters(gw, ctx);
-      const text = renderMetrics({ version: ctx.version, startedAt: ctx.startedAt, members: memberViews(gw.members, all.members), counters: all, discovery: gw.discoveryStats });
+      const text = renderMetrics({ version: ctx.version, startedAt: ctx.startedAt, members: memberViews(gw.members, all.members), counters: all, discovery: gw.discoveryStats, alarms: gw.health?.cluster.alarms ?? [] });
       return { status: 200, body: text, type: PROMETHEUS_TEXT };
     }
     case "/healthz":

@@ -51,6 +51,7 @@ export interface MemberCounts {
   bytesToMember: number;
   bytesFromMember: number;
   lastConnectedAt: number;
+  lastHeardAt: number;
   readonly failures: Record<FailureReason, number>;
   /** Dial to connected, seconds. */
   readonly connect: HistogramData;
@@ -63,6 +64,11 @@ export class MemberStats implements MemberCounts {
   bytesFromMember = 0;
   /** `performance.now()` of the last connection established to the member, 0 if none yet. */
   lastConnectedAt = 0;
+  /**
+   * `performance.now()` of the last sign of a live member process: a byte it sent on a proxied
+   * connection (its first, per connection), or an answer to a health check; 0 if none yet.
+   */
+  lastHeardAt = 0;
   readonly failures: Record<FailureReason, number> = { refused: 0, timeout: 0, reset: 0, tls: 0, other: 0 };
   readonly connect = new Histogram(CONNECT_BUCKETS);
 }

@@ -127,6 +127,14 @@ function alpn(t: string): string[] {
 
 const text = (t: string) => t;
 
+/** An etcd cluster ID as etcd prints it (hex, `cdf818194e3a8c32`; `0x` and leading zeros allowed), in etcd's form. */
+function clusterId(t: string): string {
+  if (!/^(0x)?[0-9a-fA-F]{1,16}$/.test(t)) throw new Error(`expected a cluster ID in hex, as etcd logs it (e.g. cdf818194e3a8c32), got ${JSON.stringify(t)}`);
+  const id = BigInt(`0x${t.replace(/^0x/, "")}`);
+  if (id === 0n) throw new Error("a cluster ID is never 0");
+  return id.toString(16);
+}
+
 /** Every flag of `etcd-gateway start`. */
 export const START_FLAGS = {
   config: { type: "string", reload: "restart", valueHint: "path", parse: path, description: "YAML file whose keys are these flag names; precedence: flags > ETCD_GATEWAY_* environment > file > defaults; re-read on SIGHUP" },
@@ -177,6 +185,7 @@ export const START_FLAGS = {
   "health-cacert": { type: "string", reload: "live", valueHint: "path", parse: certificate, description: "CA bundle to verify members' TLS certificates in health checks (checks then use https)" },
   "health-cert": { type: "string", reload: "live", valueHint: "path", parse: certificate, description: "client certificate for health checks of members with client-cert auth" },
   "health-key": { type: "string", reload: "live", valueHint: "path", parse: privateKey, description: "key of --health-cert" },
+  "cluster-id": { type: "string", reload: "live", valueHint: "hex", parse: clusterId, description: "the ID of the etcd cluster (hex, as etcd logs it) whose members get clients; a member reporting another is refused (default: the ID most members report)" },
   "upstream-tls": { type: "boolean", reload: "live", default: false, description: "speak TLS to the members with the gateway's own identity (clients speak plaintext to the gateway)" },
   "upstream-cacert": { type: "string", reload: "live", valueHint: "path", parse: certificate, description: "CA bundle to verify members' certificates with --upstream-tls (default: the system CAs)" },
   "upstream-cert": { type: "string", reload: "live", valueHint: "path", parse: certificate, description: "client certificate the gateway presents to members with --upstream-tls" },

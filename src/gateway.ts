@@ -77,6 +77,7 @@ export class Gateway {
       syncIntervalMs: s.flags["endpoints-auto-sync-interval"],
       syncTLS: s.health.tls,
       timeoutMs: s.health.timeoutMs,
+      clusterId: () => this.health?.cluster.id ?? null,
     };
     this.#refresher = new Refresher(options, this.members.list.map((m) => ({ ...m.endpoint, tls: m.tls })), this.members, (e, source) => this.applyEndpoints(e, source), this.discoveryStats, this.log);
   }

@@ -36,6 +36,10 @@ export interface MemberChange {
   failures?: number;
   /** For the `deactivated endpoint` log line: when the member is looked at again (Go duration). */
   interval?: string;
+  /** Whether it answered its last check at all. */
+  alive?: boolean | null;
+  /** The cluster ID (hex) it reported, and whether that is another cluster than the gateway's. */
+  cluster?: { id: string | null; wrong: boolean };
 }
 
 type Writable<T> = { -readonly [K in keyof T]: T[K] };
@@ -51,6 +55,17 @@ export class Member {
   readonly ejections: number = 0;
   /** No longer in the endpoint set (discovery moved on); its open connections carry on (MemberTable.retired). */
   readonly removed: boolean = false;
+  /**
+   * Whether it answered its last health check at all (an HTTP status of any kind, a TLS alert, a
+   * close after connect): false when the check got no answer within `--health-timeout` or was
+   * refused; null before the first check and without active checks. Fail-open tries members that
+   * answer first (src/select.ts): a hung member's kernel still completes TCP handshakes.
+   */
+  readonly alive: boolean | null = null;
+  /** The cluster ID (hex, as etcd prints it) the member reported in its last full check; null until one did. */
+  readonly clusterId: string | null = null;
+  /** It reported another cluster's ID than the gateway's: down, and never given a client, fail-open included. */
+  readonly wrongCluster: boolean = false;
   readonly tls: boolean;
   readonly priority: number;
   readonly weight: number;
@@ -79,7 +94,7 @@ export class Member {
   }
   /** Usable: up and not drained. New connections go to usable members first; `/readyz` is 200 while one is. */
   get usable(): boolean {
-    return this.state === "up" && this.drain === "off";
+    return this.state === "up" && this.drain === "off" && !this.wrongCluster;
   }
 }
 
@@ -173,6 +188,11 @@ export class MemberTable {
     this.#generation++;
     if (change.failures !== undefined) w.failures = change.failures;
     if (change.reason !== undefined) w.reason = change.reason;
+    if (change.alive !== undefined) w.alive = change.alive;
+    if (change.cluster !== undefined) {
+      w.clusterId = change.cluster.id;
+      w.wrongCluster = change.cluster.wrong;
+    }
     const drained = change.drain !== undefined && change.drain !== m.drain;
     if (drained) {
       w.drain = change.drain!;

@@ -55,6 +55,11 @@ export interface MemberView {
   readonly checks: { readonly full: HistogramData; readonly liveness: HistogramData };
   /** performance.now() of this process's last connect to it (0: none). */
   readonly lastConnectedAt: number;
+  /** Whether it answered its last health check (null: not checked). */
+  readonly alive: boolean | null;
+  /** The cluster ID (hex) it reported, and whether that is another cluster than the gateway's. */
+  readonly clusterId: string | null;
+  readonly wrongCluster: boolean;
 }
 
 const view = (m: Member, state: MemberView["state"]): MemberView => ({
@@ -68,6 +73,9 @@ const view = (m: Member, state: MemberView["state"]): MemberView => ({
   ejections: m.ejections,
   checks: m.checks,
   lastConnectedAt: m.stats.lastConnectedAt,
+  alive: m.alive,
+  clusterId: m.clusterId,
+  wrongCluster: m.wrongCluster,
 });
 
 /**
@@ -78,7 +86,7 @@ const view = (m: Member, state: MemberView["state"]): MemberView => ({
 export function memberViews(table: MemberTable, shares: readonly MemberShare[]): MemberView[] {
   const listed = new Set(table.list.map((m) => m.address));
   const retired = new Map(table.retired.map((m) => [m.address, m]));
-  const bare = (address: string): MemberView => ({ address, state: "removed", drain: "off", reason: "", priority: 0, weight: 0, failures: 0, ejections: 0, checks: new CheckStats(), lastConnectedAt: 0 });
+  const bare = (address: string): MemberView => ({ address, state: "removed", drain: "off", reason: "", priority: 0, weight: 0, failures: 0, ejections: 0, checks: new CheckStats(), lastConnectedAt: 0, alive: null, clusterId: null, wrongCluster: false });
   const removed = shares.filter((s) => !listed.has(s.address) && s.connections > 0).map((s) => {
     const m = retired.get(s.address);
     return m === undefined ? bare(s.address) : view(m, "removed");
@@ -198,6 +206,8 @@ export interface MetricsInput {
   /** Data-path counters of every process (with --workers, summed over them). */
   counters: ProcessStats;
   discovery: DiscoveryStats;
+  /** The alarms raised in the cluster (with active checks). */
+  alarms: readonly { alarm: string; member: string }[];
 }
 
 /** Renders everything: the gateway's own metrics prefixed `etcd_gateway_`, then the standard `process_*` ones. */
@@ -206,6 +216,7 @@ export function renderMetrics(s: MetricsInput): string {
   x.metric("etcd_gateway_build_info", "gauge", "Version of etcd-gateway and of the Bun runtime it carries.", [[`version="${esc(s.version)}",bun="${esc(Bun.version)}"`, 1]]);
   x.metric("etcd_gateway_start_time_seconds", "gauge", "Start time of the process since the Unix epoch, in seconds.", [["", s.startedAt / 1000]]);
   renderMembers(x, s.members, s.counters.members);
+  x.metric("etcd_gateway_cluster_alarm", "gauge", "1 for each alarm raised in the cluster (NOSPACE, CORRUPT), by the member it is on (hex ID), as the members' status lists them.", s.alarms.map((a) => [`alarm="${esc(a.alarm)}",member="${esc(a.member)}"`, 1]));
   renderListener(x, s);
   renderProcesses(x, s.counters.processes);
   return x.lines.join("\n") + "\n";
@@ -218,6 +229,7 @@ function renderMembers(x: Exposition, ms: readonly MemberView[], shares: readonl
   const c = (m: MemberView) => counted.get(m.address) ?? zero;
   const ep = (m: MemberView, extra = "") => `endpoint="${esc(m.address)}"${extra}`;
   x.metric("etcd_gateway_member_up", "gauge", "1 when the member's state is up (its health; a drained member stays up), else 0.", ms.map((m) => [ep(m), m.state === "up" ? 1 : 0]));
+  x.metric("etcd_gateway_member_alive", "gauge", "1 when the member answered its last health check (any answer: an HTTP status, a TLS alert), or was not checked yet; 0 when it did not answer in time or refused.", ms.map((m) => [ep(m), m.alive === false ? 0 : 1]));
   x.metric("etcd_gateway_member_drained", "gauge", "1 when an operator drained the member (no new connections), else 0.", ms.map((m) => [ep(m), m.drain === "off" ? 0 : 1]));
   x.metric("etcd_gateway_member_state", "gauge", "1 for the member's current state (up, down, ejected; removed: out of the endpoint set, connections still open).", ms.flatMap((m) => (["up", "down", "ejected", "removed"] as const).map((st) => [ep(m, `,state="${st}"`), m.state === st ? 1 : 0] as const)));
   x.metric("etcd_gateway_member_connections", "gauge", "Proxied connections open to the member (dials in flight included).", ms.map((m) => [ep(m), c(m).connections]));

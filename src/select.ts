@@ -5,9 +5,9 @@
  * priority class that has a usable member is chosen from, weights share the choice within it, and
  * weight-0 members get a small chance (static `--endpoints` all have priority 0 and weight 0, so
  * they are simply equal). After the chosen member come the other usable ones (by priority), then
- * the unusable ones, most recently successful first, so that when every member looks bad the
+ * the unusable ones, those that still answer first, so that when every member looks bad the
  * gateway still tries them all and recovers the moment the cluster does; members an operator
- * drained come last of all.
+ * drained come last of all, and members of another cluster never.
  *
  * A policy only reads the member table (and its own rotation state).
  *
@@ -20,7 +20,7 @@ export const POLICY_NAMES: readonly PolicyName[] = ["sticky", "round-robin", "le
 
 export interface Policy {
   readonly name: PolicyName;
-  /** The members to try, in order, for one new client connection. Never empty for a non-empty table. */
+  /** The members to try, in order, for one new client connection: every member of the table but those of another cluster. */
   candidates(): readonly Member[];
   /**
    * The index (in the table) of the member this policy prefers now (sticky's chosen member), or -1
@@ -204,12 +204,12 @@ export function weightedPick(members: readonly Member[], random: () => number): 
 
 /**
  * `chosen` (when usable), then the other usable members by priority (table order, rotated to
- * start after `chosen`), then the unusable ones by most recent success, and the drained ones last
- * (by most recent success too): a drained member is dialled only when every other member failed
- * for this client, the last resort of failing open.
+ * start after `chosen`), then the unusable ones by liveness, and the drained ones last (by
+ * liveness too): a drained member is dialled only when every other member failed for this client,
+ * the last resort of failing open. A member of another cluster is never in the list.
  */
 function arrange(list: readonly Member[], chosen: Member | undefined): Member[] {
-  // With nothing usable, only the record of past successes orders the attempts.
+  // With nothing usable, only the evidence of which members answer orders the attempts.
   const first = chosen?.usable ? chosen : undefined;
   const start = first === undefined ? 0 : Math.max(list.indexOf(first), 0);
   const usable: Member[] = [];
@@ -217,13 +217,23 @@ function arrange(list: readonly Member[], chosen: Member | undefined): Member[] 
   const drained: Member[] = [];
   for (let i = 0; i < list.length; i++) {
     const m = list[(start + i) % list.length]!;
-    if (m === first) continue;
+    if (m === first || m.wrongCluster) continue;
     (m.usable ? usable : m.drain === "off" ? failed : drained).push(m);
   }
   usable.sort((a, b) => a.priority - b.priority);
-  const recent = (a: Member, b: Member) => b.stats.lastConnectedAt - a.stats.lastConnectedAt;
-  failed.sort(recent);
-  drained.sort(recent);
+  failed.sort(livelier);
+  drained.sort(livelier);
   const out = first === undefined ? [] : [first];
   return out.concat(usable, failed, drained);
+}
+
+/**
+ * Fail-open's order: members that answered their last health check (or were not checked yet)
+ * before those that did not, then the one heard from most recently (a byte on a proxied
+ * connection, an answer to a check). Never a TCP connect alone: a hung member's kernel still
+ * completes the handshake, and a client sent there would wait in vain.
+ */
+export function livelier(a: Member, b: Member): number {
+  const silent = (m: Member) => (m.alive === false ? 1 : 0);
+  return silent(a) - silent(b) || b.stats.lastHeardAt - a.stats.lastHeardAt;
 }

@@ -230,6 +230,7 @@ function derive(f: FlagValues, configFile: string | null, origin: (flag: StartFl
     connectTimeoutMs: f["connect-timeout"],
     // Health checks speak the same TLS as the data path when only --upstream-* is given.
     tls: healthFiles ?? (upstreamTls === null ? null : { ca: upstreamTls.ca, cert: upstreamTls.cert, key: upstreamTls.key }),
+    clusterId: f["cluster-id"],
   };
   return deepFreeze({
     flags: f,

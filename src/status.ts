@@ -10,7 +10,7 @@ import type { Status } from "./admin.ts";
 import { parseHostPort } from "./addresses.ts";
 import { parseFlags } from "./flags.ts";
 import { errorText } from "./log.ts";
-import { requestErrorText } from "./neterror.ts";
+import { HttpFailure, httpRequest, requestUrl } from "./http-client.ts";
 import { colourAllowed } from "./terminal.ts";
 
 /** `--admin-addr` of the commands that talk to a running gateway. */
@@ -41,23 +41,28 @@ export function adminAddress(value: unknown): string {
 
 /**
  * Asks the admin endpoint at `addr` for `path` and resolves with the body of its 200 answer;
- * anything else (no answer, another status) is one line through `fail`.
+ * anything else (no answer, another status, a redirect) is one line through `fail`. The request
+ * goes straight to `addr`, never through a proxy from the environment, and reads at most 1 MiB.
  */
-export async function askAdmin(addr: string, path: string, fail: (message: string) => never, method = "GET"): Promise<string> {
+export async function askAdmin(addr: string, path: string, fail: (message: string) => never, method: "GET" | "POST" = "GET"): Promise<string> {
   let answer: { status: number; text: string };
-  const url = `http://${addr}${path}`;
-  const signal = AbortSignal.timeout(3000);
+  const hp = parseHostPort(addr);
+  const target = { host: hp.host, port: hp.port, tls: null };
   try {
-    const r = await fetch(url, { method, signal });
-    answer = { status: r.status, text: await r.text() };
+    const r = await httpRequest(target, method === "POST" ? { method, path, body: "" } : { method, path }, { timeoutMs: 3000, maxBytes: ADMIN_REPLY_BYTES });
+    if (r.truncated) throw new Error(`${requestUrl(target, path)}: the answer is longer than ${ADMIN_REPLY_BYTES} bytes`);
+    answer = { status: r.status, text: r.body };
   } catch (e) {
-    const why = requestErrorText(e, method, url, { timeoutMs: signal.aborted ? 3000 : undefined });
-    fail(`cannot reach the admin endpoint at ${addr}: ${printable(why)} (is the gateway running with --admin-addr=${addr}?)`);
+    // HttpFailure's message is already in Go's words; errorText would put its code in front.
+    fail(`cannot reach the admin endpoint at ${addr}: ${printable(e instanceof HttpFailure ? e.message : errorText(e))} (is the gateway running with --admin-addr=${addr}?)`);
   }
   // E.g. 503 while the endpoint is at its connection cap, 404 for an unknown member.
   if (answer.status !== 200) fail(`the admin endpoint at ${addr} answered ${answer.status}: ${printable(answer.text.split("\n")[0] ?? "")}`);
   return answer.text;
 }
+
+/** The most of an admin answer the commands read: /status of thousands of members fits. */
+const ADMIN_REPLY_BYTES = 1 << 20;
 
 /**
  * Runs `etcd-gateway status` with `argv`; `fail` prints one line and exits 1. Prints the table (or
@@ -127,13 +132,17 @@ export function colours(): Colours {
 }
 
 /**
- * One line of header, then one row per member: endpoint, state (`,drained` when an operator drained
- * it), connections, failed dials, reason.
+ * One line of header, one of the cluster (its ID, and its alarms when any are raised), then one
+ * row per member: endpoint, state (`,drained` when an operator drained it), connections, failed
+ * dials, reason.
  * Every value from the endpoint is printed through `printable`, numbers too (the answer is not trusted to be ours).
  */
 export function renderStatus(s: Status, c: Colours): string {
   const p = (v: unknown) => printable(String(v));
   const head = `etcd-gateway ${p(s.version)}  pid ${p(s.pid)}  up ${p(Math.round(s.uptimeSeconds))}s  listen ${p(s.listener.address)}  policy ${p(s.policy)}  workers ${p(s.workers)}  connections ${p(s.listener.active)} (${p(s.listener.accepted)} accepted)\n`;
+  const cl = s.cluster;
+  const alarms = cl === undefined || cl.alarms.length === 0 ? "" : `  alarms ${cl.alarms.map((a) => `${p(a.alarm)} on ${p(a.member)}`).join(", ")}`;
+  const cluster = cl === undefined ? "" : `cluster ${p(cl.id ?? "not known yet")}${cl.pinned ? " (--cluster-id)" : ""}${alarms}\n`;
   const rows = [["ENDPOINT", "STATE", "CONNS", "TOTAL", "FAILED", "PRIO", "WEIGHT", "REASON"]];
   for (const m of s.members) {
     rows.push([m.endpoint, m.drained === true ? `${m.state},drained` : m.state, m.connections, m.connectionsTotal, m.failedDials, m.priority, m.weight, m.reason].map(p));
@@ -150,5 +159,5 @@ export function renderStatus(s: Status, c: Colours): string {
       .join("  ")
       .trimEnd(),
   );
-  return head + lines.join("\n") + "\n";
+  return head + cluster + lines.join("\n") + "\n";
 }

@@ -25,7 +25,7 @@ export type ToPrimary =
   | { t: "ok"; i: number }
   | { t: "stats"; id: number; stats: ProcessStats };
 /** One member as the primary describes it to workers: the endpoint and its state. */
-export type SharedMember = EndpointSpec & { state: MemberState; drain: Drain; reason: string; failures: number };
+export type SharedMember = EndpointSpec & { state: MemberState; drain: Drain; reason: string; failures: number; alive: boolean | null; clusterId: string | null; wrongCluster: boolean };
 export type SharedState = { t: "state"; members: SharedMember[]; current: number };
 
 /** This process's worker number, or null for the primary (or a single process). */
@@ -38,7 +38,7 @@ export function workerNumber(): number | null {
 export function snapshot(members: MemberTable, policy: Policy): SharedState {
   return {
     t: "state",
-    members: members.list.map((m) => ({ ...m.endpoint, tls: m.tls, priority: m.priority, weight: m.weight, dialHost: m.dialHost, state: m.state, drain: m.drain, reason: m.reason, failures: m.failures })),
+    members: members.list.map((m) => ({ ...m.endpoint, tls: m.tls, priority: m.priority, weight: m.weight, dialHost: m.dialHost, state: m.state, drain: m.drain, reason: m.reason, failures: m.failures, alive: m.alive, clusterId: m.clusterId, wrongCluster: m.wrongCluster })),
     current: policy.position(),
   };
 }
@@ -48,7 +48,7 @@ export function adopt(state: SharedState, members: MemberTable, policy: Policy):
   members.replace(state.members);
   members.list.forEach((m, i) => {
     const s = state.members[i];
-    if (s !== undefined) members.update(m, { state: s.state, drain: s.drain, reason: s.reason, failures: s.failures });
+    if (s !== undefined) members.update(m, { state: s.state, drain: s.drain, reason: s.reason, failures: s.failures, alive: s.alive, cluster: { id: s.clusterId, wrong: s.wrongCluster } });
   });
   policy.adopt(state.current);
 }

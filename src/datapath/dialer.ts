@@ -247,6 +247,8 @@ export class Dialer implements LegOwner {
 
   firstData(leg: Leg): void {
     const up = leg as UpstreamLeg;
+    // The member's process answers (fail-open's order, src/select.ts): one clock read per connection.
+    up.member.stats.lastHeardAt = performance.now();
     if (up.probation) this.proven(up);
   }
 

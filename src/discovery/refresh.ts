@@ -13,7 +13,7 @@
 import type { EndpointSpec } from "../addresses.ts";
 import type { DiscoveryStats } from "../counters.ts";
 import { errorText, type Logger } from "../log.ts";
-import type { MemberTable } from "../members.ts";
+import { Member, type MemberTable } from "../members.ts";
 import { after } from "../timers.ts";
 import type { TlsFiles } from "../tls.ts";
 import { fetchMemberList } from "./member-list.ts";
@@ -29,6 +29,8 @@ export interface RefreshOptions {
   syncIntervalMs: number;
   syncTLS: TlsFiles | null;
   timeoutMs: number;
+  /** The gateway's cluster (hex), when known: a member list from another cluster is refused. */
+  clusterId: () => string | null;
 }
 
 /** Makes a set current (after the caller's self-loop filtering). */
@@ -130,15 +132,19 @@ export class Refresher {
     this.#syncBusy = true;
     try {
       let lastError = "no member to ask";
-      for (const { address, tls } of this.whomToAsk()) {
+      for (const member of this.whomToAsk()) {
+        const address = member.address;
         try {
-          const endpoints = await fetchMemberList(address, tls, this.o.syncTLS, this.o.timeoutMs);
+          const { endpoints, clusterId } = await fetchMemberList(member, this.o.syncTLS, this.o.timeoutMs);
+          const ours = this.o.clusterId();
+          if (clusterId !== null && ours !== null && clusterId !== ours) throw new Error(`member list of cluster ${clusterId}, not ${ours} (the gateway's cluster)`);
           this.good();
           this.#synced = true;
           await this.apply(endpoints, `member list from ${address}`);
           return;
         } catch (e) {
-          const text = errorText(e);
+          // In Go's words already (src/http-client.ts); errorText would put an errno code in front.
+          const text = e instanceof Error ? e.message : String(e);
           lastError = text.includes(address) ? text : `${address}: ${text}`;
         }
       }
@@ -149,11 +155,12 @@ export class Refresher {
     }
   }
 
-  /** Usable members first, then the others, then the seeds; each address once. */
-  private whomToAsk(): { address: string; tls: boolean }[] {
-    const current = this.table.list;
-    const order = [...current.filter((m) => m.up), ...current.filter((m) => !m.up)].map((m) => ({ address: m.address, tls: m.tls }));
-    for (const s of this.#seeds) order.push({ address: s.address, tls: s.tls === true });
+  /** Usable members first, then the others, then the seeds; each address once; never a member of another cluster. */
+  private whomToAsk(): Member[] {
+    const current = this.table.list.filter((m) => !m.wrongCluster);
+    const order = [...current.filter((m) => m.up), ...current.filter((m) => !m.up)];
+    const known = new Set(this.table.list.map((m) => m.address));
+    for (const s of this.#seeds) if (!known.has(s.address)) order.push(new Member(s));
     const seen = new Set<string>();
     return order.filter((o) => !seen.has(o.address) && seen.add(o.address));
   }

@@ -29,10 +29,11 @@
  */
 import { formatDuration } from "../duration.ts";
 import type { Logger } from "../log.ts";
-import type { Member, MemberState, MemberTable } from "../members.ts";
+import type { Member, MemberChange, MemberState, MemberTable } from "../members.ts";
 import { after } from "../timers.ts";
 import type { TlsFiles } from "../tls.ts";
-import { runCheck, type CheckDepth, type CheckKind, type CheckOptions, type CheckResult } from "./checks.ts";
+import { forgetMember, runCheck, type CheckDepth, type CheckKind, type CheckOptions, type CheckResult } from "./checks.ts";
+import { ClusterView } from "./cluster.ts";
 import { tcpProbe } from "./probe.ts";
 
 /** The health settings in force; read where they are used, so a reload takes effect at the next step. */
@@ -54,6 +55,8 @@ export interface HealthSettings {
   /** Bound on one retry probe's connect. */
   readonly connectTimeoutMs: number;
   readonly tls: TlsFiles | null;
+  /** `--cluster-id` (hex): the cluster the members must belong to; null to learn it from them. */
+  readonly clusterId: string | null;
 }
 
 /** What health needs from the world; `realWorld` in production, fakes in unit tests. */
@@ -67,6 +70,8 @@ export interface HealthWorld {
   check(kind: Exclude<CheckKind, "none">, member: Member, options: CheckOptions): Promise<CheckResult>;
   /** A TCP connect: null when it connected, else why not. */
   probe(member: Member, timeoutMs: number): Promise<string | null>;
+  /** The member left the endpoint set, or health stopped: what the checks hold for it can go. */
+  forget(member: Member): void;
 }
 
 export const realWorld: HealthWorld = {
@@ -75,6 +80,7 @@ export const realWorld: HealthWorld = {
   now: () => performance.now(),
   check: runCheck,
   probe: (m, timeoutMs) => tcpProbe(m.dialHost, m.endpoint.port, timeoutMs),
+  forget: forgetMember,
 };
 
 /** Per-member bookkeeping that only health needs. */
@@ -92,6 +98,10 @@ interface Track {
   /** When the last full check ran, and whether it failed (then every check is full until one passes). */
   lastFullAt: number;
   fullFailing: boolean;
+  /** The notes of its checks already logged (each once per member). */
+  noted: Set<string>;
+  /** Whether its last check passed but for the cluster it reported (so it can be taken back at once when the gateway's cluster turns out to be its own). */
+  passedButCluster: boolean;
 }
 
 /** etcd's gateway: `--retry-delay=0` means its internal default of 5 minutes. */
@@ -105,6 +115,8 @@ const backoffMs = (s: HealthSettings, failStreak: number) => Math.min(s.interval
 export class Health {
   readonly #tracks = new Map<Member, Track>();
   #stopped = false;
+  /** The cluster the members must belong to, and its alarms. */
+  readonly cluster: ClusterView;
 
   constructor(
     private readonly table: MemberTable,
@@ -113,7 +125,9 @@ export class Health {
     /** Whether the member carries clients now (or is the one the policy sends the next client to). */
     private readonly inUse: (m: Member) => boolean,
     private readonly world: HealthWorld = realWorld,
-  ) {}
+  ) {
+    this.cluster = new ClusterView(log, settings().clusterId, () => table.list.length);
+  }
 
   private get active(): boolean {
     return this.settings().check !== "none";
@@ -127,22 +141,30 @@ export class Health {
 
   /** The endpoint set changed: check the new members, forget the removed ones. */
   membersChanged(added: readonly Member[], removed: readonly Member[]): void {
+    let changed = false;
     for (const m of removed) {
       this.#tracks.get(m)?.cancel?.();
       this.#tracks.delete(m);
+      this.world.forget(m);
+      changed = this.cluster.forget(m) || changed;
     }
+    if (changed) this.reviewIdentities();
     if (this.active) for (const m of added) this.firstCheck(m);
   }
 
-  /** Settings were reloaded: a switch from `none` to a check starts the checks. */
+  /** Settings were reloaded: a switch from `none` to a check starts the checks; a new --cluster-id applies at once. */
   settingsChanged(previous: HealthSettings): void {
     if (previous.check === "none" && this.active) this.start();
+    if (this.cluster.pin(this.settings().clusterId)) this.reviewIdentities();
   }
 
-  /** Cancels checks and probes (at shutdown). */
+  /** Cancels checks and probes, and closes the checks' kept connections (at shutdown). */
   stop(): void {
     this.#stopped = true;
-    for (const t of this.#tracks.values()) t.cancel?.();
+    for (const [m, t] of this.#tracks) {
+      t.cancel?.();
+      this.world.forget(m);
+    }
   }
 
   /** Passive evidence: a dial to `m` failed, or it reset right after connect. */
@@ -151,6 +173,8 @@ export class Health {
     const t = this.track(m);
     if (t.ejected || failures < this.settings().fall) {
       this.table.update(m, { failures });
+      // Undecided now (a spare that died is otherwise looked at again only a minute later).
+      if (m.state === "up") this.bringForward(m);
       return;
     }
     t.ejected = true;
@@ -173,9 +197,14 @@ export class Health {
    * comes forward to then (traffic decides where checks go, not sickness).
    */
   cameIntoUse(m: Member): void {
+    if (m.state === "up") this.bringForward(m);
+  }
+
+  /** Brings `m`'s next check forward to within --health-interval, if it is further away. */
+  private bringForward(m: Member): void {
     const t = this.#tracks.get(m);
     const s = this.settings();
-    if (t === undefined || t.cancel === null || t.probing || s.check === "none" || m.state !== "up") return;
+    if (t === undefined || t.cancel === null || t.probing || s.check === "none") return;
     if (t.dueAt - this.world.now() <= s.intervalMs) return;
     t.cancel();
     t.cancel = null;
@@ -193,10 +222,7 @@ export class Health {
     const r = await this.timed(m, s.check, { depth: "full", timeoutMs: s.timeoutMs, tls: s.tls, keepAlive: false });
     if (this.#stopped || m.removed) return false;
     if (r.ok === null) return m.up;
-    t.lastFullAt = this.world.now();
-    t.fullFailing = !r.ok;
-    this.judge(m, t, r.ok, r.reason);
-    return r.ok;
+    return this.absorb(m, t, r, "full");
   }
 
   private jitter(): number {
@@ -206,19 +232,19 @@ export class Health {
   private track(m: Member): Track {
     let t = this.#tracks.get(m);
     if (t === undefined) {
-      t = { checked: false, checkUp: true, ejected: false, okStreak: 0, failStreak: 0, cancel: null, dueAt: 0, probing: false, lastFullAt: -Infinity, fullFailing: false };
+      t = { checked: false, checkUp: true, ejected: false, okStreak: 0, failStreak: 0, cancel: null, dueAt: 0, probing: false, lastFullAt: -Infinity, fullFailing: false, noted: new Set(), passedButCluster: false };
       this.#tracks.set(m, t);
     }
     return t;
   }
 
-  /** Writes the state that follows from `m`'s track. */
-  private settle(m: Member, reason: string, failures?: number): void {
+  /** Writes the state that follows from `m`'s track, with `more` of what the check found. */
+  private settle(m: Member, reason: string, failures?: number, more: MemberChange = {}): void {
     const t = this.track(m);
     const state: MemberState = !t.checkUp ? "down" : t.ejected ? "ejected" : "up";
     const s = this.settings();
     const interval = formatDuration(this.active ? s.intervalMs : retryMs(s));
-    this.table.update(m, { state, reason, failures, interval });
+    this.table.update(m, { ...more, state, reason, failures, interval });
   }
 
   /** Runs `fn` after `ms` unless something is already scheduled for `m`; `probing` is set while it runs. */
@@ -253,9 +279,15 @@ export class Health {
     return { depth, timeoutMs: s.timeoutMs, tls: s.tls, keepAlive: inUse };
   }
 
-  /** When to check `m` next. */
+  /**
+   * When to check `m` next: every --health-interval while its state is undecided (up with a failed
+   * check or dial behind it, down with a passing check behind it), whatever its role; a decided
+   * down member backs off; the member in use every --health-interval, a spare every
+   * --health-spare-interval.
+   */
   private nextIn(m: Member, t: Track, s: HealthSettings): number {
-    if (m.state !== "up") return backoffMs(s, t.failStreak);
+    if (m.state !== "up") return t.okStreak > 0 ? s.intervalMs : backoffMs(s, t.failStreak);
+    if (t.failStreak > 0 || m.failures > 0) return s.intervalMs;
     return this.inUse(m) ? s.intervalMs : Math.max(s.spareIntervalMs, s.intervalMs);
   }
 
@@ -267,11 +299,7 @@ export class Health {
     const plan = this.plan(m, t, before);
     const r = await this.timed(m, before.check, plan);
     if (this.#stopped || m.removed) return;
-    if (plan.depth === "full" && r.ok !== null) {
-      t.lastFullAt = this.world.now();
-      t.fullFailing = !r.ok;
-    }
-    if (r.ok !== null) this.judge(m, t, r.ok, r.reason);
+    if (r.ok !== null) this.absorb(m, t, r, plan.depth);
     const s = this.settings();
     this.schedule(m, this.nextIn(m, t, s) * this.jitter(), () => this.check(m));
   }
@@ -284,13 +312,78 @@ export class Health {
     return r;
   }
 
-  /** Rise and fall: `ok` is the latest check's verdict. */
-  private judge(m: Member, t: Track, ok: boolean, reason: string): void {
+  /**
+   * Takes in what a check found: its notes (logged once per member), whether the member answered,
+   * the cluster it belongs to and the cluster's alarms, then the verdict; returns whether it passed.
+   */
+  private absorb(m: Member, t: Track, r: CheckResult, depth: CheckDepth): boolean {
+    for (const n of r.notes ?? []) {
+      if (t.noted.has(n.key)) continue;
+      t.noted.add(n.key);
+      this.log[n.level](n.msg, { ...n.fields });
+    }
+    if (r.alive === true) m.stats.lastHeardAt = this.world.now();
+    const more: MemberChange = r.alive === undefined || r.alive === m.alive ? {} : { alive: r.alive };
+    let { ok, reason } = r;
+    let hard = false;
+    const id = r.facts?.clusterId ?? null;
+    if (id !== null) {
+      if (this.cluster.report(m, id)) this.reviewIdentities(m);
+      const wrong = this.cluster.foreign(id);
+      if (wrong !== m.wrongCluster || id !== m.clusterId) more.cluster = { id, wrong };
+      t.passedButCluster = wrong && ok === true;
+      if (wrong) [ok, reason, hard] = [false, this.wrongClusterReason(id), true];
+      else this.cluster.setAlarms(r.facts!.alarms, m);
+    }
+    if (depth === "full") {
+      t.lastFullAt = this.world.now();
+      t.fullFailing = !ok;
+    }
+    this.judge(m, t, ok === true, reason, hard, more);
+    return ok === true;
+  }
+
+  private wrongClusterReason(id: string): string {
+    return `member of cluster ${id}, not ${this.cluster.id ?? "?"} (the gateway's cluster${this.cluster.pinned ? ", --cluster-id" : ""})`;
+  }
+
+  /**
+   * The gateway's cluster changed (learned anew, or --cluster-id reloaded): members that reported
+   * another one are taken out at once; those that now belong are back at once if their last check
+   * passed but for the cluster, else judged afresh by their next check, within --health-interval.
+   * `except` was just judged by its caller.
+   */
+  private reviewIdentities(except?: Member): void {
+    for (const m of this.table.list) {
+      if (m === except || m.clusterId === null) continue;
+      const wrong = this.cluster.foreign(m.clusterId);
+      if (wrong === m.wrongCluster) continue;
+      const t = this.track(m);
+      if (wrong) {
+        t.checked = true;
+        t.checkUp = false;
+        [t.okStreak, t.failStreak] = [0, 1];
+        this.settle(m, this.wrongClusterReason(m.clusterId), undefined, { cluster: { id: m.clusterId, wrong } });
+        continue;
+      }
+      if (t.passedButCluster) {
+        [t.checked, t.checkUp, t.okStreak, t.failStreak, t.passedButCluster] = [true, true, 1, 0, false];
+        this.settle(m, "status ok; the gateway's cluster", undefined, { cluster: { id: m.clusterId, wrong } });
+        continue;
+      }
+      t.checked = false; // its next check decides alone, as a first one does
+      this.table.update(m, { cluster: { id: m.clusterId, wrong } });
+      this.bringForward(m);
+    }
+  }
+
+  /** Rise and fall: `ok` is the latest check's verdict; `hard` takes the member down at once (another cluster's). */
+  private judge(m: Member, t: Track, ok: boolean, reason: string, hard = false, more: MemberChange = {}): void {
     const s = this.settings();
     if (!t.checked) {
       t.checked = true;
-      if (!ok) t.checkUp = false;
-    }
+      t.checkUp = ok;
+    } else if (hard && !ok) t.checkUp = false;
     let failures: number | undefined;
     if (ok) {
       t.failStreak = 0;
@@ -306,7 +399,7 @@ export class Health {
       t.failStreak++;
       if (t.checkUp && t.failStreak >= s.fall) t.checkUp = false;
     }
-    this.settle(m, reason, failures);
+    this.settle(m, reason, failures, more);
   }
 
   /** Without active checks: etcd's retry-delay probe of an ejected member. */

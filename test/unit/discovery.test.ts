@@ -3,7 +3,7 @@ import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { readEndpointsFile } from "../../src/flags.ts";
-import { judgeStatus } from "../../src/health/checks.ts";
+import { judgeStatus, statusFromJson } from "../../src/health/checks.ts";
 import { srvNames } from "../../src/discovery/srv.ts";
 
 describe("SRV names are etcd's", () => {
@@ -41,18 +41,33 @@ describe("--endpoints-file", () => {
 });
 
 describe("the etcd check's judgement of maintenance status", () => {
+  // Member 10276657743932975437 is 8e9e05c52164694d in hex, as etcd prints IDs.
+  const self = "10276657743932975437";
   const cases: [object, boolean, RegExp][] = [
-    [{ leader: "123", errors: [] }, true, /ok/],
+    [{ header: { member_id: self }, leader: "123", errors: [] }, true, /^status ok$/],
     [{ leader: "0" }, false, /no leader/],
     [{}, false, /no leader/],
     [{ leader: "1", isLearner: true }, false, /learner/],
-    [{ leader: "1", errors: ["memberID:1 alarm:NOSPACE"] }, false, /NOSPACE/],
+    // Alarms are cluster-wide: every member lists every member's. NOSPACE keeps members in service.
+    [{ header: { member_id: self }, leader: "1", errors: [`memberID:${self} alarm:NOSPACE `] }, true, /status ok; cluster alarm NOSPACE on 8e9e05c52164694d/],
+    [{ header: { member_id: "2" }, leader: "1", errors: [`memberID:${self} alarm:CORRUPT `] }, true, /cluster alarm CORRUPT on 8e9e05c52164694d/],
+    // ...but a member's own CORRUPT alarm takes that member out.
+    [{ header: { member_id: self }, leader: "1", errors: [`memberID:${self} alarm:CORRUPT `] }, false, /alarm CORRUPT on this member/],
+    [{ leader: "1", errors: ["something unexpected"] }, false, /errors: something unexpected/],
   ];
   for (const [status, ok, reason] of cases) {
     test(JSON.stringify(status), () => {
-      const r = judgeStatus(status);
+      const r = judgeStatus(statusFromJson(JSON.stringify(status))!);
       expect(r.ok).toBe(ok);
       expect(r.reason).toMatch(reason);
+      expect(r.alive).toBe(true);
     });
   }
+  test("the facts: the cluster and member IDs in hex, the alarms by the member they are on", () => {
+    const r = judgeStatus(statusFromJson(JSON.stringify({ header: { cluster_id: "14841639068965178418", member_id: self }, leader: self, errors: [`memberID:${self} alarm:NOSPACE `] }))!);
+    expect(r.facts).toEqual({ clusterId: "cdf818194e3a8c32", memberId: "8e9e05c52164694d", alarms: [{ alarm: "NOSPACE", member: "8e9e05c52164694d" }] });
+  });
+  test("a reply that is not a JSON object is not a status", () => {
+    for (const t of ["", "[]", "null", "42", "{"]) expect(statusFromJson(t)).toBeUndefined();
+  });
 });

@@ -8,7 +8,7 @@ import { parseEndpoint } from "../../src/addresses.ts";
 import type { CheckOptions, CheckResult } from "../../src/health/checks.ts";
 import { Health, type HealthSettings, type HealthWorld } from "../../src/health/monitor.ts";
 import { createLogger } from "../../src/log.ts";
-import { MemberTable, type MemberState } from "../../src/members.ts";
+import { MemberTable, type Member, type MemberState } from "../../src/members.ts";
 
 const OK: CheckResult = { ok: true, reason: "readyz ok" };
 const BAD: CheckResult = { ok: false, reason: "readyz 503: not ready" };
@@ -40,6 +40,7 @@ function fakeWorld(checks: CheckResult[] = [], probes: (string | null)[] = []) {
       calls.probes++;
       return probes.length > 0 ? probes.shift()! : null;
     },
+    forget() {},
   };
   /** Runs the next timer (time jumps to it) and lets the check or probe it started finish. */
   const step = async () => {
@@ -57,7 +58,7 @@ function setup(overrides: Partial<HealthSettings>, world: HealthWorld, inUse: ()
   const lines: Record<string, unknown>[] = [];
   const log = createLogger({ write: (l) => void lines.push(JSON.parse(l)) });
   const table = new MemberTable([parseEndpoint("127.0.0.1:2379")], log);
-  const settings: HealthSettings = { check: "etcd", intervalMs: 2000, statusIntervalMs: 10_000, spareIntervalMs: 60_000, timeoutMs: 1000, rise: 2, fall: 3, retryDelayMs: 60_000, connectTimeoutMs: 1000, tls: null, ...overrides };
+  const settings: HealthSettings = { check: "etcd", intervalMs: 2000, statusIntervalMs: 10_000, spareIntervalMs: 60_000, timeoutMs: 1000, rise: 2, fall: 3, retryDelayMs: 60_000, connectTimeoutMs: 1000, tls: null, clusterId: null, ...overrides };
   const health = new Health(table, () => settings, log, inUse, world);
   return { table, member: table.list[0]!, health, lines, msgs: () => lines.map((l) => l.msg) };
 }
@@ -250,5 +251,199 @@ describe("check durations (etcd_gateway_health_check_duration_seconds)", () => {
     // 5 ms is in the bucket whose upper bound is 0.005 (le is inclusive), 1 ms in le="0.001".
     expect(member.checks.full.counts.indexOf(1)).toBe(member.checks.full.bounds.indexOf(0.005));
     expect(member.checks.liveness.counts.indexOf(2)).toBe(member.checks.liveness.bounds.indexOf(0.001));
+  });
+});
+
+/** A full check's answer from a member of cluster `cluster` (hex IDs), with `alarms`. */
+function statusOf(cluster: string, member: string, alarms: { alarm: string; member: string }[] = []): CheckResult {
+  return { ok: true, reason: "status ok", alive: true, facts: { clusterId: cluster, memberId: member, alarms } };
+}
+
+/**
+ * `n` members on 127.0.0.1:2379.. with a scripted answer per member: `answer(i)` gives member i's
+ * next check result. Every member is a spare unless `inUse` says otherwise.
+ */
+function members(n: number, overrides: Partial<HealthSettings>, answer: (i: number, o: CheckOptions) => CheckResult, inUse: (i: number) => boolean = () => false) {
+  const f = fakeWorld();
+  const lines: Record<string, unknown>[] = [];
+  const log = createLogger({ write: (l) => void lines.push(JSON.parse(l)) });
+  const table = new MemberTable(Array.from({ length: n }, (_, i) => parseEndpoint(`127.0.0.1:${2379 + i}`)), log);
+  const index = (m: Member) => table.list.indexOf(m);
+  const checked: number[] = [];
+  const world: HealthWorld = {
+    ...f.world,
+    check: async (_k, m, o) => {
+      checked.push(index(m));
+      f.plans.push(o);
+      return answer(index(m), o);
+    },
+  };
+  const settings: HealthSettings = { check: "etcd", intervalMs: 2000, statusIntervalMs: 10_000, spareIntervalMs: 60_000, timeoutMs: 1000, rise: 2, fall: 3, retryDelayMs: 60_000, connectTimeoutMs: 1000, tls: null, clusterId: null, ...overrides };
+  const health = new Health(table, () => settings, log, (m) => inUse(index(m)), world);
+  /** Runs timers until every member has been checked at least `rounds` times. */
+  const rounds = async (k: number) => {
+    while (table.list.some((_, i) => checked.filter((c) => c === i).length < k)) await f.step();
+  };
+  return { f, table, health, lines, settings, checked, rounds, msgs: (msg: string) => lines.filter((l) => l.msg === msg) };
+}
+
+describe("undecided members are checked every --health-interval, whatever their role (issue 19)", () => {
+  test("a spare that a client's dial found dead is checked every --health-interval until it is down, not a minute later", async () => {
+    // Found in the demo: a member killed while in use stayed `up` in /status for 1.5-2 minutes,
+    // because sticky moved on after one failed dial and the dead member became a spare checked every 60 s.
+    let dead = false;
+    const h = members(1, { intervalMs: 2000, spareIntervalMs: 60_000, fall: 3 }, () => (dead ? { ok: false, reason: "dial tcp 127.0.0.1:2379: connect: connection refused", alive: false } : OK));
+    const m = h.table.list[0]!;
+    h.health.start();
+    await h.f.step(); // the first check, at 1 s: up; the next due at 61 s
+    expect([m.state, h.f.now()]).toEqual(["up", 1000]);
+    dead = true;
+    h.f.now(); // a client's dial fails at 1 s
+    h.health.dialFailed(m, "dial tcp 127.0.0.1:2379: connect: connection refused");
+    const times: number[] = [];
+    while (m.state === "up") {
+      await h.f.step();
+      times.push(h.f.now());
+    }
+    expect(times).toEqual([3000, 5000, 7000]);
+    expect(m.state).toBe("down");
+  });
+
+  test("a spare whose check failed once is checked again at --health-interval, and back on the spare schedule once a check passes", async () => {
+    const script = [OK, BAD, OK, OK];
+    const h = members(1, { intervalMs: 2000, spareIntervalMs: 60_000 }, () => script.shift() ?? OK);
+    h.health.start();
+    for (let i = 0; i < 4; i++) await h.f.step();
+    // 1 s first check, 61 s (spare), failed: 63 s, passed: 123 s
+    expect(h.f.delays).toEqual([1000, 60_000, 2000, 60_000, 60_000]);
+  });
+
+  test("a down member whose check passed is checked at --health-interval until --health-rise decides; a down member that keeps failing backs off", async () => {
+    const script = [BAD, BAD, BAD, BAD, BAD, OK, OK];
+    const h = members(1, { intervalMs: 2000, spareIntervalMs: 60_000, rise: 2, fall: 3 }, () => script.shift() ?? OK);
+    const m = h.table.list[0]!;
+    h.health.start();
+    for (let i = 0; i < 7; i++) await h.f.step();
+    expect(m.state).toBe("up");
+    // down at 1 s (the first check decides); failing: 2 s until --health-fall failures, then
+    // doubling (decided, backing off); a pass: 2 s until --health-rise decides; then a spare's 60 s
+    expect(h.f.delays).toEqual([1000, 2000, 2000, 2000, 4000, 8000, 2000, 60_000]);
+  });
+
+  test("a down member that fail-open sends a first client to keeps its backed-off schedule", async () => {
+    const h = members(1, { intervalMs: 2000, spareIntervalMs: 60_000, fall: 1 }, () => BAD);
+    const m = h.table.list[0]!;
+    h.health.start();
+    for (let i = 0; i < 4; i++) await h.f.step();
+    const due = h.f.delays.at(-1);
+    h.health.cameIntoUse(m);
+    expect(h.f.delays.at(-1)).toBe(due);
+    expect(h.f.pending()).toBe(1);
+  });
+});
+
+describe("liveness: whether a member answers at all (issue 19)", () => {
+  test("a check's answer sets alive, and the lack of one clears it", async () => {
+    const script: CheckResult[] = [{ ...OK, alive: true }, { ok: false, reason: "Get \"http://127.0.0.1:2379/version\": context deadline exceeded (timeout 1s)", alive: false }, { ok: false, reason: "no leader", alive: true }];
+    const h = members(1, {}, () => script.shift() ?? OK, () => true);
+    const m = h.table.list[0]!;
+    expect(m.alive).toBeNull();
+    h.health.start();
+    await h.f.step();
+    expect(m.alive).toBe(true);
+    expect(m.stats.lastHeardAt).toBe(1000);
+    await h.f.step();
+    expect(m.alive).toBe(false);
+    expect(m.stats.lastHeardAt).toBe(1000);
+    await h.f.step();
+    expect(m.alive).toBe(true);
+    expect(m.stats.lastHeardAt).toBe(5000);
+  });
+
+  test("notes a check brings (a fallback it took) are logged once per member", async () => {
+    const note = { key: "status-api", level: "info" as const, msg: "member has the JSON API off: status checked over gRPC", fields: { address: "x" } };
+    const h = members(2, {}, () => ({ ...OK, alive: true, notes: [note] }), () => true);
+    h.health.start();
+    await h.rounds(4);
+    expect(h.msgs(note.msg)).toHaveLength(2);
+  });
+});
+
+describe("cluster identity (issue 19)", () => {
+  const A = "cdf818194e3a8c32";
+  const B = "1c8a2b3d4e5f6071";
+  test("the ID most members report is the cluster's: a member of another cluster is down at its first check, with both IDs in the reason, logged once", async () => {
+    const h = members(4, {}, (i) => statusOf(i === 3 ? B : A, `${i + 1}`));
+    h.health.start();
+    await h.rounds(3);
+    expect(h.table.list.map((m) => m.state)).toEqual(["up", "up", "up", "down"]);
+    const foreign = h.table.list[3]!;
+    expect(foreign.wrongCluster).toBe(true);
+    expect(foreign.reason).toBe(`member of cluster ${B}, not ${A} (the gateway's cluster)`);
+    expect(h.health.cluster.id).toBe(A);
+    expect(h.msgs("deactivated endpoint")).toHaveLength(1);
+    expect(h.msgs("cluster ID learned")).toHaveLength(1);
+    expect(h.msgs("cluster ID learned")[0]).toMatchObject({ level: "info", "cluster-id": A });
+    // Logged once a majority of the endpoint set agrees, naming them.
+    expect((h.msgs("cluster ID learned")[0]!.from as string[]).sort()).toEqual(["127.0.0.1:2379", "127.0.0.1:2380", "127.0.0.1:2381"]);
+  });
+
+  test("when the first member to answer is the foreign one, the majority corrects it: the foreign member goes down, the others stay up", async () => {
+    // Member 0 (the foreign one) is checked first: the cluster is learned from it, then outvoted.
+    const h = members(3, {}, (i) => statusOf(i === 0 ? B : A, `${i + 1}`));
+    const order: number[] = [];
+    h.health.start();
+    while (h.table.list.some((m) => m.clusterId === null)) {
+      await h.f.step();
+      order.push(h.checked.at(-1)!);
+    }
+    expect(h.health.cluster.id).toBe(A);
+    expect(h.table.list.map((m) => [m.state, m.wrongCluster])).toEqual([["down", true], ["up", false], ["up", false]]);
+  });
+
+  test("a tie decides nothing: two members of two clusters both stay up, and no cluster ID is set, until a third member breaks it", async () => {
+    let third = false;
+    const h = members(3, {}, (i) => (i === 2 && !third ? { ok: false, reason: "dial tcp 127.0.0.1:2381: connect: connection refused", alive: false } : statusOf(i === 0 ? B : A, `${i + 1}`)));
+    h.health.start();
+    await h.rounds(2);
+    expect(h.table.list.slice(0, 2).map((m) => [m.state, m.wrongCluster])).toEqual([["up", false], ["up", false]]);
+    expect(h.health.cluster.id).toBeNull();
+    expect(h.msgs("deactivated endpoint").map((l) => l.address)).toEqual(["127.0.0.1:2381"]);
+    third = true;
+    await h.rounds(6); // the third member rises (--health-rise) and reports A
+    expect(h.health.cluster.id).toBe(A);
+    expect(h.table.list.map((m) => [m.state, m.wrongCluster])).toEqual([["down", true], ["up", false], ["up", false]]);
+  });
+
+  test("--cluster-id pins the cluster: members reporting another are down, and a reload to another ID takes effect at once", async () => {
+    const h = members(2, { clusterId: B }, (i) => statusOf(i === 0 ? B : A, `${i + 1}`));
+    h.health.start();
+    await h.rounds(1);
+    expect(h.table.list.map((m) => m.state)).toEqual(["up", "down"]);
+    expect(h.table.list[1]!.reason).toBe(`member of cluster ${A}, not ${B} (the gateway's cluster, --cluster-id)`);
+    const previous = { ...h.settings };
+    (h.settings as { clusterId: string | null }).clusterId = A;
+    h.health.settingsChanged(previous);
+    expect(h.table.list[0]!.state).toBe("down"); // at once
+    expect(h.table.list[1]!.wrongCluster).toBe(false);
+    await h.rounds(3); // judged afresh: its next check decides alone
+    expect(h.table.list.map((m) => m.state)).toEqual(["down", "up"]);
+  });
+});
+
+describe("cluster alarms (issue 19)", () => {
+  test("a NOSPACE alarm, which every member lists, keeps every member up and is logged once as raised, once as cleared", async () => {
+    let alarms = [{ alarm: "NOSPACE", member: "1" }];
+    const h = members(3, {}, (i) => statusOf("cdf818194e3a8c32", `${i + 1}`, alarms));
+    h.health.start();
+    await h.rounds(2);
+    expect(h.table.list.map((m) => m.state)).toEqual(["up", "up", "up"]);
+    expect(h.health.cluster.alarms).toEqual([{ alarm: "NOSPACE", member: "1" }]);
+    expect(h.msgs("cluster alarm raised")).toHaveLength(1);
+    expect(h.msgs("cluster alarm raised")[0]).toMatchObject({ level: "warn", alarm: "NOSPACE", member: "1" });
+    alarms = [];
+    await h.rounds(3);
+    expect(h.health.cluster.alarms).toEqual([]);
+    expect(h.msgs("cluster alarm cleared")).toHaveLength(1);
   });
 });

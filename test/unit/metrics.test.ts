@@ -48,7 +48,7 @@ describe("renderMetrics", () => {
   const input = (processes: ProcessInfo[]) => {
     const table = new MemberTable([parseEndpoint("10.0.0.1:2379")], null);
     const counters = { ...share(0, 0, [0.002]), processes };
-    return renderMetrics({ version: "0.1.0", startedAt: 1_700_000_000_000, members: memberViews(table, counters.members), counters, discovery: { refreshes: 0, failures: 0, lastGoodAt: 0 } });
+    return renderMetrics({ version: "0.1.0", startedAt: 1_700_000_000_000, members: memberViews(table, counters.members), counters, discovery: { refreshes: 0, failures: 0, lastGoodAt: 0 }, alarms: [] });
   };
   const p = (worker: number | null, maxFds: number | null = 1024): ProcessInfo => ({ worker, openFds: 10, maxFds, residentBytes: 5e7, cpuSeconds: 1.5, startTimeSeconds: 1.7e9 });
 

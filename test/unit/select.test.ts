@@ -1,6 +1,6 @@
 import { describe, expect, test } from "bun:test";
 import { parseEndpoint } from "../../src/addresses.ts";
-import { MemberTable } from "../../src/members.ts";
+import { MemberTable, type Member } from "../../src/members.ts";
 import { createPolicy } from "../../src/select.ts";
 
 const table = () => new MemberTable(["a:1", "b:2", "c:3"].map((t) => parseEndpoint(t)), null);
@@ -24,15 +24,57 @@ describe("sticky", () => {
     ms.update(ms.list[0]!, { state: "up" });
     expect(names(p.candidates())).toBe("bca");
   });
-  test("puts failed members last, most recently successful first", () => {
+  test("puts failed members last, the one heard from most recently first", () => {
     const ms = table();
     const p = createPolicy("sticky", ms, () => 0);
     for (const m of ms.list) ms.update(m, { state: "down" });
-    ms.list[0]!.stats.lastConnectedAt = 1;
-    ms.list[1]!.stats.lastConnectedAt = 3;
-    ms.list[2]!.stats.lastConnectedAt = 2;
+    ms.list[0]!.stats.lastHeardAt = 1;
+    ms.list[1]!.stats.lastHeardAt = 3;
+    ms.list[2]!.stats.lastHeardAt = 2;
     expect(names(p.candidates())).toBe("bca");
   });
+});
+
+describe("fail-open ranks members by liveness, never by a TCP connect alone (issue 19)", () => {
+  for (const policy of ["sticky", "round-robin", "least-connections", "ordered"] as const) {
+    test(`${policy}: with every member down, a member that accepts connections but did not answer its last check (hung) is tried last, however recently it connected`, () => {
+      // Found before issue 19: with every member marked down by a check that failed on all of
+      // them, a SIGSTOPped member (its kernel still completes handshakes) was tried first, being
+      // the most recently "successful", and 0 of 6 etcdctl gets succeeded.
+      const ms = table();
+      const p = createPolicy(policy, ms, () => 0);
+      for (const m of ms.list) ms.update(m, { state: "down", alive: true });
+      const [a, b, c] = ms.list as [Member, Member, Member];
+      ms.update(a, { alive: false });
+      a.stats.lastConnectedAt = 100;
+      a.stats.lastHeardAt = 90;
+      b.stats.lastHeardAt = 10;
+      c.stats.lastHeardAt = 20;
+      for (let i = 0; i < 5; i++) expect(names(p.candidates())).toBe("cba");
+    });
+  }
+  test("a member never checked (no active checks) ranks with those that answer", () => {
+    const ms = table();
+    const p = createPolicy("ordered", ms, () => 0);
+    for (const m of ms.list) ms.update(m, { state: "ejected" });
+    ms.update(ms.list[0]!, { alive: false });
+    ms.list[1]!.stats.lastHeardAt = 5;
+    expect(names(p.candidates())).toBe("bca");
+  });
+});
+
+describe("a member of another cluster (issue 19)", () => {
+  for (const policy of ["sticky", "round-robin", "least-connections", "ordered"] as const) {
+    test(`${policy}: never a candidate, also when every member is down (fail-open)`, () => {
+      const ms = table();
+      const p = createPolicy(policy, ms, () => 0);
+      ms.update(ms.list[0]!, { state: "down", cluster: { id: "b", wrong: true } });
+      for (let i = 0; i < 5; i++) expect(names(p.candidates())).not.toContain("a");
+      for (const m of ms.list) ms.update(m, { state: "down" });
+      ms.list[0]!.stats.lastHeardAt = 1000;
+      for (let i = 0; i < 5; i++) expect(names(p.candidates()).split("").sort().join("")).toBe("bc");
+    });
+  }
 });
 
 describe("round-robin", () => {
@@ -141,7 +183,7 @@ describe("a drained member (issue 14, item 4)", () => {
     ms.update(ms.list[0]!, { drain: "close-idle" });
     ms.update(ms.list[1]!, { state: "down" });
     ms.update(ms.list[2]!, { state: "ejected" });
-    ms.list[2]!.stats.lastConnectedAt = 5;
+    ms.list[2]!.stats.lastHeardAt = 5;
     expect(names(p.candidates())).toBe("cba");
     expect(ms.anyUsable).toBe(false);
     ms.update(ms.list[0]!, { drain: "off" });

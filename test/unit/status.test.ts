@@ -19,7 +19,7 @@ function status(reason: string, endpoint = "10.0.0.1:2379"): Status {
     policy: "sticky",
     workers: 1,
     ready: false,
-    members: [{ endpoint, state: "down", drained: false, closeIdle: false, reason, priority: 0, weight: 1, connections: 0, connectionsTotal: 3, failedDials: 2, lastSuccessAgoSeconds: null }],
+    members: [{ endpoint, state: "down", drained: false, closeIdle: false, reason, priority: 0, weight: 1, connections: 0, connectionsTotal: 3, failedDials: 2, lastSuccessAgoSeconds: null, alive: false, clusterId: null }],
     config: {},
   };
 }
