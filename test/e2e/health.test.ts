@@ -266,11 +266,19 @@ describe("against a TLS cluster with client-cert auth", () => {
     }
   });
 
-  test("without a client certificate the members are judged down with a TLS reason", async () => {
+  test("without a client certificate the members refuse the checks' TLS with an alert: alive, judged by liveness only, the flags that give the full check logged once per member", async () => {
+    // Before issue 19 every member was judged down here: a check that fails on every member the
+    // same way is the check's fault, and a member that sends a TLS alert is alive.
     const gw = await startGatewayProcess([`--endpoints=${cluster.endpoints}`, `--health-cacert=${certs.ca}`, ...FAST]);
-    const down = await waitFor("a member down", () => records(gw, "deactivated endpoint")[0], 5000, 50);
-    console.log(`no client cert: ${String(down.error)}`);
-    expect(String(down.error)).toMatch(/handshake|certificate|EPROTO|alert/i);
+    for (const m of cluster.members) {
+      const note = await waitFor(`${m.endpoint} judged by liveness`, () => records(gw, "member needs a client certificate: judged by liveness only", m.endpoint)[0], 5000, 50);
+      console.log(`no client cert: ${String(note.error)}`);
+      expect(String(note.error)).toMatch(/remote error: tls: (bad certificate|certificate required|handshake failure)/);
+      expect(String(note.hint)).toContain("--health-cert");
+    }
+    await sleep(1500); // several more checks of every member
+    expect(records(gw, "deactivated endpoint")).toEqual([]);
+    for (const m of cluster.members) expect(records(gw, "member needs a client certificate: judged by liveness only", m.endpoint)).toHaveLength(1);
   });
 });
 

@@ -94,6 +94,12 @@ export interface ClusterTLS {
   ca: string;
   /** `--client-cert-auth`: members refuse clients without a certificate signed by `ca`. @default false */
   clientCertAuth?: boolean;
+  /**
+   * false: members get no `--trusted-ca-file`, so they ask clients for no certificate at all (https
+   * only). etcd turns client-certificate auth on whenever a trusted CA is set, whatever
+   * `clientCertAuth` says. @default true
+   */
+  trustedCA?: boolean;
   /** The certificate the launcher and `Cluster.etcdctl` present. @default cert */
   clientCert?: string;
   /** Its key. @default key */
@@ -196,7 +202,9 @@ function memberRequest(port: number, tls: ClientTLS | undefined): { origin: stri
  * The maintenance status of the etcd member reachable at `127.0.0.1:port` (a member or a gateway in
  * front of one), over etcd's JSON gateway: it encodes 64-bit IDs as decimal strings, so nothing is
  * rounded. Over https when `tls` is given (its cert and key are presented when set). Null when it
- * does not answer within `timeoutMs`, TLS failures included.
+ * does not answer within `timeoutMs`, TLS failures included. A member started with
+ * `--enable-grpc-gateway=false` answers the JSON path 404: it is then asked over gRPC (`etcdctl
+ * endpoint status`) instead.
  *
  * @example const s = await memberStatus(m.clientPort, 2000, { ca, cert, key }); s?.isLearner
  */
@@ -204,6 +212,7 @@ export async function memberStatus(port: number, timeoutMs = 2000, tls?: ClientT
   const { origin, init } = memberRequest(port, tls);
   try {
     const res = await fetch(`${origin}/v3/maintenance/status`, { ...init, method: "POST", body: "{}", signal: AbortSignal.timeout(timeoutMs) });
+    if (res.status === 404) return await memberStatusOverGrpc(port, timeoutMs, tls);
     if (!res.ok) return null;
     // The JSON gateway leaves out fields at their zero value: no isLearner means false.
     const body = (await res.json()) as { header?: { member_id?: string }; leader?: string; isLearner?: boolean };
@@ -213,6 +222,25 @@ export async function memberStatus(port: number, timeoutMs = 2000, tls?: ClientT
   } catch {
     return null;
   }
+}
+
+/**
+ * `memberStatus` for a member with the JSON API off: `etcdctl endpoint status -w json` over gRPC.
+ * etcdctl prints IDs as bare JSON numbers above 2^53, so the digits are read, never JSON.parse'd;
+ * it leaves `isLearner` out when false.
+ */
+async function memberStatusOverGrpc(port: number, timeoutMs: number, tls: ClientTLS | undefined): Promise<MemberStatus | null> {
+  const seconds = `${Math.max(1, Math.ceil(timeoutMs / 1000))}s`;
+  const r = await etcdctl(["endpoint", "status", "-w", "json"], {
+    endpoints: `127.0.0.1:${port}`,
+    dialTimeout: seconds,
+    commandTimeout: seconds,
+    timeoutMs: timeoutMs + 1000,
+    ...etcdctlTLS(tls),
+  });
+  const memberId = /"member_id":(\d+)/.exec(r.stdout)?.[1];
+  if (r.code !== 0 || memberId === undefined) return null;
+  return { memberId, leader: /"leader":(\d+)/.exec(r.stdout)?.[1] ?? "0", isLearner: /"isLearner":true/.test(r.stdout) };
 }
 
 /** Whether `127.0.0.1:port/health` says `"health":"true"` within `timeoutMs`. */
@@ -280,7 +308,14 @@ async function startOnce(size: number, root: string, ownRoot: boolean, timeoutMs
   const scheme = tls === undefined ? "http" : "https";
   const clientTLS: ClientTLS | undefined = tls && { ca: tls.ca, cert: tls.clientCert ?? tls.cert, key: tls.clientKey ?? tls.key };
   const tlsFlags =
-    tls === undefined ? [] : [`--cert-file=${tls.cert}`, `--key-file=${tls.key}`, `--trusted-ca-file=${tls.ca}`, ...(tls.clientCertAuth ? ["--client-cert-auth"] : [])];
+    tls === undefined
+      ? []
+      : [
+          `--cert-file=${tls.cert}`,
+          `--key-file=${tls.key}`,
+          ...(tls.trustedCA === false ? [] : [`--trusted-ca-file=${tls.ca}`]),
+          ...(tls.clientCertAuth ? ["--client-cert-auth"] : []),
+        ];
 
   /** A fresh dir and the addresses of member `m<i>`. */
   const newMember = (i: number, clientPort: number, peerPort: number): Omit<ClusterMember, "proc" | "pid"> => {

@@ -1,6 +1,6 @@
 /** Helpers for tests that put the gateway in front of a real etcd cluster (cluster.ts). */
 import { afterAll, afterEach, beforeAll } from "bun:test";
-import { etcdctl, startCluster, type ClientTLS, type Cluster } from "./cluster.ts";
+import { etcdctl, memberStatus, startCluster, type ClientTLS, type Cluster } from "./cluster.ts";
 import { stopAllGateways } from "./gateway.ts";
 import type { GatewayProcess } from "./gateway.ts";
 
@@ -60,4 +60,34 @@ export function useSharedCluster(): () => Cluster {
     if (!cluster) throw new Error("the shared cluster is not started yet");
     return cluster;
   };
+}
+
+/**
+ * The cluster ID that the member at `endpoint` (default: the cluster's first member) reports, in
+ * lower-case hex as etcd prints IDs. etcdctl prints IDs as bare JSON numbers above 2^53: the digits
+ * are read, never JSON.parse'd.
+ */
+export async function clusterIdHex(cluster: Cluster, endpoint = cluster.members[0]!.endpoint): Promise<string> {
+  const r = await cluster.etcdctl(["endpoint", "status", "-w", "json"], { endpoints: endpoint });
+  const id = /"cluster_id":(\d+)/.exec(r.stdout)?.[1];
+  if (r.code !== 0 || id === undefined) throw new Error(`no cluster_id from ${endpoint}: ${r.stderr.trim() || r.stdout.trim()}`);
+  return BigInt(id).toString(16);
+}
+
+/**
+ * Continues every stopped (SIGSTOP) member and waits until each answers its status request again;
+ * unlike `restoreCluster` it does not wait for `/health`, which etcd 3.4 answers `false` while any
+ * alarm (NOSPACE) is raised, and it restarts nobody.
+ */
+export async function resumeStopped(cluster: Cluster, timeoutMs = 10_000): Promise<void> {
+  const deadline = performance.now() + timeoutMs;
+  for (let i = 0; i < cluster.members.length; i++) {
+    if (!cluster.isRunning(i)) continue;
+    const m = cluster.members[i]!;
+    process.kill(m.pid, "SIGCONT");
+    while ((await memberStatus(m.clientPort, 1000, cluster.clientTLS)) === null) {
+      if (performance.now() > deadline) throw new Error(`etcd member ${m.name} does not answer after SIGCONT`);
+      await Bun.sleep(100);
+    }
+  }
 }

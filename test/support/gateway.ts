@@ -62,6 +62,11 @@ export interface GatewayOptions {
   admin?: boolean;
   /** Copy every log line to this file, after a first line with the command. */
   logFile?: string;
+  /**
+   * Environment variables for the gateway on top of this process's own; `undefined` removes one
+   * (e.g. `{ HTTP_PROXY: "http://127.0.0.1:9", NO_PROXY: undefined }`). @default this process's environment
+   */
+  env?: Record<string, string | undefined>;
 }
 
 /** Gateways started and not stopped yet, for stopAllGateways. */
@@ -84,7 +89,7 @@ export async function startGatewayProcess(args: string[], opts: GatewayOptions =
   const logFile = opts.logFile;
   if (logFile !== undefined) writeFileSync(logFile, `# ${cmd.join(" ")}\n`);
   // Tracked, so a test runner or a soak that dies anyway leaves no gateway behind.
-  const proc = track(Bun.spawn(cmd, { stdin: "ignore", stdout: "ignore", stderr: "pipe" }));
+  const proc = track(Bun.spawn(cmd, { stdin: "ignore", stdout: "ignore", stderr: "pipe", ...(opts.env === undefined ? {} : { env: withEnv(opts.env) }) }));
   const lines: string[] = [];
   const running = () => proc.exitCode === null && proc.signalCode === null;
 
@@ -171,6 +176,13 @@ export async function startGatewayProcess(args: string[], opts: GatewayOptions =
     }
   }
   return gw;
+}
+
+/** This process's environment with `changes` applied: a variable set to `undefined` is left out. */
+export function withEnv(changes: Record<string, string | undefined>): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const [k, v] of Object.entries({ ...process.env, ...changes })) if (v !== undefined) env[k] = v;
+  return env;
 }
 
 /** Kills every gateway started and not stopped yet (call in afterEach/afterAll). */
