@@ -13,7 +13,7 @@
  * @module
  */
 import { STATUS_CODES } from "node:http";
-import http2, { type ClientHttp2Session, type ClientHttp2Stream, type IncomingHttpHeaders, type IncomingHttpStatusHeader } from "node:http2";
+import type { ClientHttp2Session, ClientHttp2Stream, IncomingHttpHeaders, IncomingHttpStatusHeader } from "node:http2";
 import type { Socket } from "node:net";
 import type { TLSSocket } from "node:tls";
 import { formatHostPort } from "../addresses.ts";
@@ -122,6 +122,9 @@ interface Reply {
   goaway: { code: number } | undefined;
 }
 
+/** node:http2, once a first call needed it. */
+let http2: typeof import("node:http2") | null = null;
+
 /** One call: its timer, its socket and session, its outcome. */
 class StatusCall {
   private readonly net: NetTarget;
@@ -179,6 +182,15 @@ class StatusCall {
   private open(): void {
     if (this.settled) return;
     this.phase = "http2";
+    if (http2 === null) {
+      // Loaded on first use: node:http2 adds about 1.5 MiB to every gateway, and only members with
+      // the JSON API off need it (docs/fleet.md measures per-gateway memory).
+      void import("node:http2").then((m) => {
+        http2 = m;
+        this.open();
+      });
+      return;
+    }
     const socket = this.socket!;
     const scheme = this.target.tls === null ? "http" : "https";
     try {
