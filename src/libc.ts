@@ -3,7 +3,8 @@
  * a listener can stop accepting without giving up its address), setting TCP keepalive on a listening
  * socket (its accepted sockets inherit it), binding a unix socket ourselves
  * (Bun's listener removes its socket file by name when it stops), the kernel's send-queue size of
- * a socket, and sending a datagram to systemd. See docs/bun.md, "listener.stop() and unix socket
+ * a socket, sending a datagram to systemd, and a send that never waits (MSG_DONTWAIT, for the access log to a
+ * socket). See docs/bun.md, "listener.stop() and unix socket
  * files" and "Listening through a file descriptor".
  *
  * The library is found by name: glibc's `libc.so.6`, or musl's loader, which is also its libc.
@@ -148,4 +149,24 @@ export function setKeepAlive(fd: number, ms: number): void {
     const failed = setIntOption(fd, level, name, value);
     if (failed !== 0) throw new Error(`setsockopt ${label}: ${failed}`);
   }
+}
+
+const MSG_DONTWAIT = 0x40;
+const MSG_NOSIGNAL = 0x4000;
+/** Names of the errnos a send on a stream whose reader is slow or gone gives, that ERRNO_NAMES lacks. */
+const SEND_ERRNO_NAMES: Record<number, string> = { 32: "EPIPE", 104: "ECONNRESET", 105: "ENOBUFS", 107: "ENOTCONN" };
+
+/**
+ * send(2) with MSG_DONTWAIT and MSG_NOSIGNAL: this one call does not wait (and raises no SIGPIPE),
+ * whatever O_NONBLOCK says on the socket's open file description, which is shared with the processes
+ * that hold the same socket (stdout connected to journald; docs/bun.md, "process.stdout and
+ * process.stderr on a pipe").
+ *
+ * @returns the bytes sent, or the errno's name (`EAGAIN` when the socket's send buffer is full).
+ */
+export function sendNow(fd: number, buf: Uint8Array): number | string {
+  const n = Number(libc().sendto(fd, ptr(buf), BigInt(buf.length), MSG_DONTWAIT | MSG_NOSIGNAL, null, 0));
+  if (n >= 0) return n;
+  const e = errno();
+  return SEND_ERRNO_NAMES[e] ?? errnoName(e);
 }

@@ -55,6 +55,7 @@ const ERRNO_TEXT: Record<string, string> = {
   EEXIST: "file exists",
   EINVAL: "invalid argument",
   EAGAIN: "resource temporarily unavailable",
+  ENXIO: "no such device or address",
 };
 
 /** Where a network error happened: `tcp` and `host:port` (brackets around IPv6), or `unix` and a path. */
