@@ -1,23 +1,50 @@
 /**
- * The admin endpoint's small HTTP/1.1 server, on Bun.listen: one request per connection (GET or
- * HEAD, and POST for the routes that change something), answered with `Connection: close`, and every resource it takes bounded, so that a flood of
- * admin connections can never take the descriptors the data path needs (issue 12). Bun.serve has
- * no connection cap and no bound on the time a request head may take, hence this file.
+ * The admin endpoint's small HTTP/1.1 server, on Bun.listen, over TCP or a unix socket: one
+ * request per connection (GET or HEAD, and POST for the routes that change something), answered
+ * with `Connection: close`, and every resource it takes bounded, so that a flood of admin
+ * connections can never take the descriptors the data path needs (issue 12). Bun.serve has no
+ * connection cap and no bound on the time a request head may take, hence this file.
  *
  * The bounds follow HAProxy's (`maxconn` on a frontend or stats socket, `timeout http-request`
  * with 408, a fixed request buffer with 431) and Go's net/http (a short lingering close):
  *
- * - at most `connections` connections at once; one more is answered 503 at once and closed;
+ * - at most `connections` connections at once per listener (issue 20: 16 connections that sent
+ *   nothing made every `/healthz` answer 503, so a liveness probe would kill the gateway). At the
+ *   cap a new connection evicts the oldest one that waits on its client (its request head not
+ *   complete and nothing of it unread, its answer not read, or our FIN sent and its own not come),
+ *   as nginx reuses the connections that wait for a request when it runs out of them (its
+ *   ngx_drain_connections). When none waits on its client, the new one is let in above the cap
+ *   (up to twice it; beyond, 503 and closed) and accepting stops for a turn of the event loop, as
+ *   HAProxy stops accepting at `maxconn`: what is in is read, and the rest waits in the kernel's
+ *   backlog in order. TCP_DEFER_ACCEPT (HAProxy's `defer-accept`, nginx's `deferred`) keeps a
+ *   connection that sends nothing in the kernel for `headMs`;
  * - the request head must arrive whole within `headMs` of the connect (else 408) and fit in
  *   `headBytes` (else 431); bodies are never read, only discarded;
  * - the answer must be written within `answerMs`; after it the write side is shut down (FIN) and
  *   the client gets `lingerMs` to close its side before the socket is closed;
  * - methods other than GET, HEAD and POST: 405 with `Allow: GET, HEAD` (the route answers 405
- *   for a method it does not take); a request line that does not parse: 400.
+ *   for a method it does not take); a request line that does not parse, an HTTP/1.1 request
+ *   without Host or one with two: 400.
+ *
+ * Who may do what (issue 20), as HAProxy's `stats socket … mode 600 level admin` and Envoy's admin
+ * on a unix socket with a mode: a request that came in on a unix socket listener is
+ * `privileged` (its file mode, `--admin-socket-mode`, decides who may connect: the kernel checks
+ * it); one over TCP is not, since any local user can connect. On TCP the Host header must name
+ * an IP address, `localhost` or an allowed name, else 421, as etcd answers a Host not in its
+ * `--host-whitelist` (its guard against DNS rebinding, CVE-2018-5702): a web page can make a
+ * browser read a loopback address only through a DNS name it controls.
  *
  * @module
  */
-import type { Socket, TCPSocketListener } from "bun";
+import type { Socket, SocketHandler, TCPSocketListener, UnixSocketListener } from "bun";
+import { ptr } from "bun:ffi";
+import { chmodSync, lstatSync, unlinkSync, type Stats } from "node:fs";
+import { isIP } from "node:net";
+import type { ListenAddress } from "./addresses.ts";
+import { errno, errnoName, libc, receiveQueue, unixAddress } from "./libc.ts";
+import { errorText } from "./log.ts";
+import { errnoText } from "./neterror.ts";
+import { clearStaleSocket } from "./datapath/listeners.ts";
 
 /** What a route answers; `type` defaults to plain UTF-8 text. HEAD gets the same status and headers, no body. */
 export interface Reply {
@@ -36,13 +63,17 @@ export interface Request {
   query: string;
   /** It carries `Origin` or a `Sec-Fetch-` header: a web browser sent it (a page may make one cross-site). */
   fromBrowser: boolean;
+  /** The authority the client named: the absolute-form target's, else the Host header's; null without either (HTTP/1.0). */
+  host: string | null;
+  /** It came in on a privileged listener (a unix socket, reached through its file mode): it may change state. */
+  privileged: boolean;
 }
 
 /** Answers a request (HEAD as GET: the server leaves the body out). */
 export type Route = (req: Request) => Reply | Promise<Reply>;
 
 export interface HttpLimits {
-  /** Connections open at once; one more is answered 503 and closed at once. */
+  /** Connections open at once per listener; at the cap one waiting on its client is evicted, else a few more are let in while accepting pauses (twice this at most). */
   readonly connections: number;
   /** Bytes of the request head (request line, headers, blank line). */
   readonly headBytes: number;
@@ -57,8 +88,31 @@ export interface HttpLimits {
 /** The admin endpoint's bounds, documented in the README (Admin endpoint). */
 export const ADMIN_LIMITS: HttpLimits = { connections: 16, headBytes: 8192, headMs: 5000, answerMs: 5000, lingerMs: 1000 };
 
+/** The Host names a TCP listener accepts besides IP literals and `localhost`; `any`: no check (`--admin-host-whitelist=*`). */
+export interface HostRule {
+  readonly names: ReadonlySet<string>;
+  readonly any: boolean;
+}
+
+/** What happened on a listener that the caller may log: a connection evicted at the cap, a Host refused with 421. */
+export type HttpEvent = { kind: "evicted" } | { kind: "misdirected"; host: string };
+
+/** How one listener treats its requests. */
+export interface ListenerPolicy {
+  /** Requests may change state (a unix socket: its file mode says who may connect). */
+  readonly privileged: boolean;
+  /** The Host check, or null for none (a unix socket, which no browser can reach). */
+  readonly hosts: HostRule | null;
+  /** File mode of a unix socket listener. */
+  readonly socketMode: number;
+  readonly onEvent?: (e: HttpEvent) => void;
+}
+
+/** A request as parsed from its head, before the listener adds what it knows. */
+export type ParsedRequest = Omit<Request, "privileged">;
+
 /** A parsed request head, or the status it is refused with. */
-export type Head = Request | { refuse: 400 | 405 | 431 };
+export type Head = ParsedRequest | { refuse: 400 | 405 | 431 };
 
 const TEXT = "text/plain;charset=utf-8";
 const REASONS: Record<number, string> = {
@@ -68,6 +122,7 @@ const REASONS: Record<number, string> = {
   404: "Not Found",
   405: "Method Not Allowed",
   408: "Request Timeout",
+  421: "Misdirected Request",
   431: "Request Header Fields Too Large",
   500: "Internal Server Error",
   503: "Service Unavailable",
@@ -75,38 +130,68 @@ const REASONS: Record<number, string> = {
 /** 405 for a route that takes GET and HEAD only. */
 export const GET_ONLY: Reply = { status: 405, body: "method not allowed: use GET or HEAD\n", headers: { Allow: "GET, HEAD" } };
 
-const REFUSALS: Record<number, Reply> = {
+const REFUSALS = {
   400: { status: 400, body: "bad request\n" },
   405: GET_ONLY,
   408: { status: 408, body: "request head not received in time\n" },
+  421: { status: 421, body: "misdirected request: the Host header names neither an IP address, localhost nor a name in --admin-host-whitelist (a guard against DNS rebinding)\n" },
   431: { status: 431, body: "request head too large\n" },
   500: { status: 500, body: "internal error\n" },
   503: { status: 503, body: "too many admin connections, try again later\n", headers: { "Retry-After": "1" } },
-};
+  evicted: { status: 503, body: "closed to make room: the admin endpoint is at its connection limit and this connection had not sent its request\n", headers: { "Retry-After": "1" } },
+} satisfies Record<string, Reply>;
 /** Headers only browsers send: every POST of theirs carries Origin (Fetch standard), and they add Sec-Fetch-*. */
 const BROWSER_HEADER = /\n(origin|sec-fetch-[a-z]+)[ \t]*:/i;
 /** RFC 9112: method SP request-target SP HTTP-version; the method is a token. */
-const REQUEST_LINE = /^([!#$%&'*+.^_`|~0-9A-Za-z-]+) (\S+) HTTP\/1\.[01]$/;
+const REQUEST_LINE = /^([!#$%&'*+.^_`|~0-9A-Za-z-]+) (\S+) HTTP\/1\.([01])$/;
+/** RFC 9110 `Host = uri-host [ ":" port ]`: an IP literal in brackets or a reg-name/IPv4 of URI characters. */
+const AUTHORITY = /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~%!$&'()*+,;=-]*)(?::\d*)?$/;
 
 /**
  * Parses a request head from the bytes received so far: null while it is incomplete and within
- * `maxBytes`. A single LF is accepted as a line end (RFC 9112, section 2.2).
+ * `maxBytes`. A single LF is accepted as a line end (RFC 9112, section 2.2). An HTTP/1.1 request
+ * without a Host header, with two, or with one that is not an authority is 400 (RFC 9112, 3.2).
  */
 export function parseHead(bytes: Uint8Array, maxBytes: number): Head | null {
   const text = Buffer.from(bytes.buffer, bytes.byteOffset, Math.min(bytes.byteLength, maxBytes + 4)).toString("latin1");
   const blank = /\r?\n\r?\n/.exec(text);
   if (blank === null || blank.index + blank[0].length > maxBytes) return bytes.byteLength >= maxBytes ? { refuse: 431 } : null;
-  const m = REQUEST_LINE.exec(text.slice(0, text.search(/\r?\n/)));
+  const lines = text.slice(0, blank.index).split(/\r?\n/);
+  const m = REQUEST_LINE.exec(lines[0]!);
   if (m === null) return { refuse: 400 };
-  const [, method, target] = m as unknown as [string, string, string];
+  const [, method, target, minor] = m as unknown as [string, string, string, string];
   if (method !== "GET" && method !== "HEAD" && method !== "POST") return { refuse: 405 };
+  const hosts = lines.slice(1).filter((l) => /^host:/i.test(l)).map((l) => l.slice(5).trim());
+  if (hosts.length > 1 || (minor === "1" && hosts.length === 0) || (hosts.length === 1 && !AUTHORITY.test(hosts[0]!))) return { refuse: 400 };
   try {
     // Origin form ("/metrics?x") or absolute form ("http://host/metrics"), resolved as a URL would be.
-    const url = new URL(target.startsWith("/") ? `http://admin${target}` : target);
-    return { method, path: url.pathname, query: url.search.slice(1), fromBrowser: BROWSER_HEADER.test(text.slice(0, blank.index)) };
+    const absolute = !target.startsWith("/");
+    const url = new URL(absolute ? target : `http://admin${target}`);
+    // An absolute-form target's authority stands for the Host header (RFC 9112, 3.2.2).
+    const host = absolute ? url.host : (hosts[0] ?? null);
+    return { method, path: url.pathname, query: url.search.slice(1), fromBrowser: BROWSER_HEADER.test(`\n${lines.slice(1).join("\n")}`), host };
   } catch {
     return { refuse: 400 };
   }
+}
+
+/**
+ * Whether a TCP listener answers a request naming `host`: none (HTTP/1.0), an IP literal (in any
+ * form a URL takes: `127.1` is 127.0.0.1), `localhost`, or a name of `rule` (case and a final dot
+ * aside); any port. A DNS-rebinding page can only send the name of its own site.
+ */
+export function hostAllowed(host: string | null, rule: HostRule): boolean {
+  if (host === null || rule.any) return true;
+  if (!AUTHORITY.test(host)) return false;
+  let name: string;
+  try {
+    name = new URL(`http://${host}/`).hostname;
+  } catch {
+    return false;
+  }
+  if (name.startsWith("[") || isIP(name) === 4) return true;
+  name = name.replace(/\.$/, "");
+  return name === "localhost" || rule.names.has(name);
 }
 
 /** The bytes of an answer: status line, headers, and the body unless it answers a HEAD. */
@@ -132,23 +217,42 @@ interface Conn {
 
 type AdminSocket = Socket<Conn>;
 
+/** A socket's file descriptor (Bun has it, bun-types does not say so, as src/datapath/conn.ts reads it); -1 when unknown. */
+function fdOf(s: AdminSocket): number {
+  const fd = (s as unknown as { fd?: number }).fd;
+  return typeof fd === "number" ? fd : -1;
+}
+
 /** The connections of one admin listener and what happens to each, phase by phase. */
 class AdminConnections {
+  /** Open connections, oldest first (a Set keeps insertion order). */
   readonly #open = new Set<AdminSocket>();
 
   constructor(
     private readonly route: Route,
     private readonly limits: HttpLimits,
+    private readonly policy: ListenerPolicy,
   ) {}
 
-  /** A new connection: read its head within `headMs`, or turn it away at the cap. */
+  /** Stops accepting for a turn of the event loop (set by the listener; connects wait in the kernel's backlog). */
+  pauseAccepting: () => void = () => {};
+
+  /**
+   * A new connection: read its head within `headMs`. At the cap, connections that wait on their
+   * client make room; when none does (every one is being answered, or its bytes wait for us to
+   * read them), it is let in above the cap, up to twice it, and accepting stops for a turn of the
+   * event loop, so that what was accepted is read before more comes in; beyond that, 503.
+   */
   accept(s: AdminSocket): void {
     s.data = { phase: "head", head: Buffer.alloc(0), out: null, timer: undefined, peerEnded: false, closed: false };
-    if (this.#open.size >= this.limits.connections) {
-      // Turned away at once, so a flood holds no more than `connections` descriptors. A client
+    const cap = this.limits.connections;
+    while (this.#open.size >= cap) if (!this.evictOne()) break;
+    if (this.#open.size >= cap) this.pauseAccepting();
+    if (this.#open.size >= 2 * cap) {
+      // Turned away at once, so a flood holds no more than twice `connections` descriptors. A client
       // whose request is already in the kernel's buffer may see a reset instead of the 503.
       s.data.closed = true;
-      s.write(encodeReply(REFUSALS[503]!, false));
+      s.write(encodeReply(REFUSALS[503], false));
       s.end();
       return;
     }
@@ -156,14 +260,52 @@ class AdminConnections {
     this.arm(s, this.limits.headMs);
   }
 
+  /**
+   * Closes the oldest connection that waits on its client rather than on the gateway: its head
+   * is not complete and nothing it sent is left unread in the kernel (503, then closed), its
+   * answer is not being read (reset), or it has its answer and our FIN (closed). A connection
+   * whose bytes wait for us to read them (a probe accepted in the same turn of the event loop as a
+   * flood) is never closed for room. Whether one was closed.
+   */
+  private evictOne(): boolean {
+    for (const s of this.#open) {
+      const c = s.data;
+      if (c.phase === "answer" && c.out === null) continue; // the gateway is answering it
+      if (c.phase === "head" && receiveQueue(fdOf(s)) > 0) continue; // it waits on us
+      this.evict(s);
+      return true;
+    }
+    return false;
+  }
+
+  private evict(s: AdminSocket): void {
+    const c = s.data;
+    this.policy.onEvent?.({ kind: "evicted" });
+    this.#open.delete(s);
+    if (c.phase === "linger") s.end();
+    else if (c.phase === "answer") s.terminate();
+    else {
+      c.closed = true;
+      s.write(encodeReply(REFUSALS.evicted, false));
+      // close(2) at once (docs/bun.md, trap 2): the descriptor is free for the new connection.
+      s.end();
+    }
+  }
+
   received(s: AdminSocket, chunk: Uint8Array): void {
     const c = s.data;
     if (c.phase !== "head") return; // a body, or more after the head: read and dropped
     c.head = Buffer.concat([c.head, chunk]);
-    const req = parseHead(c.head, this.limits.headBytes);
-    if (req === null) return;
+    const parsed = parseHead(c.head, this.limits.headBytes);
+    if (parsed === null) return;
     c.head = Buffer.alloc(0);
-    void this.answer(s, req, "method" in req && req.method === "HEAD");
+    if ("refuse" in parsed) return void this.answer(s, parsed, false);
+    const hosts = this.policy.hosts;
+    if (hosts !== null && !hostAllowed(parsed.host, hosts)) {
+      this.policy.onEvent?.({ kind: "misdirected", host: parsed.host ?? "" });
+      return void this.answer(s, { refuse: 421 }, parsed.method === "HEAD");
+    }
+    void this.answer(s, { ...parsed, privileged: this.policy.privileged }, parsed.method === "HEAD");
   }
 
   closed(s: AdminSocket): void {
@@ -183,14 +325,14 @@ class AdminConnections {
     else s.end();
   }
 
-  private async answer(s: AdminSocket, req: Head | { refuse: 408 }, head: boolean): Promise<void> {
+  private async answer(s: AdminSocket, req: Request | { refuse: keyof typeof REFUSALS }, head: boolean): Promise<void> {
     s.data.phase = "answer";
     this.arm(s, this.limits.answerMs);
     let reply: Reply;
     try {
-      reply = "refuse" in req ? REFUSALS[req.refuse]! : await this.route(req);
+      reply = "refuse" in req ? REFUSALS[req.refuse] : await this.route(req);
     } catch {
-      reply = REFUSALS[500]!;
+      reply = REFUSALS[500];
     }
     if (!s.data.closed) this.write(s, encodeReply(reply, head));
   }
@@ -211,35 +353,213 @@ class AdminConnections {
     if (s.data.peerEnded) s.end();
     else s.shutdown();
   }
-}
 
-/**
- * Serves `route` on host:port within `limits`.
- *
- * @throws {Error} from Bun.listen when the address cannot be bound.
- */
-export function serveHttp(host: string, port: number, route: Route, limits: HttpLimits = ADMIN_LIMITS): TCPSocketListener<Conn> {
-  const conns = new AdminConnections(route, limits);
-  return Bun.listen<Conn>({
-    hostname: host,
-    port,
-    // With the end handler: a client that sends its request and then its FIN still gets the answer (docs/bun.md, trap 3).
-    allowHalfOpen: true,
-    socket: {
-      open: (s) => conns.accept(s),
-      data: (s, chunk) => conns.received(s, chunk),
-      drain(s) {
+  /** Bun's socket handlers for a listener of these connections. */
+  handlers(): SocketHandler<Conn> {
+    return {
+      open: (s) => this.accept(s),
+      data: (s, chunk) => this.received(s, chunk),
+      drain: (s) => {
         const out = s.data.out;
         if (out === null) return;
         s.data.out = null;
-        conns.write(s, out);
+        this.write(s, out);
       },
       end(s) {
         s.data.peerEnded = true;
         // A head that never completed will not now; after our FIN both directions are done.
         if (s.data.phase !== "answer") s.end();
       },
-      close: (s) => conns.closed(s),
-    },
-  });
+      close: (s) => this.closed(s),
+    };
+  }
 }
+
+/** A listening admin address. */
+export interface HttpListener {
+  readonly address: ListenAddress;
+  /** The TCP port (the kernel's choice for port 0); undefined for a unix socket. */
+  readonly port: number | undefined;
+  /** Stops accepting (open connections finish) and removes our unix socket file. */
+  stop(): void;
+}
+
+/**
+ * Serves `route` on `address` within `limits` and `policy`. A unix socket path is bound here:
+ * a stale socket file (its server gone) is replaced, anything else there is refused; the socket
+ * gets `policy.socketMode` before it listens, so no connect can slip in under another mode; the
+ * file is removed at stop and at exit, if it is still ours.
+ *
+ * @throws {Error} `cannot listen on <address>: <why>` when the address cannot be bound.
+ */
+export async function serveHttp(address: ListenAddress, route: Route, policy: ListenerPolicy, limits: HttpLimits = ADMIN_LIMITS): Promise<HttpListener> {
+  const conns = new AdminConnections(route, limits, policy);
+  // With the end handler: a client that sends its request and then its FIN still gets the answer (docs/bun.md, trap 3).
+  const common = { allowHalfOpen: true, socket: conns.handlers() };
+  if (address.kind === "tcp") {
+    let l: TCPSocketListener<Conn>;
+    try {
+      l = Bun.listen<Conn>({ hostname: address.tcp.host, port: address.tcp.port, ...common });
+    } catch (e) {
+      throw new Error(`cannot listen on ${address.address}: ${errorText(e)}`);
+    }
+    deferAccept(l, Math.ceil(limits.headMs / 1000));
+    const keeper = libc().dup(fdOfListener(l));
+    if (keeper < 0) {
+      const e = errno();
+      l.stop(true);
+      throw new Error(`cannot listen on ${address.address}: dup: ${goErrno(e)}`);
+    }
+    const acceptor = new Acceptor(keeper, l, common);
+    conns.pauseAccepting = () => acceptor.pause();
+    return { address, port: l.port, stop: () => acceptor.stop() };
+  }
+  const path = address.path;
+  const at = (why: string) => new Error(`cannot listen on ${address.address}: ${why}`);
+  // The rule of --listen-addr's unix sockets (src/datapath/listeners.ts).
+  await clearStaleSocket(path, at);
+  const { fd, file } = bindUnix(path, policy.socketMode, at);
+  let acceptor: Acceptor;
+  try {
+    acceptor = new Acceptor(fd, null, common);
+  } catch (e) {
+    libc().close(fd);
+    removeIfOurs(path, file);
+    throw at(errorText(e));
+  }
+  conns.pauseAccepting = () => acceptor.pause();
+  const remove = () => removeIfOurs(path, file);
+  process.once("exit", remove);
+  return {
+    address,
+    port: undefined,
+    stop: () => {
+      acceptor.stop();
+      remove();
+    },
+  };
+}
+
+type Listener = TCPSocketListener<Conn> | UnixSocketListener<Conn>;
+
+const fdOfListener = (l: Listener) => (l as unknown as { fd: number }).fd;
+
+/**
+ * Accepting on a listening socket we keep (`keeper`), through a Bun listener on a duplicate of
+ * it, as src/datapath/listeners.ts pauses at `--max-connections`: stopping that listener closes
+ * only the duplicate, so the address stays bound and listening and connects wait in the kernel's
+ * backlog (in order) until a new listener on a new duplicate accepts them.
+ */
+class Acceptor {
+  #bun: Listener | null;
+  #paused = false;
+  #stopped = false;
+
+  /** @throws {Error} from Bun.listen when `first` is null and no listener can be made on the keeper. */
+  constructor(
+    private readonly keeper: number,
+    first: Listener | null,
+    private readonly options: { allowHalfOpen: boolean; socket: SocketHandler<Conn> },
+  ) {
+    this.#bun = first ?? this.listen();
+  }
+
+  private listen(): Listener {
+    const fd = libc().dup(this.keeper);
+    if (fd < 0) throw new Error(`dup: ${errnoName(errno())}`);
+    try {
+      return Bun.listen<Conn>({ fd, ...this.options } as unknown as Parameters<typeof Bun.listen<Conn>>[0]) as Listener;
+    } catch (e) {
+      libc().close(fd);
+      throw e;
+    }
+  }
+
+  /** Stops accepting until the next turn of the event loop. */
+  pause(): void {
+    if (this.#paused || this.#stopped) return;
+    this.#paused = true;
+    this.#bun?.stop(false);
+    this.#bun = null;
+    setImmediate(() => this.resume());
+  }
+
+  private resume(): void {
+    if (this.#stopped) return;
+    try {
+      this.#bun = this.listen();
+      this.#paused = false;
+    } catch {
+      setTimeout(() => this.resume(), 100); // out of descriptors: try again shortly
+    }
+  }
+
+  stop(): void {
+    this.#stopped = true;
+    this.#bun?.stop(false);
+    this.#bun = null;
+    libc().close(this.keeper);
+  }
+}
+
+const IPPROTO_TCP = 6;
+const TCP_DEFER_ACCEPT = 9;
+
+/**
+ * TCP_DEFER_ACCEPT on a listening socket, as HAProxy's `bind … defer-accept` and nginx's
+ * `listen … deferred` set it for HTTP: the kernel hands over a connection once its first bytes
+ * have arrived (or after `seconds`), so a connection that says nothing never takes a slot, and a
+ * probe is accepted with its request already there to be read (which spares it at the cap). Best
+ * effort: without it the cap still holds.
+ */
+function deferAccept(l: TCPSocketListener<Conn>, seconds: number): void {
+  const fd = fdOfListener(l);
+  if (fd < 0) return;
+  try {
+    libc().setsockopt(fd, IPPROTO_TCP, TCP_DEFER_ACCEPT, ptr(new Int32Array([seconds])), 4);
+  } catch {
+    // no C library: the cap and eviction still hold
+  }
+}
+
+/** An errno in Go's words (`no such file or directory`), else its name. */
+const goErrno = (n: number) => errnoText(errnoName(n)) ?? errnoName(n);
+
+/** socket(2), bind(2), chmod, listen(2): the mode is in place before any connect can succeed. */
+function bindUnix(path: string, mode: number, at: (why: string) => Error): { fd: number; file: Stats } {
+  const lib = libc();
+  const fd = lib.socket(1 /* AF_UNIX */, 1 /* SOCK_STREAM */ | 0o4000 /* SOCK_NONBLOCK */ | 0o2000000 /* SOCK_CLOEXEC */, 0);
+  if (fd < 0) throw at(`socket: ${goErrno(errno())}`);
+  const { addr, len } = unixAddress(path);
+  if (lib.bind(fd, ptr(addr), len) !== 0) {
+    const e = errno();
+    lib.close(fd);
+    throw at(`bind: ${goErrno(e)}`);
+  }
+  const file = lstatSync(path);
+  try {
+    chmodSync(path, mode);
+  } catch (e) {
+    lib.close(fd);
+    removeIfOurs(path, file);
+    throw at(`chmod: ${errorText(e)}`);
+  }
+  if (lib.listen(fd, 64) !== 0) {
+    const e = errno();
+    lib.close(fd);
+    removeIfOurs(path, file);
+    throw at(`listen: ${goErrno(e)}`);
+  }
+  return { fd, file };
+}
+
+/** Removes `path` if it is still the file `was` (another process may have bound the path since). */
+function removeIfOurs(path: string, was: Stats): void {
+  try {
+    const now = lstatSync(path);
+    if (now.ino === was.ino && now.dev === was.dev) unlinkSync(path);
+  } catch {
+    // gone already
+  }
+}
+

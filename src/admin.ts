@@ -2,17 +2,21 @@
  * The admin endpoint (`--admin-addr`): `/metrics` (Prometheus), `/healthz` (process alive),
  * `/readyz` (200 only while a member is usable), `/status` (JSON member table), and the one thing
  * it changes: a member's drain (`POST /members/<endpoint>/drain`, `…/ready`), written through the
- * member table. It never touches the data path. The HTTP server and its bounds are in
- * src/admin-http.ts.
+ * member table, and taken only on a unix socket address (issue 20: over TCP any local user could
+ * drain every member), as HAProxy's stats socket changes server state only at `level admin`. It
+ * never touches the data path. The HTTP server, its bounds, who is privileged and the Host check
+ * are in src/admin-http.ts.
  *
  * @module
  */
-import type { HostPort } from "./addresses.ts";
-import { GET_ONLY, serveHttp, type Reply, type Request } from "./admin-http.ts";
+import { hostname } from "node:os";
+import { isIP } from "node:net";
+import type { ListenAddress } from "./addresses.ts";
+import { ADMIN_LIMITS, GET_ONLY, serveHttp, type HostRule, type HttpEvent, type HttpListener, type Reply, type Request } from "./admin-http.ts";
 import { formatDuration } from "./duration.ts";
 import { parseBoolean } from "./flags.ts";
 import type { Gateway } from "./gateway.ts";
-import { errorText } from "./log.ts";
+import { errorText, type Logger } from "./log.ts";
 import { memberViews, mergeStats, processStats, renderMetrics, type ProcessStats } from "./metrics.ts";
 
 /** The JSON of `GET /status`; also what `etcd-gateway status --json` prints. */
@@ -63,6 +67,8 @@ export interface AdminContext {
   readonly startedAt: number;
   /** With --workers: the other processes' counters, summed into /status and /metrics. */
   readonly workerStats: () => Promise<ProcessStats[]>;
+  /** For the endpoint's own warnings (evictions at its connection cap, refused Host names). */
+  readonly log: Logger;
 }
 
 /** The whole gateway's counters: this process's plus the workers'. */
@@ -123,17 +129,77 @@ const PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8";
 const JSON_TYPE = "application/json;charset=utf-8";
 
 /**
- * Serves the admin endpoint on `addr`, within the bounds of src/admin-http.ts (16 connections,
- * the request head in 5 s and 8 KiB): GET and HEAD of what it shows, POST of a member's drain.
+ * Serves the admin endpoint on each of `addrs`, within the bounds of src/admin-http.ts (16
+ * connections per address, the request head in 5 s and 8 KiB): GET and HEAD of what it shows
+ * everywhere, POST of a member's drain on a unix socket only. TCP addresses check the Host header
+ * against the names of `hostRule`.
  *
- * @throws {Error} from Bun.listen when the address cannot be bound.
+ * @throws {Error} `cannot listen on <address>: <why>` when an address cannot be bound (those bound before it are stopped).
  */
-export function startAdmin(addr: HostPort, gw: Gateway, ctx: AdminContext): { readonly port: number; stop(): void } {
-  return serveHttp(addr.host, addr.port, (req) => {
+export async function startAdmin(addrs: readonly ListenAddress[], gw: Gateway, ctx: AdminContext): Promise<HttpListener[]> {
+  const f = gw.settings.flags;
+  const hosts = hostRule(addrs, f["admin-host-whitelist"] ?? []);
+  const route = (req: Request) => {
     const action = MEMBER_ACTION.exec(req.path);
     if (action !== null) return req.method === "POST" ? memberAction(gw, ctx, req, action[1]!, action[2] as "drain" | "ready") : POST_ONLY;
     return req.method === "POST" ? GET_ONLY : show(gw, ctx, req.path);
-  });
+  };
+  const listeners: HttpListener[] = [];
+  try {
+    for (const a of addrs) {
+      const unix = a.kind === "unix";
+      listeners.push(await serveHttp(a, route, { privileged: unix, hosts: unix ? null : hosts, socketMode: f["admin-socket-mode"], onEvent: adminWarnings(ctx.log, a.address) }));
+    }
+  } catch (e) {
+    for (const l of listeners) l.stop();
+    throw e;
+  }
+  return listeners;
+}
+
+/**
+ * The names a TCP admin address answers to besides IP literals and `localhost`: the host names of
+ * the TCP admin addresses, this host's name, and `--admin-host-whitelist` (`*`: any).
+ */
+export function hostRule(addrs: readonly ListenAddress[], whitelist: readonly string[]): HostRule {
+  const names = new Set(whitelist.filter((n) => n !== "*"));
+  for (const a of addrs) if (a.kind === "tcp" && isIP(a.tcp.host) === 0) names.add(a.tcp.host.toLowerCase().replace(/\.$/, ""));
+  const own = hostname().toLowerCase().replace(/\.$/, "");
+  if (own !== "") names.add(own);
+  return { names, any: whitelist.includes("*") };
+}
+
+/** How often at most each of the endpoint's warnings is logged; what happened in between is counted into the next line. */
+const WARN_EVERY_MS = 10_000;
+
+/** The endpoint's warnings for one address, each at most once per WARN_EVERY_MS with the count since the last. */
+function adminWarnings(log: Logger, address: string): (e: HttpEvent) => void {
+  const evicted = throttled((n) => log.warn("admin connection limit reached: closed the connection waiting longest on its client", { address, limit: ADMIN_LIMITS.connections, closed: n }));
+  let lastHost = "";
+  const misdirected = throttled((n) => log.warn("refused an admin request for another host name (DNS rebinding guard)", { address, host: lastHost, refused: n }));
+  return (e) => {
+    if (e.kind === "evicted") return evicted();
+    lastHost = e.host.slice(0, 100);
+    misdirected();
+  };
+}
+
+/** Calls `emit` with the count of calls at once, then at most every WARN_EVERY_MS while calls go on. */
+function throttled(emit: (count: number) => void): () => void {
+  let count = 0;
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const flush = () => {
+    timer = undefined;
+    if (count === 0) return;
+    emit(count);
+    count = 0;
+    timer = setTimeout(flush, WARN_EVERY_MS);
+    timer.unref();
+  };
+  return () => {
+    count++;
+    if (timer === undefined) flush();
+  };
 }
 
 /** GET (and HEAD) of what the endpoint shows. */
@@ -160,6 +226,7 @@ async function show(gw: Gateway, ctx: AdminContext, path: string): Promise<Reply
 /** `/members/<endpoint>/drain` and `/members/<endpoint>/ready`, the endpoint as /status lists it (percent-encoded or not). */
 const MEMBER_ACTION = /^\/members\/([^/]+)\/(drain|ready)$/;
 const POST_ONLY: Reply = { status: 405, body: "method not allowed: use POST\n", headers: { Allow: "POST" } };
+const NOT_PRIVILEGED: Reply = { status: 403, body: "refused: this admin address is read-only; drain and ready are taken on the gateway's unix socket admin address (--admin-addr=unix:///path)\n" };
 
 /**
  * POST /members/<endpoint>/drain[?close-idle=true] takes the member out of rotation (no new
@@ -167,6 +234,8 @@ const POST_ONLY: Reply = { status: 405, body: "method not allowed: use POST\n", 
  * back; both through the member table's one writer, so workers follow. Answers the member's /status row.
  */
 async function memberAction(gw: Gateway, ctx: AdminContext, req: Request, encoded: string, action: "drain" | "ready"): Promise<Reply> {
+  // Any local user can connect over TCP: state changes need the unix socket, whose file mode says who may.
+  if (!req.privileged) return NOT_PRIVILEGED;
   // A web page can make a browser POST here (to a loopback address, or after DNS rebinding): refused.
   if (req.fromBrowser) return { status: 403, body: "refused: a state-changing request from a web browser (Origin or Sec-Fetch- header)\n" };
   let endpoint: string;

@@ -2,19 +2,23 @@
  * `etcd-gateway member drain <endpoint>` and `etcd-gateway member ready <endpoint>`: ask a running
  * gateway's admin endpoint to take one member out of rotation (no new connections; with
  * `--close-idle` its idle connections are reset too) or to bring it back, as HAProxy's
- * `set server … state drain|ready` does. The gateway does the work (src/admin.ts); this only asks.
+ * `set server … state drain|ready` does. The gateway does the work (src/admin.ts); this only asks,
+ * on the gateway's unix socket admin address, the only one that takes a drain (issue 20).
  *
  * @module
  */
 import type { Status } from "./admin.ts";
-import { parseEndpoint } from "./addresses.ts";
+import { parseEndpoint, type ListenAddress } from "./addresses.ts";
 import { parseFlags, type ParserSpec } from "./flags.ts";
 import { errorText } from "./log.ts";
-import { ADMIN_ADDR_FLAG, adminAddress, askAdmin, printable } from "./status.ts";
+import { adminAddress, askAdmin, memberRowProblem, printable } from "./status.ts";
+
+/** Where the commands find the privileged admin address by default: the socket contrib/systemd/etcd-gateway.service's RuntimeDirectory holds. */
+export const MEMBER_ADMIN_ADDR = "unix:///run/etcd-gateway/admin.sock";
 
 /** The flags of `etcd-gateway member drain|ready`. */
 export const MEMBER_FLAGS = {
-  "admin-addr": ADMIN_ADDR_FLAG,
+  "admin-addr": { type: "string", default: MEMBER_ADMIN_ADDR, valueHint: "unix:///path", description: "the gateway's unix socket --admin-addr (a TCP one is read-only)" },
   "close-idle": { type: "boolean", default: false, description: "drain: also reset the member's connections once no byte moved either way for a second" },
 } as const;
 
@@ -45,13 +49,13 @@ export function splitEndpoint(argv: readonly string[], specs: Readonly<Record<st
 
 /** Runs `etcd-gateway member <action>` with `argv`; `fail` prints one line and exits 1. */
 export async function runMember(action: MemberAction, argv: readonly string[], fail: (message: string) => never): Promise<void> {
-  let addr: string;
+  let addr: ListenAddress;
   let endpoint: string;
   let closeIdle: boolean;
   try {
     const split = splitEndpoint(argv, MEMBER_FLAGS);
     const v = parseFlags(split.flags, MEMBER_FLAGS);
-    addr = adminAddress(v["admin-addr"]);
+    addr = adminAddress(v["admin-addr"], MEMBER_ADMIN_ADDR);
     closeIdle = v["close-idle"] === true;
     if (closeIdle && action === "ready") throw new Error("--close-idle goes with drain");
     // As the gateway spells its members: scheme stripped, IPv6 in brackets.
@@ -64,8 +68,10 @@ export async function runMember(action: MemberAction, argv: readonly string[], f
   try {
     row = JSON.parse(text) as Status["members"][number];
   } catch (e) {
-    fail(`the admin endpoint at ${addr} answered something other than JSON: ${printable(errorText(e))}`);
+    fail(`the admin endpoint at ${addr.address} answered something other than JSON: ${printable(errorText(e))}`);
   }
+  const problem = memberRowProblem(row);
+  if (problem !== null) fail(`the admin endpoint at ${addr.address} answered JSON that is not a member's status: ${problem}`);
   const p = (v: unknown) => printable(String(v));
   const open = `${p(row.connections)} connection${row.connections === 1 ? "" : "s"} open`;
   if (action === "ready") process.stdout.write(`${p(row.endpoint)} is back in rotation (state ${p(row.state)}, ${open})\n`);

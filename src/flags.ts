@@ -205,7 +205,23 @@ export const START_FLAGS = {
       return t === "off" ? null : t;
     },
   },
-  "admin-addr": { type: "string", reload: "restart", valueHint: "host:port", parse: parseHostPort, description: "serve /metrics, /healthz, /readyz and /status, and take member drains, here (off by default; 127.0.0.1:23791 is the documented choice)" },
+  "admin-addr": { type: "string", reload: "restart", valueHint: "host:port|unix:///path", repeatable: true, parse: (t) => t.split(",").map((v) => parseListenAddress(v.trim())), description: "serve /metrics, /healthz, /readyz and /status here (off by default; 127.0.0.1:23791 is the documented choice); on a unix:///path address also take member drains; repeatable" },
+  "admin-socket-mode": {
+    type: "string", reload: "restart", default: "0600", valueHint: "octal", description: "file mode of a unix socket --admin-addr: who may connect, and so drain members",
+    parse: (t) => {
+      if (!/^0?[0-7]{3}$/.test(t)) throw new Error(`invalid file mode ${JSON.stringify(t)}; expected octal like 0600`);
+      return parseInt(t, 8);
+    },
+  },
+  "admin-host-whitelist": {
+    type: "string", reload: "restart", valueHint: "name,...", description: "host names a TCP --admin-addr answers to besides IP addresses, localhost and this host's name (others: 421, against DNS rebinding); * for any",
+    parse: (t) =>
+      t.split(",").map((v) => {
+        const name = v.trim().toLowerCase().replace(/\.$/, "");
+        if (name !== "*" && !/^[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*$/.test(name)) throw new Error(`invalid host name ${JSON.stringify(v.trim())}`);
+        return name;
+      }),
+  },
   workers: { type: "string", reload: "restart", default: "1", valueHint: "N|auto", parse: workers, description: "processes accepting on the listen address (SO_REUSEPORT); auto = one per core; they share member state" },
   "log-format": { type: "string", reload: "restart", default: "json", valueHint: LOG_FORMATS.join("|"), parse: oneOf(LOG_FORMATS), description: "log format on stderr" },
   "log-level": { type: "string", reload: "live", default: "info", valueHint: LOG_LEVELS.join("|"), parse: oneOf(LOG_LEVELS), description: "lowest level logged" },

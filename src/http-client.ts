@@ -1,6 +1,7 @@
 /**
  * The gateway's own HTTP/1.1 client, for the requests it makes to members (health checks, the
- * member-list sync, `status` and `member drain`): one request over node:net or node:tls, never
+ * member-list sync, `status` and `member drain`): one request over node:net or node:tls (or, for
+ * the admin commands, over a unix socket, plain http only), never
  * through a proxy (no environment is read), never following a redirect, bounded in time (one timer
  * for connect, TLS handshake and the whole reply) and in size (16 KiB of head, `maxBytes` of body),
  * optionally on one kept-alive connection. A failure says whether the peer answered at all (it
@@ -26,6 +27,11 @@ export interface HttpTarget {
   readonly port: number;
   /** TLS, or null for plain http. */
   readonly tls: HttpTls | null;
+  /**
+   * Connect to this unix socket instead of host:port (plain http only: `tls` must be null); `host`
+   * is then only what the Host header and the URL in messages say, e.g. `localhost`.
+   */
+  readonly unixPath?: string;
 }
 
 /** TLS settings of a target. */
@@ -170,6 +176,7 @@ export interface RequestOptions {
 
 /** The URL of a request, for error text and logs: `http://127.0.0.1:2379/version` (IPv6 in brackets; scheme https with tls). */
 export function requestUrl(target: HttpTarget, path: string): string {
+  if (target.unixPath !== undefined) return `http://${target.host}${path}`;
   return `${target.tls === null ? "http" : "https"}://${formatHostPort(target.host, target.port)}${path}`;
 }
 
@@ -194,7 +201,7 @@ function requestBytes(target: HttpTarget, spec: HttpRequestSpec, keeping: boolea
     if (!TOKEN.test(name) || /[\r\n\0]/.test(value)) throw new TypeError(`invalid request header ${JSON.stringify(`${name}: ${value}`)}`);
     headers.set(name.toLowerCase(), [name, value]);
   };
-  set("Host", formatHostPort(target.host, target.port));
+  set("Host", target.unixPath === undefined ? formatHostPort(target.host, target.port) : target.host);
   set("User-Agent", "etcd-gateway");
   if (spec.body !== undefined) set("Content-Type", "application/json");
   if (!keeping) set("Connection", "close");
@@ -210,7 +217,7 @@ function requestBytes(target: HttpTarget, spec: HttpRequestSpec, keeping: boolea
 /** A keep-alive socket may be reused only for the same host, port and TLS settings. */
 function targetKey(t: HttpTarget): string {
   const tls = t.tls === null ? null : [t.tls.serverName, t.tls.verify, t.tls.ca ?? "", t.tls.cert ?? "", t.tls.key ?? ""];
-  return JSON.stringify([t.host, t.port, tls]);
+  return JSON.stringify([t.host, t.port, tls, t.unixPath ?? null]);
 }
 
 /** An error's `code`, when it has a string one. */
@@ -234,7 +241,7 @@ export function isTlsError(err: unknown): boolean {
 export const CLOSED_IN_HANDSHAKE = /disconnected before secure TLS connection was established/;
 
 /**
- * Opens a connection to `target`: TCP, and TLS when it has it, verified against
+ * Opens a connection to `target`: TCP (or its unix socket), and TLS when it has it, verified against
  * `target.tls.serverName` even when that is an IP literal (then sent as no SNI), offering `alpn`
  * when given. For the gRPC status call too (src/health/grpc.ts).
  *
@@ -242,6 +249,10 @@ export const CLOSED_IN_HANDSHAKE = /disconnected before secure TLS connection wa
  */
 export function connectTarget(target: HttpTarget, alpn?: string[]): Socket {
   const { host, port, tls } = target;
+  if (target.unixPath !== undefined) {
+    if (tls !== null) throw new TypeError("TLS over a unix socket is not supported");
+    return netConnect({ path: target.unixPath });
+  }
   if (tls === null) return netConnect({ host, port });
   return tlsConnect({
     host,
@@ -395,8 +406,9 @@ class Exchange {
   }
 
   private dialFailure(e: unknown): HttpFailure {
-    const address = formatHostPort(this.target.host, this.target.port);
-    return new HttpFailure("dial", dialErrorText(e ?? new Error("connection closed"), { network: "tcp", address }, { outOfFds: outOfFds() }), e);
+    const unix = this.target.unixPath;
+    const at = unix === undefined ? { network: "tcp" as const, address: formatHostPort(this.target.host, this.target.port) } : { network: "unix" as const, address: unix };
+    return new HttpFailure("dial", dialErrorText(e ?? new Error("connection closed"), at, { outOfFds: outOfFds() }), e);
   }
 
   /** Stops the timer; the request is decided. */

@@ -188,9 +188,9 @@ class GatewayProcess {
     const admin = s.flags["admin-addr"];
     if (admin !== null) {
       try {
-        startAdmin(admin, gw, { version: pkg.version, startedAt: this.#startedAt, workerStats: () => this.#pool?.stats(500) ?? Promise.resolve([]) });
+        await startAdmin(admin, gw, { version: pkg.version, startedAt: this.#startedAt, workerStats: () => this.#pool?.stats(500) ?? Promise.resolve([]), log: this.log });
       } catch (e) {
-        fail(`--admin-addr: cannot listen on ${admin.address}: ${errorText(e)}`);
+        fail(`--admin-addr: ${errorText(e)}`);
       }
     }
     this.announceReady(gw);
@@ -223,7 +223,7 @@ class GatewayProcess {
       endpoints: gw.members.list.map((m) => m.address),
       policy: s.flags.policy,
       workers: s.flags.workers,
-      ...(admin === null ? {} : { "admin-addr": admin.address }),
+      ...(admin === null ? {} : { "admin-addr": admin.map((a) => a.address).join(",") }),
     });
     if (s.upstreamTls !== null && s.listenTls === null) {
       const exposed = s.listenAddrs.filter((a) => a.kind === "tcp" && !/^(127\.|::1$|localhost$)/.test(a.tcp.host)).map((a) => a.address);

@@ -2,19 +2,21 @@
  * `etcd-gateway status`: asks a running gateway's admin endpoint for its member table and prints
  * it, readable in a terminal, or as JSON; and how any command asks that endpoint (`askAdmin`). What the endpoint says (a member's error text can carry
  * whatever the member sent) is printed with its control characters escaped, so it cannot move the
- * cursor, clear the screen or retitle the terminal.
+ * cursor, clear the screen or retitle the terminal; an answer of another shape is one line, never
+ * a stack trace. The endpoint is reached over TCP or its unix socket (`--admin-addr=unix:///path`,
+ * the only address that takes a drain).
  *
  * @module
  */
 import type { Status } from "./admin.ts";
-import { parseHostPort } from "./addresses.ts";
+import { parseListenAddress, type ListenAddress } from "./addresses.ts";
 import { parseFlags } from "./flags.ts";
 import { errorText } from "./log.ts";
-import { HttpFailure, httpRequest, requestUrl } from "./http-client.ts";
+import { HttpFailure, httpRequest, requestUrl, type HttpReply, type HttpTarget } from "./http-client.ts";
 import { colourAllowed } from "./terminal.ts";
 
-/** `--admin-addr` of the commands that talk to a running gateway. */
-export const ADMIN_ADDR_FLAG = { type: "string", default: "127.0.0.1:23791", valueHint: "host:port", description: "the gateway's --admin-addr" } as const;
+/** `--admin-addr` of `etcd-gateway status`: reads are served on every admin address, TCP included. */
+export const ADMIN_ADDR_FLAG = { type: "string", default: "127.0.0.1:23791", valueHint: "host:port|unix:///path", description: "the gateway's --admin-addr" } as const;
 
 /** The flags of `etcd-gateway status`. */
 export const STATUS_FLAGS = {
@@ -30,35 +32,42 @@ export function anyUsable(s: Status): boolean {
   return typeof s.ready === "boolean" ? s.ready : s.members.some((m) => m.state === "up");
 }
 
-/** The address of a parsed `--admin-addr` (its default when absent). @throws {Error} naming the flag. */
-export function adminAddress(value: unknown): string {
+/** The address of a parsed `--admin-addr` (`fallback` when absent): `host:port` or `unix:///path`. @throws {Error} naming the flag. */
+export function adminAddress(value: unknown, fallback: string = ADMIN_ADDR_FLAG.default): ListenAddress {
   try {
-    return parseHostPort(typeof value === "string" ? value : ADMIN_ADDR_FLAG.default).address;
+    return parseListenAddress(typeof value === "string" ? value : fallback);
   } catch (e) {
     throw new Error(`--admin-addr: ${errorText(e)}`);
   }
 }
 
 /**
- * Asks the admin endpoint at `addr` for `path` and resolves with the body of its 200 answer;
- * anything else (no answer, another status, a redirect) is one line through `fail`. The request
- * goes straight to `addr`, never through a proxy from the environment, and reads at most 1 MiB.
+ * Asks the admin endpoint at `at` (TCP or its unix socket) for `path` and resolves with the body
+ * of its 200 answer; anything else (no answer, another status, a redirect) is one line through
+ * `fail`. The request goes straight to `at`, never through a proxy from the environment, never
+ * follows a redirect, and reads at most 1 MiB (src/http-client.ts).
  */
-export async function askAdmin(addr: string, path: string, fail: (message: string) => never, method: "GET" | "POST" = "GET"): Promise<string> {
-  let answer: { status: number; text: string };
-  const hp = parseHostPort(addr);
-  const target = { host: hp.host, port: hp.port, tls: null };
+export async function askAdmin(at: ListenAddress, path: string, fail: (message: string) => never, method: "GET" | "POST" = "GET"): Promise<string> {
+  const addr = at.address;
+  // Over the unix socket the Host header says localhost, as curl --unix-socket does.
+  const target: HttpTarget = at.kind === "tcp" ? { host: at.tcp.host, port: at.tcp.port, tls: null } : { host: "localhost", port: 0, tls: null, unixPath: at.path };
+  let r: HttpReply;
   try {
-    const r = await httpRequest(target, method === "POST" ? { method, path, body: "" } : { method, path }, { timeoutMs: 3000, maxBytes: ADMIN_REPLY_BYTES });
-    if (r.truncated) throw new Error(`${requestUrl(target, path)}: the answer is longer than ${ADMIN_REPLY_BYTES} bytes`);
-    answer = { status: r.status, text: r.body };
+    r = await httpRequest(target, method === "POST" ? { method, path, body: "" } : { method, path }, { timeoutMs: 3000, maxBytes: ADMIN_REPLY_BYTES });
   } catch (e) {
     // HttpFailure's message is already in Go's words; errorText would put its code in front.
-    fail(`cannot reach the admin endpoint at ${addr}: ${printable(e instanceof HttpFailure ? e.message : errorText(e))} (is the gateway running with --admin-addr=${addr}?)`);
+    const text = printable(e instanceof HttpFailure ? e.message : errorText(e));
+    const hint = e instanceof HttpFailure && e.code === "EACCES" ? " (the socket's mode, --admin-socket-mode, decides who may connect: run this as root or as the gateway's user)" : e instanceof HttpFailure && e.kind === "dial" ? ` (is the gateway running with --admin-addr=${addr}?)` : "";
+    fail(`cannot reach the admin endpoint at ${addr}: ${text}${hint}`);
   }
-  // E.g. 503 while the endpoint is at its connection cap, 404 for an unknown member.
-  if (answer.status !== 200) fail(`the admin endpoint at ${addr} answered ${answer.status}: ${printable(answer.text.split("\n")[0] ?? "")}`);
-  return answer.text;
+  if (r.truncated) fail(`the admin endpoint at ${addr} answered more than ${ADMIN_REPLY_BYTES} bytes to ${requestUrl(target, path)}; read no further`);
+  if (r.status !== 200) {
+    // E.g. 403 for a drain over TCP, 404 for an unknown member, 421 for a Host the endpoint does not answer to; a redirect is never followed.
+    const line = r.body.split("\n")[0] ?? "";
+    const location = r.status >= 300 && r.status < 400 ? ` (a redirect to ${r.headers.location ?? "nowhere"}, not followed)` : "";
+    fail(printable(`the admin endpoint at ${addr} answered ${r.status}${line === "" ? "" : `: ${line}`}${location}`));
+  }
+  return r.body;
 }
 
 /** The most of an admin answer the commands read: /status of thousands of members fits. */
@@ -70,7 +79,7 @@ const ADMIN_REPLY_BYTES = 1 << 20;
  * an unhealthy cluster, so scripts can use it.
  */
 export async function runStatus(argv: readonly string[], fail: (message: string) => never): Promise<void> {
-  let addr: string;
+  let addr: ListenAddress;
   let json: boolean;
   try {
     const v = parseFlags(argv, STATUS_FLAGS);
@@ -84,13 +93,40 @@ export async function runStatus(argv: readonly string[], fail: (message: string)
   try {
     body = JSON.parse(text) as Status;
   } catch (e) {
-    fail(`the admin endpoint at ${addr} answered something other than JSON: ${printable(errorText(e))}`);
+    fail(`the admin endpoint at ${addr.address} answered something other than JSON: ${printable(errorText(e))}`);
   }
+  const problem = statusProblem(body);
+  if (problem !== null) fail(`the admin endpoint at ${addr.address} answered JSON that is not a gateway's status: ${problem}`);
   process.stdout.write(json ? statusJson(body) : renderStatus(body, colours()));
   if (!anyUsable(body)) {
     process.stderr.write("etcd-gateway: no member is usable\n");
     process.exitCode = STATUS_EXIT.noUsableMember;
   }
+}
+
+const isObject = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null && !Array.isArray(v);
+/** What a JSON value is, when it should have been an object. */
+const notAnObject = (v: unknown) => `${Array.isArray(v) ? "a list" : v === null ? "null" : typeof v}, not an object`;
+
+/**
+ * What makes `body` unfit to print as a gateway's `/status` (renderStatus, statusJson and
+ * anyUsable take any value where this finds nothing), or null. Found in issue 20: `[]` and
+ * `{"members":"notalist"}` printed a stack trace.
+ */
+export function statusProblem(body: unknown): string | null {
+  if (!isObject(body)) return notAnObject(body);
+  if (!Array.isArray(body.members)) return "members is not a list";
+  if (!body.members.every(isObject)) return "a member is not an object";
+  if (!isObject(body.listener)) return "listener is not an object";
+  if (body.cluster === undefined) return null;
+  if (!isObject(body.cluster)) return "cluster is not an object";
+  if (!Array.isArray(body.cluster.alarms) || !body.cluster.alarms.every(isObject)) return "cluster.alarms is not a list of objects";
+  return null;
+}
+
+/** The member row `member drain|ready` prints, or what makes `body` unfit for it (null: fit). */
+export function memberRowProblem(body: unknown): string | null {
+  return isObject(body) ? null : notAnObject(body);
 }
 
 /** Bidirectional-text and line-separator controls: they reorder or break what a terminal shows. */

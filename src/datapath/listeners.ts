@@ -292,24 +292,26 @@ async function unixSocketLive(path: string): Promise<boolean> {
 }
 
 /**
- * Makes `path` free for a unix listener: nothing there is fine; a socket file whose server is gone
- * (a process that died left it) is removed; anything else is left alone and refused: a live
- * socket, a regular file, a directory, a symlink (not followed).
+ * Makes `path` free for a unix listener (`--listen-addr`, and the admin socket of `--admin-addr`):
+ * nothing there is fine; a socket file whose server is gone (a process that died left it) is
+ * removed; anything else is left alone and refused: a live socket, a regular file, a directory, a
+ * symlink (not followed).
  *
- * @throws {ConfigError} naming the listen address and what is in the way.
+ * @param fail makes the error from what is in the way; default: a ConfigError naming `--listen-addr`.
+ * @throws what `fail` makes.
  */
-export async function clearStaleSocket(path: string): Promise<void> {
+export async function clearStaleSocket(path: string, fail: (why: string) => Error = (why) => new ConfigError("listen-addr", `unix://${path}`, `cannot listen: ${why}`)): Promise<void> {
   let st: Stats;
   try {
     st = lstatSync(path);
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === "ENOENT") return;
-    throw new ConfigError("listen-addr", `unix://${path}`, `cannot listen: ${path}: ${errorText(e)}`);
+    throw fail(`${path}: ${errorText(e)}`);
   }
-  const refuse = (what: string) => new ConfigError("listen-addr", `unix://${path}`, `cannot listen: ${path} ${what}; nothing was changed`);
+  const refuse = (what: string) => fail(`${path} ${what}; nothing was changed`);
   if (st.isSymbolicLink()) throw refuse("is a symbolic link, not a socket");
   if (st.isDirectory()) throw refuse("is a directory, not a socket");
   if (!st.isSocket()) throw refuse("exists and is not a socket");
-  if (await unixSocketLive(path)) throw new ConfigError("listen-addr", `unix://${path}`, `cannot listen: ${path} is in use by another process`);
+  if (await unixSocketLive(path)) throw fail(`${path} is in use by another process; nothing was changed`);
   unlinkSync(path);
 }

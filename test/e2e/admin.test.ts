@@ -2,8 +2,9 @@
  * The admin endpoint: /metrics parsed by a real Prometheus text parser with numbers that match the
  * traffic sent, /healthz, /readyz, /status, and the `status` command; then its bounds (issue 12,
  * item 6): a flood of half-sent requests under a low fd limit leaves the data path and the health
- * checks alone, at most 16 connections at once, the request head bounded in time and size, and
- * 405 for methods other than GET and HEAD.
+ * checks alone, at most 32 connections at once (16, and as many again while accepting pauses; what
+ * happens at the cap is in test/e2e/admin-access.test.ts), the request head bounded in time and
+ * size, and 405 for methods other than GET and HEAD.
  */
 import { afterAll, afterEach, describe, expect, test } from "bun:test";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
@@ -326,7 +327,7 @@ function exchange(port: number, parts: string[], gapMs = 0, giveUpMs = 10_000): 
 const tripWithin = (port: number, msg: string, ms: number) => Promise.race([roundTrip(port, msg).catch((e: Error) => e.message), sleep(ms).then(() => "timeout")]);
 
 describe("admin endpoint bounds", () => {
-  test("400 half-sent admin requests under a 256-fd limit: round trips and health checks carry on, the endpoint holds at most 16 connections, and closes them within 5 s", async () => {
+  test("400 half-sent admin requests under a 256-fd limit: round trips and health checks carry on, the endpoint holds at most 32 connections, and closes them within 5 s", async () => {
     const a = await echoServer();
     const b = await echoServer();
     servers.push(a, b);
@@ -370,34 +371,10 @@ describe("admin endpoint bounds", () => {
       floodClosedWithin6s: lives.filter((ms) => ms <= 6500).length,
       membersUp: st.members.filter((m) => m.state === "up").length,
       deactivations: gw.lines.filter((l) => l.includes("deactivated endpoint")).length,
-      // 16 admin connections, plus a health probe per member and a little slack for the one being turned away.
-      fdsOverBaseline: floodPeak - baseline <= 16 + 6 ? "at most 22" : floodPeak - baseline,
-    }).toEqual({ roundTripsOk: 10, floodClosedByServer: 400, floodClosedWithin6s: 400, membersUp: 2, deactivations: 0, fdsOverBaseline: "at most 22" });
+      // 32 admin connections (twice the cap, while accepting pauses), plus a health probe per member and a little slack.
+      fdsOverBaseline: floodPeak - baseline <= 32 + 6 ? "at most 38" : floodPeak - baseline,
+    }).toEqual({ roundTripsOk: 10, floodClosedByServer: 400, floodClosedWithin6s: 400, membersUp: 2, deactivations: 0, fdsOverBaseline: "at most 38" });
   }, 40_000);
-
-  test("beyond 16 connections a new one is turned away at once (503 or a reset); the 16 held are still answered", async () => {
-    const gw = await adminGateway();
-    const held = Array.from({ length: 16 }, () => {
-      let text = "";
-      const s = connect({ host: "127.0.0.1", port: adminPort(gw) });
-      s.once("connect", () => s.write("GET /healthz HTTP/1.1\r\nHost: a\r\n"));
-      s.on("data", (c: Buffer) => (text += c.toString("latin1")));
-      s.on("error", () => {});
-      return { s, text: () => text };
-    });
-    await sleep(300);
-    const extra = await exchange(adminPort(gw), ["GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n"], 0, 3000);
-    expect(extra.closedByServer).toBe(true);
-    expect(extra.ms).toBeLessThan(1000);
-    expect(extra.text === "" ? extra.error : extra.text.split("\r\n")[0]).toMatch(/^(HTTP\/1\.1 503 Service Unavailable|ECONNRESET)$/);
-    const st = runBinary(["status", `--admin-addr=${gw.adminURL!.slice("http://".length)}`]);
-    expect(st.code).toBe(1);
-    expect(st.stderr.trim()).toMatch(/^etcd-gateway: (the admin endpoint at \S+ answered 503: too many admin connections, try again later|cannot reach the admin endpoint at \S+: .*(ECONNRESET|reset|closed).*)$/);
-    for (const h of held) h.s.write("\r\n");
-    await sleep(300);
-    expect(held.map((h) => h.text().split("\r\n")[0])).toEqual(Array(16).fill("HTTP/1.1 200 OK"));
-    expect((await fetch(`${gw.adminURL}/healthz`)).status).toBe(200);
-  });
 
   test("methods other than GET and HEAD get 405 with Allow: GET, HEAD", async () => {
     const gw = await adminGateway();
@@ -412,22 +389,22 @@ describe("admin endpoint bounds", () => {
     const gw = await adminGateway();
     const withoutDate = (text: string) => text.replace(/\r\nDate: [^\r]*/, "");
     for (const path of ["/healthz", "/readyz", "/nope"]) {
-      const get = await exchange(adminPort(gw), [`GET ${path} HTTP/1.1\r\nHost: a\r\n\r\n`]);
-      const head = await exchange(adminPort(gw), [`HEAD ${path} HTTP/1.1\r\nHost: a\r\n\r\n`]);
+      const get = await exchange(adminPort(gw), [`GET ${path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n`]);
+      const head = await exchange(adminPort(gw), [`HEAD ${path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n`]);
       expect(withoutDate(head.text)).toBe(withoutDate(get.text.slice(0, get.text.indexOf("\r\n\r\n") + 4)));
     }
-    const metrics = await exchange(adminPort(gw), ["HEAD /metrics HTTP/1.1\r\nHost: a\r\n\r\n"]);
+    const metrics = await exchange(adminPort(gw), ["HEAD /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"]);
     expect(metrics.text).toMatch(/^HTTP\/1\.1 200 OK\r\nContent-Type: text\/plain; version=0\.0\.4; charset=utf-8\r\nContent-Length: [1-9]\d*\r\n/);
     expect(metrics.text.endsWith("\r\n\r\n")).toBe(true);
   });
 
   test("a request head over 8 KiB is answered 431 and closed", async () => {
     const gw = await adminGateway();
-    const big = await exchange(adminPort(gw), [`GET /metrics HTTP/1.1\r\nHost: a\r\nX-Big: ${"a".repeat(9000)}\r\n\r\n`], 0, 3000);
+    const big = await exchange(adminPort(gw), [`GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: ${"a".repeat(9000)}\r\n\r\n`], 0, 3000);
     expect(big.text.split("\r\n")[0]).toBe("HTTP/1.1 431 Request Header Fields Too Large");
     expect(big.closedByServer).toBe(true);
     // Just under the bound is fine.
-    const fits = await exchange(adminPort(gw), [`GET /healthz HTTP/1.1\r\nHost: a\r\nX-Big: ${"a".repeat(8000)}\r\n\r\n`], 0, 3000);
+    const fits = await exchange(adminPort(gw), [`GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: ${"a".repeat(8000)}\r\n\r\n`], 0, 3000);
     expect(fits.text.split("\r\n")[0]).toBe("HTTP/1.1 200 OK");
   });
 

@@ -3,7 +3,9 @@
  * drain|ready` and `POST /members/<endpoint>/drain|ready` take a member out of rotation under every
  * policy and bring it back, open connections carry on (or, with --close-idle, are reset once idle),
  * health checks go on, /status, /metrics and the log show it, every --workers process follows, a
- * drained member is fail-open's last resort, and a browser cannot do it.
+ * drained member is fail-open's last resort, and a browser cannot do it. Drains go through the
+ * gateway's unix socket admin address (issue 20; over TCP they are refused, test/e2e/admin-access.test.ts);
+ * reads go through its TCP one.
  */
 import { afterAll, afterEach, describe, expect, test } from "bun:test";
 import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
@@ -22,6 +24,7 @@ afterEach(async () => {
   for (const s of open) s.destroy();
   open.clear();
   await stopAllGateways();
+  sockets.clear();
   await Promise.all(members.splice(0).map(closeServer));
 });
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -34,8 +37,25 @@ async function twoMembers(): Promise<{ A: string; B: string; count: { A: number;
   return { A: `127.0.0.1:${a}`, B: `127.0.0.1:${b}`, count };
 }
 
-const admin = (gw: GatewayProcess) => gw.adminURL!.slice("http://".length);
+/** The unix socket admin address of each gateway started by `drainable`. */
+const sockets = new Map<GatewayProcess, string>();
+let started = 0;
+
+/** A gateway with a TCP admin address (`adminURL`, for reads) and a unix socket one (for drains). */
+async function drainable(args: string[]): Promise<GatewayProcess> {
+  const sock = join(dir, `admin-${++started}.sock`);
+  const gw = await startGatewayProcess([...args, `--admin-addr=unix://${sock}`], { admin: true });
+  sockets.set(gw, sock);
+  return gw;
+}
+
+/** `host:port` of the TCP admin address. */
+const tcp = (gw: GatewayProcess) => gw.adminURL!.slice("http://".length);
+/** `unix:///…` of the unix socket admin address. */
+const admin = (gw: GatewayProcess) => `unix://${sockets.get(gw)!}`;
 const cli = (gw: GatewayProcess, ...args: string[]) => runBinary(["member", ...args, `--admin-addr=${admin(gw)}`]);
+/** A POST to the unix socket admin address. */
+const post = (gw: GatewayProcess, path: string, headers: Record<string, string> = {}) => fetch(`http://localhost${path}`, { method: "POST", headers, unix: sockets.get(gw)! } as RequestInit);
 
 interface Row {
   endpoint: string;
@@ -71,7 +91,7 @@ describe("member drain and ready", () => {
     test(`${policy}: a drained member gets no new connection and its open one carries on; ready brings it back`, async () => {
       const { A, B, count } = await twoMembers();
       // No checks here: a TCP check would count as a connection to the member (the next test has them).
-      const gw = await startGatewayProcess([`--endpoints=${A},${B}`, `--policy=${policy}`, "--health-check=none"], { admin: true });
+      const gw = await drainable([`--endpoints=${A},${B}`, `--policy=${policy}`, "--health-check=none"]);
       const before = await held(gw);
       const drained = cli(gw, "drain", A);
       expect([drained.code, drained.stderr]).toEqual([0, ""]);
@@ -90,7 +110,7 @@ describe("member drain and ready", () => {
       expect(metrics).toContain(`etcd_gateway_member_drained{endpoint="${A}"} 1\n`);
       expect(metrics).toContain(`etcd_gateway_member_up{endpoint="${A}"} 1\n`);
       expect(await gw.waitForLog("member drained: no new connections")).toMatchObject({ address: A, "close-idle": false });
-      const table = runBinary(["status", `--admin-addr=${admin(gw)}`]);
+      const table = runBinary(["status", `--admin-addr=${tcp(gw)}`]);
       expect(table.stdout).toMatch(new RegExp(`${A.replace(/\./g, "\\.")}\\s+up,drained\\s`));
       const ready = cli(gw, "ready", A);
       expect([ready.code, ready.stdout]).toEqual([0, `${A} is back in rotation (state up, ${st[0]!.connections} connection${st[0]!.connections === 1 ? "" : "s"} open)\n`]);
@@ -106,7 +126,7 @@ describe("member drain and ready", () => {
 
   test("health checks go on while drained: a drained member that stops answering is marked down", async () => {
     const { A, B } = await twoMembers();
-    const gw = await startGatewayProcess([`--endpoints=${A},${B}`, "--health-check=tcp", "--health-interval=100ms", "--health-spare-interval=200ms"], { admin: true });
+    const gw = await drainable([`--endpoints=${A},${B}`, "--health-check=tcp", "--health-interval=100ms", "--health-spare-interval=200ms"]);
     expect(cli(gw, "drain", A).code).toBe(0);
     await closeServer(members.shift()!);
     await waitFor("A down", async () => (await rows(gw))[0]!.state === "down" || undefined, 5000, 50);
@@ -116,7 +136,7 @@ describe("member drain and ready", () => {
   test("--close-idle: a connection idle for a second is reset (access log: drain-idle), a busy one is not; without it, idle ones stay", async () => {
     const { A, B } = await twoMembers();
     const log = join(dir, "close-idle.log");
-    const gw = await startGatewayProcess([`--endpoints=${A},${B}`, "--policy=ordered", "--health-check=none", `--access-log=${log}`], { admin: true });
+    const gw = await drainable([`--endpoints=${A},${B}`, "--policy=ordered", "--health-check=none", `--access-log=${log}`]);
     const [idle, busy, keep] = [await held(gw), await held(gw), await held(gw)];
     expect(cli(gw, "drain", A).code).toBe(0);
     await sleep(2500);
@@ -150,11 +170,11 @@ describe("member drain and ready", () => {
     const { A } = await twoMembers();
     const refusing = `127.0.0.1:${freePort()}`;
     const log = join(dir, "last-resort.log");
-    const gw = await startGatewayProcess([`--endpoints=${A},${refusing}`, "--policy=ordered", "--health-check=tcp", "--health-interval=100ms", `--access-log=${log}`], { admin: true });
+    const gw = await drainable([`--endpoints=${A},${refusing}`, "--policy=ordered", "--health-check=tcp", "--health-interval=100ms", `--access-log=${log}`]);
     await waitFor("the refusing member down", async () => (await rows(gw))[1]!.state === "down" || undefined, 5000, 50);
     expect(cli(gw, "drain", A).code).toBe(0);
     expect((await fetch(`${gw.adminURL}/readyz`)).status).toBe(503);
-    expect(runBinary(["status", `--admin-addr=${admin(gw)}`]).code).toBe(2);
+    expect(runBinary(["status", `--admin-addr=${tcp(gw)}`]).code).toBe(2);
     expect(await roundTrip(gw.port, "last")).toBe("last");
     const line = await waitFor("an access log line", () => (existsSync(log) && readFileSync(log, "utf8").trim() !== "" ? (JSON.parse(readFileSync(log, "utf8").trim().split("\n")[0]!) as AccessRecord) : undefined), 5000, 50);
     expect(line).toMatchObject({ member: A, tried: [refusing, A] });
@@ -162,7 +182,7 @@ describe("member drain and ready", () => {
 
   test("--workers 2: every process follows the drain, and --close-idle resets idle connections in every process", async () => {
     const { A, B, count } = await twoMembers();
-    const gw = await startGatewayProcess([`--endpoints=${A},${B}`, "--policy=ordered", "--health-check=none", "--workers=2"], { admin: true });
+    const gw = await drainable([`--endpoints=${A},${B}`, "--policy=ordered", "--health-check=none", "--workers=2"]);
     const idle = await Promise.all(Array.from({ length: 10 }, () => held(gw)));
     expect((await rows(gw))[0]!.connections).toBe(10);
     expect(cli(gw, "drain", A).code).toBe(0);
@@ -180,15 +200,15 @@ describe("member drain and ready", () => {
 describe("the drain's requests", () => {
   test("unknown member: 404 listing the members, and the command says so on one line, exit 1", async () => {
     const { A, B } = await twoMembers();
-    const gw = await startGatewayProcess([`--endpoints=${A},${B}`, "--health-check=none"], { admin: true });
-    const r = await fetch(`${gw.adminURL}/members/10.9.9.9:2379/drain`, { method: "POST" });
+    const gw = await drainable([`--endpoints=${A},${B}`, "--health-check=none"]);
+    const r = await post(gw, "/members/10.9.9.9:2379/drain");
     expect([r.status, await r.text()]).toEqual([404, `no member 10.9.9.9:2379 in the endpoint set (${A}, ${B})\n`]);
     const c = cli(gw, "drain", "10.9.9.9:2379");
     expect([c.code, c.stdout]).toEqual([1, ""]);
     expect(c.stderr).toBe(`etcd-gateway: the admin endpoint at ${admin(gw)} answered 404: no member 10.9.9.9:2379 in the endpoint set (${A}, ${B})\n`);
     // The endpoint as given to --endpoints, with a scheme, percent-encoded or not.
     expect(cli(gw, "drain", `http://${A}`).code).toBe(0);
-    expect((await fetch(`${gw.adminURL}/members/${encodeURIComponent(B)}/drain?close-idle`, { method: "POST" })).status).toBe(200);
+    expect((await post(gw, `/members/${encodeURIComponent(B)}/drain?close-idle`)).status).toBe(200);
     expect((await rows(gw)).map((m) => [m.drained, m.closeIdle])).toEqual([
       [true, false],
       [true, true],
@@ -197,16 +217,16 @@ describe("the drain's requests", () => {
 
   test("a browser's POST (Origin, Sec-Fetch-Site) is refused 403; GET of a drain path is 405 Allow: POST; a bad close-idle is 400", async () => {
     const { A, B } = await twoMembers();
-    const gw = await startGatewayProcess([`--endpoints=${A},${B}`, "--health-check=none"], { admin: true });
+    const gw = await drainable([`--endpoints=${A},${B}`, "--health-check=none"]);
     for (const headers of [{ Origin: "http://evil.example" }, { "Sec-Fetch-Site": "cross-site" }] as Record<string, string>[]) {
-      const r = await fetch(`${gw.adminURL}/members/${A}/drain`, { method: "POST", headers });
+      const r = await post(gw, `/members/${A}/drain`, headers);
       expect(r.status).toBe(403);
     }
-    const get = await fetch(`${gw.adminURL}/members/${A}/drain`);
+    const get = await fetch(`http://localhost/members/${A}/drain`, { unix: sockets.get(gw)! } as RequestInit);
     expect([get.status, get.headers.get("allow")]).toEqual([405, "POST"]);
-    expect((await fetch(`${gw.adminURL}/members/${A}/drain?close-idle=maybe`, { method: "POST" })).status).toBe(400);
+    expect((await post(gw, `/members/${A}/drain?close-idle=maybe`)).status).toBe(400);
     expect((await rows(gw)).map((m) => m.drained)).toEqual([false, false]);
     // Everything else still takes GET and HEAD only.
-    expect((await fetch(`${gw.adminURL}/status`, { method: "POST" })).status).toBe(405);
+    expect((await post(gw, "/status")).status).toBe(405);
   });
 });

@@ -4,7 +4,7 @@
  */
 import { describe, expect, test } from "bun:test";
 import type { Status } from "../../src/admin.ts";
-import { anyUsable, printable, renderStatus, statusJson, type Colours } from "../../src/status.ts";
+import { anyUsable, memberRowProblem, printable, renderStatus, statusJson, statusProblem, type Colours } from "../../src/status.ts";
 
 const plain: Colours = { green: (s) => s, red: (s) => s, yellow: (s) => s, dim: (s) => s };
 const HOSTILE = "member said: \x1b]0;pwned\x07\x1b[2J";
@@ -88,5 +88,52 @@ describe("anyUsable (the exit code: 2 when false)", () => {
     expect(anyUsable(s)).toBe(false);
     s.members[0]!.state = "up";
     expect(anyUsable(s)).toBe(true);
+  });
+});
+
+describe("statusProblem (issue 20: JSON of another shape printed a stack trace)", () => {
+  const cases: [string, unknown, string | null][] = [
+    ["a list", [], "a list, not an object"],
+    ["null", null, "null, not an object"],
+    ["a number", 3, "number, not an object"],
+    ["members not a list", { members: "notalist", listener: {} }, "members is not a list"],
+    ["no members", { listener: {} }, "members is not a list"],
+    ["a member that is not an object", { members: [1], listener: {} }, "a member is not an object"],
+    ["no listener", { members: [] }, "listener is not an object"],
+    ["cluster not an object", { members: [], listener: {}, cluster: 1 }, "cluster is not an object"],
+    ["cluster alarms not a list of objects", { members: [], listener: {}, cluster: { alarms: [null] } }, "cluster.alarms is not a list of objects"],
+    ["the smallest that prints", { members: [], listener: {} }, null],
+    ["a gateway's own", status("r"), null],
+  ];
+  for (const [name, body, want] of cases) test(name, () => expect(statusProblem(body)).toBe(want));
+
+  test("whatever it lets through prints without throwing (random JSON of every shape)", () => {
+    let seed = 7;
+    const rnd = (n: number) => ((seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) >>> 16) % n;
+    const value = (depth: number): unknown => {
+      switch (rnd(depth > 2 ? 5 : 8)) {
+        case 0: return null;
+        case 1: return rnd(100) - 50;
+        case 2: return "s\x1b";
+        case 3: return rnd(2) === 0;
+        case 4: return undefined;
+        case 5: return Array.from({ length: rnd(3) }, () => value(depth + 1));
+        default: return shape(depth + 1);
+      }
+    };
+    const KEYS = ["members", "listener", "cluster", "alarms", "address", "state", "endpoint", "ready", "version", "id", "alarm", "member", "drained"];
+    const shape = (depth: number): Record<string, unknown> => Object.fromEntries(KEYS.filter(() => rnd(2) === 0).map((k) => [k, value(depth)]));
+    let printed = 0;
+    for (let i = 0; i < 5000; i++) {
+      const body = JSON.parse(JSON.stringify(rnd(4) === 0 ? value(0) : { ...shape(0), members: rnd(3) === 0 ? value(1) : Array.from({ length: rnd(3) }, () => shape(1)), listener: rnd(4) === 0 ? value(1) : shape(1) }) ?? null);
+      if (statusProblem(body) !== null) continue;
+      printed++;
+      expect(() => [renderStatus(body as Status, plain), statusJson(body as Status), anyUsable(body as Status)]).not.toThrow();
+    }
+    expect(printed).toBeGreaterThan(500);
+  });
+
+  test("a member row must be an object", () => {
+    expect([memberRowProblem([]), memberRowProblem(null), memberRowProblem("x"), memberRowProblem({})]).toEqual(["a list, not an object", "null, not an object", "string, not an object", null]);
   });
 });
