@@ -84,6 +84,8 @@ function positionless(name: PolicyName, candidates: () => readonly Member[], pre
  */
 function sticky(table: MemberTable, random: () => number): Policy {
   let current: Member | undefined;
+  /** The member failover moved to last: it keeps the clients until it fails in turn, not until it is read again. */
+  let moved: Member | undefined;
   const good = (m: Member) => m.usable && m.failures === 0;
   const settle = (): Member | undefined => {
     const list = table.list;
@@ -94,12 +96,14 @@ function sticky(table: MemberTable, random: () => number): Policy {
     const pool = good1.length > 0 ? good1 : bestClass(list);
     if (pool.length === 0) return known ? current : (current = list[0]);
     if (!known) return (current = weightedPick(pool, random));
+    // Every usable member has a failed dial behind it: stay (each read would otherwise move on).
+    if (good1.length === 0 && pool.includes(current!) && moved === current) return current;
     // Failover: the next member in rotation, which is also where the failing connection itself went
     // (see arrange), so every process and every connection agrees without a coin toss.
     const start = list.indexOf(current!);
     for (let i = 1; i <= list.length; i++) {
       const m = list[(start + i) % list.length]!;
-      if (pool.includes(m)) return (current = m);
+      if (pool.includes(m)) return (current = moved = m);
     }
     return current;
   };

@@ -113,3 +113,43 @@ describe("--workers: the primary's drain reaches a worker's table", () => {
     expect(policy.candidates()[0]!.address).toBe("10.0.0.2:2379");
   });
 });
+
+describe("a drain lasts through endpoint-set changes that keep the member (issue 20; README, Draining a member)", () => {
+  test("MemberTable.replace with a member added keeps the kept members' drain, and says nothing of it", () => {
+    const { t, a, b, lines } = table();
+    t.update(a, { drain: "close-idle" });
+    t.update(b, { drain: "keep-open" });
+    const changes: string[] = [];
+    t.onChange((m) => void changes.push(m.address));
+    const { added, removed } = t.replace(eps("10.0.0.3:2379", "10.0.0.1:2379", "10.0.0.2:2379"));
+    expect([added.map((m) => m.address), removed]).toEqual([["10.0.0.3:2379"], []]);
+    expect(t.list.map((m) => [m.address, m.drain, m.usable])).toEqual([
+      ["10.0.0.3:2379", "off", true],
+      ["10.0.0.1:2379", "close-idle", false],
+      ["10.0.0.2:2379", "keep-open", false],
+    ]);
+    expect([t.list[1], t.list[2]]).toEqual([a, b]);
+    expect(changes).toEqual([]);
+    expect(lines.map((l) => l.msg).filter((m) => m === "member back in rotation")).toEqual([]);
+    // And a set without changes (a reload that re-reads the same file).
+    t.replace(eps("10.0.0.3:2379", "10.0.0.1:2379", "10.0.0.2:2379"));
+    expect(t.list.map((m) => m.drain)).toEqual(["off", "close-idle", "keep-open"]);
+  });
+
+  test("a worker adopting the primary's grown set keeps the drain, and its policy never picks the drained member", () => {
+    const primary = table();
+    primary.t.update(primary.a, { drain: "keep-open" });
+    const worker = new MemberTable(eps("10.0.0.1:2379", "10.0.0.2:2379"), null);
+    const policy = createPolicy("ordered", worker);
+    const share = () => adopt(JSON.parse(JSON.stringify(snapshot(primary.t, createPolicy("ordered", primary.t)))) as SharedState, worker, policy);
+    share();
+    primary.t.replace(eps("10.0.0.1:2379", "10.0.0.2:2379", "10.0.0.3:2379"));
+    share();
+    expect(worker.list.map((m) => [m.address, m.drain])).toEqual([
+      ["10.0.0.1:2379", "keep-open"],
+      ["10.0.0.2:2379", "off"],
+      ["10.0.0.3:2379", "off"],
+    ]);
+    expect(policy.candidates().map((m) => m.address)).toEqual(["10.0.0.2:2379", "10.0.0.3:2379", "10.0.0.1:2379"]);
+  });
+});

@@ -2,6 +2,7 @@ import { describe, expect, test } from "bun:test";
 import { parseEndpoint } from "../../src/addresses.ts";
 import { MemberTable, type Member } from "../../src/members.ts";
 import { createPolicy } from "../../src/select.ts";
+import { seededRandom } from "../support/random.ts";
 
 const table = () => new MemberTable(["a:1", "b:2", "c:3"].map((t) => parseEndpoint(t)), null);
 const names = (ms: readonly { address: string }[]) => ms.map((m) => m.address[0]).join("");
@@ -214,4 +215,145 @@ describe("per-connection cost", () => {
       expect(names(after)).toBe("bca");
     }
   });
+});
+
+describe("a drained member under each policy (issue 20: what README's Draining a member promises, per policy)", () => {
+  const POLICIES = ["sticky", "round-robin", "least-connections", "ordered"] as const;
+
+  for (const name of POLICIES) {
+    test(`${name}: while it is up and others are usable it is never chosen for a new connection, wherever it stands and however the draws fall, and it is listed last`, () => {
+      for (const at of [0, 1, 2]) {
+        const ms = table();
+        const p = createPolicy(name, ms, seededRandom(20 + at).next);
+        const drained = ms.list[at]!;
+        ms.update(drained, { drain: "keep-open" });
+        // Its open connections carry on, but they are not load: the fewest connections would make
+        // least-connections prefer it, the most recent answer would put it first in any ranking.
+        for (const m of ms.list) m.connections = m === drained ? 0 : 50;
+        drained.stats.lastHeardAt = 1000;
+        expect(p.preferred()).not.toBe(drained);
+        for (let i = 0; i < 300; i++) {
+          const list = p.candidates();
+          expect(list).toHaveLength(3);
+          expect(list[0]).not.toBe(drained);
+          expect(list[2]).toBe(drained);
+          list[0]!.connections++;
+        }
+        expect(drained.connections).toBe(0);
+        expect(p.preferred()).not.toBe(drained);
+      }
+    });
+
+    test(`${name}: with no member usable it is tried last, after the down and ejected ones, even though it answers and was heard from most recently`, () => {
+      const ms = table();
+      const p = createPolicy(name, ms, seededRandom(7).next);
+      const [a, b, c] = ms.list as [Member, Member, Member];
+      ms.update(a, { drain: "close-idle", alive: true });
+      ms.update(b, { state: "down", alive: true });
+      ms.update(c, { state: "ejected", alive: false });
+      a.stats.lastHeardAt = 100;
+      b.stats.lastHeardAt = 5;
+      c.stats.lastHeardAt = 50;
+      expect(ms.anyUsable).toBe(false);
+      // b answers (c did not answer its last check), then the drained one.
+      for (let i = 0; i < 20; i++) expect(names(p.candidates())).toBe("bca");
+    });
+  }
+
+  test("with two drained members and one down, the down one is tried first, then the drained ones by liveness", () => {
+    for (const name of POLICIES) {
+      const ms = table();
+      const p = createPolicy(name, ms, () => 0);
+      const [a, b, c] = ms.list as [Member, Member, Member];
+      ms.update(a, { drain: "keep-open" });
+      ms.update(b, { drain: "keep-open" });
+      ms.update(c, { state: "down" });
+      a.stats.lastHeardAt = 1;
+      b.stats.lastHeardAt = 9;
+      expect(names(p.candidates()), name).toBe("cba");
+    }
+  });
+
+  test("sticky: when its member fails a dial and every usable member has a failed dial behind it, failover skips the drained member next in rotation", () => {
+    const ms = table();
+    const p = createPolicy("sticky", ms, () => 0);
+    const [a, b, c] = ms.list as [Member, Member, Member];
+    expect(p.preferred()).toBe(a);
+    ms.update(b, { drain: "keep-open" });
+    ms.update(c, { failures: 1 });
+    ms.update(a, { failures: 1 });
+    // b is next after a in rotation, but drained: c takes over, failed dial or not.
+    expect(names(p.candidates())).toBe("cab");
+    for (let i = 0; i < 5; i++) expect(p.candidates().indexOf(b)).toBe(2);
+  });
+
+  test("round-robin: after `ready` it is back in the rotation at once, taking every third connection", () => {
+    const ms = table();
+    const p = createPolicy("round-robin", ms);
+    const a = ms.list[0]!;
+    ms.update(a, { drain: "keep-open" });
+    for (let i = 0; i < 7; i++) p.candidates();
+    ms.update(a, { drain: "off" });
+    const firsts = Array.from({ length: 300 }, () => p.candidates()[0]!.address[0]);
+    for (let i = 0; i < 300; i += 3) expect(firsts.slice(i, i + 3).sort().join("")).toBe("abc");
+  });
+
+  test("least-connections: after `ready` it takes new connections until it carries its share", () => {
+    const ms = table();
+    const p = createPolicy("least-connections", ms, seededRandom(5).next);
+    const a = ms.list[0]!;
+    ms.update(a, { drain: "keep-open" });
+    for (let i = 0; i < 300; i++) p.candidates()[0]!.connections++;
+    expect(ms.list.map((m) => m.connections)).toEqual([0, 150, 150]);
+    ms.update(a, { drain: "off" });
+    let toA = 0;
+    for (let i = 0; i < 300; i++) {
+      const m = p.candidates()[0]!;
+      m.connections++;
+      if (m === a) toA++;
+    }
+    expect(toA).toBeGreaterThanOrEqual(190);
+    for (const m of ms.list) expect(Math.abs(m.connections - 200)).toBeLessThanOrEqual(10);
+  });
+
+  test("ordered: after `ready` it is first again, as it stands first in --endpoints", () => {
+    const ms = table();
+    const p = createPolicy("ordered", ms);
+    ms.update(ms.list[0]!, { drain: "keep-open" });
+    expect(names(p.candidates())).toBe("bca");
+    ms.update(ms.list[0]!, { drain: "off" });
+    for (let i = 0; i < 5; i++) expect(names(p.candidates())).toBe("abc");
+  });
+
+  test("sticky: after `ready` it stays where it is, but is usable again: the next failover can land on it", () => {
+    const ms = table();
+    const p = createPolicy("sticky", ms, () => 0);
+    const [a, b, c] = ms.list as [Member, Member, Member];
+    ms.update(a, { drain: "keep-open" });
+    expect(p.preferred()).toBe(b);
+    ms.update(a, { drain: "off" });
+    expect(names(p.candidates())).toBe("bca");
+    // b fails a dial and c is down: the member next in rotation that is usable is a again.
+    ms.update(c, { state: "down" });
+    ms.update(b, { failures: 1 });
+    expect(names(p.candidates())).toBe("abc");
+  });
+});
+
+test("sticky: with every usable member behind a failed dial, reading the choice does not move it (found in issue 20's test pass)", () => {
+  // preferred() is called on every health check (is the member in use?): before, each read moved
+  // sticky's choice on, so connections alternated between members until a dial succeeded.
+  const ms = table();
+  const p = createPolicy("sticky", ms, () => 0);
+  const [a, b, c] = ms.list as [Member, Member, Member];
+  expect(p.preferred()).toBe(a);
+  ms.update(c, { state: "down" });
+  ms.update(b, { failures: 1 });
+  ms.update(a, { failures: 1 }); // a's dial failed: sticky moves on, to b
+  expect(Array.from({ length: 6 }, () => p.preferred()!.address)).toEqual(Array(6).fill("b:2"));
+  expect(Array.from({ length: 6 }, () => names(p.candidates())[0])).toEqual(Array(6).fill("b"));
+  ms.update(b, { failures: 2 }); // b fails again: still the one sticky moved to, until another proves itself
+  expect(p.preferred()).toBe(b);
+  ms.update(a, { failures: 0 }); // a succeeded meanwhile (another connection): the next failover target
+  expect(p.preferred()).toBe(a);
 });
