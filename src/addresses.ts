@@ -19,6 +19,17 @@ const HOSTNAME = /^(?=.{1,253}\.?$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_
 /** etcd's client port: an endpoint given without a port uses it, as etcd's own tools do. */
 export const ETCD_CLIENT_PORT = 2379;
 
+const CONTROL_NAMES: Readonly<Record<string, string>> = { "\n": "line feed", "\r": "carriage return", "\t": "tab" };
+
+/** The first control character of `text`, named (`U+000A (line feed)`), or null when it has none. */
+function controlCharacter(text: string): string | null {
+  const c = /[\u0000-\u001f\u007f]/.exec(text)?.[0];
+  if (c === undefined) return null;
+  const code = `U+${c.charCodeAt(0).toString(16).toUpperCase().padStart(4, "0")}`;
+  const name = CONTROL_NAMES[c];
+  return name === undefined ? code : `${code} (${name})`;
+}
+
 /**
  * Parses `host:port`, `[IPv6]:port` or `hostname:port`. The port must be 1..65535; it is required
  * unless `defaultPort` is given, which then stands in for a missing one (not for an empty `host:`).
@@ -29,6 +40,8 @@ export const ETCD_CLIENT_PORT = 2379;
  */
 export function parseHostPort(text: string, defaultPort?: number): HostPort {
   const q = JSON.stringify(text);
+  const control = controlCharacter(text);
+  if (control !== null) throw new Error(`control character ${control} in address ${q}`);
   let host: string;
   let portText: string;
   if (text.startsWith("[")) {
@@ -112,6 +125,9 @@ export interface EndpointSpec extends HostPort {
  */
 export function parseEndpoint(text: string): EndpointSpec {
   let rest = text.trim();
+  // A list with line breaks (ETCD_GATEWAY_ENDPOINTS="$(cat file)") is not read as one address.
+  const control = controlCharacter(rest);
+  if (control !== null) throw new Error(`control character ${control} in endpoint ${JSON.stringify(text)}; separate endpoints with commas`);
   const scheme = /^([A-Za-z][A-Za-z0-9+.-]*):\/\//.exec(rest);
   let tls = false;
   if (scheme) {

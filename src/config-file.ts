@@ -2,11 +2,23 @@
  * The YAML of the `--config` file, parsed with the `yaml` package rather than Bun.YAML: a key given
  * twice is an error (Bun.YAML lets the last one win silently, so a member listed under a first
  * `endpoints:` key vanished), and every error says the line and column (Bun.YAML says only
- * "Unexpected token"). What the keys and values mean is src/settings.ts's business.
+ * "Unexpected token"). What the keys and values mean is src/settings.ts's business, so every
+ * plain number reaches it as a `YamlNumber`, with the text it was written as: `0o660` is the
+ * number 432, and a file mode must not be read back from "432" (issue 20), nor `1e400` be named
+ * by JSON's `null`.
  *
  * @module
  */
 import { isNode, isScalar, LineCounter, parseDocument, visit, type Document } from "yaml";
+
+/** A number from the file, with its text as written (`0o660`, `1e400`, `.inf`) and the `yaml` package's format (`OCT`, `HEX`, `EXP`). */
+export class YamlNumber {
+  constructor(
+    readonly value: number,
+    readonly source: string,
+    readonly format: string | undefined,
+  ) {}
+}
 
 /** Aliases expanded at most this often (the `yaml` package's own guard against a billion laughs). */
 const MAX_ALIASES = 100;
@@ -35,6 +47,12 @@ export function parseConfigYaml(file: string, text: string): unknown {
     Pair(_, pair) {
       if (pair.key === null || isScalar(pair.key)) return undefined;
       throw at(isNode(pair.key) ? (pair.key.range?.[0] ?? 0) : 0, "a key must be a flag name, not a list or mapping");
+    },
+    // A value's number (not a key's, not a document that is one number) keeps its text.
+    Scalar(key, node, path) {
+      if (key === "key" || path.length < 2 || typeof node.value !== "number") return undefined;
+      node.value = new YamlNumber(node.value, node.source ?? String(node.value), node.format);
+      return undefined;
     },
   });
   try {

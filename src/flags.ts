@@ -14,7 +14,7 @@ import { availableParallelism } from "node:os";
 import { parseEndpointList, parseHostPort, parseListenAddress, type EndpointSpec } from "./addresses.ts";
 import { formatDuration, parseDuration } from "./duration.ts";
 import { CHECK_KINDS } from "./health/checks.ts";
-import { readFileBounded } from "./limits.ts";
+import { readFileBounded, type ReadFile } from "./limits.ts";
 import { LOG_FORMATS, LOG_LEVELS } from "./log.ts";
 import { POLICY_NAMES } from "./select.ts";
 import { readCertificate, readKey } from "./tls.ts";
@@ -24,7 +24,7 @@ export interface PemFile {
   readonly path: string;
   readonly pem: string;
 }
-const pem = (read: (path: string) => string) => (path: string): PemFile => ({ path, pem: read(path) });
+const pem = (check: (path: string, read?: ReadFile) => string) => (path: string, read?: ReadFile): PemFile => ({ path, pem: check(path, read) });
 const certificate = pem(readCertificate);
 const privateKey = pem(readKey);
 
@@ -42,7 +42,8 @@ export interface StringFlag<T = unknown> extends Common {
   readonly default?: string;
   /** Repeated occurrences accumulate (comma-separated lists too), as pflag's string slices do. */
   readonly repeatable?: boolean;
-  readonly parse: (text: string) => T;
+  /** `read` reads a file the value names: src/settings.ts passes the files it read ahead, off the event loop. */
+  readonly parse: (text: string, read?: ReadFile) => T;
 }
 export interface BooleanFlag extends Common {
   readonly type: "boolean";
@@ -109,8 +110,8 @@ function dnsServer(t: string): string {
 }
 
 /** Reads `--endpoints-file`: endpoints separated by commas, spaces or lines; `#` starts a comment. */
-export function readEndpointsFile(file: string): { path: string; endpoints: EndpointSpec[] } {
-  const text = readFileBounded(file);
+export function readEndpointsFile(file: string, read: ReadFile = readFileBounded): { path: string; endpoints: EndpointSpec[] } {
+  const text = read(file);
   const items = text.replace(/#.*$/gm, "").split(/[\s,]+/).filter((t) => t !== "");
   try {
     return { path: file, endpoints: parseEndpointList(items) };
@@ -149,7 +150,7 @@ export const START_FLAGS = {
     },
   },
   "insecure-discovery": { type: "boolean", reload: "restart", default: false, description: "accept SRV records that are insecure or susceptible to man-in-the-middle attacks" },
-  "trusted-ca-file": { type: "string", reload: "restart", valueHint: "path", parse: (t) => (readCertificate(t), t), description: "path to the client server TLS CA file for verifying the discovered endpoints when discovery-srv is provided" },
+  "trusted-ca-file": { type: "string", reload: "restart", valueHint: "path", parse: (t, read) => (readCertificate(t, read), t), description: "path to the client server TLS CA file for verifying the discovered endpoints when discovery-srv is provided" },
   "retry-delay": { type: "string", reload: "live", default: "1m0s", valueHint: "duration", parse: duration(), description: "duration of delay before retrying failed endpoints (0 means 5m, as etcd)" },
   "listen-socket-mode": {
     type: "string", reload: "restart", default: "0660", valueHint: "octal", description: "file mode of unix socket listeners",

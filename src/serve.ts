@@ -15,7 +15,7 @@ import { startGateway, type Gateway } from "./gateway.ts";
 import { createLogger, errorText, type Logger } from "./log.ts";
 import { emptyStats, processStats } from "./metrics.ts";
 import { notify } from "./sdnotify.ts";
-import { buildSettings, filesToReread, gatherFlags, serialize, type Settings } from "./settings.ts";
+import { filesToReread, loadSettings, RefusedReload, serialize, type Settings } from "./settings.ts";
 import { adopt, joinPrimary, reportToPrimary, sendToPrimary, snapshot, workerNumber, WorkerPool } from "./workers.ts";
 
 const EXIT_OK = 0;
@@ -27,9 +27,12 @@ export function fail(message: string): never {
   process.exit(EXIT_USAGE);
 }
 
-/** Builds a snapshot from the flags, the environment and the `--config` file (read now). */
-function load(flags: RawFlags): Settings {
-  return buildSettings(gatherFlags(flags, process.env));
+/**
+ * Builds a snapshot from the flags, the environment and the files (read now, off the event loop);
+ * `running`: for a reload, which refuses what would empty the configuration.
+ */
+function load(flags: RawFlags, running?: Settings): Promise<Settings> {
+  return loadSettings(flags, process.env, running);
 }
 
 /** Runs `etcd-gateway start` with `argv` until a signal ends it. */
@@ -38,13 +41,13 @@ export async function serve(argv: readonly string[]): Promise<void> {
   let settings: Settings;
   try {
     flags = parseFlags(argv, START_FLAGS);
-    settings = load(flags);
+    settings = await load(flags);
   } catch (e) {
     fail(errorText(e));
   }
   const worker = workerNumber();
   const log = createLogger({ level: settings.flags["log-level"], format: settings.flags["log-format"], base: worker === null ? undefined : { worker } });
-  await new GatewayProcess(settings, log, () => load(flags), worker).run();
+  await new GatewayProcess(settings, log, (running) => load(flags, running), worker).run();
 }
 
 class GatewayProcess {
@@ -58,7 +61,7 @@ class GatewayProcess {
   constructor(
     private readonly settings: Settings,
     private readonly log: Logger,
-    private readonly load: () => Settings,
+    private readonly load: (running: Settings) => Promise<Settings>,
     private readonly worker: number | null,
   ) {}
 
@@ -137,13 +140,17 @@ class GatewayProcess {
     await gw.refresh();
   }
 
-  /** Reads the files again and swaps the new snapshot in; false when they were rejected. */
+  /**
+   * Reads the files again and swaps the new snapshot in; false when they were rejected: at error
+   * level for a bad file, at warn level for one that would empty the configuration (RefusedReload).
+   */
   private async reloadFiles(gw: Gateway): Promise<boolean> {
     let loaded: Settings;
     try {
-      loaded = this.load();
+      loaded = await this.load(gw.settings);
     } catch (e) {
-      this.log.error("config reload rejected; keeping the running configuration", { error: errorText(e) });
+      const level = e instanceof RefusedReload ? "warn" : "error";
+      this.log[level]("config reload rejected; keeping the running configuration", { error: errorText(e) });
       return false;
     }
     const { applied, restart } = await gw.reload(loaded);

@@ -8,10 +8,10 @@
  * @module
  */
 import type { EndpointSpec, ListenAddress } from "./addresses.ts";
-import { parseConfigYaml } from "./config-file.ts";
-import { ConfigError, envName, parseBoolean, START_FLAGS, type FlagSpec, type FlagValues, type RawFlags, type StartFlag } from "./flags.ts";
+import { parseConfigYaml, YamlNumber } from "./config-file.ts";
+import { ConfigError, envName, parseBoolean, START_FLAGS, type FlagSpec, type FlagValues, type RawFlags, type StartFlag, type StringFlag } from "./flags.ts";
 import type { HealthSettings } from "./health/monitor.ts";
-import { readFileBounded } from "./limits.ts";
+import { readFileBounded, readFileOffLoop, type ReadFile } from "./limits.ts";
 import { checkKeyPair, type TlsFiles } from "./tls.ts";
 
 /** TLS to members (`--upstream-tls`). */
@@ -41,6 +41,8 @@ export interface Gathered {
   raw: RawFlags;
   origins: FlagOrigins;
   configFile: string | null;
+  /** The `--config` file held no document, or a null one (empty, only comments, `~`). */
+  emptyConfig?: boolean;
 }
 
 const FLAG_NAMES = Object.keys(START_FLAGS) as StartFlag[];
@@ -57,12 +59,12 @@ const KEY_PAIRS: readonly [StartFlag, StartFlag][] = [
  * @throws {ConfigError} naming the file and key for an unreadable file, bad YAML, an unknown key or
  * a value of the wrong shape.
  */
-export function gatherFlags(flags: RawFlags, env: Record<string, string | undefined>, readFile: (path: string) => string = readFileBounded): Gathered {
+export function gatherFlags(flags: RawFlags, env: Record<string, string | undefined>, readFile: ReadFile = readFileBounded): Gathered {
   checkEnvironment(env);
   const raw: RawFlags = {};
   const origins: FlagOrigins = {};
-  const configFile = typeof flags.config === "string" ? flags.config : (env[envName("config")] ?? null);
-  if (configFile !== null) readConfigFile(configFile, readFile, raw, origins);
+  const configFile = configPath(flags, env);
+  const emptyConfig = configFile !== null && readConfigFile(configFile, readFile, raw, origins);
   for (const flag of FLAG_NAMES) {
     const v = env[envName(flag)];
     if (v === undefined || flag === "config") continue;
@@ -76,8 +78,11 @@ export function gatherFlags(flags: RawFlags, env: Record<string, string | undefi
     raw[flag] = flags[flag];
     delete origins[flag];
   }
-  return { raw, origins, configFile };
+  return { raw, origins, configFile, emptyConfig };
 }
+
+/** The `--config` file: the flag's, else the environment's, else none. */
+const configPath = (flags: RawFlags, env: Record<string, string | undefined>) => (typeof flags.config === "string" ? flags.config : (env[envName("config")] ?? null));
 
 /**
  * `ETCD_GATEWAY_*` names that are no flag's: the binary ignores them, and they are not errors. The
@@ -119,7 +124,8 @@ function editDistance(a: string, b: string): number {
   return row[b.length]!;
 }
 
-function readConfigFile(file: string, readFile: (path: string) => string, raw: RawFlags, origins: FlagOrigins): void {
+/** Reads the `--config` file's keys into `raw`; true when it holds no document, or a null one. */
+function readConfigFile(file: string, readFile: ReadFile, raw: RawFlags, origins: FlagOrigins): boolean {
   let doc: unknown;
   try {
     doc = parseConfigYaml(file, readFile(file));
@@ -135,6 +141,7 @@ function readConfigFile(file: string, readFile: (path: string) => string, raw: R
     raw[flag] = fromFile(flag, value, where);
     origins[flag] = where;
   }
+  return doc === null || doc === undefined;
 }
 
 /** A read or parse error of the config file, naming the file once (`open PATH: …` already does). */
@@ -145,18 +152,49 @@ function readError(file: string, e: unknown): string {
 
 function fromFile(flag: StartFlag, value: unknown, where: string): string | boolean | string[] {
   const spec: FlagSpec = START_FLAGS[flag];
-  const bad = (what: string) => new ConfigError(flag, String(value), `expected ${what}, got ${JSON.stringify(value)}`, where);
+  const bad = (what: string) => new ConfigError(flag, shown(value), `expected ${what}, got ${shown(value)}`, where);
   if (spec.type === "boolean") {
     if (typeof value !== "boolean") throw bad("true or false");
     return value;
   }
+  const what = spec.valueHint === "N" ? "a whole number" : spec.valueHint === "duration" ? "a duration" : spec.repeatable ? "a string or a list of strings" : "a string";
   const scalar = (v: unknown) => {
     if (typeof v === "string") return v;
-    if (typeof v === "number" && Number.isFinite(v)) return String(v);
-    throw bad(spec.repeatable ? "a string or a list of strings" : "a string");
+    if (!(v instanceof YamlNumber)) throw bad(what);
+    if (spec.valueHint === "octal") return fileMode(flag, spec, v, where);
+    if (Number.isFinite(v.value)) return String(v.value);
+    // 1e400 is Infinity to YAML: say what was written, not JSON's "null".
+    const range = /^[-+]?\.(inf|nan)$/i.test(v.source) ? "" : " (out of range)";
+    throw new ConfigError(flag, v.source, `expected ${what}, got ${v.source}${range}`, where);
   };
   if (spec.repeatable) return Array.isArray(value) ? value.map(scalar) : [scalar(value)];
   return scalar(value);
+}
+
+/** A value from the file as JSON, its numbers as written. */
+const shown = (value: unknown) => JSON.stringify(value, (_, v: unknown) => (v instanceof YamlNumber ? (Number.isFinite(v.value) ? v.value : v.source) : v));
+
+/**
+ * A file mode written as a YAML number, as the flag's octal text. `0o660` and `0x1b0` are the mode
+ * itself (they were the numbers 432, read back as mode 0432: issue 20); digits (`0660`, `660`) are
+ * octal, as the flag, chmod and YAML 1.1 read them. A number never gives others access: a mode with
+ * bits for others must be written as the flag's text, a quoted string ("0666"), as systemd's
+ * `UMask=`/`SocketMode=` take octal text only.
+ */
+function fileMode(flag: StartFlag, spec: StringFlag, n: YamlNumber, where: string): string {
+  const radix = n.format === "OCT" || n.format === "HEX" || n.format === "BIN";
+  const text = radix && Number.isInteger(n.value) && n.value >= 0 && n.value <= 0o777 ? `0${n.value.toString(8).padStart(3, "0")}` : n.source;
+  let mode: number;
+  try {
+    mode = spec.parse(text) as number;
+  } catch (e) {
+    throw new ConfigError(flag, n.source, e instanceof Error ? e.message : String(e), where);
+  }
+  const octal = `0${mode.toString(8).padStart(3, "0")}`;
+  if ((mode & 0o007) !== 0) {
+    throw new ConfigError(flag, n.source, `the YAML number ${n.source} is mode ${octal}, which gives others access; write the mode as a quoted octal string, like "0666", to mean it`, where);
+  }
+  return octal;
 }
 
 /** The text of a flag's value as given (repeated occurrences joined by commas), or its default. */
@@ -168,12 +206,14 @@ function textOf(raw: RawFlags, flag: StartFlag): string | undefined {
 }
 
 /**
- * Validates every flag and builds a frozen snapshot.
+ * Validates every flag and builds a frozen snapshot; `read` reads the files flags name.
  *
- * @throws {ConfigError} naming the first bad flag, its value and where it came from.
+ * @throws {ConfigError} naming the first bad flag, its value and where it came from; also for an
+ * empty `--config` file, refused as HAProxy and nginx refuse an empty configuration.
  * @example buildSettings(gatherFlags({ "retry-delay": "5s" }, {})).flags["retry-delay"] // 5000
  */
-export function buildSettings({ raw, origins, configFile }: Gathered): Settings {
+export function buildSettings({ raw, origins, configFile, emptyConfig }: Gathered, read: ReadFile = readFileBounded): Settings {
+  if (emptyConfig === true) throw new ConfigError("config", configFile, `${JSON.stringify(configFile)}: empty (no keys); leave out --config to run on the defaults`);
   // A half-given pair is named before either file is read.
   for (const [cert, key] of KEY_PAIRS) {
     if ((raw[cert] === undefined) === (raw[key] === undefined)) continue;
@@ -193,7 +233,7 @@ export function buildSettings({ raw, origins, configFile }: Gathered): Settings 
       continue;
     }
     try {
-      values[flag] = spec.parse(text);
+      values[flag] = spec.parse(text, read);
     } catch (e) {
       throw new ConfigError(flag, text, e instanceof Error ? e.message : String(e), origins[flag]);
     }
@@ -286,6 +326,53 @@ export function filesToReread(s: Settings): string[] {
     if (typeof path === "string") files.push(`${flag} ${path}`);
   }
   return files;
+}
+
+/** A reload refused for what the file would do, not for a bad value: logged as a warning. */
+export class RefusedReload extends ConfigError {}
+
+/**
+ * Builds a snapshot from the flags, the environment and the files as they are now, the way the
+ * running process does: every file is read off the event loop, one at a time, each within
+ * FILE_READ_TIMEOUT_MS (src/limits.ts), before anything is validated. With `running` (a reload),
+ * a file that reads empty, or that stops giving endpoints so that the default would replace them
+ * all, is refused: a file being rewritten (truncated, then written) reads empty, and HAProxy and
+ * nginx refuse an empty configuration on reload too.
+ *
+ * @throws {ConfigError} as buildSettings; {RefusedReload} for those two.
+ */
+export async function loadSettings(flags: RawFlags, env: Record<string, string | undefined>, running?: Settings): Promise<Settings> {
+  const files = new Map<string, string | Error>();
+  const take = async (path: string) => {
+    if (!files.has(path)) files.set(path, await readFileOffLoop(path).catch((e: unknown) => (e instanceof Error ? e : new Error(String(e)))));
+  };
+  const read = (path: string) => {
+    const got = files.get(path) ?? readFileBounded(path);
+    if (got instanceof Error) throw got;
+    return got;
+  };
+  const configFile = configPath(flags, env);
+  if (configFile !== null) await take(configFile);
+  const gathered = gatherFlags(flags, env, read);
+  if (running !== undefined && gathered.emptyConfig === true) {
+    throw new RefusedReload("config", configFile, `${JSON.stringify(configFile)}: empty (no keys), as a file being rewritten reads; not applied`);
+  }
+  for (const flag of FLAG_NAMES) {
+    const path = (START_FLAGS[flag] as FlagSpec).valueHint === "path" && flag !== "config" ? textOf(gathered.raw, flag) : undefined;
+    if (path !== undefined && path !== "") await take(path);
+  }
+  const next = buildSettings(gathered, read);
+  if (running !== undefined) refuseDefaultEndpoints(running, gathered, next);
+  return next;
+}
+
+/** Refuses a reload whose endpoints fall back to the default while the running ones are others. */
+function refuseDefaultEndpoints(running: Settings, g: Gathered, next: Settings): void {
+  if (g.raw.endpoints !== undefined || g.raw["endpoints-file"] !== undefined) return;
+  if (JSON.stringify(running.endpoints) === JSON.stringify(next.endpoints)) return;
+  const fallback = START_FLAGS.endpoints.default;
+  const reason = `no endpoints given any more (the file's endpoints are null or gone): the default ${fallback} would replace every endpoint in use; write "endpoints: ${fallback}" to mean it`;
+  throw new RefusedReload("endpoints", null, reason, g.configFile === null ? undefined : `config file ${g.configFile}`);
 }
 
 /** What a reload did: the snapshot now in force, the flags it changed, and those kept until a restart. */

@@ -6,7 +6,7 @@
  * @module
  */
 import { createPrivateKey, X509Certificate } from "node:crypto";
-import { readFileBounded } from "./limits.ts";
+import { readFileBounded, type ReadFile } from "./limits.ts";
 
 /** PEM contents for Bun's `tls` options. */
 export interface TlsFiles {
@@ -15,16 +15,12 @@ export interface TlsFiles {
   key?: string;
 }
 
-function read(path: string): string {
-  return readFileBounded(path);
-}
-
 /**
- * Reads a PEM certificate (or CA bundle) and checks that it parses and has not expired.
+ * Reads a PEM certificate (or CA bundle) with `read` and checks that it parses and has not expired.
  *
  * @throws {Error} `"<path>": certificate expired on <date>` and the like.
  */
-export function readCertificate(path: string): string {
+export function readCertificate(path: string, read: ReadFile = readFileBounded): string {
   const pem = read(path);
   if (!/-----BEGIN CERTIFICATE-----/.test(pem)) throw new Error(`${JSON.stringify(path)} holds no PEM certificate`);
   let cert: X509Certificate;
@@ -39,8 +35,8 @@ export function readCertificate(path: string): string {
   return pem;
 }
 
-/** Reads a PEM private key. */
-export function readKey(path: string): string {
+/** Reads a PEM private key with `read`. */
+export function readKey(path: string, read: ReadFile = readFileBounded): string {
   const pem = read(path);
   if (!/-----BEGIN [A-Z ]*PRIVATE KEY-----/.test(pem)) throw new Error(`${JSON.stringify(path)} holds no PEM private key`);
   return pem;

@@ -7,7 +7,7 @@
  * @module
  */
 import { formatHostPort, type EndpointSpec } from "../addresses.ts";
-import { readFileBounded } from "../limits.ts";
+import { readFileOffLoop } from "../limits.ts";
 import type { Logger } from "../log.ts";
 import { dialErrorText, lookupErrorText, readErrorText } from "../neterror.ts";
 import { resolve, type DnsRecord } from "./dns.ts";
@@ -91,7 +91,7 @@ export async function discoverSrv(opts: SrvOptions, log: Logger): Promise<SrvRes
 
   if (!opts.insecure) {
     log.info("validating discovered SRV endpoints", { "srv-server": opts.domain, endpoints: endpoints.map((e) => e.address) });
-    const ca = opts.trustedCaFile === null ? undefined : readFileBounded(opts.trustedCaFile);
+    const ca = opts.trustedCaFile === null ? undefined : await readFileOffLoop(opts.trustedCaFile);
     const verdicts = await Promise.all(endpoints.map((e) => verifyTLS(e, opts.domain, ca, opts.timeoutMs)));
     const failed = endpoints.filter((e, i) => {
       const reason = verdicts[i];

@@ -87,9 +87,9 @@ describe("bad input is a one-line error naming the flag and the value", () => {
     [["--listen-addr=127.0.0.1:0"], '--listen-addr: port 0 out of range 1..65535'],
     [["--listen-addr=[::1]:0"], '--listen-addr: port 0 out of range 1..65535'],
     [["--listen-addr=unix:///tmp/a\u0000b.sock"], "--listen-addr: unix socket path holds a control character"],
-    [["--config=/dev/zero"], '--config: "/dev/zero": larger than 1048576 bytes'],
-    [["--endpoints-file=/dev/zero"], '--endpoints-file: "/dev/zero": larger than 1048576 bytes'],
-    [["--health-cacert=/dev/zero"], '--health-cacert: "/dev/zero": larger than 1048576 bytes'],
+    [["--config=/dev/zero"], '--config: "/dev/zero" is a character device, not a regular file'],
+    [["--endpoints-file=/dev/zero"], '--endpoints-file: "/dev/zero" is a character device, not a regular file'],
+    [["--health-cacert=/dev/zero"], '--health-cacert: "/dev/zero" is a character device, not a regular file'],
     [["--endpoints-file=/"], '--endpoints-file: read /: is a directory'],
     [["--policy=random"], '--policy: invalid value "random"; expected one of sticky, round-robin'],
     [["--log-level=loud"], '--log-level: invalid value "loud"'],
@@ -201,12 +201,11 @@ describe("the --config file's YAML: a duplicated key is an error, every parse er
   for (const [name, text, message] of cases) {
     test(name, () => expect(configError(() => load(text))).toStartWith(message));
   }
-  test("what parsed before still does: lists, comma strings, numbers, anchors, empty files", () => {
+  test("what parsed before still does: lists, comma strings, numbers, anchors, an empty mapping", () => {
     const s = load("endpoints:\n  - 127.0.0.1:1\n  - 127.0.0.2:2\nhealth-rise: 4\nlisten-addr: 127.0.0.1:5,127.0.0.1:6\n");
     expect([s.endpoints.map((e) => e.address), s.flags["health-rise"], s.listenAddrs.map((a) => a.address)]).toEqual([["127.0.0.1:1", "127.0.0.2:2"], 4, ["127.0.0.1:5", "127.0.0.1:6"]]);
     expect(load("policy: &p ordered\ndiscovery-srv-name: *p\n").flags["discovery-srv-name"]).toBe("ordered");
-    expect(load("").flags.policy).toBe("sticky");
-    expect(load("# only a comment\n").flags.policy).toBe("sticky");
+    expect(load("{}\n").flags.policy).toBe("sticky");
   });
 });
 
@@ -273,4 +272,81 @@ describe("the connection cap from the open-files limit (HAProxy's maxconn from u
   for (const [limit, open, cap] of cases) {
     test(`open-files limit ${limit} with ${open} open: ${cap} connections`, () => expect(connectionCap(limit, open)).toBe(cap));
   }
+});
+
+describe("a file mode written as a YAML number (issue 20): the mode itself, never more access than asked", () => {
+  const load = (text: string) => buildSettings(gatherFlags({ config: "/etc/gw.yaml" }, {}, () => text));
+  const modes: [string, number][] = [
+    // Found: 0o660 (YAML 1.2 octal) was the number 432, read as the octal text "432": mode 0432.
+    ["listen-socket-mode: 0o660\n", 0o660],
+    ["listen-socket-mode: 0x1b0\n", 0o660],
+    ["listen-socket-mode: 0o600\n", 0o600],
+    // Digits are read as octal, as the flag, chmod and YAML 1.1 read 0660.
+    ["listen-socket-mode: 0660\n", 0o660],
+    ["listen-socket-mode: 660\n", 0o660],
+    // A quoted octal string is the flag's text, others' bits included.
+    ['listen-socket-mode: "0666"\n', 0o666],
+    ["listen-socket-mode: '0777'\n", 0o777],
+  ];
+  for (const [text, mode] of modes) test(text.trim(), () => expect(load(text).flags["listen-socket-mode"]).toBe(mode));
+  test("admin-socket-mode reads the same way", () => expect(load("admin-socket-mode: 0o640\n").flags["admin-socket-mode"]).toBe(0o640));
+
+  const refused: [string, string][] = [
+    ["listen-socket-mode: 0o777\n", '--listen-socket-mode (from config file /etc/gw.yaml, key "listen-socket-mode"): the YAML number 0o777 is mode 0777, which gives others access; write the mode as a quoted octal string, like "0666", to mean it'],
+    ["listen-socket-mode: 0o666\n", "the YAML number 0o666 is mode 0666, which gives others access"],
+    // What a YAML tool writes for 0o660: not read as 0432 any more.
+    ["listen-socket-mode: 432\n", "the YAML number 432 is mode 0432, which gives others access"],
+    ["listen-socket-mode: 0666\n", "the YAML number 0666 is mode 0666, which gives others access"],
+    ["admin-socket-mode: 0o606\n", '--admin-socket-mode (from config file /etc/gw.yaml, key "admin-socket-mode"): the YAML number 0o606 is mode 0606'],
+    ["listen-socket-mode: 0o1777\n", 'invalid file mode "0o1777"; expected octal like 0660'],
+    ["listen-socket-mode: 0x10000\n", 'invalid file mode "0x10000"; expected octal like 0660'],
+    ["listen-socket-mode: 6.6e2\n", 'invalid file mode "6.6e2"'],
+    ["listen-socket-mode: 0688\n", 'invalid file mode "0688"'],
+  ];
+  for (const [text, message] of refused) test(`${text.trim()} is refused`, () => expect(configError(() => load(text))).toContain(message));
+});
+
+describe("a number the YAML file cannot hold is named as written (issue 20)", () => {
+  const load = (text: string) => buildSettings(gatherFlags({ config: "/etc/gw.yaml" }, {}, () => text));
+  const cases: [string, string][] = [
+    // Found: "expected a string, got null" (JSON's spelling of Infinity and NaN).
+    ["health-fall: 1e400\n", '--health-fall (from config file /etc/gw.yaml, key "health-fall"): expected a whole number, got 1e400 (out of range)'],
+    ["connect-timeout: .inf\n", '--connect-timeout (from config file /etc/gw.yaml, key "connect-timeout"): expected a duration, got .inf'],
+    ["retry-delay: -.inf\n", "expected a duration, got -.inf"],
+    ["health-rise: .nan\n", "expected a whole number, got .nan"],
+    ["max-connections: -1e999\n", "expected a whole number, got -1e999 (out of range)"],
+    ["policy: .inf\n", "--policy (from config file /etc/gw.yaml, key \"policy\"): expected a string, got .inf"],
+    ["endpoints: [127.0.0.1:1, .inf]\n", "expected a string or a list of strings, got .inf"],
+  ];
+  for (const [text, message] of cases) test(text.trim(), () => expect(configError(() => load(text))).toContain(message));
+  test("finite numbers still read as before", () => {
+    const s = load("health-fall: 5\nmax-connections: 1e4\nhealth-rise: 0x10\n");
+    expect([s.flags["health-fall"], s.flags["max-connections"], s.flags["health-rise"]]).toEqual([5, 10_000, 16]);
+  });
+});
+
+describe("a control character in an address is named (issue 20)", () => {
+  test("a newline in ETCD_GATEWAY_ENDPOINTS", () => {
+    // Found: "IPv6 address must be in brackets, as in "[::1]:2379"".
+    expect(configError(() => buildSettings(gatherFlags({}, { ETCD_GATEWAY_ENDPOINTS: "127.0.0.1:2379\n127.0.0.1:2380" })))).toBe(
+      '--endpoints (from environment ETCD_GATEWAY_ENDPOINTS): control character U+000A (line feed) in endpoint "127.0.0.1:2379\\n127.0.0.1:2380"; separate endpoints with commas',
+    );
+  });
+  const cases: [string[], string][] = [
+    [["--endpoints=127.0.0.1:2379\r\n10.0.0.1:2379"], '--endpoints: control character U+000D (carriage return) in endpoint "127.0.0.1:2379\\r\\n10.0.0.1:2379"'],
+    [["--endpoints=a.example\t:2379"], "--endpoints: control character U+0009 (tab) in endpoint"],
+    [["--listen-addr=127.0.0.1:1\n127.0.0.1:2"], '--listen-addr: control character U+000A (line feed) in address "127.0.0.1:1\\n127.0.0.1:2"'],
+    [["--dns-server=127.0.0.1\u0000:53"], "--dns-server: control character U+0000 in address"],
+  ];
+  for (const [argv, message] of cases) test(JSON.stringify(argv.join(" ")).slice(1, -1), () => expect(configError(() => parse(argv))).toContain(message));
+  test("surrounding white space is still trimmed, as before", () => expect(parse(["--endpoints=127.0.0.1:2379\n"]).endpoints.map((e) => e.address)).toEqual(["127.0.0.1:2379"]));
+});
+
+describe("an empty --config file (issue 20)", () => {
+  const load = (text: string) => buildSettings(gatherFlags({ config: "/etc/gw.yaml" }, {}, () => text));
+  // At startup too, as HAProxy ("no listener") and nginx (no "events" section) refuse an empty configuration.
+  for (const text of ["", "\n", "# only a comment\n", "~\n", "---\n", "null\n"]) {
+    test(`${JSON.stringify(text)} is refused at startup`, () => expect(configError(() => load(text))).toBe('--config: "/etc/gw.yaml": empty (no keys); leave out --config to run on the defaults'));
+  }
+  test("an explicit empty mapping is a choice: the defaults", () => expect(load("{}\n").flags.policy).toBe("sticky"));
 });
