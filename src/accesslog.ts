@@ -36,6 +36,7 @@ import { fileErrorText } from "./neterror.ts";
  *
  * - `client-close` / `member-close`: that side closed first (FIN), normally.
  * - `client-reset` / `member-reset`: that side reset the connection (RST).
+ * - `client-timeout` / `member-timeout`: that side stopped answering (nothing acknowledged for `--keepalive-time` + 10 s); the gateway reset the connection.
  * - `connect-failed`: a member was usable, but every member was tried and none connected; the client was reset.
  * - `no-member`: no member was usable (all down, ejected or drained) and none of them connected either; the client was reset.
  * - `idle-timeout`: no byte moved either way for `--idle-timeout` (the connection is reset).
@@ -50,6 +51,8 @@ export type TerminationCode =
   | "member-close"
   | "client-reset"
   | "member-reset"
+  | "client-timeout"
+  | "member-timeout"
   | "connect-failed"
   | "no-member"
   | "idle-timeout"

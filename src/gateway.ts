@@ -137,6 +137,7 @@ export class Gateway {
     this.log.setLevel(r.settings.flags["log-level"]);
     if (has("policy")) this.#policy = createPolicy(r.settings.flags.policy, this.members);
     this.proxy.settingsChanged(r.applied);
+    if (has("max-connections")) warnAboveFdCap(r.settings, this.proxy, this.log);
     this.health?.settingsChanged(previous.health);
     if (this.role.reports === undefined && (has("endpoints") || has("endpoints-file"))) {
       const file = r.settings.flags["endpoints-file"];
@@ -207,8 +208,7 @@ export async function startGateway(settings: Settings, log: Logger, role: Gatewa
     accessLog,
     log,
   });
-  const asked = settings.flags["max-connections"];
-  if (asked > proxy.fdCap) log.warn("--max-connections is above what the open-files limit allows; the lower value applies", { "max-connections": asked, allowed: proxy.fdCap });
+  warnAboveFdCap(settings, proxy, log);
   gw = new Gateway(store, members, health, proxy, accessLog, discoveryStats, log, role);
   const started = gw;
   members.onChange((m, from, to) => {
@@ -219,6 +219,12 @@ export async function startGateway(settings: Settings, log: Logger, role: Gatewa
   health?.start();
   if (primary) gw.startRefresher(srv, initialTtl);
   return gw;
+}
+
+/** At start and on a reload: a --max-connections the open-files limit cannot hold is lowered, and said so. */
+function warnAboveFdCap(settings: Settings, proxy: Proxy, log: Logger): void {
+  const asked = settings.flags["max-connections"];
+  if (asked > proxy.fdCap) log.warn("--max-connections is above what the open-files limit allows; the lower value applies", { "max-connections": asked, allowed: proxy.fdCap });
 }
 
 function openLog(settings: Settings, log: Logger): AccessLog | null {

@@ -3,8 +3,8 @@
  * a listener can stop accepting without giving up its address), setting TCP keepalive on a listening
  * socket (its accepted sockets inherit it), binding a unix socket ourselves
  * (Bun's listener removes its socket file by name when it stops), the kernel's send-queue size of
- * a socket, sending a datagram to systemd, and a send that never waits (MSG_DONTWAIT, for the access log to a
- * socket). See docs/bun.md, "listener.stop() and unix socket
+ * a socket and what its TCP_INFO says of the peer, sending a datagram to systemd, and a send that
+ * never waits (MSG_DONTWAIT, for the access log to a socket). See docs/bun.md, "listener.stop() and unix socket
  * files" and "Listening through a file descriptor".
  *
  * The library is found by name: glibc's `libc.so.6`, or musl's loader, which is also its libc.
@@ -23,6 +23,7 @@ export const SYMBOLS = {
   sendto: { args: [FFIType.i32, FFIType.ptr, FFIType.u64, FFIType.i32, FFIType.ptr, FFIType.u32], returns: FFIType.i64 },
   ioctl: { args: [FFIType.i32, FFIType.u64, FFIType.ptr], returns: FFIType.i32 },
   setsockopt: { args: [FFIType.i32, FFIType.i32, FFIType.i32, FFIType.ptr, FFIType.u32], returns: FFIType.i32 },
+  getsockopt: { args: [FFIType.i32, FFIType.i32, FFIType.i32, FFIType.ptr, FFIType.ptr], returns: FFIType.i32 },
   __errno_location: { args: [], returns: FFIType.ptr },
 } as const;
 
@@ -122,28 +123,39 @@ const IPPROTO_TCP = 6;
 const TCP_KEEPIDLE = 4;
 const TCP_KEEPINTVL = 5;
 const TCP_KEEPCNT = 6;
-const TCP_USER_TIMEOUT = 18;
 /** Keepalive probes, one a second, before a silent peer is given up (Bun's fixed values). */
 export const KEEPALIVE_PROBES = 10;
 
+/** The idle time `setKeepAlive` sets for `ms`, in whole seconds (1..32767, the kernel's TCP_KEEPIDLE range). */
+function keepIdleSeconds(ms: number): number {
+  return Math.min(Math.max(Math.floor(ms / 1000), 1), 32_767);
+}
+
+/**
+ * How long a peer may go without acknowledging anything while bytes to it wait, before the gateway
+ * gives it up (src/datapath/stall.ts): the time keepalive takes to give up an idle one, idle time
+ * plus one probe a second, KEEPALIVE_PROBES times.
+ */
+export function silenceLimitMs(keepAliveMs: number): number {
+  return (keepIdleSeconds(keepAliveMs) + KEEPALIVE_PROBES) * 1000;
+}
+
 /**
  * TCP keepalive as Bun's `setKeepAlive(true, ms)` sets it (idle time in whole seconds, a probe
- * every second, 10 probes; docs/bun.md, "setKeepAlive()"), plus TCP_USER_TIMEOUT of the same total
- * (idle + 10 s), so that a peer that vanishes while data to it is unacknowledged (when Linux sends
- * no keepalive probes) is given up as soon, not after about 15 minutes of retransmissions. On a
- * listening socket, every socket accepted afterwards starts with these options (docs/bun.md,
- * "Keepalive through the listening socket").
+ * every second, 10 probes; docs/bun.md, "setKeepAlive()"). No TCP_USER_TIMEOUT: since Linux 5.5 it
+ * also aborts a live peer whose receive window stays closed that long, though it answers every
+ * window probe (docs/bun.md, "TCP_USER_TIMEOUT cuts slow readers"); a peer that stops acknowledging
+ * bytes in flight is given up by src/datapath/stall.ts instead. On a listening socket, every socket
+ * accepted afterwards starts with these options (docs/bun.md, "Keepalive through the listening socket").
  *
  * @throws {Error} naming the option that the kernel refused.
  */
 export function setKeepAlive(fd: number, ms: number): void {
-  const idle = Math.min(Math.max(Math.floor(ms / 1000), 1), 32_767);
   const steps: [string, number, number, number][] = [
     ["SO_KEEPALIVE", SOL_SOCKET, SO_KEEPALIVE, 1],
-    ["TCP_KEEPIDLE", IPPROTO_TCP, TCP_KEEPIDLE, idle],
+    ["TCP_KEEPIDLE", IPPROTO_TCP, TCP_KEEPIDLE, keepIdleSeconds(ms)],
     ["TCP_KEEPINTVL", IPPROTO_TCP, TCP_KEEPINTVL, 1],
     ["TCP_KEEPCNT", IPPROTO_TCP, TCP_KEEPCNT, KEEPALIVE_PROBES],
-    ["TCP_USER_TIMEOUT", IPPROTO_TCP, TCP_USER_TIMEOUT, (idle + KEEPALIVE_PROBES) * 1000],
   ];
   for (const [label, level, name, value] of steps) {
     const failed = setIntOption(fd, level, name, value);
@@ -169,4 +181,28 @@ export function sendNow(fd: number, buf: Uint8Array): number | string {
   if (n >= 0) return n;
   const e = errno();
   return SEND_ERRNO_NAMES[e] ?? errnoName(e);
+}
+
+const TCP_INFO = 11;
+/** struct tcp_info (linux/tcp.h) up to tcpi_last_ack_recv: tcpi_retransmits at byte 2, tcpi_probes at 3, tcpi_last_ack_recv at 56. */
+const tcpInfo = new Uint8Array(60);
+const tcpInfoView = new DataView(tcpInfo.buffer);
+const tcpInfoLength = new Uint32Array(1);
+
+/**
+ * How long (ms) the kernel has been waiting on the peer of TCP socket `fd` without an ACK: the time
+ * since the last ACK while a retransmission or a window probe is unanswered (`tcpi_retransmits` or
+ * `tcpi_probes` above 0), else 0 (nothing unanswered: a peer that keeps its window closed but
+ * answers each probe reads 0 between probes). -1 when unknown (not a TCP socket, closed).
+ * docs/bun.md, "TCP_USER_TIMEOUT cuts slow readers".
+ */
+export function unansweredFor(fd: number): number {
+  if (fd < 0) return -1;
+  tcpInfoLength[0] = tcpInfo.length;
+  try {
+    if (libc().getsockopt(fd, IPPROTO_TCP, TCP_INFO, ptr(tcpInfo), ptr(tcpInfoLength)) !== 0 || tcpInfoLength[0]! < 60) return -1;
+  } catch {
+    return -1;
+  }
+  return tcpInfo[2]! > 0 || tcpInfo[3]! > 0 ? tcpInfoView.getUint32(56, true) : 0;
 }

@@ -62,6 +62,8 @@ export class Conn implements LegOwner {
   readonly acceptedAt = performance.now();
   bytesFromClient = 0;
   bytesFromMember = 0;
+  /** bytesFromClient + bytesFromMember when both legs were last found with nothing waiting to be sent or acknowledged (src/datapath/stall.ts); -1 before. */
+  settledAt = -1;
   /** Who ended the connection and why, set by the first end, close or forced close. */
   termination: TerminationCode | null = null;
   /** A member was usable when dialing started (else a failure to connect is `no-member`). */
@@ -150,10 +152,19 @@ export class Conn implements LegOwner {
   }
 
   closed(leg: Leg, err: Error | undefined): void {
-    this.termination ??= err === undefined ? "client-close" : "client-reset";
+    this.termination ??= err === undefined ? "client-close" : timedOut(err) ? "client-timeout" : "client-reset";
     passClose(leg, err);
     if (this.done) this.host.release(this);
   }
 }
 
 const round3 = (ms: number) => Math.round(ms * 1000) / 1000;
+
+/**
+ * Whether a socket closed because the kernel gave up on a silent peer (keepalive unanswered:
+ * ETIMEDOUT, as Bun reports it, docs/bun.md "TCP_USER_TIMEOUT cuts slow readers"), not because
+ * the peer reset it.
+ */
+export function timedOut(err: Error): boolean {
+  return (err as NodeJS.ErrnoException).code === "ETIMEDOUT";
+}

@@ -20,7 +20,7 @@ import type { UpstreamTls } from "../settings.ts";
 import { receiveQueue } from "../libc.ts";
 import { outOfFds } from "../limits.ts";
 import { tlsReason } from "../tls.ts";
-import { Conn, fdOf, UpstreamLeg } from "./conn.ts";
+import { Conn, fdOf, timedOut, UpstreamLeg } from "./conn.ts";
 import { flush, forwardFin, pair, passClose, pipeHandlers, type Leg, type LegOwner } from "./pipe.ts";
 
 /** Where the dialer reports what members did (health in the primary; the primary, from a worker). */
@@ -51,6 +51,10 @@ export interface DialerHost {
   keepAliveLater(leg: UpstreamLeg): void;
   /** Every candidate failed. */
   exhausted(conn: Conn): void;
+  /** Descriptors dials given up on may hold while their connect goes on (see Dialer.held). */
+  readonly heldDialsMax: number;
+  /** Dialer.held changed (the descriptors it holds count against the connection cap). */
+  heldDialsChanged(): void;
   /** The connection is done (both legs closed, nothing in flight). */
   release(conn: Conn): void;
 }
@@ -89,6 +93,15 @@ function refusedByBun(e: unknown): boolean {
 
 export class Dialer implements LegOwner {
   readonly #handlers: SocketHandler<Leg>;
+  /**
+   * Dials given up after their timeout whose connect goes on in the kernel (Bun.connect cannot be
+   * cancelled, docs/bun.md trap 5): each holds a descriptor until it opens (and is closed unused) or
+   * the kernel's SYN retries end, about 127 s; and how many each member has.
+   */
+  readonly #held = new Set<UpstreamLeg>();
+  readonly #heldBy = new Map<Member, number>();
+  /** Members whose dials are held back (logged once until their held dials are gone). */
+  readonly #holdingBack = new Set<Member>();
 
   constructor(
     private readonly host: DialerHost,
@@ -102,6 +115,11 @@ export class Dialer implements LegOwner {
     };
   }
 
+  /** Descriptors held by dials given up on whose connect goes on (see #held). */
+  get held(): number {
+    return this.#held.size;
+  }
+
   /** Dials the next candidate of `conn` (the first, on a new connection). */
   dial(conn: Conn): void {
     if (conn.client.closed) {
@@ -111,6 +129,7 @@ export class Dialer implements LegOwner {
     const member = conn.candidates[conn.attempt];
     if (member === undefined) return this.host.exhausted(conn);
     conn.attempt++;
+    if (this.#held.size >= this.host.heldDialsMax && this.#heldBy.has(member)) return this.holdBack(conn, member);
     // Counted from the dial on, so least-connections sees a burst of new connections as it happens.
     if (member.connections++ === 0) this.host.reports.cameIntoUse?.(member);
     const leg = new UpstreamLeg(this, conn, member);
@@ -125,8 +144,41 @@ export class Dialer implements LegOwner {
     void this.connect(leg, this.#handlers, this.host.upstreamTls);
   }
 
+  /**
+   * The descriptors held by abandoned dials are at their bound and `member` has some of them: it
+   * does not answer SYNs, so it is not dialled again until one of them ends; the next candidate is
+   * tried at once. Not evidence against the member (its timeouts were).
+   */
+  private holdBack(conn: Conn, member: Member): void {
+    if (!this.#holdingBack.has(member)) {
+      this.#holdingBack.add(member);
+      this.host.log.warn("holding back dials to a member whose abandoned dials are still connecting", { address: member.address, held: this.#heldBy.get(member), "held-total": this.#held.size });
+    }
+    this.dial(conn);
+  }
+
+  /** `leg` timed out and its connect goes on: it holds a descriptor (see #held). */
+  private hold(leg: UpstreamLeg): void {
+    this.#held.add(leg);
+    this.#heldBy.set(leg.member, (this.#heldBy.get(leg.member) ?? 0) + 1);
+    this.host.heldDialsChanged();
+  }
+
+  /** The connect of an abandoned `leg` ended (opened and closed unused, or failed): its descriptor is free. */
+  private unhold(leg: UpstreamLeg): void {
+    if (!this.#held.delete(leg)) return;
+    const left = this.#heldBy.get(leg.member)! - 1;
+    if (left > 0) this.#heldBy.set(leg.member, left);
+    else {
+      this.#heldBy.delete(leg.member);
+      this.#holdingBack.delete(leg.member);
+    }
+    this.host.heldDialsChanged();
+  }
+
   /** The connect of `leg` failed: why, in Go's words, and whether it is the member's doing. */
   private connectFailed(leg: UpstreamLeg, e: unknown): void {
+    if (leg.abandoned) return this.unhold(leg);
     const refused = refusedByBun(e);
     // Bun reports a connect that failed for lack of descriptors as ECONNREFUSED (docs/bun.md, trap 6).
     const ours = refused && outOfFds();
@@ -151,13 +203,16 @@ export class Dialer implements LegOwner {
     this.dial(conn);
   }
 
-  /** The sweep's verdict on a dial still in flight after its timeout. */
+  /** The sweep's verdict on a dial still in flight after its timeout: its connect goes on (held) while the next member is tried. */
   timedOut(leg: UpstreamLeg): void {
+    if (leg.abandoned) return;
+    this.hold(leg);
     this.fail(leg, dialTimeoutText(targetOf(leg.member)), "timeout");
   }
 
   private opened(leg: UpstreamLeg, s: NonNullable<Leg["sock"]>): void {
     if (leg.abandoned) {
+      this.unhold(leg);
       s.end(); // a connect that finished after its timeout: nothing was sent on it
       return;
     }
@@ -279,7 +334,7 @@ export class Dialer implements LegOwner {
     const up = leg as UpstreamLeg;
     if (up.abandoned) return;
     const conn = up.conn;
-    conn.termination ??= err === undefined ? "member-close" : "member-reset";
+    conn.termination ??= err === undefined ? "member-close" : timedOut(err) ? "member-timeout" : "member-reset";
     up.member.connections--;
     this.host.unwatch(up);
     this.earlyEnd(up, err === undefined ? "closed right after connect" : `reset right after connect: ${readErrorText(err, targetOf(up.member))}`);

@@ -18,13 +18,14 @@ import type { Member } from "../members.ts";
 import { readErrorText, type NetTarget } from "../neterror.ts";
 import type { Policy } from "../select.ts";
 import type { Settings, UpstreamTls } from "../settings.ts";
-import { sendQueue, setKeepAlive } from "../libc.ts";
+import { sendQueue, setKeepAlive, silenceLimitMs } from "../libc.ts";
 import { connectionCap, openFds, openFilesLimit } from "../limits.ts";
 import { tlsReason } from "../tls.ts";
 import { Conn, fdOf, type ConnHost, type UpstreamLeg } from "./conn.ts";
 import { Dialer, type Connect, type DialerHost, type DialReports } from "./dialer.ts";
 import { Listeners } from "./listeners.ts";
 import { pipeHandlers, type Leg } from "./pipe.ts";
+import { Stalls } from "./stall.ts";
 import { Sweep, type SweepHost } from "./sweep.ts";
 
 export interface ProxyOptions {
@@ -55,6 +56,7 @@ export class Proxy implements ConnHost, DialerHost, SweepHost {
   readonly stats = new ListenerStats();
   readonly #conns = new Set<Conn>();
   readonly #sweep: Sweep;
+  readonly #stalls = new Stalls();
   readonly #dialer: Dialer;
   readonly #listeners: Listeners;
   #idleWaiters: (() => void)[] = [];
@@ -91,10 +93,24 @@ export class Proxy implements ConnHost, DialerHost, SweepHost {
     return this.#fdCap;
   }
 
-  /** Client connections at most: --max-connections, or what the open-files limit allows if lower (or unset). */
+  /**
+   * Client connections at most: --max-connections, or what the open-files limit allows if lower (or
+   * unset), less the descriptors abandoned dials hold meanwhile (two to a connection).
+   */
   get maxConnections(): number {
     const flag = this.opts.settings().flags["max-connections"];
-    return flag > 0 && flag < this.#fdCap ? flag : this.#fdCap;
+    const fds = this.#fdCap - Math.ceil(this.#dialer.held / 2);
+    return flag > 0 && flag < fds ? flag : fds;
+  }
+
+  /** At most a quarter of the descriptors the open-files limit leaves for connections (see Dialer.held). */
+  get heldDialsMax(): number {
+    return Math.max(1, Math.floor(this.#fdCap / 2));
+  }
+
+  heldDialsChanged(): void {
+    this.#listeners.checkLimit(this.#conns.size);
+    this.#listeners.resumeBelowLimit(this.#conns.size);
   }
 
   /** The port of the first TCP listener (0 when there is none). */
@@ -144,11 +160,18 @@ export class Proxy implements ConnHost, DialerHost, SweepHost {
   }
   keepAlive(leg: UpstreamLeg): void {
     if (leg.closed) return;
+    this.#sweep.watchStalls();
     try {
       setKeepAlive(fdOf(leg.sock), this.keepAliveMs);
     } catch (e) {
       this.opts.log.debug("cannot set TCP keepalive on a member connection", { address: leg.member.address, error: errorText(e) });
     }
+  }
+  stallSweep(): boolean {
+    return this.#stalls.sweep(this.#conns, silenceLimitMs(this.keepAliveMs), (conn, member) => {
+      this.opts.log.debug("closing a connection whose peer stopped answering", { side: member ? "member" : "client", member: conn.up?.member.address });
+      conn.reset(member ? "member-timeout" : "client-timeout");
+    });
   }
   timedOut(leg: UpstreamLeg): void {
     this.#dialer.timedOut(leg);
@@ -295,7 +318,11 @@ export class Proxy implements ConnHost, DialerHost, SweepHost {
   settingsChanged(applied: readonly StartFlag[]): void {
     if (applied.includes("idle-timeout")) this.#sweep.settingsChanged();
     if (applied.some((f) => TLS_LISTEN_FLAGS.includes(f))) this.#listeners.relisten();
-    if (applied.includes("max-connections")) this.#listeners.resumeBelowLimit(this.#conns.size);
+    if (applied.includes("max-connections")) {
+      // Lowered to or below the connections open: stop accepting now, not after one more client.
+      this.#listeners.checkLimit(this.#conns.size);
+      this.#listeners.resumeBelowLimit(this.#conns.size);
+    }
     if (applied.includes("keepalive-time")) this.#listeners.keepClientsAlive(this.keepAliveMs);
   }
 

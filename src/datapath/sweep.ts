@@ -4,7 +4,9 @@
  * every DIAL_SWEEP_MS while there are any; the TLS handshake timeout of clients that have not
  * finished theirs, every HANDSHAKE_SWEEP_MS; TCP keepalive on member legs that have lived
  * KEEPALIVE_AFTER_MS (a connection that ends sooner never pays the system calls; checked every
- * KEEPALIVE_SWEEP_MS); and `--idle-timeout`, a few times per timeout.
+ * KEEPALIVE_SWEEP_MS); peers that stopped acknowledging (src/datapath/stall.ts), every
+ * STALL_SWEEP_MS while connections that lived that long are open; and `--idle-timeout`, a few
+ * times per timeout.
  *
  * @module
  */
@@ -17,6 +19,8 @@ const HANDSHAKE_SWEEP_MS = 250;
 /** A member leg gets TCP keepalive once it has been connected this long (within KEEPALIVE_SWEEP_MS more). */
 export const KEEPALIVE_AFTER_MS = 1000;
 const KEEPALIVE_SWEEP_MS = 250;
+/** Period of the check for silent peers (src/datapath/stall.ts): one is cut at most about two of these after the silence limit. */
+export const STALL_SWEEP_MS = 1000;
 
 export interface SweepHost {
   /** `--idle-timeout` in force (0: off). */
@@ -31,6 +35,8 @@ export interface SweepHost {
   keepAlive(leg: UpstreamLeg): void;
   /** The idle counter advanced to `epoch`; connections not stamped for more than `ticks` are idle. */
   idleSweep(epoch: number, ticks: number): void;
+  /** Time to look for peers that stopped acknowledging; false when no connection is open (the check stops until watchStalls). */
+  stallSweep(): boolean;
 }
 
 export class Sweep {
@@ -44,6 +50,7 @@ export class Sweep {
   #due = 0;
   #idleEvery = 0;
   #nextIdleAt = Infinity;
+  #nextStallAt = Infinity;
   #stopped = false;
   #idleStopped = false;
 
@@ -66,6 +73,13 @@ export class Sweep {
   keepAliveLater(leg: UpstreamLeg): void {
     this.#young.add(leg);
     if (this.#young.size === 1) this.arm();
+  }
+
+  /** A connection has lived KEEPALIVE_AFTER_MS: check for silent peers every STALL_SWEEP_MS from now on, while any is open. */
+  watchStalls(): void {
+    if (this.#nextStallAt !== Infinity) return;
+    this.#nextStallAt = performance.now() + STALL_SWEEP_MS;
+    this.arm();
   }
 
   watchHandshake(conn: Conn): void {
@@ -101,7 +115,7 @@ export class Sweep {
   private arm(): void {
     if (this.#stopped) return;
     const now = performance.now();
-    let due = this.#nextIdleAt;
+    let due = Math.min(this.#nextIdleAt, this.#nextStallAt);
     if (this.#dials.size > 0) due = Math.min(due, now + DIAL_SWEEP_MS);
     if (this.#handshakes.size > 0) due = Math.min(due, now + HANDSHAKE_SWEEP_MS);
     if (this.#young.size > 0) due = Math.min(due, now + KEEPALIVE_SWEEP_MS);
@@ -137,6 +151,7 @@ export class Sweep {
       this.#young.delete(leg);
       this.host.keepAlive(leg);
     }
+    if (now >= this.#nextStallAt) this.#nextStallAt = this.host.stallSweep() ? now + STALL_SWEEP_MS : Infinity;
     if (now >= this.#nextIdleAt) {
       this.epoch++;
       this.#nextIdleAt += this.#idleEvery;

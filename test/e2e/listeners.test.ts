@@ -158,6 +158,62 @@ describe("limits", () => {
     for (const s of [...held, waiting]) s.destroy();
   });
 
+  /** A client that sent "x" and had it echoed: it holds one of the gateway's connections. */
+  async function heldClient(port: number): Promise<Socket> {
+    const s = await dial(port);
+    await new Promise<void>((r) => {
+      s.once("data", () => r());
+      s.write("x");
+    });
+    return s;
+  }
+
+  // Found in issue 20: the lower limit was only checked at the next accept, so one more client was
+  // admitted (and served) first.
+  test("--max-connections lowered on SIGHUP to below the connections open: no client is admitted meanwhile; new ones wait in the backlog until enough have closed", async () => {
+    echo ??= await echoServer();
+    const cfg = join(dir, "max-lower.yaml");
+    writeFileSync(cfg, "max-connections: 5\n");
+    const gw = await startGatewayProcess([`--config=${cfg}`, `--endpoints=127.0.0.1:${echo.port}`]);
+    const held: Socket[] = [];
+    for (let i = 0; i < 3; i++) held.push(await heldClient(gw.port));
+    writeFileSync(cfg, "max-connections: 2\n");
+    gw.proc.kill("SIGHUP");
+    expect((await gw.waitForLog("config reloaded")).applied).toEqual(["max-connections"]);
+    const waiting = await dial(gw.port); // the kernel completes the handshake; the gateway has not accepted it
+    let answered = "";
+    waiting.on("data", (c: Buffer) => (answered += c.toString()));
+    waiting.write("queued");
+    await sleep(300);
+    expect(answered).toBe("");
+    expect(gw.lines.filter((l) => l.includes("connection limit reached: stopped accepting"))).toHaveLength(1);
+    held.pop()!.destroy(); // 2 open: still at the limit
+    await sleep(300);
+    expect(answered).toBe("");
+    held.pop()!.destroy(); // 1 open: below it
+    await gw.waitForLog("below the connection limit: accepting again");
+    await waitFor("the queued client served", () => answered === "queued", 5000);
+    for (const s of [...held, waiting]) s.destroy();
+  });
+
+  // Found in issue 20: at start a value the open-files limit cannot hold is lowered with a warning;
+  // a reload applied the lower value silently.
+  test("--max-connections raised on SIGHUP above what the open-files limit allows: the same warning as at start", async () => {
+    echo ??= await echoServer();
+    const cfg = join(dir, "max-raise.yaml");
+    writeFileSync(cfg, "max-connections: 10\n");
+    const gw = await startGatewayProcess([`--config=${cfg}`, `--endpoints=127.0.0.1:${echo.port}`], { wrap: (cmd) => ["sh", "-c", 'ulimit -n 256 && exec "$@"', "--", ...cmd] });
+    const warning = "--max-connections is above what the open-files limit allows; the lower value applies";
+    expect(gw.lines.filter((l) => l.includes(warning))).toEqual([]);
+    writeFileSync(cfg, "max-connections: 5000\n");
+    gw.proc.kill("SIGHUP");
+    await gw.waitForLog("config reloaded");
+    const warned = await gw.waitForLog(warning, 2000);
+    expect(warned["max-connections"]).toBe(5000);
+    expect(warned.allowed).toBeLessThan(128); // two descriptors a connection, under 256
+    expect(await roundTrip(gw.port, "still serves")).toBe("still serves");
+  });
+
   test("--idle-timeout resets a connection with no bytes either way, and leaves a busy one alone", async () => {
     echo ??= await echoServer();
     const port = freePort();
@@ -216,7 +272,7 @@ while True:
     } finally {
       member.close();
     }
-  });
+  }, 40_000); // the reader takes about 6.5 s by design; its own bound is 30 s
 
   test("without --idle-timeout an idle connection stays open", async () => {
     echo ??= await echoServer();

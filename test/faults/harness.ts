@@ -13,9 +13,8 @@
  *
  * A promise the gateway does not keep yet is a `test.failing` next to its row, with the bug described
  * there: it passes while the bug is there and fails once it is fixed (then make it a plain test).
- * Known so far: abandoned SYN-SENT dials keep their fd ~127 s; a client whose member closes right
- * after accepting is not moved to the next member; keepalive cannot end a blackholed leg with
- * unacknowledged data in flight.
+ * Known so far: abandoned SYN-SENT dials keep their fd ~127 s (how many is bounded, dial.test.ts);
+ * a client whose member closes right after accepting is not moved to the next member.
  *
  * @module
  */

@@ -8,6 +8,7 @@ import { afterEach, describe, expect, test } from "bun:test";
 import { createHash } from "node:crypto";
 import { connect as netConnect, createServer, type Server, type Socket } from "node:net";
 import type { AccessRecord } from "../../src/accesslog.ts";
+import type { UpstreamLeg } from "../../src/datapath/conn.ts";
 import { bunConnect, type Connect, type DialReports } from "../../src/datapath/dialer.ts";
 import { Proxy } from "../../src/datapath/proxy.ts";
 import { createLogger } from "../../src/log.ts";
@@ -204,6 +205,45 @@ describe("evidence against a member", () => {
     await waitFor("the report", () => events.length >= 2);
     expect(events[0]).toBe(`ok ${resetting.port}`);
     expect(events[1]).toMatch(new RegExp(`^failed ${resetting.port} (reset|closed) right after connect`));
+  });
+
+  /** A member that closes each connection as soon as it accepts it, then runs `after` (in the same turn of the event loop). */
+  function closingMember(after: () => void = () => {}) {
+    const l = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { open: (s) => (s.end(), after()), data() {} } });
+    cleanup.push(() => l.stop(true));
+    return l;
+  }
+
+  /** A Connect that dials only once `ready(leg)` holds (checked every 5 ms). */
+  const dialWhen = (ready: (leg: UpstreamLeg) => boolean): Connect => async (leg, socket, tls) => {
+    await waitFor("the dial's condition", () => ready(leg), 5000, 5);
+    return bunConnect(leg, socket, tls);
+  };
+
+  // The evidence rule (src/datapath/dialer.ts, earlyEnd): a close right after accepting counts only
+  // if the member did it on its own. Each test below breaks when one clause of that rule is dropped.
+  test("a member's close that arrives while the client's bytes still wait unread in the kernel is not held against it", async () => {
+    let client: Bun.Socket<undefined> | undefined;
+    // The member's FIN goes out first, then the client's bytes, in one turn of the loop: the gateway
+    // sees the FIN before it has read the bytes (they are in its socket's receive queue).
+    const member = closingMember(() => void client!.write("hello"));
+    const { proxy, events } = proxyFor([member.port], { connect: dialWhen(() => client !== undefined) });
+    const closed = new Promise<void>((r) => {
+      void Bun.connect({ hostname: "127.0.0.1", port: proxy.port, socket: { open: (s) => void (client = s), data() {}, close: () => r() } });
+    });
+    await closed; // the gateway decides (and reports) before it passes the member's FIN on
+    expect(events).toEqual([`ok ${member.port}`]);
+  });
+
+  test("a member's close after the client ended (FIN, no bytes) is not held against it", async () => {
+    const member = closingMember();
+    const { proxy, events } = proxyFor([member.port], { connect: dialWhen((leg) => leg.conn.client.readDone) });
+    const s = await dial(proxy.port);
+    s.on("error", () => {});
+    const closed = new Promise((r) => s.once("close", r));
+    s.end(); // FIN before the member is dialled; the dial waits until the gateway has read it
+    await closed;
+    expect(events).toEqual([`ok ${member.port}`]);
   });
 
   test("after failures, a member's accept is reported as success only once it sends a byte", async () => {

@@ -4,7 +4,7 @@
  */
 import { afterEach, describe, expect, test } from "bun:test";
 import type { Conn, UpstreamLeg } from "../../src/datapath/conn.ts";
-import { KEEPALIVE_AFTER_MS, Sweep, type SweepHost } from "../../src/datapath/sweep.ts";
+import { KEEPALIVE_AFTER_MS, STALL_SWEEP_MS, Sweep, type SweepHost } from "../../src/datapath/sweep.ts";
 import { waitFor } from "../support/net.ts";
 
 const sweeps: Sweep[] = [];
@@ -12,7 +12,8 @@ afterEach(() => {
   for (const s of sweeps.splice(0)) s.stop();
 });
 
-function sweepWith(events: string[]): Sweep {
+function sweepWith(events: string[], stallChecks = 0): Sweep {
+  let left = stallChecks;
   const host: SweepHost = {
     idleTimeoutMs: 0,
     handshakeTimeoutMs: 10_000,
@@ -20,6 +21,7 @@ function sweepWith(events: string[]): Sweep {
     handshakeTimedOut: (_conn: Conn) => void events.push("handshake timed out"),
     keepAlive: (leg) => void events.push(`keepalive ${name(leg)} after ${Math.round(performance.now() - leg.connectedAt)} ms`),
     idleSweep: () => {},
+    stallSweep: () => (events.push("stall check"), --left > 0),
   };
   const sweep = new Sweep(host);
   sweeps.push(sweep);
@@ -74,5 +76,21 @@ describe("dial timeouts", () => {
     await waitFor("the timeout", () => events.length > 0, 1000, 10);
     await Bun.sleep(100);
     expect(events).toEqual(["timed out slow"]);
+  });
+});
+
+describe("silent-peer checks", () => {
+  test("once asked, the check runs every STALL_SWEEP_MS until it reports no connection open; asked again, it starts again", async () => {
+    const events: string[] = [];
+    const sweep = sweepWith(events, 2);
+    const t0 = performance.now();
+    sweep.watchStalls();
+    sweep.watchStalls(); // already running: no second schedule
+    await waitFor("two checks", () => events.length === 2, 3 * STALL_SWEEP_MS, 20);
+    expect(performance.now() - t0).toBeGreaterThanOrEqual(2 * STALL_SWEEP_MS - 5);
+    await Bun.sleep(STALL_SWEEP_MS + 200);
+    expect(events).toEqual(["stall check", "stall check"]); // the second said nothing is open: stopped
+    sweep.watchStalls();
+    await waitFor("a third check", () => events.length === 3, 2 * STALL_SWEEP_MS, 20);
   });
 });
