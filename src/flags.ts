@@ -182,6 +182,7 @@ export const START_FLAGS = {
   "health-spare-interval": { type: "string", reload: "live", default: "60s", valueHint: "duration", parse: duration(1), description: "time between checks of a member that carries no clients; also the longest wait between checks of a down member" },
   "health-timeout": { type: "string", reload: "live", default: "1s", valueHint: "duration", parse: duration(1, 300_000), description: "bound on one health check" },
   "health-rise": { type: "string", reload: "live", default: "2", valueHint: "N", parse: count, description: "passing checks in a row that bring a down member up" },
+  "health-suspect-after": { type: "string", reload: "live", default: "1s", valueHint: "duration", parse: duration(0, 60_000), description: "a member that stays silent this long after a client's second unanswered request is checked at once, --health-fall times 150 ms apart, and taken out if none answers (0 = off)" },
   "health-fall": { type: "string", reload: "live", default: "3", valueHint: "N", parse: count, description: "failing checks, or failed dials, in a row that take a member down (eject it)" },
   "health-cacert": { type: "string", reload: "live", valueHint: "path", parse: certificate, description: "CA bundle to verify members' TLS certificates in health checks (checks then use https)" },
   "health-cert": { type: "string", reload: "live", valueHint: "path", parse: certificate, description: "client certificate for health checks of members with client-cert auth" },

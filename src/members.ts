@@ -53,6 +53,11 @@ export class Member {
   readonly failures: number = 0;
   /** Times the member was ejected (decided in the primary process). */
   readonly ejections: number = 0;
+  /**
+   * Stall suspicions from client traffic (src/datapath/suspect.ts) and how their confirmation ended:
+   * `confirmed` (the member was taken out) or `cleared` (it answered). Counted by health, in the primary.
+   */
+  readonly suspicions = { confirmed: 0, cleared: 0 };
   /** No longer in the endpoint set (discovery moved on); its open connections carry on (MemberTable.retired). */
   readonly removed: boolean = false;
   /**

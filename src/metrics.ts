@@ -60,6 +60,8 @@ export interface MemberView {
   /** The cluster ID (hex) it reported, and whether that is another cluster than the gateway's. */
   readonly clusterId: string | null;
   readonly wrongCluster: boolean;
+  /** Stall suspicions by outcome (src/datapath/suspect.ts), counted in the primary. */
+  readonly suspicions: { readonly confirmed: number; readonly cleared: number };
 }
 
 const view = (m: Member, state: MemberView["state"]): MemberView => ({
@@ -76,6 +78,7 @@ const view = (m: Member, state: MemberView["state"]): MemberView => ({
   alive: m.alive,
   clusterId: m.clusterId,
   wrongCluster: m.wrongCluster,
+  suspicions: m.suspicions,
 });
 
 /**
@@ -86,7 +89,7 @@ const view = (m: Member, state: MemberView["state"]): MemberView => ({
 export function memberViews(table: MemberTable, shares: readonly MemberShare[]): MemberView[] {
   const listed = new Set(table.list.map((m) => m.address));
   const retired = new Map(table.retired.map((m) => [m.address, m]));
-  const bare = (address: string): MemberView => ({ address, state: "removed", drain: "off", reason: "", priority: 0, weight: 0, failures: 0, ejections: 0, checks: new CheckStats(), lastConnectedAt: 0, alive: null, clusterId: null, wrongCluster: false });
+  const bare = (address: string): MemberView => ({ address, state: "removed", drain: "off", reason: "", priority: 0, weight: 0, failures: 0, ejections: 0, checks: new CheckStats(), lastConnectedAt: 0, alive: null, clusterId: null, wrongCluster: false, suspicions: { confirmed: 0, cleared: 0 } });
   const removed = shares.filter((s) => !listed.has(s.address) && s.connections > 0).map((s) => {
     const m = retired.get(s.address);
     return m === undefined ? bare(s.address) : view(m, "removed");
@@ -237,6 +240,7 @@ function renderMembers(x: Exposition, ms: readonly MemberView[], shares: readonl
   x.metric("etcd_gateway_member_connect_failures_total", "counter", "Failed dials to the member by reason (refused, timeout, reset right after connect, tls, other).", ms.flatMap((m) => FAILURE_REASONS.map((r) => [ep(m, `,reason="${r}"`), c(m).stats.failures[r]] as const)));
   x.metric("etcd_gateway_member_sent_bytes_total", "counter", "Bytes forwarded from clients to the member.", ms.map((m) => [ep(m), c(m).stats.bytesToMember]));
   x.metric("etcd_gateway_member_received_bytes_total", "counter", "Bytes forwarded from the member to clients.", ms.map((m) => [ep(m), c(m).stats.bytesFromMember]));
+  x.metric("etcd_gateway_member_stall_suspicions_total", "counter", "Times client traffic made the member a suspect (client bytes reached it, nothing came back for --health-suspect-after), by how the checks that followed ended: confirmed (taken out) or cleared (it answered).", ms.flatMap((m) => (["confirmed", "cleared"] as const).map((o) => [ep(m, `,outcome="${o}"`), m.suspicions[o]] as const)));
   x.metric("etcd_gateway_member_ejections_total", "counter", "Times the member was ejected after --health-fall failed dials in a row.", ms.map((m) => [ep(m), m.ejections]));
   x.histogram("etcd_gateway_member_connect_duration_seconds", "Time from dial to connected.", CONNECT_BUCKETS, ms.map((m) => [ep(m), c(m).stats.connect]));
   const depths = ["full", "liveness"] as const;

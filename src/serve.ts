@@ -212,6 +212,7 @@ class GatewayProcess {
         const m = gw.members.list[msg.i];
         if (m === undefined) return;
         if (msg.t === "failed") gw.health!.dialFailed(m, msg.reason);
+        else if (msg.t === "stall") gw.health!.stallSuspected(m, msg.ms);
         else gw.health!.dialSucceeded(m);
         share(); // also when nothing changed here: the reporting worker waits for the primary's word
       },

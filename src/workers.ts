@@ -23,6 +23,7 @@ export type ToPrimary =
   | { t: "ready" }
   | { t: "failed"; i: number; reason: string }
   | { t: "ok"; i: number }
+  | { t: "stall"; i: number; ms: number }
   | { t: "stats"; id: number; stats: ProcessStats };
 /** One member as the primary describes it to workers: the endpoint and its state. */
 export type SharedMember = EndpointSpec & { state: MemberState; drain: Drain; reason: string; failures: number; alive: boolean | null; clusterId: string | null; wrongCluster: boolean };
@@ -67,6 +68,9 @@ export function reportToPrimary(members: MemberTable, send: (msg: ToPrimary) => 
       if (m.failures === 0 && m.up) return;
       send({ t: "ok", i: index(m) });
     },
+    stallSuspected(m, ms) {
+      send({ t: "stall", i: index(m), ms });
+    },
   };
 }
 
@@ -84,7 +88,7 @@ export interface PoolOptions {
   /** The member state to send a worker that says hello. */
   state: () => SharedState;
   /** A worker reported a dial outcome. */
-  onReport: (msg: ToPrimary & { t: "failed" | "ok" }) => void;
+  onReport: (msg: ToPrimary & { t: "failed" | "ok" | "stall" }) => void;
 }
 
 /**

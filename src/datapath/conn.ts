@@ -13,9 +13,18 @@ import { Leg, passClose, resetPair, type LegOwner } from "./pipe.ts";
 export interface ConnHost {
   /** The idle sweep's counter: a connection is stamped with it whenever bytes move. */
   readonly epoch: number;
+  /** The client sent a second chunk its member has not answered (src/datapath/suspect.ts). */
+  asked(conn: Conn): void;
   /** Both legs are closed and no dial is in flight: forget the connection. */
   release(conn: Conn): void;
 }
+
+/**
+ * A client chunk this large is a request (src/datapath/suspect.ts): HTTP/2 control frames a client
+ * sends without waiting for an answer are smaller (a PING acknowledgement 17 bytes, a pair of
+ * WINDOW_UPDATEs 26), a gRPC request larger (a put or a lease keep-alive 39–60 bytes, measured).
+ */
+export const ASK_BYTES = 32;
 
 /** A socket's file descriptor (Bun has it, bun-types does not say so); -1 when closed or unknown. */
 export function fdOf(s: Leg["sock"]): number {
@@ -64,6 +73,13 @@ export class Conn implements LegOwner {
   bytesFromMember = 0;
   /** bytesFromClient + bytesFromMember when both legs were last found with nothing waiting to be sent or acknowledged (src/datapath/stall.ts); -1 before. */
   settledAt = -1;
+  /**
+   * Client chunks since the member last sent a byte, a chunk of ASK_BYTES or more counting 2
+   * (src/datapath/suspect.ts): at 2 the client is waiting on the member.
+   */
+  unanswered = 0;
+  /** performance.now() when they first counted 2. */
+  askedAt = 0;
   /** Who ended the connection and why, set by the first end, close or forced close. */
   termination: TerminationCode | null = null;
   /** A member was usable when dialing started (else a failure to connect is `no-member`). */
@@ -131,6 +147,9 @@ export class Conn implements LegOwner {
     this.activeAt = this.host.epoch;
     this.bytesFromClient += bytes;
     this.up!.member.stats.bytesToMember += bytes;
+    const before = this.unanswered;
+    this.unanswered = before + (bytes >= ASK_BYTES ? 2 : 1);
+    if (before < 2 && this.unanswered >= 2) this.host.asked(this);
   }
 
   drained(): void {

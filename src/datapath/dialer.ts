@@ -31,6 +31,8 @@ export interface DialReports {
   dialSucceeded(member: Member): void;
   /** `member` has its first connection open in this process (it carries clients now). */
   cameIntoUse?(member: Member): void;
+  /** Client bytes reached `member` and nothing came back for `silentMs` (src/datapath/suspect.ts). */
+  stallSuspected?(member: Member, silentMs: number): void;
 }
 
 /** Opens the socket of `leg` to its member, as Bun.connect does: `socket.open` when connected, `socket.connectError` when not. */
@@ -51,6 +53,8 @@ export interface DialerHost {
   keepAliveLater(leg: UpstreamLeg): void;
   /** Every candidate failed. */
   exhausted(conn: Conn): void;
+  /** The member answered a connection whose client had sent twice (src/datapath/suspect.ts). */
+  answered(conn: Conn): void;
   /** Descriptors dials given up on may hold while their connect goes on (see Dialer.held). */
   readonly heldDialsMax: number;
   /** Dialer.held changed (the descriptors it holds count against the connection cap). */
@@ -313,6 +317,10 @@ export class Dialer implements LegOwner {
     conn.activeAt = conn.host.epoch;
     conn.bytesFromMember += bytes;
     up.member.stats.bytesFromMember += bytes;
+    if (conn.unanswered !== 0) {
+      if (conn.unanswered > 1) this.host.answered(conn);
+      conn.unanswered = 0;
+    }
   }
 
   drained(leg: Leg): void {

@@ -26,6 +26,7 @@ import { Dialer, type Connect, type DialerHost, type DialReports } from "./diale
 import { Listeners } from "./listeners.ts";
 import { pipeHandlers, type Leg } from "./pipe.ts";
 import { Stalls } from "./stall.ts";
+import { Suspicions, type SuspectHost } from "./suspect.ts";
 import { Sweep, type SweepHost } from "./sweep.ts";
 
 export interface ProxyOptions {
@@ -52,11 +53,12 @@ export const DRAIN_IDLE_MS = 1000;
 const TLS_LISTEN_FLAGS: readonly StartFlag[] = ["listen-cert", "listen-key", "listen-client-ca"];
 // (--listen-handshake-timeout and the rest are read per connection.)
 
-export class Proxy implements ConnHost, DialerHost, SweepHost {
+export class Proxy implements ConnHost, DialerHost, SweepHost, SuspectHost {
   readonly stats = new ListenerStats();
   readonly #conns = new Set<Conn>();
   readonly #sweep: Sweep;
   readonly #stalls = new Stalls();
+  readonly #suspicions = new Suspicions(this);
   readonly #dialer: Dialer;
   readonly #listeners: Listeners;
   #idleWaiters: (() => void)[] = [];
@@ -228,6 +230,7 @@ export class Proxy implements ConnHost, DialerHost, SweepHost {
 
   release(conn: Conn): void {
     if (!this.#conns.delete(conn)) return;
+    if (conn.unanswered > 1) this.#suspicions.answered(conn);
     const now = performance.now();
     this.stats.duration.observe((now - conn.acceptedAt) / 1000);
     this.#sweep.unwatchHandshake(conn);
@@ -326,8 +329,24 @@ export class Proxy implements ConnHost, DialerHost, SweepHost {
     if (applied.includes("keepalive-time")) this.#listeners.keepClientsAlive(this.keepAliveMs);
   }
 
+  // --- passive stall evidence (SuspectHost; src/datapath/suspect.ts) ---
+
+  get suspectAfterMs(): number {
+    return this.opts.settings().flags["health-suspect-after"];
+  }
+  asked(conn: Conn): void {
+    this.#suspicions.asked(conn);
+  }
+  answered(conn: Conn): void {
+    this.#suspicions.answered(conn);
+  }
+  suspect(member: Member, silentMs: number): void {
+    this.opts.reports.stallSuspected?.(member, silentMs);
+  }
+
   /** Stops accepting; open connections carry on. */
   stopAccepting(): void {
+    this.#suspicions.stop();
     this.#sweep.stopIdle();
     this.#listeners.stop();
   }
@@ -343,18 +362,37 @@ export class Proxy implements ConnHost, DialerHost, SweepHost {
     for (const conn of this.#conns) conn.reset(why);
   }
 
-  /** Resets the connections paired with `member`; returns how many. */
+  /** Resets the connections paired with `member`, spread out (RESET_SPACING_MS); returns how many. */
   closeMember(member: Member): number {
-    let n = 0;
+    const conns: Conn[] = [];
     for (const conn of this.#conns) {
       const up = conn.up;
       if (up === null || up.member !== member || up.sock === null || up.closed) continue;
-      conn.reset("member-down");
-      n++;
+      conns.push(conn);
     }
-    return n;
+    // Those waiting on the member for an answer first: their clients are the ones held up.
+    conns.sort((a, b) => Number(b.unanswered > 0) - Number(a.unanswered > 0));
+    const spacing = Math.min(RESET_SPACING_MS, RESET_SPREAD_MS / Math.max(conns.length, 1));
+    const next = (i: number): void => {
+      const conn = conns[i];
+      if (conn === undefined || member.usable) return; // back in service meanwhile: leave the rest
+      if (conn.up?.member === member && !conn.up.closed) conn.reset("member-down");
+      if (i + 1 < conns.length) setTimeout(() => next(i + 1), spacing);
+    };
+    next(0);
+    return conns.length;
   }
 }
+
+/**
+ * A member's connections are reset one at a time, this far apart (and over at most RESET_SPREAD_MS
+ * in all): a client library that counts failures in a row sees one at a time and recovers on a
+ * healthy member in between. The etcd3 Node client opens its circuit breaker after 3 failures in a
+ * row and then refuses every call for 5 s, a lease's keep-alive included; all its connections reset
+ * at once did that, and its lease was lost (test/e2e/hung-member.test.ts).
+ */
+export const RESET_SPACING_MS = 20;
+const RESET_SPREAD_MS = 1000;
 
 /** Bytes the kernel still holds to send on both legs of `conn`. */
 function queuedOf(conn: Conn, up: UpstreamLeg): number {

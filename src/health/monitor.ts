@@ -102,12 +102,17 @@ interface Track {
   noted: Set<string>;
   /** Whether its last check passed but for the cluster it reported (so it can be taken back at once when the gateway's cluster turns out to be its own). */
   passedButCluster: boolean;
+  /** When a stall was last suspected (the world's clock), and the confirming checks still running. */
+  suspectedAt: number;
+  confirming: number;
 }
 
 /** etcd's gateway: `--retry-delay=0` means its internal default of 5 minutes. */
 const retryMs = (s: HealthSettings) => (s.retryDelayMs > 0 ? s.retryDelayMs : 300_000);
 /** The longest wait before a member's first check. */
 const FIRST_CHECK_SPREAD_MS = 10_000;
+/** Between the checks that confirm or clear a stall suspicion: --health-fall of them, overlapping. */
+export const CONFIRM_SPACING_MS = 150;
 
 /** A down member's wait: the interval doubling with each failure beyond --health-fall, up to the spare interval. */
 const backoffMs = (s: HealthSettings, failStreak: number) => Math.min(s.intervalMs * 2 ** Math.max(failStreak - s.fall, 0), Math.max(s.spareIntervalMs, s.intervalMs));
@@ -193,6 +198,40 @@ export class Health {
   }
 
   /**
+   * Passive evidence from client traffic (src/datapath/suspect.ts): client bytes reached `m` and
+   * nothing came back for `silentMs`. A suspicion is not a verdict: it starts --health-fall
+   * liveness checks at once, CONFIRM_SPACING_MS apart (not waiting for one another), counted like
+   * any check, so the member is down only if none answers within --health-timeout. At most one
+   * such burst per member per --health-interval, and none for a member that is not up: the steady
+   * schedule still never speeds up for a sick cluster.
+   */
+  stallSuspected(m: Member, silentMs: number): void {
+    const s = this.settings();
+    const t = this.#tracks.get(m);
+    if (t === undefined || s.check === "none" || m.state !== "up" || t.confirming > 0 || this.#stopped) return;
+    const now = this.world.now();
+    if (now - t.suspectedAt < s.intervalMs) return;
+    t.suspectedAt = now;
+    t.confirming = s.fall;
+    this.log.info("member suspected of a stall; checking it now", { address: m.address, "silent-ms": Math.round(silentMs), checks: s.fall });
+    for (let k = 0; k < s.fall; k++) this.world.after(k * CONFIRM_SPACING_MS, () => void this.confirm(m, t));
+  }
+
+  /** One check of a stall confirmation; the last one to finish counts the outcome. */
+  private async confirm(m: Member, t: Track): Promise<void> {
+    const s = this.settings();
+    const r = await this.timed(m, s.check === "none" ? "tcp" : s.check, { depth: "liveness", timeoutMs: s.timeoutMs, tls: s.tls, keepAlive: false });
+    t.confirming--;
+    if (this.#stopped || m.removed) return;
+    if (r.ok !== null) this.absorb(m, t, r.ok ? r : { ...r, reason: `${r.reason} (confirming a stall seen on client traffic)` }, "liveness");
+    if (t.confirming > 0) return;
+    if (m.state === "up") {
+      m.suspicions.cleared++;
+      this.log.info("stall suspicion cleared: the member answers", { address: m.address });
+    } else m.suspicions.confirmed++;
+  }
+
+  /**
    * The member now carries clients: if its next check is further away than --health-interval, it
    * comes forward to then (traffic decides where checks go, not sickness).
    */
@@ -232,7 +271,7 @@ export class Health {
   private track(m: Member): Track {
     let t = this.#tracks.get(m);
     if (t === undefined) {
-      t = { checked: false, checkUp: true, ejected: false, okStreak: 0, failStreak: 0, cancel: null, dueAt: 0, probing: false, lastFullAt: -Infinity, fullFailing: false, noted: new Set(), passedButCluster: false };
+      t = { checked: false, checkUp: true, ejected: false, okStreak: 0, failStreak: 0, cancel: null, dueAt: 0, probing: false, lastFullAt: -Infinity, fullFailing: false, noted: new Set(), passedButCluster: false, suspectedAt: -Infinity, confirming: 0 };
       this.#tracks.set(m, t);
     }
     return t;
