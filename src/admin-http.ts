@@ -38,10 +38,10 @@
  */
 import type { Socket, SocketHandler, TCPSocketListener, UnixSocketListener } from "bun";
 import { ptr } from "bun:ffi";
-import { chmodSync, lstatSync, unlinkSync, type Stats } from "node:fs";
+import type { Stats } from "node:fs";
 import { isIP } from "node:net";
 import type { ListenAddress } from "./addresses.ts";
-import { errno, errnoName, libc, receiveQueue, unixAddress } from "./libc.ts";
+import { errno, errnoName, libc, listenUnix, receiveQueue, removeIfSame, UnixListenError } from "./libc.ts";
 import { errorText } from "./log.ts";
 import { errnoText } from "./neterror.ts";
 import { clearStaleSocket } from "./datapath/listeners.ts";
@@ -408,7 +408,7 @@ export async function serveHttp(address: ListenAddress, route: Route, policy: Li
     if (keeper < 0) {
       const e = errno();
       l.stop(true);
-      throw new Error(`cannot listen on ${address.address}: dup: ${goErrno(e)}`);
+      throw new Error(`cannot listen on ${address.address}: dup: ${goErrno(errnoName(e))}`);
     }
     const acceptor = new Acceptor(keeper, l, common);
     conns.pauseAccepting = () => acceptor.pause();
@@ -418,17 +418,23 @@ export async function serveHttp(address: ListenAddress, route: Route, policy: Li
   const at = (why: string) => new Error(`cannot listen on ${address.address}: ${why}`);
   // The rule of --listen-addr's unix sockets (src/datapath/listeners.ts).
   await clearStaleSocket(path, at);
-  const { fd, file } = bindUnix(path, policy.socketMode, at);
+  let bound: { fd: number; file: Stats };
+  try {
+    bound = listenUnix(path, policy.socketMode, 64);
+  } catch (e) {
+    throw e instanceof UnixListenError ? at(`${e.call}: ${goErrno(e.errno)}`) : e;
+  }
+  const { fd, file } = bound;
   let acceptor: Acceptor;
   try {
     acceptor = new Acceptor(fd, null, common);
   } catch (e) {
     libc().close(fd);
-    removeIfOurs(path, file);
+    removeIfSame(path, file);
     throw at(errorText(e));
   }
   conns.pauseAccepting = () => acceptor.pause();
-  const remove = () => removeIfOurs(path, file);
+  const remove = () => removeIfSame(path, file);
   process.once("exit", remove);
   return {
     address,
@@ -523,43 +529,6 @@ function deferAccept(l: TCPSocketListener<Conn>, seconds: number): void {
 }
 
 /** An errno in Go's words (`no such file or directory`), else its name. */
-const goErrno = (n: number) => errnoText(errnoName(n)) ?? errnoName(n);
+const goErrno = (name: string) => errnoText(name) ?? name;
 
-/** socket(2), bind(2), chmod, listen(2): the mode is in place before any connect can succeed. */
-function bindUnix(path: string, mode: number, at: (why: string) => Error): { fd: number; file: Stats } {
-  const lib = libc();
-  const fd = lib.socket(1 /* AF_UNIX */, 1 /* SOCK_STREAM */ | 0o4000 /* SOCK_NONBLOCK */ | 0o2000000 /* SOCK_CLOEXEC */, 0);
-  if (fd < 0) throw at(`socket: ${goErrno(errno())}`);
-  const { addr, len } = unixAddress(path);
-  if (lib.bind(fd, ptr(addr), len) !== 0) {
-    const e = errno();
-    lib.close(fd);
-    throw at(`bind: ${goErrno(e)}`);
-  }
-  const file = lstatSync(path);
-  try {
-    chmodSync(path, mode);
-  } catch (e) {
-    lib.close(fd);
-    removeIfOurs(path, file);
-    throw at(`chmod: ${errorText(e)}`);
-  }
-  if (lib.listen(fd, 64) !== 0) {
-    const e = errno();
-    lib.close(fd);
-    removeIfOurs(path, file);
-    throw at(`listen: ${goErrno(e)}`);
-  }
-  return { fd, file };
-}
-
-/** Removes `path` if it is still the file `was` (another process may have bound the path since). */
-function removeIfOurs(path: string, was: Stats): void {
-  try {
-    const now = lstatSync(path);
-    if (now.ino === was.ino && now.dev === was.dev) unlinkSync(path);
-  } catch {
-    // gone already
-  }
-}
 

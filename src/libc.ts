@@ -12,6 +12,7 @@
  * @module
  */
 import { dlopen, FFIType, ptr, read } from "bun:ffi";
+import { chmodSync, lstatSync, unlinkSync, type Stats } from "node:fs";
 
 /** The functions bound, by name (test/e2e/musl.test.ts checks musl's C library has each). */
 export const SYMBOLS = {
@@ -84,6 +85,59 @@ export function unixAddress(path: string): { addr: Buffer; len: number } {
   addr.writeUInt16LE(1 /* AF_UNIX */, 0);
   name.copy(addr, 2);
   return { addr, len: 2 + name.length + (abstract ? 0 : 1) };
+}
+
+/** Why `listenUnix` failed: the call, and its errno's name (`EADDRINUSE`; for chmod, Node's code). */
+export class UnixListenError extends Error {
+  constructor(
+    readonly call: "socket" | "bind" | "chmod" | "listen",
+    readonly errno: string,
+  ) {
+    super(`${call}: ${errno}`);
+  }
+}
+
+/**
+ * A unix stream socket of ours at `path`: socket(2), bind(2), chmod to `mode`, then listen(2), so
+ * the mode is in place before any connect can succeed (Bun's listener removes its socket file by
+ * name when it stops; this one is ours to keep). Returns the descriptor and the file it made (to
+ * remove it later only if it is still ours: `removeIfSame`). A failure after bind undoes it.
+ *
+ * @throws {UnixListenError}
+ */
+export function listenUnix(path: string, mode: number, backlog: number): { fd: number; file: Stats } {
+  const lib = libc();
+  const fd = lib.socket(1 /* AF_UNIX */, 1 /* SOCK_STREAM */ | 0o4000 /* SOCK_NONBLOCK */ | 0o2000000 /* SOCK_CLOEXEC */, 0);
+  if (fd < 0) throw new UnixListenError("socket", errnoName(errno()));
+  const { addr, len } = unixAddress(path);
+  if (lib.bind(fd, ptr(addr), len) !== 0) {
+    const e = errnoName(errno());
+    lib.close(fd);
+    throw new UnixListenError("bind", e);
+  }
+  const file = lstatSync(path);
+  const undo = (call: UnixListenError["call"], e: string) => {
+    lib.close(fd);
+    removeIfSame(path, file);
+    return new UnixListenError(call, e);
+  };
+  try {
+    chmodSync(path, mode);
+  } catch (e) {
+    throw undo("chmod", (e as NodeJS.ErrnoException).code ?? "EINVAL");
+  }
+  if (lib.listen(fd, backlog) !== 0) throw undo("listen", errnoName(errno()));
+  return { fd, file };
+}
+
+/** Removes `path` if it is still the file `was` (another process may have bound the path since). */
+export function removeIfSame(path: string, was: Stats): void {
+  try {
+    const now = lstatSync(path);
+    if (now.ino === was.ino && now.dev === was.dev) unlinkSync(path);
+  } catch {
+    // gone already
+  }
 }
 
 const SIOCOUTQ = 0x5411;

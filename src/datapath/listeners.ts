@@ -12,13 +12,12 @@
  * @module
  */
 import type { SocketHandler, TCPSocketListener, UnixSocketListener } from "bun";
-import { ptr } from "bun:ffi";
-import { chmodSync, lstatSync, readFileSync, unlinkSync, type Stats } from "node:fs";
+import { lstatSync, readFileSync, unlinkSync, type Stats } from "node:fs";
 import { connect as netConnect } from "node:net";
 import type { ListenAddress } from "../addresses.ts";
 import type { ListenerStats } from "../counters.ts";
 import { ConfigError } from "../flags.ts";
-import { errno, errnoName, libc, setKeepAlive, unixAddress } from "../libc.ts";
+import { errno, errnoName, libc, listenUnix, removeIfSame, setKeepAlive, UnixListenError } from "../libc.ts";
 import { errorText, type Logger } from "../log.ts";
 import type { TlsFiles } from "../tls.ts";
 import type { Leg } from "./pipe.ts";
@@ -130,23 +129,14 @@ export class Listeners {
   }
 
   private bindUnix(a: Extract<ListenAddress, { kind: "unix" }>): Slot {
-    const lib = libc();
-    const fd = lib.socket(1 /* AF_UNIX */, 1 /* SOCK_STREAM */ | 0o4000 /* SOCK_NONBLOCK */ | 0o2000000 /* SOCK_CLOEXEC */, 0);
-    if (fd < 0) throw new ListenError(a.address, `listen unix ${a.path}: socket: ${errnoName(errno())}`);
-    const { addr, len } = unixAddress(a.path);
-    const failed = (call: string) => {
-      const e = errno();
-      lib.close(fd);
-      return e === 98 ? inUse(a) : new ListenError(a.address, `listen unix ${a.path}: ${call}: ${errnoName(e)}`);
-    };
-    if (lib.bind(fd, ptr(addr), len) !== 0) throw failed("bind");
-    const file = lstatSync(a.path);
-    chmodSync(a.path, this.opts.socketMode);
-    if (lib.listen(fd, 511) !== 0) {
-      unlinkSync(a.path);
-      throw failed("listen");
+    let bound: { fd: number; file: Stats };
+    try {
+      bound = listenUnix(a.path, this.opts.socketMode, 511);
+    } catch (e) {
+      if (!(e instanceof UnixListenError)) throw e;
+      throw e.errno === "EADDRINUSE" ? inUse(a) : new ListenError(a.address, `listen unix ${a.path}: ${e.message}`);
     }
-    const slot: Slot = { address: a, keeper: fd, accepting: null, file };
+    const slot: Slot = { address: a, keeper: bound.fd, accepting: null, file: bound.file };
     slot.accepting = this.acceptOn(slot);
     return slot;
   }
@@ -238,7 +228,7 @@ export class Listeners {
       s.accepting?.stop(false);
       s.accepting = null;
       libc().close(s.keeper);
-      if (s.address.kind === "unix" && s.file !== null && sameFile(s.address.path, s.file)) unlinkSync(s.address.path);
+      if (s.address.kind === "unix" && s.file !== null) removeIfSame(s.address.path, s.file);
     }
     this.#slots = [];
   }
@@ -247,16 +237,6 @@ export class Listeners {
 /** A listen host only this host can reach (a hostname such as `localhost` counts if it says so). */
 function isLoopback(host: string): boolean {
   return host === "localhost" || host.startsWith("127.") || host === "::1";
-}
-
-/** Whether `path` is still the file `was` (another process may have replaced it since). */
-function sameFile(path: string, was: Stats): boolean {
-  try {
-    const now = lstatSync(path);
-    return now.ino === was.ino && now.dev === was.dev;
-  } catch {
-    return false;
-  }
 }
 
 /** Paths of the unix sockets listening in this network namespace, from /proc/net/unix (empty where unreadable). */
