@@ -140,29 +140,6 @@ async function readAsync(path: string, maxBytes: number, flags: number, step: { 
   }
 }
 
-/**
- * The body of `r` as text, at most `maxBytes`: a longer body is cut there and the rest is not
- * read (the connection is closed).
- */
-export async function readReply(r: Response, maxBytes = MAX_REPLY_BYTES): Promise<string> {
-  const reader = r.body?.getReader();
-  if (reader === undefined) return "";
-  const parts: Uint8Array[] = [];
-  let n = 0;
-  try {
-    while (n < maxBytes) {
-      const { done, value } = await reader.read();
-      if (done) break;
-      parts.push(value);
-      n += value.byteLength;
-    }
-  } finally {
-    if (n >= maxBytes) void reader.cancel().catch(() => {});
-    reader.releaseLock();
-  }
-  return Buffer.concat(parts).subarray(0, maxBytes).toString("utf8");
-}
-
 /** The process's open-files limit, from /proc/self/limits (Bun raises the soft limit to the hard one at start); Infinity where unknown. */
 export function openFilesLimit(): number {
   try {

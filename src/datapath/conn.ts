@@ -13,7 +13,7 @@ import { Leg, passClose, resetPair, type LegOwner } from "./pipe.ts";
 export interface ConnHost {
   /** The idle sweep's counter: a connection is stamped with it whenever bytes move. */
   readonly epoch: number;
-  /** The client sent a second chunk its member has not answered (src/datapath/suspect.ts). */
+  /** The client started waiting on its member: a request it has not answered (src/datapath/suspect.ts). */
   asked(conn: Conn): void;
   /** Both legs are closed and no dial is in flight: forget the connection. */
   release(conn: Conn): void;

@@ -53,7 +53,7 @@ export interface DialerHost {
   keepAliveLater(leg: UpstreamLeg): void;
   /** Every candidate failed. */
   exhausted(conn: Conn): void;
-  /** The member answered a connection whose client had sent twice (src/datapath/suspect.ts). */
+  /** The member answered a connection whose client was waiting on it (src/datapath/suspect.ts). */
   answered(conn: Conn): void;
   /** Descriptors dials given up on may hold while their connect goes on (see Dialer.held). */
   readonly heldDialsMax: number;

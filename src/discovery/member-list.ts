@@ -13,7 +13,6 @@ import { askMember, hexId } from "../health/checks.ts";
 import type { Member } from "../members.ts";
 import { statusErrorText } from "../neterror.ts";
 import type { TlsFiles } from "../tls.ts";
-import { requestUrl } from "../http-client.ts";
 
 interface MemberListResponse {
   header?: { cluster_id?: string };
@@ -38,8 +37,7 @@ const LIST_REQUEST = { method: "POST", path: "/v3/cluster/member/list", body: "{
  * `Post "http://10.0.1.10:2379/v3/cluster/member/list": 503 Service Unavailable: …`.
  */
 export async function fetchMemberList(member: Member, tls: TlsFiles | null, timeoutMs: number): Promise<MemberList> {
-  const r = await askMember(member, LIST_REQUEST, tls, timeoutMs);
-  const url = requestUrl({ host: member.dialHost, port: member.endpoint.port, tls: null }, LIST_REQUEST.path);
+  const { reply: r, url } = await askMember(member, LIST_REQUEST, tls, timeoutMs);
   if (r.status < 200 || r.status >= 300) throw new Error(statusErrorText("POST", url, r.status, r.body));
   let body: MemberListResponse;
   try {

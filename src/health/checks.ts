@@ -95,6 +95,7 @@ interface Session {
 }
 
 const sessions = new WeakMap<Member, Session>();
+const newSession = (): Session => ({ scheme: null, status: "json", keep: new KeptConnection() });
 
 /** Closes the member's kept-alive check connection and forgets what was learned of it (removed, or shutting down). */
 export function forgetMember(m: Member): void {
@@ -123,7 +124,7 @@ export async function runCheck(kind: Exclude<CheckKind, "none">, member: Member,
     return err === null ? { ok: true, reason: "connected", alive: true } : failed(err, false);
   }
   let s = sessions.get(member);
-  if (s === undefined) sessions.set(member, (s = { scheme: null, status: "json", keep: new KeptConnection() }));
+  if (s === undefined) sessions.set(member, (s = newSession()));
   if (!o.keepAlive) s.keep.close();
   const a = new Attempt(member, o, s);
   let r: CheckResult;
@@ -139,13 +140,15 @@ export async function runCheck(kind: Exclude<CheckKind, "none">, member: Member,
 /**
  * One request to `member` as the checks make it: in the scheme the member was found to speak (or
  * found now), straight to it, bounded by `timeoutMs`, on a new connection. For the member-list
- * sync (src/discovery/member-list.ts).
+ * sync (src/discovery/member-list.ts). Resolves with the reply and the URL it came from (for
+ * error text, in the scheme used).
  *
  * @throws {HttpFailure} when no reply came.
  */
-export function askMember(member: Member, spec: HttpRequestSpec, tls: TlsFiles | null, timeoutMs: number): Promise<HttpReply> {
-  const s = sessions.get(member) ?? { scheme: null, status: "json", keep: new KeptConnection() };
-  return new Attempt(member, { depth: "full", timeoutMs, tls, keepAlive: false }, s).request(spec);
+export async function askMember(member: Member, spec: HttpRequestSpec, tls: TlsFiles | null, timeoutMs: number): Promise<{ reply: HttpReply; url: string }> {
+  const a = new Attempt(member, { depth: "full", timeoutMs, tls, keepAlive: false }, sessions.get(member) ?? newSession());
+  const reply = await a.request(spec);
+  return { reply, url: a.url(spec.path) };
 }
 
 /** One check's requests to one member: the deadline they share, the scheme, the notes. */
