@@ -187,6 +187,24 @@ function proxyFor(port: number, suspects: { member: number; ms: number }[]) {
   return proxy;
 }
 
+/**
+ * A client through a Proxy whose member answered its first request and then goes silent (it reads
+ * and says nothing): what a hung member looks like from the gateway.
+ */
+async function answeredThenSilent() {
+  let silent = false;
+  const port = await member(() => silent);
+  const suspects: { member: number; ms: number }[] = [];
+  const proxy = proxyFor(port, suspects);
+  const c = await dial(proxy.port);
+  let got = 0;
+  c.on("data", (d: Buffer) => (got += d.length));
+  c.write("req");
+  await waitFor("an answer", () => got > 0, 2000, 2);
+  silent = true;
+  return { port, suspects, c };
+}
+
 describe("through a Proxy, in-process", () => {
   test("a member that stops answering a client that keeps asking is suspected; one that answers never is", async () => {
     let silent = false;
@@ -222,16 +240,7 @@ describe("through a Proxy, in-process", () => {
   });
 
   test("one unanswered chunk (a trailing WINDOW_UPDATE after a reply, say) is never a suspicion", async () => {
-    let silent = false;
-    const port = await member(() => silent);
-    const suspects: { member: number; ms: number }[] = [];
-    const proxy = proxyFor(port, suspects);
-    const c = await dial(proxy.port);
-    let got = 0;
-    c.on("data", (d: Buffer) => (got += d.length));
-    c.write("req");
-    await waitFor("an answer", () => got > 0, 2000, 2);
-    silent = true;
+    const { suspects, c } = await answeredThenSilent();
     c.write("window-update");
     await Bun.sleep(800);
     expect(suspects).toEqual([]);
@@ -324,16 +333,7 @@ describe("health confirms or clears a suspicion with checks", () => {
 
 describe("what counts as waiting on the member (src/datapath/conn.ts, ASK_BYTES)", () => {
   test("one chunk of a request's size (a sequential client's put) unanswered is enough; one control-frame-sized chunk is not", async () => {
-    let silent = false;
-    const port = await member(() => silent);
-    const suspects: { member: number; ms: number }[] = [];
-    const proxy = proxyFor(port, suspects);
-    const c = await dial(proxy.port);
-    let got = 0;
-    c.on("data", (d: Buffer) => (got += d.length));
-    c.write("req");
-    await waitFor("an answer", () => got > 0, 2000, 2);
-    silent = true;
+    const { port, suspects, c } = await answeredThenSilent();
     c.write("x".repeat(17)); // a PING acknowledgement's size
     await Bun.sleep(700);
     expect(suspects).toEqual([]);
