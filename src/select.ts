@@ -36,7 +36,7 @@ export interface Policy {
 /**
  * Creates the policy named `name` over `table`.
  *
- * @param random source of randomness in [0, 1); injectable for tests. @default Math.random
+ * @param random source of randomness in [0, 1) (sticky draws its key from it once); injectable for tests. @default Math.random
  */
 export function createPolicy(name: PolicyName, table: MemberTable, random: () => number = Math.random): Policy {
   switch (name) {
@@ -63,11 +63,11 @@ function orderedPolicy(table: MemberTable): Policy {
  * every member usable is kept: the unusable ones' order follows their most recent success, which
  * changes without a write to the table.
  */
-function cacheWhileUnchanged(table: MemberTable): (chosen: Member | undefined) => readonly Member[] {
+function cacheWhileUnchanged(table: MemberTable, order?: (a: Member, b: Member) => number): (chosen: Member | undefined) => readonly Member[] {
   let kept: { generation: number; chosen: Member | undefined; list: readonly Member[] } | null = null;
   return (chosen) => {
     if (kept !== null && kept.generation === table.generation && kept.chosen === chosen) return kept.list;
-    const list = arrange(table.list, chosen);
+    const list = arrange(table.list, chosen, order);
     kept = list.every((m) => m.usable) ? { generation: table.generation, chosen, list } : null;
     return list;
   };
@@ -79,35 +79,38 @@ function positionless(name: PolicyName, candidates: () => readonly Member[], pre
 
 /**
  * The seed's policy: one member, chosen at random (by weight) at start, takes every connection
- * until a dial to it fails or it is marked down; then the next usable member in rotation takes over
- * and keeps them until it fails in turn. It does not switch back when the first one recovers.
+ * until a dial to it fails or it is marked down; then another usable member takes over.
+ *
+ * The choice is rendezvous hashing (highest random weight): the process draws one random key at
+ * start, every member gets a score from a hash of the key and its address, and the member with the
+ * best score among the usable ones is chosen. One member is still picked at random, by weight, but
+ * the choice is a function of which members are usable, so across a fleet of gateways, each with
+ * its own key, it stays even after any fault (README, "Selection and failover"):
+ * - when the chosen member fails, its gateways move to their second choice, spread evenly over the
+ *   others, not all to the member next in rotation;
+ * - when a member becomes usable (back from down, added by discovery, made ready by an operator),
+ *   the gateways that rank it first move their new connections to it: a share of 1/usable of the
+ *   fleet (its weight's share), taken evenly from every other member, and nobody else moves.
+ * Open connections are not touched here (see --rebalance-interval, src/datapath/rebalance.ts).
  */
 function sticky(table: MemberTable, random: () => number): Policy {
-  let current: Member | undefined;
-  /** The member failover moved to last: it keeps the clients until it fails in turn, not until it is read again. */
-  let moved: Member | undefined;
+  const rank = rendezvous(random);
+  /** The primary's choice, adopted in a worker process (null in the primary). */
+  let adopted: Member | null = null;
   const good = (m: Member) => m.usable && m.failures === 0;
   const settle = (): Member | undefined => {
     const list = table.list;
-    const known = current !== undefined && list.includes(current);
-    if (known && good(current!)) return current;
-    // Prefer members without a failed dial; else any usable one.
+    if (adopted !== null && adopted.usable && list.includes(adopted)) return adopted;
+    // Members without a failed dial first; else the usable ones with the fewest failed dials in a
+    // row (each failure moves on; reading the choice never does); with none usable, the best
+    // ranked of all (fail-open orders its tries by liveness, see arrange).
     const good1 = bestClass(list.filter(good));
-    const pool = good1.length > 0 ? good1 : bestClass(list);
-    if (pool.length === 0) return known ? current : (current = list[0]);
-    if (!known) return (current = weightedPick(pool, random));
-    // Every usable member has a failed dial behind it: stay (each read would otherwise move on).
-    if (good1.length === 0 && pool.includes(current!) && moved === current) return current;
-    // Failover: the next member in rotation, which is also where the failing connection itself went
-    // (see arrange), so every process and every connection agrees without a coin toss.
-    const start = list.indexOf(current!);
-    for (let i = 1; i <= list.length; i++) {
-      const m = list[(start + i) % list.length]!;
-      if (pool.includes(m)) return (current = moved = m);
-    }
-    return current;
+    if (good1.length > 0) return rank.best(good1);
+    const usable = bestClass(list);
+    const fewest = Math.min(...usable.map((m) => m.failures));
+    return rank.best(usable.length > 0 ? usable.filter((m) => m.failures === fewest) : list.filter((m) => !m.wrongCluster));
   };
-  const cached = cacheWhileUnchanged(table);
+  const cached = cacheWhileUnchanged(table, rank.compare);
   return {
     name: "sticky",
     candidates: () => cached(settle()),
@@ -116,10 +119,48 @@ function sticky(table: MemberTable, random: () => number): Policy {
       return m === undefined ? -1 : table.list.indexOf(m);
     },
     adopt(position) {
-      const m = table.list[position];
-      if (m !== undefined) current = m;
+      adopted = table.list[position] ?? null;
     },
     preferred: settle,
+  };
+}
+
+/**
+ * A process's rendezvous ranking of members: a random key drawn once, and for each member a score
+ * from the hash of its address under that key, an exponential draw divided by the member's RFC 2782
+ * weight (so that the best of any set of members is each one with the probability of its weight's
+ * share, and equal members equally). Lower is better.
+ */
+export function rendezvous(random: () => number): { best(members: readonly Member[]): Member | undefined; compare(a: Member, b: Member): number } {
+  const key = BigInt(Math.floor(random() * 2 ** 53));
+  const draws = new Map<string, number>();
+  const draw = (m: Member): number => {
+    let d = draws.get(m.address);
+    if (d === undefined) {
+      const h = Bun.hash.wyhash(m.address, key);
+      // The hash's top 53 bits as a uniform number in (0, 1), then an exponential draw.
+      d = -Math.log((Number(BigInt.asUintN(64, BigInt(h)) >> 11n) + 0.5) / 2 ** 53);
+      draws.set(m.address, d);
+    }
+    return d;
+  };
+  const score = (m: Member, weights: Map<Member, number>) => draw(m) / (weights.get(m) ?? 1);
+  const weightsOf = (members: readonly Member[]) => {
+    const w = effectiveWeights(members);
+    return new Map(members.map((m, i) => [m, w[i]!]));
+  };
+  return {
+    best(members) {
+      const weights = weightsOf(members);
+      let best: Member | undefined;
+      for (const m of members) if (best === undefined || score(m, weights) < score(best, weights)) best = m;
+      return best;
+    },
+    compare(a, b) {
+      // For ordering the fallbacks: a weight-0 member next to weighted ones ranks as 1 % of one.
+      const w = (m: Member) => (m.weight > 0 ? m.weight : 0.01);
+      return draw(a) / w(a) - draw(b) / w(b);
+    },
   };
 }
 
@@ -207,12 +248,13 @@ export function weightedPick(members: readonly Member[], random: () => number): 
 }
 
 /**
- * `chosen` (when usable), then the other usable members by priority (table order, rotated to
- * start after `chosen`), then the unusable ones by liveness, and the drained ones last (by
+ * `chosen` (when usable), then the other usable members by priority (within a priority by `order`
+ * when given, sticky's ranking; else table order rotated to start after `chosen`), then the
+ * unusable ones by liveness, and the drained ones last (by
  * liveness too): a drained member is dialled only when every other member failed for this client,
  * the last resort of failing open. A member of another cluster is never in the list.
  */
-function arrange(list: readonly Member[], chosen: Member | undefined): Member[] {
+function arrange(list: readonly Member[], chosen: Member | undefined, order?: (a: Member, b: Member) => number): Member[] {
   // With nothing usable, only the evidence of which members answer orders the attempts.
   const first = chosen?.usable ? chosen : undefined;
   const start = first === undefined ? 0 : Math.max(list.indexOf(first), 0);
@@ -224,7 +266,7 @@ function arrange(list: readonly Member[], chosen: Member | undefined): Member[] 
     if (m === first || m.wrongCluster) continue;
     (m.usable ? usable : m.drain === "off" ? failed : drained).push(m);
   }
-  usable.sort((a, b) => a.priority - b.priority);
+  usable.sort(order === undefined ? (a, b) => a.priority - b.priority : (a, b) => a.priority - b.priority || order(a, b));
   failed.sort(livelier);
   drained.sort(livelier);
   const out = first === undefined ? [] : [first];

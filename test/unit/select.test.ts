@@ -7,23 +7,37 @@ import { seededRandom } from "../support/random.ts";
 const table = () => new MemberTable(["a:1", "b:2", "c:3"].map((t) => parseEndpoint(t)), null);
 const names = (ms: readonly { address: string }[]) => ms.map((m) => m.address[0]).join("");
 
+/** A sticky policy over a fresh table of a, b, c, with its key drawn from `seed`; and its ranking with all three usable. */
+function stickyOver(seed: number): { ms: MemberTable; p: ReturnType<typeof createPolicy>; rank: [Member, Member, Member] } {
+  const ms = table();
+  const p = createPolicy("sticky", ms, seededRandom(seed).next);
+  const rank = [...p.candidates()] as [Member, Member, Member];
+  return { ms, p, rank };
+}
+
 describe("sticky", () => {
-  test("sends every connection to the member picked at random at start", () => {
-    for (const [r, first] of [[0, "a"], [0.4, "b"], [0.99, "c"]] as const) {
-      const p = createPolicy("sticky", table(), () => r);
-      for (let i = 0; i < 100; i++) expect(p.candidates()[0]!.address[0]).toBe(first);
+  test("sends every connection to one member, picked at random at start: each of three members by about a third of the gateways", () => {
+    const firsts = new Map<string, number>();
+    for (let seed = 1; seed <= 3000; seed++) {
+      const { p, rank } = stickyOver(seed);
+      for (let i = 0; i < 20; i++) expect(p.candidates()[0]).toBe(rank[0]);
+      firsts.set(rank[0].address, (firsts.get(rank[0].address) ?? 0) + 1);
     }
+    // Binomial(3000, 1/3): 3 standard deviations are 77.
+    expect([...firsts.keys()].sort()).toEqual(["a:1", "b:2", "c:3"]);
+    for (const n of firsts.values()) expect(Math.abs(n - 1000)).toBeLessThan(77);
   });
-  test("lists the other active members after the current one, in list order", () => {
-    expect(names(createPolicy("sticky", table(), () => 0.4).candidates())).toBe("bca");
+  test("lists the other active members after the current one, in its own ranking, the same for every connection", () => {
+    const { p, rank } = stickyOver(7);
+    expect(new Set(rank).size).toBe(3);
+    for (let i = 0; i < 10; i++) expect(p.candidates()).toEqual(rank);
   });
-  test("switches to the next active member when the current one fails, and stays there after it recovers", () => {
-    const ms = table();
-    const p = createPolicy("sticky", ms, () => 0);
-    ms.update(ms.list[0]!, { state: "down" });
-    expect(names(p.candidates())).toBe("bca");
-    ms.update(ms.list[0]!, { state: "up" });
-    expect(names(p.candidates())).toBe("bca");
+  test("switches to its second choice when the current one fails, and its new connections go back to its first choice once that is usable again", () => {
+    const { ms, p, rank } = stickyOver(11);
+    ms.update(rank[0], { state: "down" });
+    expect(p.candidates()).toEqual([rank[1], rank[2], rank[0]]);
+    ms.update(rank[0], { state: "up" });
+    expect(p.candidates()).toEqual(rank);
   });
   test("puts failed members last, the one heard from most recently first", () => {
     const ms = table();
@@ -150,13 +164,12 @@ describe("ordered", () => {
 });
 
 describe("sticky and failed dials", () => {
-  test("moves on after one failed dial even before the member is ejected", () => {
-    const ms = table();
-    const p = createPolicy("sticky", ms, () => 0);
-    ms.update(ms.list[0]!, { failures: 1 });
-    expect(p.candidates()[0]!.address[0]).toBe("b");
-    ms.update(ms.list[0]!, { failures: 0 });
-    expect(p.candidates()[0]!.address[0]).toBe("b");
+  test("moves on after one failed dial even before the member is ejected, and back once a dial to it succeeds", () => {
+    const { ms, p, rank } = stickyOver(3);
+    ms.update(rank[0], { failures: 1 });
+    expect(p.candidates()[0]).toBe(rank[1]);
+    ms.update(rank[0], { failures: 0 });
+    expect(p.candidates()[0]).toBe(rank[0]);
   });
   test("adopts a position decided by the primary process", () => {
     const p = createPolicy("sticky", table(), () => 0);
@@ -191,14 +204,12 @@ describe("a drained member (issue 14, item 4)", () => {
     expect(names(p.candidates())).toBe("acb");
   });
 
-  test("sticky moves off a drained member and does not move back when it is ready again", () => {
-    const ms = table();
-    const p = createPolicy("sticky", ms, () => 0);
-    expect(names(p.candidates())).toBe("abc");
-    ms.update(ms.list[0]!, { drain: "keep-open" });
-    expect(names(p.candidates())).toBe("bca");
-    ms.update(ms.list[0]!, { drain: "off" });
-    expect(names(p.candidates())).toBe("bca");
+  test("sticky moves off a drained member, and its new connections go back when it is ready again (issue 22)", () => {
+    const { ms, p, rank } = stickyOver(5);
+    ms.update(rank[0], { drain: "keep-open" });
+    expect(p.candidates()).toEqual([rank[1], rank[2], rank[0]]);
+    ms.update(rank[0], { drain: "off" });
+    expect(p.candidates()).toEqual(rank);
   });
 });
 
@@ -209,10 +220,10 @@ describe("per-connection cost", () => {
       const p = createPolicy(name, ms, () => 0);
       const first = p.candidates();
       expect(p.candidates()).toBe(first); // built once, not per connection
-      ms.update(ms.list[0]!, { state: "down" });
+      ms.update(first[0]!, { state: "down" });
       const after = p.candidates();
       expect(after).not.toBe(first);
-      expect(names(after)).toBe("bca");
+      expect(after).toEqual([...first.slice(1), first[0]!]);
     }
   });
 });
@@ -274,17 +285,14 @@ describe("a drained member under each policy (issue 20: what README's Draining a
     }
   });
 
-  test("sticky: when its member fails a dial and every usable member has a failed dial behind it, failover skips the drained member next in rotation", () => {
-    const ms = table();
-    const p = createPolicy("sticky", ms, () => 0);
-    const [a, b, c] = ms.list as [Member, Member, Member];
-    expect(p.preferred()).toBe(a);
-    ms.update(b, { drain: "keep-open" });
-    ms.update(c, { failures: 1 });
-    ms.update(a, { failures: 1 });
-    // b is next after a in rotation, but drained: c takes over, failed dial or not.
-    expect(names(p.candidates())).toBe("cab");
-    for (let i = 0; i < 5; i++) expect(p.candidates().indexOf(b)).toBe(2);
+  test("sticky: when its member fails a dial and every usable member has a failed dial behind it, the drained member is still never chosen", () => {
+    const { ms, p, rank } = stickyOver(13);
+    const [x, y, z] = rank;
+    ms.update(y, { drain: "keep-open" });
+    ms.update(z, { failures: 1 });
+    ms.update(x, { failures: 2 });
+    // Fewest failed dials in a row first: z, then x; the drained y last.
+    for (let i = 0; i < 5; i++) expect(p.candidates()).toEqual([z, x, y]);
   });
 
   test("round-robin: after `ready` it is back in the rotation at once, taking every third connection", () => {
@@ -325,35 +333,30 @@ describe("a drained member under each policy (issue 20: what README's Draining a
     for (let i = 0; i < 5; i++) expect(names(p.candidates())).toBe("abc");
   });
 
-  test("sticky: after `ready` it stays where it is, but is usable again: the next failover can land on it", () => {
-    const ms = table();
-    const p = createPolicy("sticky", ms, () => 0);
-    const [a, b, c] = ms.list as [Member, Member, Member];
-    ms.update(a, { drain: "keep-open" });
-    expect(p.preferred()).toBe(b);
-    ms.update(a, { drain: "off" });
-    expect(names(p.candidates())).toBe("bca");
-    // b fails a dial and c is down: the member next in rotation that is usable is a again.
-    ms.update(c, { state: "down" });
-    ms.update(b, { failures: 1 });
-    expect(names(p.candidates())).toBe("abc");
+  test("sticky: after `ready` the gateways that rank it first send their new connections to it again (issue 22)", () => {
+    const { ms, p, rank } = stickyOver(17);
+    ms.update(rank[0], { drain: "keep-open" });
+    expect(p.preferred()).toBe(rank[1]);
+    ms.update(rank[0], { drain: "off" });
+    expect(p.preferred()).toBe(rank[0]);
+    expect(p.candidates()).toEqual(rank);
   });
 });
 
 test("sticky: with every usable member behind a failed dial, reading the choice does not move it (found in issue 20's test pass)", () => {
   // preferred() is called on every health check (is the member in use?): before, each read moved
   // sticky's choice on, so connections alternated between members until a dial succeeded.
-  const ms = table();
-  const p = createPolicy("sticky", ms, () => 0);
-  const [a, b, c] = ms.list as [Member, Member, Member];
-  expect(p.preferred()).toBe(a);
-  ms.update(c, { state: "down" });
-  ms.update(b, { failures: 1 });
-  ms.update(a, { failures: 1 }); // a's dial failed: sticky moves on, to b
-  expect(Array.from({ length: 6 }, () => p.preferred()!.address)).toEqual(Array(6).fill("b:2"));
-  expect(Array.from({ length: 6 }, () => names(p.candidates())[0])).toEqual(Array(6).fill("b"));
-  ms.update(b, { failures: 2 }); // b fails again: still the one sticky moved to, until another proves itself
-  expect(p.preferred()).toBe(b);
-  ms.update(a, { failures: 0 }); // a succeeded meanwhile (another connection): the next failover target
-  expect(p.preferred()).toBe(a);
+  const { ms, p, rank } = stickyOver(19);
+  const [x, y, z] = rank;
+  ms.update(z, { state: "down" });
+  ms.update(y, { failures: 1 });
+  ms.update(x, { failures: 1 }); // x's dial failed too: both usable members have one failure behind them
+  const held = p.preferred();
+  expect(Array.from({ length: 6 }, () => p.preferred())).toEqual(Array(6).fill(held));
+  expect(Array.from({ length: 6 }, () => p.candidates()[0])).toEqual(Array(6).fill(held));
+  const other = held === x ? y : x;
+  ms.update(held!, { failures: 2 }); // it fails again: the other one, with fewer failures, takes over
+  expect(p.preferred()).toBe(other);
+  ms.update(x, { failures: 0 }); // x succeeded meanwhile (another connection): first choice again
+  expect(p.preferred()).toBe(x);
 });
