@@ -18,7 +18,8 @@
  *   no_traffic_interval), on a new connection each time: no idle connection is held on the member;
  * - a down or ejected member is checked at `--health-interval` doubling after each failure up to
  *   `--health-spare-interval` (HAProxy's downinter): checks back off, never speed up, when the
- *   cluster is sick.
+ *   cluster is sick; for a member that does not answer at all (asking it costs the cluster nothing)
+ *   up to 5 × `--health-interval`, so a fleet sees it back within seconds.
  * Every wait is jittered ±10 % and the first check of a member falls anywhere in the first
  * interval, so a fleet restarted at once does not check in step.
  *
@@ -114,8 +115,23 @@ const FIRST_CHECK_SPREAD_MS = 10_000;
 /** Between the checks that confirm or clear a stall suspicion: --health-fall of them, overlapping. */
 export const CONFIRM_SPACING_MS = 150;
 
-/** A down member's wait: the interval doubling with each failure beyond --health-fall, up to the spare interval. */
-const backoffMs = (s: HealthSettings, failStreak: number) => Math.min(s.intervalMs * 2 ** Math.max(failStreak - s.fall, 0), Math.max(s.spareIntervalMs, s.intervalMs));
+/**
+ * The longest wait between checks of a down member that does not answer at all (refused, timed
+ * out), in --health-interval: asking a dead address costs the cluster nothing, and every gateway of a
+ * fleet then sees the member back within this many intervals (and --health-rise more), so that new
+ * connections spread over it again (issue 22; README, "Selection and failover").
+ */
+export const SILENT_BACKOFF_INTERVALS = 5;
+
+/**
+ * A down member's wait: the interval doubling with each failure beyond --health-fall, up to the
+ * spare interval for a member that answers (an unhealthy member costs the cluster each check), and
+ * to SILENT_BACKOFF_INTERVALS intervals for one that does not.
+ */
+function backoffMs(s: HealthSettings, failStreak: number, silent: boolean): number {
+  const cap = Math.max(s.spareIntervalMs, s.intervalMs);
+  return Math.min(s.intervalMs * 2 ** Math.max(failStreak - s.fall, 0), silent ? Math.min(cap, SILENT_BACKOFF_INTERVALS * s.intervalMs) : cap);
+}
 
 export class Health {
   readonly #tracks = new Map<Member, Track>();
@@ -325,7 +341,7 @@ export class Health {
    * --health-spare-interval.
    */
   private nextIn(m: Member, t: Track, s: HealthSettings): number {
-    if (m.state !== "up") return t.okStreak > 0 ? s.intervalMs : backoffMs(s, t.failStreak);
+    if (m.state !== "up") return t.okStreak > 0 ? s.intervalMs : backoffMs(s, t.failStreak, m.alive === false);
     if (t.failStreak > 0 || m.failures > 0) return s.intervalMs;
     return this.inUse(m) ? s.intervalMs : Math.max(s.spareIntervalMs, s.intervalMs);
   }

@@ -100,6 +100,20 @@ describe("active checks: rise and fall are counted exactly", () => {
     expect(f.delays).toEqual([1000, 2000, 2000, 2000, 2000, 4000, 8000, 16_000, 32_000, 60_000, 60_000, 60_000]);
   });
 
+  test("a down member that does not answer at all backs off only to 5 × --health-interval, so a fleet sees it back within seconds (issue 22)", async () => {
+    const REFUSED: CheckResult = { ok: false, reason: "dial tcp 127.0.0.1:2379: connect: connection refused", alive: false };
+    const f = fakeWorld([OK, ...Array<CheckResult>(10).fill(REFUSED), OK, OK]);
+    const { health, member } = setup({ intervalMs: 2000, spareIntervalMs: 60_000 }, f.world);
+    health.start();
+    for (let i = 0; i < 11; i++) await f.step();
+    expect(member.state).toBe("down");
+    expect(f.delays).toEqual([1000, 2000, 2000, 2000, 2000, 4000, 8000, 10_000, 10_000, 10_000, 10_000, 10_000]);
+    // It answers again: up after --health-rise (2) passing checks, the second one interval later.
+    await f.step();
+    await f.step();
+    expect(member.state).toBe("up");
+  });
+
   test("the member in use gets a cheap liveness check on a kept-alive connection, and a full check every --health-status-interval", async () => {
     const f = fakeWorld();
     const { health } = setup({ intervalMs: 2000, statusIntervalMs: 10_000 }, f.world);
