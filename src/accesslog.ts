@@ -44,6 +44,7 @@ import { fileErrorText } from "./neterror.ts";
  * - `member-down`: reset by `--close-on-member-down`.
  * - `drain-idle`: its member was drained with close-idle and no byte moved either way for a second.
  * - `drained`: still open when `--drain-timeout` ran out.
+ * - `rebalanced`: closed cleanly (a FIN each way) at a quiet moment to move it where new connections go (`--rebalance-interval`).
  * - `shut-down`: reset by a second SIGTERM/SIGINT.
  */
 export type TerminationCode =
@@ -60,6 +61,7 @@ export type TerminationCode =
   | "member-down"
   | "drain-idle"
   | "drained"
+  | "rebalanced"
   | "shut-down";
 
 export interface AccessRecord {

@@ -48,6 +48,8 @@ export function addHistogram(into: HistogramData, from: HistogramData): void {
 /** One member's data-path counters as they survive JSON (a worker's share, sent to the primary). */
 export interface MemberCounts {
   connectionsTotal: number;
+  /** Open connections closed to move them elsewhere (--rebalance-interval). */
+  rebalanced: number;
   bytesToMember: number;
   bytesFromMember: number;
   lastConnectedAt: number;
@@ -60,6 +62,7 @@ export interface MemberCounts {
 /** One member's data-path counters in this process. */
 export class MemberStats implements MemberCounts {
   connectionsTotal = 0;
+  rebalanced = 0;
   bytesToMember = 0;
   bytesFromMember = 0;
   /** `performance.now()` of the last connection established to the member, 0 if none yet. */

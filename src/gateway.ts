@@ -204,6 +204,7 @@ export async function startGateway(settings: Settings, log: Logger, role: Gatewa
   const proxy = listen(settings, role, {
     settings: () => store.current,
     policy: () => gw!.policy,
+    members: () => members.list,
     reports: role.reports?.(members) ?? health!,
     accessLog,
     log,

@@ -160,6 +160,7 @@ export function mergeStats(own: ProcessStats, others: readonly ProcessStats[]): 
       const a = m.stats;
       const b = om.stats;
       a.connectionsTotal += b.connectionsTotal;
+      a.rebalanced += b.rebalanced;
       a.bytesToMember += b.bytesToMember;
       a.bytesFromMember += b.bytesFromMember;
       for (const r of FAILURE_REASONS) a.failures[r] += b.failures[r];
@@ -237,6 +238,7 @@ function renderMembers(x: Exposition, ms: readonly MemberView[], shares: readonl
   x.metric("etcd_gateway_member_state", "gauge", "1 for the member's current state (up, down, ejected; removed: out of the endpoint set, connections still open).", ms.flatMap((m) => (["up", "down", "ejected", "removed"] as const).map((st) => [ep(m, `,state="${st}"`), m.state === st ? 1 : 0] as const)));
   x.metric("etcd_gateway_member_connections", "gauge", "Proxied connections open to the member (dials in flight included).", ms.map((m) => [ep(m), c(m).connections]));
   x.metric("etcd_gateway_member_connections_total", "counter", "Proxied connections established to the member.", ms.map((m) => [ep(m), c(m).stats.connectionsTotal]));
+  x.metric("etcd_gateway_member_rebalanced_connections_total", "counter", "Open connections to the member closed to move them where new connections go (--rebalance-interval).", ms.map((m) => [ep(m), c(m).stats.rebalanced]));
   x.metric("etcd_gateway_member_connect_failures_total", "counter", "Failed dials to the member by reason (refused, timeout, reset right after connect, tls, other).", ms.flatMap((m) => FAILURE_REASONS.map((r) => [ep(m, `,reason="${r}"`), c(m).stats.failures[r]] as const)));
   x.metric("etcd_gateway_member_sent_bytes_total", "counter", "Bytes forwarded from clients to the member.", ms.map((m) => [ep(m), c(m).stats.bytesToMember]));
   x.metric("etcd_gateway_member_received_bytes_total", "counter", "Bytes forwarded from the member to clients.", ms.map((m) => [ep(m), c(m).stats.bytesFromMember]));

@@ -24,7 +24,8 @@ import { tlsReason } from "../tls.ts";
 import { Conn, fdOf, type ConnHost, type UpstreamLeg } from "./conn.ts";
 import { Dialer, type Connect, type DialerHost, type DialReports } from "./dialer.ts";
 import { Listeners } from "./listeners.ts";
-import { pipeHandlers, type Leg } from "./pipe.ts";
+import { forwardFin, pipeHandlers, type Leg } from "./pipe.ts";
+import { Rebalancer, type RebalanceHost } from "./rebalance.ts";
 import { Stalls } from "./stall.ts";
 import { Suspicions, type SuspectHost } from "./suspect.ts";
 import { Sweep, type SweepHost } from "./sweep.ts";
@@ -38,6 +39,8 @@ export interface ProxyOptions {
   /** The settings in force; read per connection, so a reload applies to new connections. */
   readonly settings: () => Settings;
   readonly policy: () => Policy;
+  /** The members in order (the member table's list). */
+  readonly members: () => readonly Member[];
   readonly reports: DialReports;
   /** `--access-log`, or null (off: nothing is formatted). */
   readonly accessLog: AccessLog | null;
@@ -53,12 +56,13 @@ export const DRAIN_IDLE_MS = 1000;
 const TLS_LISTEN_FLAGS: readonly StartFlag[] = ["listen-cert", "listen-key", "listen-client-ca"];
 // (--listen-handshake-timeout and the rest are read per connection.)
 
-export class Proxy implements ConnHost, DialerHost, SweepHost, SuspectHost {
+export class Proxy implements ConnHost, DialerHost, SweepHost, SuspectHost, RebalanceHost {
   readonly stats = new ListenerStats();
   readonly #conns = new Set<Conn>();
   readonly #sweep: Sweep;
   readonly #stalls = new Stalls();
   readonly #suspicions = new Suspicions(this);
+  readonly #rebalancer: Rebalancer;
   readonly #dialer: Dialer;
   readonly #listeners: Listeners;
   #idleWaiters: (() => void)[] = [];
@@ -88,6 +92,7 @@ export class Proxy implements ConnHost, DialerHost, SweepHost, SuspectHost {
     );
     this.#listeners.keepClientsAlive(this.keepAliveMs);
     this.#fdCap = connectionCap(openFilesLimit(), openFds());
+    this.#rebalancer = new Rebalancer(this);
   }
 
   /** What the open-files limit allows (see connectionCap). */
@@ -327,6 +332,49 @@ export class Proxy implements ConnHost, DialerHost, SweepHost, SuspectHost {
       this.#listeners.resumeBelowLimit(this.#conns.size);
     }
     if (applied.includes("keepalive-time")) this.#listeners.keepClientsAlive(this.keepAliveMs);
+    if (applied.includes("rebalance-interval")) this.#rebalancer.settingsChanged();
+  }
+
+  // --- moving open connections (RebalanceHost; src/datapath/rebalance.ts) ---
+
+  get rebalanceMs(): number {
+    return this.opts.settings().flags["rebalance-interval"];
+  }
+  members(): readonly Member[] {
+    return this.opts.members();
+  }
+  preferred(): Member | undefined {
+    return this.opts.policy().preferred();
+  }
+  conns(): Iterable<Conn> {
+    return this.#conns;
+  }
+  now(): number {
+    return performance.now();
+  }
+  random(): number {
+    return Math.random();
+  }
+  /**
+   * Nothing waits in the gateway or the kernel either way, neither side has begun to close, and
+   * the client is not waiting on the member (src/datapath/suspect.ts's count stays below 2: a
+   * window update or ping acknowledgement alone does not count).
+   */
+  quiet(conn: Conn): boolean {
+    const up = conn.up;
+    const c = conn.client;
+    if (up === null || up.sock === null || c.sock === null || conn.unanswered >= 2) return false;
+    if (c.out !== null || up.out !== null || c.readDone || up.readDone || c.writeDone || up.writeDone) return false;
+    return queuedOf(conn, up) === 0;
+  }
+  /** A FIN to each side: the client reconnects through the policy; the member closes its end. */
+  move(conn: Conn, to: Member | undefined): void {
+    const up = conn.up!;
+    conn.termination ??= "rebalanced";
+    up.member.stats.rebalanced++;
+    this.opts.log.info("moved an open connection to rebalance", { from: up.member.address, to: to?.address ?? "any" });
+    forwardFin(conn.client);
+    forwardFin(up);
   }
 
   // --- passive stall evidence (SuspectHost; src/datapath/suspect.ts) ---
@@ -347,6 +395,7 @@ export class Proxy implements ConnHost, DialerHost, SweepHost, SuspectHost {
   /** Stops accepting; open connections carry on. */
   stopAccepting(): void {
     this.#suspicions.stop();
+    this.#rebalancer.stop();
     this.#sweep.stopIdle();
     this.#listeners.stop();
   }

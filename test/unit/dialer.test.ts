@@ -35,6 +35,7 @@ function proxyFor(ports: number[], opts: { connect?: Connect; flags?: Record<str
   const records: AccessRecord[] = [];
   const policy = createPolicy("ordered", table);
   const proxy = new Proxy({
+    members: () => table.list,
     addresses: [{ kind: "tcp", tcp: { host: "127.0.0.1", port: 0, address: "127.0.0.1:0" }, address: "127.0.0.1:0" }],
     reusePort: false,
     exclusive: false,

@@ -171,6 +171,7 @@ function proxyFor(port: number, suspects: { member: number; ms: number }[]) {
   const reports: DialReports = { dialFailed() {}, dialSucceeded() {}, stallSuspected: (m, ms) => void suspects.push({ member: m.endpoint.port, ms }) };
   const policy = createPolicy("ordered", table);
   const proxy = new Proxy({
+    members: () => table.list,
     addresses: [{ kind: "tcp", tcp: { host: "127.0.0.1", port: 0, address: "127.0.0.1:0" }, address: "127.0.0.1:0" }],
     reusePort: false,
     exclusive: false,
