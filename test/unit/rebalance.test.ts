@@ -41,7 +41,7 @@ describe("planMove", () => {
     const cs = [conn(a), conn(b), conn(c), conn(b)];
     const plan = planMove(ms.list, a, cs, () => true);
     expect(plan?.to).toBe(a);
-    expect(plan?.from).toEqual([cs[1], cs[3], cs[2]]);
+    expect(plan?.from).toEqual([cs[1]!, cs[3]!, cs[2]!]);
   });
   test("sticky: nothing moves while the preferred member is not settled, or when all are on it already", () => {
     const ms = table();
