@@ -444,8 +444,10 @@ export class Health {
       t.failStreak = 0;
       t.okStreak++;
       if (!t.checkUp && t.okStreak >= s.rise) t.checkUp = true;
-      if (t.checkUp && t.ejected) {
-        // A passing check re-admits a member that failed dials (it may have restarted meanwhile).
+      if (t.checkUp && (t.ejected || m.failures > 0)) {
+        // A passing check re-admits a member that failed dials (it may have restarted meanwhile),
+        // ejected or not yet: a check connected to it, and a failed dial left counted would keep
+        // it out of sticky's choice and on the undecided schedule for good (issue 22).
         t.ejected = false;
         failures = 0;
       }

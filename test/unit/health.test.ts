@@ -323,6 +323,23 @@ describe("undecided members are checked every --health-interval, whatever their 
     expect(m.state).toBe("down");
   });
 
+  test("a passing check clears failed dials below --health-fall: the member is sticky's again and back on the spare schedule (issue 22)", async () => {
+    // Found by bench:fleet --balance: after a full outage, members with one or two failed dials
+    // from clients' fail-open attempts kept them after returning, so sticky never chose them and
+    // every gateway checked them fully every 2 s for good.
+    const h = members(1, { intervalMs: 2000, spareIntervalMs: 60_000, fall: 3 }, () => OK);
+    const m = h.table.list[0]!;
+    h.health.start();
+    await h.f.step();
+    h.health.dialFailed(m, "dial tcp 127.0.0.1:2379: connect: connection refused");
+    h.health.dialFailed(m, "dial tcp 127.0.0.1:2379: connect: connection refused");
+    expect([m.state, m.failures]).toEqual(["up", 2]);
+    await h.f.step(); // brought forward by the failed dial: at --health-interval
+    expect([m.state, m.failures]).toEqual(["up", 0]);
+    await h.f.step();
+    expect(h.f.delays).toEqual([1000, 60_000, 2000, 60_000, 60_000]);
+  });
+
   test("a spare whose check failed once is checked again at --health-interval, and back on the spare schedule once a check passes", async () => {
     const script = [OK, BAD, OK, OK];
     const h = members(1, { intervalMs: 2000, spareIntervalMs: 60_000 }, () => script.shift() ?? OK);
