@@ -1,7 +1,9 @@
 /**
  * The Markdown document the fleet benchmark writes (docs/fleet.md for the recorded run): a summary
  * in words, the machine, one table per scenario, requests by kind, memory, discovery, every window
- * as measured, the method behind every number, and the fleets' commands.
+ * as measured, the method behind every number, and the fleets' commands. The section of the balance
+ * mode (`--balance`, scripts/bench/fleet-balance-report.ts), between its markers, is kept when the
+ * document is written again, and replaced in place by a new balance run.
  *
  * @module
  */
@@ -101,8 +103,31 @@ function commands(r: FleetRecord): string[] {
   return ["## Fleets", "", "One gateway's command (`<port>` is its own port, `<m0>,<m1>,<m2>` the members' client addresses):", "", ...r.fleets.map(line), ""];
 }
 
-/** The whole document. */
-export function fleetMarkdown(r: FleetRecord): string {
+export const BALANCE_START = "<!-- balance:start -->";
+export const BALANCE_END = "<!-- balance:end -->";
+
+/** The balance section of `doc`, markers included, or null when it has none. */
+export function balanceSectionOf(doc: string): string | null {
+  const a = doc.indexOf(BALANCE_START);
+  const b = doc.indexOf(BALANCE_END, a);
+  return a < 0 || b < 0 ? null : doc.slice(a, b + BALANCE_END.length);
+}
+
+/** `doc` with its balance section replaced by `section`, or `section` added at the end when it has none. */
+export function spliceBalance(doc: string, section: string): string {
+  const old = balanceSectionOf(doc);
+  if (old !== null) return doc.replace(old, () => section);
+  return `${doc.trimEnd()}\n\n${section}\n`;
+}
+
+/** The whole document; the balance section of `previous` (the document it replaces), if any, is kept at the end. */
+export function fleetMarkdown(r: FleetRecord, previous: string | null = null): string {
+  const kept = previous === null ? null : balanceSectionOf(previous);
+  const doc = fleetCostMarkdown(r);
+  return kept === null ? doc : spliceBalance(doc, kept);
+}
+
+function fleetCostMarkdown(r: FleetRecord): string {
   return [
     "# What a fleet of gateways costs the etcd cluster",
     "",

@@ -88,6 +88,8 @@ export const OURS_SRV: FleetDef = {
 export interface RunningFleet {
   def: FleetDef;
   gateways: Child[];
+  /** Each gateway's listen port on 127.0.0.1, by the index of `gateways` (a gateway started again has its new port). */
+  ports: number[];
   /** Seconds from the first start until every gateway listened. */
   startSeconds: number;
   /** Gateways that exited and were started again on a new port. */
@@ -121,6 +123,7 @@ export async function startFleet(def: FleetDef, n: number, rate: number, t: Flee
   const fleet: RunningFleet = {
     def,
     gateways,
+    ports,
     startSeconds: 0,
     restarts: 0,
     pids: () => gateways.map((g) => g.pid),

@@ -89,7 +89,7 @@ export interface WindowResult {
 }
 
 /** One member's /metrics, or null when it does not answer within 2 s. */
-async function scrape(port: number): Promise<MemberCounters | null> {
+export async function scrape(port: number): Promise<MemberCounters | null> {
   try {
     const res = await fetch(`http://127.0.0.1:${port}/metrics`, { signal: AbortSignal.timeout(2000), headers: { connection: "close" } });
     if (!res.ok) return null;

@@ -5,10 +5,12 @@
  * cluster, after a baseline without gateways; in each scenario (steady, a member down, a leader
  * change) one window measures the members' CPU, requests and new connections, memory, and a
  * client's latency. Writes bench-results/fleet.md (or `--doc`) and bench-results/fleet.json.
+ * `--balance` runs the balance mode instead (scripts/bench/fleet-balance.ts): fleets carrying
+ * clients through member faults, and how their connections spread over the members.
  *
  * @module
  */
-import { mkdirSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { dirname, relative, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { startCluster, type Cluster } from "../../test/support/cluster.ts";
@@ -26,6 +28,7 @@ import { fmt } from "./report.ts";
 import { describeMachine } from "./tools.ts";
 
 const USAGE = `Usage: bun scripts/bench/fleet.ts [options]
+       bun scripts/bench/fleet.ts --balance [options]   (balance after faults; --balance --help lists its options)
   --quick                 CI smoke run: 10 gateways, 3 s windows, steady state only
   --size <n>              gateways per fleet (default 150, --quick 10)
   --window <s>            seconds per measurement window (default 20, --quick 3)
@@ -198,7 +201,9 @@ async function main(): Promise<void> {
   }
   const command = `bun scripts/bench/fleet.ts${process.argv.length > 2 ? ` ${process.argv.slice(2).map((a) => (/\s/.test(a) ? JSON.stringify(a) : a)).join(" ")}` : ""}`;
   const record: FleetRecord = { startedAt, elapsedS: (performance.now() - t0) / 1000, command, plan, machine, notes, fleets };
-  for (const [path, text] of [[args.json, `${JSON.stringify(fleetJson(record), null, 2)}\n`], [args.doc, fleetMarkdown(record)]] as const) {
+  const docPath = resolve(ROOT, args.doc);
+  const previous = existsSync(docPath) ? readFileSync(docPath, "utf8") : null;
+  for (const [path, text] of [[args.json, `${JSON.stringify(fleetJson(record), null, 2)}\n`], [args.doc, fleetMarkdown(record, previous)]] as const) {
     mkdirSync(dirname(resolve(ROOT, path)), { recursive: true });
     writeFileSync(resolve(ROOT, path), text);
   }
@@ -208,7 +213,9 @@ async function main(): Promise<void> {
 }
 
 try {
-  await main();
+  const argv = process.argv.slice(2);
+  if (argv.includes("--balance")) await (await import("./fleet-balance.ts")).balanceMain(argv.filter((a) => a !== "--balance"));
+  else await main();
   process.exit(0);
 } catch (e) {
   process.stderr.write(`bench:fleet: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}\n`);
