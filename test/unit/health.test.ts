@@ -51,7 +51,7 @@ function fakeWorld(checks: CheckResult[] = [], probes: (string | null)[] = []) {
     next[1].fn();
     await new Promise((r) => setImmediate(r));
   };
-  return { world, step, delays, calls, plans, now: () => now, pending: () => timers.size };
+  return { world, step, delays, calls, plans, now: () => now, pending: () => timers.size, advance: (ms: number) => void (now += ms) };
 }
 
 function setup(overrides: Partial<HealthSettings>, world: HealthWorld, inUse: () => boolean = () => true) {
@@ -241,10 +241,20 @@ describe("verify", () => {
     const f = fakeWorld([OK, BAD]);
     const { health, member } = setup({ fall: 1 }, f.world, () => false);
     expect(await health.verify(member)).toBe(true);
+    f.advance(10_000); // --health-status-interval later
     expect(await health.verify(member)).toBe(false);
     expect(member.state).toBe("down");
     expect(f.plans.map((p) => [p.depth, p.keepAlive])).toEqual([["full", false], ["full", false]]);
     expect(f.pending()).toBe(0); // nothing was scheduled by it
+  });
+
+  test("trusts a full check that passed within --health-status-interval instead of checking again (issue 22: a fleet moving off a failed member checked the member it moved to all at once)", async () => {
+    const f = fakeWorld([OK, BAD]);
+    const { health, member } = setup({ fall: 1 }, f.world, () => false);
+    expect(await health.verify(member)).toBe(true);
+    f.advance(9_999);
+    expect(await health.verify(member)).toBe(true);
+    expect(f.calls.checks).toBe(1);
   });
 });
 
@@ -347,6 +357,16 @@ describe("undecided members are checked every --health-interval, whatever their 
     for (let i = 0; i < 4; i++) await h.f.step();
     // 1 s first check, 61 s (spare), failed: 63 s, passed: 123 s
     expect(h.f.delays).toEqual([1000, 60_000, 2000, 60_000, 60_000]);
+  });
+
+  test("a returning member's full check is confirmed by liveness checks (--health-rise), not more full ones (issue 22)", async () => {
+    const script = [BAD, OK, OK, OK];
+    const h = members(1, { intervalMs: 2000, spareIntervalMs: 60_000, rise: 3, fall: 3 }, () => script.shift() ?? OK);
+    const m = h.table.list[0]!;
+    h.health.start();
+    for (let i = 0; i < 4; i++) await h.f.step();
+    expect(m.state).toBe("up");
+    expect(h.f.plans.map((p) => p.depth)).toEqual(["full", "full", "liveness", "liveness"]);
   });
 
   test("a down member whose check passed is checked at --health-interval until --health-rise decides; a down member that keeps failing backs off", async () => {
