@@ -15,7 +15,7 @@ import { systemDnsServer } from "./discovery/dns.ts";
 import { Refresher } from "./discovery/refresh.ts";
 import { discoverSrv, type SrvOptions } from "./discovery/srv.ts";
 import { ConfigError } from "./flags.ts";
-import { Health } from "./health/monitor.ts";
+import { Health, realWorld } from "./health/monitor.ts";
 import { errorText, type Logger } from "./log.ts";
 import { MemberTable, type Member } from "./members.ts";
 import { createPolicy, type Policy } from "./select.ts";
@@ -198,7 +198,11 @@ export async function startGateway(settings: Settings, log: Logger, role: Gatewa
   const members = new MemberTable(endpoints, primary ? log : null);
   let gw: Gateway | undefined;
   const inUse = (m: Member) => m.connections > 0 || gw?.policy.preferred() === m;
-  const health = primary ? new Health(members, () => store.current.health, log, inUse) : null;
+  const chosen = (m: Member) => {
+    const p = gw?.policy.preferred();
+    return p === undefined ? inUse(m) : p === m;
+  };
+  const health = primary ? new Health(members, () => store.current.health, log, inUse, realWorld, chosen) : null;
   const accessLog = openLog(settings, log);
   const discoveryStats: DiscoveryStats = { refreshes: 0, failures: 0, lastGoodAt: srv !== null ? Date.now() : 0 };
   const proxy = listen(settings, role, {

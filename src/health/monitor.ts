@@ -12,8 +12,9 @@
  * spent where they matter (README, "What health checks cost the cluster"):
  * - the member in use (carrying this gateway's clients, or the one its policy sends the next client
  *   to) gets a cheap liveness check every `--health-interval` on a kept-alive connection, and a full
- *   check (leader, learner, alarm) every `--health-status-interval`; once a full check fails, every
- *   check is full until one passes;
+ *   check (leader, learner, alarm) every `--health-status-interval` (every
+ *   `--health-spare-interval` for a member that only still carries connections a fault left on
+ *   it); once a full check fails, every check is full until one passes;
  * - a spare (up, no clients) gets a full check every `--health-spare-interval` (Envoy's
  *   no_traffic_interval), on a new connection each time: no idle connection is held on the member;
  * - a down or ejected member is checked at `--health-interval` doubling after each failure up to
@@ -146,6 +147,13 @@ export class Health {
     /** Whether the member carries clients now (or is the one the policy sends the next client to). */
     private readonly inUse: (m: Member) => boolean,
     private readonly world: HealthWorld = realWorld,
+    /**
+     * Whether new connections go to the member (sticky's or ordered's choice; under round-robin and
+     * least-connections, every member in use): it gets a full check every --health-status-interval.
+     * A member in use only through open connections left on it after a fault gets its liveness
+     * checks as often, and a full one every --health-spare-interval. @default inUse
+     */
+    private readonly chosen: (m: Member) => boolean = inUse,
   ) {
     this.cluster = new ClusterView(log, settings().clusterId, () => table.list.length);
   }
@@ -338,7 +346,8 @@ export class Health {
   private plan(m: Member, t: Track, s: HealthSettings): CheckOptions {
     const inUse = t.checked && m.state === "up" && this.inUse(m);
     const rising = m.state !== "up" && t.okStreak > 0 && !t.fullFailing;
-    const full = !rising && (!inUse || t.fullFailing || this.world.now() - t.lastFullAt >= s.statusIntervalMs);
+    const fullEvery = this.chosen(m) ? s.statusIntervalMs : Math.max(s.spareIntervalMs, s.statusIntervalMs);
+    const full = !rising && (!inUse || t.fullFailing || this.world.now() - t.lastFullAt >= fullEvery);
     const depth: CheckDepth = full ? "full" : "liveness";
     return { depth, timeoutMs: s.timeoutMs, tls: s.tls, keepAlive: inUse };
   }

@@ -124,6 +124,20 @@ describe("active checks: rise and fall are counted exactly", () => {
     expect(f.plans.slice(1).every((p) => p.keepAlive)).toBe(true);
   });
 
+  test("a member in use only through open connections a fault left on it (new ones go elsewhere) gets liveness checks, and a full one every --health-spare-interval (issue 22)", async () => {
+    const f = fakeWorld();
+    const lines: Record<string, unknown>[] = [];
+    const log = createLogger({ write: (l) => void lines.push(JSON.parse(l)) });
+    const table = new MemberTable([parseEndpoint("127.0.0.1:2379")], log);
+    const settings: HealthSettings = { check: "etcd", intervalMs: 2000, statusIntervalMs: 10_000, spareIntervalMs: 60_000, timeoutMs: 1000, rise: 2, fall: 3, retryDelayMs: 60_000, connectTimeoutMs: 1000, tls: null, clusterId: null };
+    const health = new Health(table, () => settings, log, () => true, f.world, () => false);
+    health.start();
+    for (let i = 0; i < 33; i++) await f.step();
+    // at 1 s (the first check: full), then every 2 s; full again only 60 s after the first
+    const fulls = f.plans.map((p, i) => (p.depth === "full" ? i : -1)).filter((i) => i >= 0);
+    expect(fulls).toEqual([0, 30]);
+  });
+
   test("once a full check fails, every check of the member in use is full until one passes", async () => {
     const f = fakeWorld([OK, OK, OK, OK, OK, BAD, BAD, OK, OK]);
     const { health } = setup({ intervalMs: 2000, statusIntervalMs: 10_000 }, f.world);
