@@ -310,7 +310,29 @@ export class Health {
     const state: MemberState = !t.checkUp ? "down" : t.ejected ? "ejected" : "up";
     const s = this.settings();
     const interval = formatDuration(this.active ? s.intervalMs : retryMs(s));
+    const wasUp = m.up;
     this.table.update(m, { ...more, state, reason, failures, interval });
+    if (!wasUp && m.up && this.active) this.recovering(m);
+  }
+
+  /**
+   * `back` came up: the cluster may have its quorum again (a full outage ending, members returning
+   * a few seconds apart). Down members that answered unhealthy ("no leader") back off to
+   * --health-spare-interval; their next check comes within SILENT_BACKOFF_INTERVALS intervals, at
+   * a random point of that window, so a fleet sees them back within the silent members' bound
+   * without checking them all at once (issue 22).
+   */
+  private recovering(back: Member): void {
+    const s = this.settings();
+    const window = SILENT_BACKOFF_INTERVALS * s.intervalMs;
+    const now = this.world.now();
+    for (const m of this.table.list) {
+      const t = this.#tracks.get(m);
+      if (m === back || m.up || m.alive !== true || t === undefined || t.cancel === null || t.probing || t.dueAt - now <= window) continue;
+      t.cancel();
+      t.cancel = null;
+      this.schedule(m, this.world.random() * window, () => this.check(m));
+    }
   }
 
   /** Runs `fn` after `ms` unless something is already scheduled for `m`; `probing` is set while it runs. */

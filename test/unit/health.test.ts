@@ -51,7 +51,7 @@ function fakeWorld(checks: CheckResult[] = [], probes: (string | null)[] = []) {
     next[1].fn();
     await new Promise((r) => setImmediate(r));
   };
-  return { world, step, delays, calls, plans, now: () => now, pending: () => timers.size, advance: (ms: number) => void (now += ms) };
+  return { world, step, delays, calls, plans, now: () => now, pending: () => timers.size, advance: (ms: number) => void (now += ms), dueTimes: () => [...timers.values()].map((t) => t.at) };
 }
 
 function setup(overrides: Partial<HealthSettings>, world: HealthWorld, inUse: () => boolean = () => true) {
@@ -371,6 +371,23 @@ describe("undecided members are checked every --health-interval, whatever their 
     for (let i = 0; i < 4; i++) await h.f.step();
     // 1 s first check, 61 s (spare), failed: 63 s, passed: 123 s
     expect(h.f.delays).toEqual([1000, 60_000, 2000, 60_000, 60_000]);
+  });
+
+  test("when a member comes up, a down member that answered unhealthy (no leader) is checked again within 5 x --health-interval, not after its backoff (issue 22: an outage ending)", async () => {
+    const NO_LEADER: CheckResult = { ok: false, reason: "no leader", alive: true };
+    let aBack = false;
+    const h = members(2, { intervalMs: 2000, spareIntervalMs: 60_000, rise: 1, fall: 1 }, (i) => (i === 0 ? (aBack ? OK : { ok: false, reason: "connection refused", alive: false }) : NO_LEADER));
+    const [a, b] = h.table.list as [Member, Member];
+    h.health.start();
+    // Both down; b answers "no leader" and backs off towards 60 s.
+    while (h.f.now() < 120_000) await h.f.step();
+    expect([a.state, b.state]).toEqual(["down", "down"]);
+    aBack = true;
+    while (a.state !== "up") await h.f.step();
+    const upAt = h.f.now();
+    const next = Math.min(...h.f.dueTimes().filter((t) => t > upAt));
+    expect(next - upAt).toBeLessThanOrEqual(10_000);
+    expect(b.alive).toBe(true);
   });
 
   test("a returning member's full check is confirmed by liveness checks (--health-rise), not more full ones (issue 22)", async () => {
