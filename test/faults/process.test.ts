@@ -88,7 +88,9 @@ describe("file descriptor exhaustion", () => {
       s.on("error", () => {});
       s.write("GET /healthz HTTP/1.1\r\n");
       partial.push(s);
-      await waitFor("the admin connection accepted", () => fdCount(gw.proc.pid) > before, 2000, 5);
+      // Not an error when the count does not grow: a descriptor of the warm-up closing late can
+      // hide the accept (seen once in CI); the loop then adds one more until the count is right.
+      await waitFor("the admin connection accepted", () => fdCount(gw.proc.pid) > before, 2000, 5).catch(() => {});
     }
     expect(fdCount(gw.proc.pid)).toBe(LIMIT - 1);
     // More clients than --health-fall (3): each is accepted, its dial finds no descriptor, it is reset.
