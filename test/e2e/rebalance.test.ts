@@ -7,6 +7,7 @@
  * without a lease lost. Without the flag they stay where they are (the default).
  */
 import { afterAll, afterEach, describe, expect, test } from "bun:test";
+import type { Socket } from "node:net";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -14,7 +15,8 @@ import { Etcd3 } from "etcd3";
 import type { Cluster } from "../support/cluster.ts";
 import { memberBehind, useSharedCluster, viaGateway } from "../support/etcd.ts";
 import { runBinary, startGatewayProcess, stopAllGateways, type GatewayProcess } from "../support/gateway.ts";
-import { sleep, waitFor } from "../support/net.ts";
+import { freePort, sleep, waitFor } from "../support/net.ts";
+import { closeServer, dial, echoOnPort, roundTrip } from "../support/peers.ts";
 import { track, which } from "../support/process.ts";
 
 const shared = useSharedCluster();
@@ -181,3 +183,64 @@ describe("--rebalance-interval moves open connections to where new ones go (issu
     expect(moves).toBe(0);
   }, 60_000);
 });
+
+describe("--rebalance-interval with --workers (each process moves its own connections)", () => {
+  test("connections held by both processes on other members all move to the member made ready", async () => {
+    const ports = [freePort(), freePort(), freePort()];
+    const counts = [0, 0, 0];
+    const servers = await Promise.all(ports.map((p, i) => echoOnPort(p, () => counts[i]!++)));
+    const held: Socket[] = [];
+    try {
+      const sock = join(dir, "admin-workers.sock");
+      const endpoints = ports.map((p) => `127.0.0.1:${p}`);
+      const gw = await startGatewayProcess([`--endpoints=${endpoints.join(",")}`, "--workers=2", "--health-check=none", "--rebalance-interval=500ms", `--admin-addr=unix://${sock}`]);
+      const member = (verb: string, address: string) => runBinary(["member", verb, address, `--admin-addr=unix://${sock}`]);
+      // Sticky's member: the one whose echo answers a first round trip.
+      expect(await roundTrip(gw.port, "which")).toBe("which");
+      await waitFor("the first connection counted", () => counts.some((c) => c > 0), 2000, 10);
+      const first = counts.findIndex((c) => c > 0);
+      expect(member("drain", endpoints[first]!).code).toBe(0);
+      for (let i = 0; i < 30; i++) {
+        const s = await dial(gw.port);
+        s.on("error", () => {});
+        held.push(s);
+        await exchangeOn(s, `h${i}`);
+      }
+      const ended = held.map((s) => new Promise<void>((done) => s.once("end", () => done()).once("close", () => done())));
+      expect(member("ready", endpoints[first]!).code).toBe(0);
+      await Promise.race([Promise.all(ended), sleep(45_000)]);
+      const left = held.filter((s) => !s.readableEnded && !s.destroyed).length;
+      expect(left, "connections still open on the other members").toBe(0);
+      const moves = gw.records().filter((r) => r.msg === "moved an open connection to rebalance");
+      const byWorker = new Map<string, number>();
+      for (const r of moves) byWorker.set(String(r.worker ?? "primary"), (byWorker.get(String(r.worker ?? "primary")) ?? 0) + 1);
+      console.log(`--workers=2: ${held.length} connections moved, logged by ${JSON.stringify([...byWorker])}`);
+      // The kernel spreads 30 accepts over both processes' sockets: each moved its own.
+      expect(byWorker.size).toBe(2);
+      // New connections go to the member made ready, from both processes.
+      const before = counts[first]!;
+      for (let i = 0; i < 20; i++) expect(await roundTrip(gw.port, `n${i}`)).toBe(`n${i}`);
+      await waitFor("new connections on the member made ready", () => counts[first]! - before >= 20, 2000, 10);
+    } finally {
+      for (const s of held) s.destroy();
+      await Promise.all(servers.map(closeServer));
+    }
+  }, 90_000);
+});
+
+/** Sends `msg` on `s` and waits for its echo. */
+function exchangeOn(s: Socket, msg: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    let got = "";
+    const onData = (d: Buffer) => {
+      got += d.toString();
+      if (got === msg) {
+        s.off("data", onData);
+        resolve();
+      }
+    };
+    s.on("data", onData);
+    s.write(msg);
+    setTimeout(() => reject(new Error(`no echo of ${msg}`)), 5000).unref();
+  });
+}
