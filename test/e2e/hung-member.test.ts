@@ -117,7 +117,11 @@ async function hangMemberInUse(role: "leader" | "follower") {
   console.log(`${role} stopped: taken out ${tookMs.toFixed(0)} ms after SIGSTOP (${String(down.error)}); etcd3 lease lost: ${client.lost()}; etcdctl lease alive: ${ctlAlive}; puts ${result.puts}, failed ${result.failed}, longest gap between acknowledged puts ${result.longestGapMs.toFixed(0)} ms`);
   if (process.env.HUNG_DEBUG) for (const r of gw.records()) console.log(JSON.stringify(r));
   expect(suspected, "a suspicion from client traffic came first").toBeDefined();
-  expect(String(down.error)).toContain("confirming a stall seen on client traffic");
+  // The check that completes --health-fall failures may be a confirming one (its reason says so)
+  // or the member's regular liveness check timing out at the same moment (seen once in CI);
+  // either way the time bound below is only reachable with the confirmations counted (three
+  // regular checks take 6 s).
+  expect(String(down.error)).toMatch(/confirming a stall seen on client traffic|context deadline exceeded/);
   // Suspicion after 1 s of silence (+ a 100 ms tick), three checks 150 ms apart, each waiting 1 s.
   expect(tookMs).toBeLessThan(1000 + 100 + 2 * 150 + 1000 + 1500);
   expect(client.lost()).toBe(false);
