@@ -27,8 +27,14 @@ export interface Policy {
    * for policies without one. Worker processes adopt the primary's so that sticky stays sticky.
    */
   position(): number;
-  /** Adopts a position decided elsewhere (the primary process). */
-  adopt(position: number): void;
+  /**
+   * Adopts a position decided elsewhere (the primary process), and the primary's `seed`, so that a
+   * worker ranks the members as the primary does (a connection whose dial fails then tries the
+   * member the primary will choose next).
+   */
+  adopt(position: number, seed?: number): void;
+  /** What this policy's own choices derive from (sticky's rendezvous key); 0 for the others. */
+  seed(): number;
   /** The member the next client goes to when the policy knows it in advance (sticky, ordered), without choosing. */
   preferred(): Member | undefined;
 }
@@ -74,7 +80,7 @@ function cacheWhileUnchanged(table: MemberTable, order?: (a: Member, b: Member) 
 }
 
 function positionless(name: PolicyName, candidates: () => readonly Member[], preferred: () => Member | undefined = () => undefined): Policy {
-  return { name, candidates, position: () => -1, adopt() {}, preferred };
+  return { name, candidates, position: () => -1, adopt() {}, seed: () => 0, preferred };
 }
 
 /**
@@ -94,7 +100,8 @@ function positionless(name: PolicyName, candidates: () => readonly Member[], pre
  * Open connections are not touched here (see --rebalance-interval, src/datapath/rebalance.ts).
  */
 function sticky(table: MemberTable, random: () => number): Policy {
-  const rank = rendezvous(random);
+  let key = Math.floor(random() * 2 ** 53);
+  let rank = rendezvous(key);
   /** The primary's choice, adopted in a worker process (null in the primary). */
   let adopted: Member | null = null;
   const good = (m: Member) => m.usable && m.failures === 0;
@@ -110,7 +117,7 @@ function sticky(table: MemberTable, random: () => number): Policy {
     const fewest = Math.min(...usable.map((m) => m.failures));
     return rank.best(usable.length > 0 ? usable.filter((m) => m.failures === fewest) : list.filter((m) => !m.wrongCluster));
   };
-  const cached = cacheWhileUnchanged(table, rank.compare);
+  const cached = cacheWhileUnchanged(table, (a, b) => rank.compare(a, b));
   return {
     name: "sticky",
     candidates: () => cached(settle()),
@@ -118,21 +125,23 @@ function sticky(table: MemberTable, random: () => number): Policy {
       const m = settle();
       return m === undefined ? -1 : table.list.indexOf(m);
     },
-    adopt(position) {
+    adopt(position, seed) {
       adopted = table.list[position] ?? null;
+      if (seed !== undefined && seed !== key) rank = rendezvous((key = seed));
     },
+    seed: () => key,
     preferred: settle,
   };
 }
 
 /**
- * A process's rendezvous ranking of members: a random key drawn once, and for each member a score
+ * A process's rendezvous ranking of members: a random key (drawn once), and for each member a score
  * from the hash of its address under that key, an exponential draw divided by the member's RFC 2782
  * weight (so that the best of any set of members is each one with the probability of its weight's
  * share, and equal members equally). Lower is better.
  */
-export function rendezvous(random: () => number): { best(members: readonly Member[]): Member | undefined; compare(a: Member, b: Member): number } {
-  const key = BigInt(Math.floor(random() * 2 ** 53));
+export function rendezvous(seed: number): { best(members: readonly Member[]): Member | undefined; compare(a: Member, b: Member): number } {
+  const key = BigInt(seed);
   const draws = new Map<string, number>();
   const draw = (m: Member): number => {
     let d = draws.get(m.address);

@@ -27,7 +27,7 @@ export type ToPrimary =
   | { t: "stats"; id: number; stats: ProcessStats };
 /** One member as the primary describes it to workers: the endpoint and its state. */
 export type SharedMember = EndpointSpec & { state: MemberState; drain: Drain; reason: string; failures: number; alive: boolean | null; clusterId: string | null; wrongCluster: boolean };
-export type SharedState = { t: "state"; members: SharedMember[]; current: number };
+export type SharedState = { t: "state"; members: SharedMember[]; current: number; seed: number };
 
 /** This process's worker number, or null for the primary (or a single process). */
 export function workerNumber(): number | null {
@@ -41,6 +41,7 @@ export function snapshot(members: MemberTable, policy: Policy): SharedState {
     t: "state",
     members: members.list.map((m) => ({ ...m.endpoint, tls: m.tls, priority: m.priority, weight: m.weight, dialHost: m.dialHost, state: m.state, drain: m.drain, reason: m.reason, failures: m.failures, alive: m.alive, clusterId: m.clusterId, wrongCluster: m.wrongCluster })),
     current: policy.position(),
+    seed: policy.seed(),
   };
 }
 
@@ -51,7 +52,7 @@ export function adopt(state: SharedState, members: MemberTable, policy: Policy):
     const s = state.members[i];
     if (s !== undefined) members.update(m, { state: s.state, drain: s.drain, reason: s.reason, failures: s.failures, alive: s.alive, cluster: { id: s.clusterId, wrong: s.wrongCluster } });
   });
-  policy.adopt(state.current);
+  policy.adopt(state.current, state.seed);
 }
 
 /**

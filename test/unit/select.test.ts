@@ -171,6 +171,16 @@ describe("sticky and failed dials", () => {
     ms.update(rank[0], { failures: 0 });
     expect(p.candidates()[0]).toBe(rank[0]);
   });
+  test("a worker that adopts the primary's seed ranks the members as the primary does, so a failing dial falls back where the primary moves next (found by CI in issue 22)", () => {
+    for (let seed = 1; seed <= 50; seed++) {
+      const primaryTable = table();
+      const workerTable = table();
+      const primary = createPolicy("sticky", primaryTable, seededRandom(seed).next);
+      const worker = createPolicy("sticky", workerTable, seededRandom(seed + 1000).next);
+      worker.adopt(primary.position(), primary.seed());
+      expect(names(worker.candidates())).toBe(names(primary.candidates()));
+    }
+  });
   test("adopts a position decided by the primary process", () => {
     const p = createPolicy("sticky", table(), () => 0);
     p.adopt(2);
