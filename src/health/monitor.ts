@@ -269,9 +269,14 @@ export class Health {
     const s = this.settings();
     if (t === undefined || t.cancel === null || t.probing || s.check === "none") return;
     if (t.dueAt - this.world.now() <= s.intervalMs) return;
-    t.cancel();
+    this.recheck(m, t, s.intervalMs * this.jitter());
+  }
+
+  /** Replaces `m`'s scheduled check with one `ms` from now (the caller checked one is scheduled and none runs). */
+  private recheck(m: Member, t: Track, ms: number): void {
+    t.cancel!();
     t.cancel = null;
-    this.schedule(m, s.intervalMs * this.jitter(), () => this.check(m));
+    this.schedule(m, ms, () => this.check(m));
   }
 
   /**
@@ -329,9 +334,7 @@ export class Health {
     for (const m of this.table.list) {
       const t = this.#tracks.get(m);
       if (m === back || m.up || m.alive !== true || t === undefined || t.cancel === null || t.probing || t.dueAt - now <= window) continue;
-      t.cancel();
-      t.cancel = null;
-      this.schedule(m, this.world.random() * window, () => this.check(m));
+      this.recheck(m, t, this.world.random() * window);
     }
   }
 
