@@ -38,9 +38,10 @@
  */
 import type { Socket, SocketHandler, TCPSocketListener, UnixSocketListener } from "bun";
 import { ptr } from "bun:ffi";
-import type { Stats } from "node:fs";
+import { lstatSync, type Stats } from "node:fs";
 import { isIP } from "node:net";
 import type { ListenAddress } from "./addresses.ts";
+import type { Inherited, Owner } from "./inherit.ts";
 import { errno, errnoName, libc, listenUnix, receiveQueue, removeIfSame, UnixListenError } from "./libc.ts";
 import { errorText } from "./log.ts";
 import { errnoText } from "./neterror.ts";
@@ -380,8 +381,12 @@ export interface HttpListener {
   readonly address: ListenAddress;
   /** The TCP port (the kernel's choice for port 0); undefined for a unix socket. */
   readonly port: number | undefined;
-  /** Stops accepting (open connections finish) and removes our unix socket file. */
-  stop(): void;
+  /** The listening socket (handed to a new gateway in an upgrade). */
+  readonly fd: number;
+  /** Who keeps the socket beyond this process. */
+  readonly owner: Owner;
+  /** Stops accepting (open connections finish) and removes our unix socket file, unless `handedOver`. */
+  stop(handedOver?: boolean): void;
 }
 
 /**
@@ -392,30 +397,31 @@ export interface HttpListener {
  *
  * @throws {Error} `cannot listen on <address>: <why>` when the address cannot be bound.
  */
-export async function serveHttp(address: ListenAddress, route: Route, policy: ListenerPolicy, limits: HttpLimits = ADMIN_LIMITS): Promise<HttpListener> {
+export async function serveHttp(address: ListenAddress, route: Route, policy: ListenerPolicy, limits: HttpLimits = ADMIN_LIMITS, handed?: Inherited): Promise<HttpListener> {
   const conns = new AdminConnections(route, limits, policy);
   // With the end handler: a client that sends its request and then its FIN still gets the answer (docs/bun.md, trap 3).
   const common = { allowHalfOpen: true, socket: conns.handlers() };
+  const at = (why: string) => new Error(`cannot listen on ${address.address}: ${why}`);
+  if (handed !== undefined) return serveHanded(address, handed, conns, common, limits, at);
   if (address.kind === "tcp") {
     let l: TCPSocketListener<Conn>;
     try {
       l = Bun.listen<Conn>({ hostname: address.tcp.host, port: address.tcp.port, ...common });
     } catch (e) {
-      throw new Error(`cannot listen on ${address.address}: ${errorText(e)}`);
+      throw at(errorText(e));
     }
-    deferAccept(l, Math.ceil(limits.headMs / 1000));
+    deferAccept(fdOfListener(l), Math.ceil(limits.headMs / 1000));
     const keeper = libc().dup(fdOfListener(l));
     if (keeper < 0) {
       const e = errno();
       l.stop(true);
-      throw new Error(`cannot listen on ${address.address}: dup: ${goErrno(errnoName(e))}`);
+      throw at(`dup: ${goErrno(errnoName(e))}`);
     }
     const acceptor = new Acceptor(keeper, l, common);
     conns.pauseAccepting = () => acceptor.pause();
-    return { address, port: l.port, stop: () => acceptor.stop() };
+    return { address, port: l.port, fd: keeper, owner: "gateway", stop: () => acceptor.stop() };
   }
   const path = address.path;
-  const at = (why: string) => new Error(`cannot listen on ${address.address}: ${why}`);
   // The rule of --listen-addr's unix sockets (src/datapath/listeners.ts).
   await clearStaleSocket(path, at);
   let bound: { fd: number; file: Stats };
@@ -424,29 +430,62 @@ export async function serveHttp(address: ListenAddress, route: Route, policy: Li
   } catch (e) {
     throw e instanceof UnixListenError ? at(`${e.call}: ${goErrno(e.errno)}`) : e;
   }
-  const { fd, file } = bound;
+  return acceptUnix(address, bound.fd, bound.file, "gateway", conns, common, at);
+}
+
+/** A unix socket we accept on; its file, if ours (`file`), is removed at stop and at exit, unless handed over. */
+function acceptUnix(address: ListenAddress & { kind: "unix" }, fd: number, file: Stats | null, owner: Owner, conns: AdminConnections, common: AcceptOptions, at: (why: string) => Error): HttpListener {
   let acceptor: Acceptor;
   try {
     acceptor = new Acceptor(fd, null, common);
   } catch (e) {
     libc().close(fd);
-    removeIfSame(path, file);
+    if (file !== null) removeIfSame(address.path, file);
     throw at(errorText(e));
   }
   conns.pauseAccepting = () => acceptor.pause();
-  const remove = () => removeIfSame(path, file);
+  let keep = false;
+  const remove = () => !keep && file !== null && removeIfSame(address.path, file);
   process.once("exit", remove);
   return {
     address,
     port: undefined,
-    stop: () => {
+    fd,
+    owner,
+    stop: (handedOver = false) => {
+      keep = handedOver;
       acceptor.stop();
       remove();
     },
   };
 }
 
+/** Accepting on a socket handed over by systemd or the gateway this one replaces (src/inherit.ts). */
+function serveHanded(address: ListenAddress, handed: Inherited, conns: AdminConnections, common: AcceptOptions, limits: HttpLimits, at: (why: string) => Error): HttpListener {
+  if (address.kind === "unix") {
+    let file: Stats | null = null;
+    try {
+      const st = lstatSync(address.path);
+      if (handed.owner === "gateway" && st.isSocket()) file = st;
+    } catch {
+      // the file is gone; the socket still accepts whoever holds a connection to it
+    }
+    return acceptUnix(address, handed.fd, file, handed.owner, conns, common, at);
+  }
+  deferAccept(handed.fd, Math.ceil(limits.headMs / 1000));
+  let acceptor: Acceptor;
+  try {
+    acceptor = new Acceptor(handed.fd, null, common);
+  } catch (e) {
+    throw at(errorText(e));
+  }
+  conns.pauseAccepting = () => acceptor.pause();
+  const at2 = handed.at;
+  return { address, port: at2.family === "tcp" ? at2.port : undefined, fd: handed.fd, owner: handed.owner, stop: () => acceptor.stop() };
+}
+
 type Listener = TCPSocketListener<Conn> | UnixSocketListener<Conn>;
+type AcceptOptions = { allowHalfOpen: boolean; socket: SocketHandler<Conn> };
 
 const fdOfListener = (l: Listener) => (l as unknown as { fd: number }).fd;
 
@@ -465,7 +504,7 @@ class Acceptor {
   constructor(
     private readonly keeper: number,
     first: Listener | null,
-    private readonly options: { allowHalfOpen: boolean; socket: SocketHandler<Conn> },
+    private readonly options: AcceptOptions,
   ) {
     this.#bun = first ?? this.listen();
   }
@@ -518,8 +557,7 @@ const TCP_DEFER_ACCEPT = 9;
  * probe is accepted with its request already there to be read (which spares it at the cap). Best
  * effort: without it the cap still holds.
  */
-function deferAccept(l: TCPSocketListener<Conn>, seconds: number): void {
-  const fd = fdOfListener(l);
+function deferAccept(fd: number, seconds: number): void {
   if (fd < 0) return;
   try {
     libc().setsockopt(fd, IPPROTO_TCP, TCP_DEFER_ACCEPT, ptr(new Int32Array([seconds])), 4);

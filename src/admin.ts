@@ -16,6 +16,7 @@ import { ADMIN_LIMITS, GET_ONLY, serveHttp, type HostRule, type HttpEvent, type 
 import { formatDuration } from "./duration.ts";
 import { parseBoolean } from "./flags.ts";
 import type { Gateway } from "./gateway.ts";
+import type { Inherited } from "./inherit.ts";
 import { errorText, type Logger } from "./log.ts";
 import { memberViews, mergeStats, processStats, renderMetrics, type ProcessStats } from "./metrics.ts";
 
@@ -136,7 +137,7 @@ const JSON_TYPE = "application/json;charset=utf-8";
  *
  * @throws {Error} `cannot listen on <address>: <why>` when an address cannot be bound (those bound before it are stopped).
  */
-export async function startAdmin(addrs: readonly ListenAddress[], gw: Gateway, ctx: AdminContext): Promise<HttpListener[]> {
+export async function startAdmin(addrs: readonly ListenAddress[], gw: Gateway, ctx: AdminContext, handed: ReadonlyMap<string, Inherited> = new Map()): Promise<HttpListener[]> {
   const f = gw.settings.flags;
   const hosts = hostRule(addrs, f["admin-host-whitelist"] ?? []);
   const route = (req: Request) => {
@@ -148,7 +149,7 @@ export async function startAdmin(addrs: readonly ListenAddress[], gw: Gateway, c
   try {
     for (const a of addrs) {
       const unix = a.kind === "unix";
-      listeners.push(await serveHttp(a, route, { privileged: unix, hosts: unix ? null : hosts, socketMode: f["admin-socket-mode"], onEvent: adminWarnings(ctx.log, a.address) }));
+      listeners.push(await serveHttp(a, route, { privileged: unix, hosts: unix ? null : hosts, socketMode: f["admin-socket-mode"], onEvent: adminWarnings(ctx.log, a.address) }, undefined, handed.get(a.address)));
     }
   } catch (e) {
     for (const l of listeners) l.stop();

@@ -10,7 +10,8 @@ import type { EndpointSpec } from "./addresses.ts";
 import type { DiscoveryStats } from "./counters.ts";
 import { Proxy } from "./datapath/proxy.ts";
 import type { Connect, DialReports } from "./datapath/dialer.ts";
-import { clearStaleSocket, ListenError } from "./datapath/listeners.ts";
+import { clearStaleSocket } from "./datapath/listeners.ts";
+import { ListenError, SocketSet, type ListenSocket } from "./datapath/sockets.ts";
 import { systemDnsServer } from "./discovery/dns.ts";
 import { Refresher } from "./discovery/refresh.ts";
 import { discoverSrv, type SrvOptions } from "./discovery/srv.ts";
@@ -19,14 +20,17 @@ import { Health, realWorld } from "./health/monitor.ts";
 import { errorText, type Logger } from "./log.ts";
 import { MemberTable, type Member } from "./members.ts";
 import { createPolicy, type Policy } from "./select.ts";
+import type { Matched } from "./inherit.ts";
 import { checkSelfLoops } from "./selfloop.ts";
 import { after } from "./timers.ts";
 import { reloadSettings, SettingsStore, type Reloaded, type Settings } from "./settings.ts";
 
-/** How a process takes part in a multi-process gateway (src/workers.ts). */
+/** How a process takes part in a multi-process gateway (src/workers.ts), and what it was handed. */
 export interface GatewayRole {
-  /** Share the listen port with other processes (SO_REUSEPORT). */
-  readonly reusePort: boolean;
+  /** In the primary: the processes that accept (--workers), so the sockets it binds per TCP address. @default 1 */
+  readonly processes?: number;
+  /** Listening sockets handed to this process (systemd, the gateway it replaces, or its primary), by address (src/inherit.ts). */
+  readonly handed?: Matched;
   /** In a worker: where dial outcomes go (the primary); the primary decides member state and runs discovery. */
   readonly reports?: (members: MemberTable) => DialReports;
   /** Called after every member state change and endpoint set change (the primary shares them with workers). */
@@ -153,10 +157,11 @@ export class Gateway {
 
   /**
    * Stops accepting, waits up to `timeoutMs` for open connections to finish, then resets the rest.
-   * Resolves to the number of connections that had to be reset.
+   * Resolves to the number of connections that had to be reset. `handedOver`: a new gateway holds
+   * the listening sockets (an upgrade), so the unix socket files stay.
    */
-  async drain(timeoutMs: number): Promise<number> {
-    this.proxy.stopAccepting();
+  async drain(timeoutMs: number, handedOver = false): Promise<number> {
+    this.proxy.stopAccepting(handedOver);
     this.health?.stop();
     this.#refresher?.stop();
     let cancel = () => {};
@@ -176,7 +181,7 @@ export class Gateway {
  * @throws {ConfigError} when discovery yields nothing, a host does not resolve, an endpoint is the
  * gateway itself (a self-loop), the access log cannot be opened, or an address cannot be bound.
  */
-export async function startGateway(settings: Settings, log: Logger, role: GatewayRole = { reusePort: settings.flags["reuse-port"] }): Promise<Gateway> {
+export async function startGateway(settings: Settings, log: Logger, role: GatewayRole = {}): Promise<Gateway> {
   const primary = role.reports === undefined;
   const srv = primary && settings.flags["discovery-srv"] !== null ? srvOptions(settings) : null;
   let endpoints = settings.endpoints;
@@ -192,7 +197,7 @@ export async function startGateway(settings: Settings, log: Logger, role: Gatewa
   }
   if (primary) {
     await checkSelfLoops(settings.listenAddrs, endpoints);
-    for (const a of settings.listenAddrs) if (a.kind === "unix") await clearStaleSocket(a.path);
+    for (const a of settings.listenAddrs) if (a.kind === "unix" && !role.handed?.listen.has(a.address)) await clearStaleSocket(a.path);
   }
   const store = new SettingsStore(settings);
   const members = new MemberTable(endpoints, primary ? log : null);
@@ -242,15 +247,31 @@ function openLog(settings: Settings, log: Logger): AccessLog | null {
   }
 }
 
-function listen(settings: Settings, role: GatewayRole, opts: Omit<ConstructorParameters<typeof Proxy>[0], "addresses" | "reusePort" | "exclusive">): Proxy {
-  // Workers share the TCP ports (SO_REUSEPORT); a unix socket has one owner, the primary.
-  const addresses = role.reports === undefined ? settings.listenAddrs : settings.listenAddrs.filter((a) => a.kind === "tcp");
+function listen(settings: Settings, role: GatewayRole, opts: Omit<ConstructorParameters<typeof Proxy>[0], "sockets" | "accept">): Proxy {
+  let sockets: SocketSet;
+  let accept: readonly ListenSocket[];
   try {
-    // A taken address is an error unless sharing it was asked for (--reuse-port); workers join their primary's.
-    const exclusive = role.reports === undefined && !settings.flags["reuse-port"];
-    return new Proxy({ ...opts, addresses, reusePort: role.reusePort, exclusive, connect: role.connect });
+    if (role.reports !== undefined) {
+      // A worker accepts on the sockets its primary handed it (the primary holds every one).
+      sockets = SocketSet.of(settings.listenAddrs.flatMap((a) => (role.handed?.listen.get(a.address) ?? []).map((s) => ({ address: a, fd: s.fd, file: null, owner: s.owner }))));
+      if (sockets.all.length === 0) throw new Error("no listening socket was handed to this worker");
+      accept = sockets.all;
+    } else {
+      const processes = role.processes ?? 1;
+      const shared = settings.flags["reuse-port"];
+      // A taken address is an error unless sharing it was asked for (--reuse-port).
+      const opts = { count: processes, socketMode: settings.flags["listen-socket-mode"], reusePort: shared || processes > 1, exclusive: !shared };
+      sockets = SocketSet.bind(settings.listenAddrs, opts, role.handed?.listen ?? new Map());
+      accept = sockets.forProcess(0, processes);
+    }
   } catch (e) {
     if (e instanceof ListenError) throw new ConfigError("listen-addr", e.address, e.message);
+    throw new ConfigError("listen-addr", settings.listenAddrs.map((a) => a.address).join(","), `cannot listen: ${errorText(e)}`);
+  }
+  try {
+    return new Proxy({ ...opts, sockets, accept, connect: role.connect });
+  } catch (e) {
+    sockets.close(false);
     throw new ConfigError("listen-addr", settings.listenAddrs.map((a) => a.address).join(","), `cannot listen: ${errorText(e)}`);
   }
 }

@@ -4,7 +4,8 @@
  * socket (its accepted sockets inherit it), binding a unix socket ourselves
  * (Bun's listener removes its socket file by name when it stops), the kernel's send-queue size of
  * a socket and what its TCP_INFO says of the peer, sending a datagram to systemd, and a send that
- * never waits (MSG_DONTWAIT, for the access log to a socket). See docs/bun.md, "listener.stop() and unix socket
+ * never waits (MSG_DONTWAIT, for the access log to a socket), and what an inherited descriptor is
+ * (the address it is bound to, whether it listens; src/inherit.ts). See docs/bun.md, "listener.stop() and unix socket
  * files" and "Listening through a file descriptor".
  *
  * The library is found by name: glibc's `libc.so.6`, or musl's loader, which is also its libc.
@@ -25,6 +26,7 @@ export const SYMBOLS = {
   ioctl: { args: [FFIType.i32, FFIType.u64, FFIType.ptr], returns: FFIType.i32 },
   setsockopt: { args: [FFIType.i32, FFIType.i32, FFIType.i32, FFIType.ptr, FFIType.u32], returns: FFIType.i32 },
   getsockopt: { args: [FFIType.i32, FFIType.i32, FFIType.i32, FFIType.ptr, FFIType.ptr], returns: FFIType.i32 },
+  getsockname: { args: [FFIType.i32, FFIType.ptr, FFIType.ptr], returns: FFIType.i32 },
   __errno_location: { args: [], returns: FFIType.ptr },
 } as const;
 
@@ -69,7 +71,7 @@ export function errno(): number {
   return read.i32(libc().__errno_location()!, 0);
 }
 
-const ERRNO_NAMES: Record<number, string> = { 1: "EPERM", 2: "ENOENT", 11: "EAGAIN", 13: "EACCES", 17: "EEXIST", 20: "ENOTDIR", 21: "EISDIR", 24: "EMFILE", 28: "ENOSPC", 30: "EROFS", 36: "ENAMETOOLONG", 98: "EADDRINUSE", 99: "EADDRNOTAVAIL", 111: "ECONNREFUSED" };
+const ERRNO_NAMES: Record<number, string> = { 1: "EPERM", 2: "ENOENT", 9: "EBADF", 11: "EAGAIN", 13: "EACCES", 17: "EEXIST", 20: "ENOTDIR", 21: "EISDIR", 24: "EMFILE", 28: "ENOSPC", 30: "EROFS", 36: "ENAMETOOLONG", 88: "ENOTSOCK", 98: "EADDRINUSE", 99: "EADDRNOTAVAIL", 111: "ECONNREFUSED" };
 
 /** An errno as its name (`EADDRINUSE`), or `errno N`. */
 export function errnoName(n: number): string {
@@ -259,4 +261,76 @@ export function unansweredFor(fd: number): number {
     return -1;
   }
   return tcpInfo[2]! > 0 || tcpInfo[3]! > 0 ? tcpInfoView.getUint32(56, true) : 0;
+}
+
+/** What a socket is bound to, as getsockname(2) says: an IP address and port, or a unix socket path. */
+export type SocketName = { family: "tcp"; host: string; port: number } | { family: "unix"; path: string };
+
+const nameBuf = new Uint8Array(128);
+const nameLen = new Uint32Array(1);
+
+/** Renders an IPv6 address from 16 bytes, compressed as RFC 5952 writes it (`::1`). */
+function ipv6Text(b: Uint8Array): string {
+  const groups: number[] = [];
+  for (let i = 0; i < 16; i += 2) groups.push((b[i]! << 8) | b[i + 1]!);
+  let best = -1;
+  let bestLen = 1;
+  for (let i = 0; i < 8; ) {
+    let j = i;
+    while (j < 8 && groups[j] === 0) j++;
+    if (j - i > bestLen) [best, bestLen] = [i, j - i];
+    i = j === i ? i + 1 : j;
+  }
+  const hex = (g: number[]) => g.map((x) => x.toString(16)).join(":");
+  return best < 0 ? hex(groups) : `${hex(groups.slice(0, best))}::${hex(groups.slice(best + bestLen))}`;
+}
+
+/**
+ * The address socket `fd` is bound to: TCP/IP (IPv4 or IPv6) or a unix socket path (`@name` for
+ * the abstract namespace, `""` unnamed).
+ *
+ * @returns the name, or the errno's name (`EBADF`, `ENOTSOCK`) or `family N` for another family.
+ */
+export function socketName(fd: number): SocketName | string {
+  nameLen[0] = nameBuf.length;
+  if (libc().getsockname(fd, ptr(nameBuf), ptr(nameLen)) !== 0) return errnoName(errno());
+  const view = new DataView(nameBuf.buffer);
+  const family = view.getUint16(0, true);
+  const port = view.getUint16(2, false);
+  if (family === 2) return { family: "tcp", host: [...nameBuf.subarray(4, 8)].join("."), port };
+  if (family === 10) return { family: "tcp", host: ipv6Text(nameBuf.subarray(8, 24)), port };
+  if (family !== 1) return `family ${family}`;
+  const raw = Buffer.from(nameBuf.subarray(2, nameLen[0]!));
+  if (raw.length === 0) return { family: "unix", path: "" };
+  if (raw[0] === 0) return { family: "unix", path: `@${raw.subarray(1).toString()}` };
+  const end = raw.indexOf(0);
+  return { family: "unix", path: raw.subarray(0, end < 0 ? raw.length : end).toString() };
+}
+
+const SO_TYPE = 3;
+const SO_ACCEPTCONN = 30;
+const SOCK_STREAM = 1;
+
+/**
+ * Whether `fd` is a stream socket in the listening state (SO_TYPE and SO_ACCEPTCONN).
+ *
+ * @returns true, or why not (`not a socket`, `not a stream socket`, `not listening`, an errno's name).
+ */
+export function isListeningStream(fd: number): true | string {
+  const get = (name: number): number | string => {
+    tcpInfoLength[0] = 4;
+    return libc().getsockopt(fd, SOL_SOCKET, name, ptr(option), ptr(tcpInfoLength)) === 0 ? option[0]! : errnoName(errno());
+  };
+  const type = get(SO_TYPE);
+  if (type === "ENOTSOCK") return "not a socket";
+  if (typeof type === "string") return type;
+  if (type !== SOCK_STREAM) return "not a stream socket";
+  return get(SO_ACCEPTCONN) === 1 ? true : "not listening";
+}
+
+const FIOCLEX = 0x5451;
+
+/** Marks `fd` close-on-exec, as the gateway's own descriptors are: a process it starts gets only what it hands over. */
+export function closeOnExec(fd: number): void {
+  libc().ioctl(fd, FIOCLEX, null);
 }

@@ -1,21 +1,26 @@
 /**
  * The life of an `etcd-gateway start` process: load the settings, start the gateway (and its
  * workers, or join a primary as a worker), serve the admin endpoint, say it is ready, then handle
- * signals: SIGHUP reloads (one at a time), SIGUSR1 reopens the access log, SIGTERM/SIGINT drain
- * and exit. Exit codes: 0 after a drain, 1 for bad settings (one line on stderr).
+ * signals: SIGHUP reloads (one at a time), SIGUSR1 reopens the access log, SIGUSR2 upgrades in
+ * place (src/upgrade.ts), SIGTERM/SIGINT drain and exit. Exit codes: 0 after a drain, 1 for bad
+ * settings (one line on stderr).
  *
  * @module
  */
 import pkg from "../package.json" with { type: "json" };
 import { ETCD_CLIENT_PORT } from "./addresses.ts";
 import { startAdmin } from "./admin.ts";
+import type { HttpListener } from "./admin-http.ts";
 import { formatDuration } from "./duration.ts";
 import { parseFlags, START_FLAGS, type RawFlags } from "./flags.ts";
 import { startGateway, type Gateway } from "./gateway.ts";
 import { createLogger, errorText, type Logger } from "./log.ts";
 import { emptyStats, processStats } from "./metrics.ts";
+import { matchInherited, nameText, takeInherited, type Inherited, type Matched } from "./inherit.ts";
+import { libc } from "./libc.ts";
 import { notify } from "./sdnotify.ts";
 import { filesToReread, loadSettings, RefusedReload, serialize, type Settings } from "./settings.ts";
+import { takePredecessor, tellPredecessor, Upgrader } from "./upgrade.ts";
 import { adopt, joinPrimary, reportToPrimary, sendToPrimary, snapshot, workerNumber, WorkerPool } from "./workers.ts";
 
 const EXIT_OK = 0;
@@ -39,7 +44,11 @@ function load(flags: RawFlags, running?: Settings): Promise<Settings> {
 export async function serve(argv: readonly string[]): Promise<void> {
   let flags: RawFlags;
   let settings: Settings;
+  let handed: Inherited[];
+  const predecessor = takePredecessor();
   try {
+    // Sockets from systemd or a predecessor first: nothing else may take their descriptor numbers.
+    handed = takeInherited();
     flags = parseFlags(argv, START_FLAGS);
     settings = await load(flags);
   } catch (e) {
@@ -47,12 +56,20 @@ export async function serve(argv: readonly string[]): Promise<void> {
   }
   const worker = workerNumber();
   const log = createLogger({ level: settings.flags["log-level"], format: settings.flags["log-format"], base: worker === null ? undefined : { worker } });
-  await new GatewayProcess(settings, log, (running) => load(flags, running), worker).run();
+  await new GatewayProcess(settings, log, (running) => load(flags, running), worker, { handed, predecessor }).run();
+}
+
+/** What a process was handed at start: listening sockets (src/inherit.ts), and the pid of the gateway it replaces (src/upgrade.ts). */
+interface Start {
+  readonly handed: readonly Inherited[];
+  readonly predecessor: number | null;
 }
 
 class GatewayProcess {
   #gateway: Gateway | undefined;
   #pool: WorkerPool | undefined;
+  #admin: HttpListener[] = [];
+  readonly #upgrader = new Upgrader();
   #draining = false;
   readonly #startedAt = Date.now();
   /** SIGHUP: one reload at a time; one that arrives meanwhile runs after it, reading the newest files. */
@@ -63,6 +80,7 @@ class GatewayProcess {
     private readonly log: Logger,
     private readonly load: (running: Settings) => Promise<Settings>,
     private readonly worker: number | null,
+    private readonly start: Start,
   ) {}
 
   async run(): Promise<void> {
@@ -83,6 +101,7 @@ class GatewayProcess {
     process.on("SIGTERM", () => void this.drain("SIGTERM"));
     process.on("SIGINT", () => void this.drain("SIGINT"));
     process.on("SIGHUP", () => void this.reload());
+    process.on("SIGUSR2", () => void this.upgrade());
     // SIGUSR1: reopen the access log file after logrotate moved it (workers are told too).
     process.on("SIGUSR1", () => {
       this.#gateway?.accessLog?.reopen();
@@ -90,9 +109,14 @@ class GatewayProcess {
     });
   }
 
-  /** SIGTERM/SIGINT: stop accepting, let connections finish for --drain-timeout, exit 0; a second signal resets at once. */
-  private async drain(signal: string): Promise<void> {
+  /**
+   * SIGTERM/SIGINT: stop accepting, let connections finish for --drain-timeout, exit 0; a second
+   * signal resets at once. `handedOver`: after an upgrade, the new gateway holds the sockets and is
+   * systemd's main process, so neither the unix socket files nor STOPPING=1 are ours any more.
+   */
+  private async drain(signal: string, handedOver = false): Promise<void> {
     const gw = this.#gateway;
+    this.#upgrader.cancel();
     if (gw === undefined) process.exit(EXIT_OK);
     if (this.#draining) {
       this.log.warn("second signal: closing open connections now", { signal });
@@ -103,11 +127,12 @@ class GatewayProcess {
       process.exit(EXIT_OK);
     }
     this.#draining = true;
-    if (this.worker === null) notify("STOPPING=1");
+    if (this.worker === null && !handedOver) notify("STOPPING=1");
+    if (handedOver) for (const l of this.#admin) l.stop(true);
     const drainMs = gw.settings.flags["drain-timeout"];
     this.log.info("draining: stopped accepting, waiting for open connections", { signal, connections: gw.proxy.active, "drain-timeout": formatDuration(drainMs) });
     const workersDone = this.#pool?.stop("SIGTERM", drainMs + 2000);
-    const closed = await gw.drain(drainMs);
+    const closed = await gw.drain(drainMs, handedOver);
     if (closed > 0) this.log.warn("drain timeout reached: closed open connections", { connections: closed });
     await workersDone;
     await gw.accessLog?.close();
@@ -172,7 +197,8 @@ class GatewayProcess {
       },
     );
     try {
-      this.#gateway = await startGateway(this.settings, this.log, { reusePort: true, reports: (members) => reportToPrimary(members) });
+      const handed = matchInherited(this.start.handed, this.settings.listenAddrs, []);
+      this.#gateway = await startGateway(this.settings, this.log, { handed, reports: (members) => reportToPrimary(members) });
     } catch (e) {
       fail(errorText(e));
     }
@@ -180,13 +206,26 @@ class GatewayProcess {
     sendToPrimary({ t: "ready" });
   }
 
+  /** The sockets handed at start, sorted to the addresses; a predecessor's that no address wants any more are closed. */
+  private matchHanded(): Matched {
+    const s = this.settings;
+    const m = matchInherited(this.start.handed, s.listenAddrs, s.flags["admin-addr"] ?? []);
+    for (const u of m.unused) {
+      this.log.info("closing a handed-over socket no address wants any more", { fd: u.fd, address: nameText(u.at) });
+      libc().close(u.fd);
+    }
+    return m;
+  }
+
   private async runPrimary(): Promise<void> {
     const s = this.settings;
     const count = s.flags.workers;
     const share = () => this.#pool?.broadcast(snapshot(gw.members, gw.policy));
     let gw: Gateway;
+    let handed: Matched;
     try {
-      gw = await startGateway(s, this.log, count > 1 ? { reusePort: true, changed: share } : undefined);
+      handed = this.matchHanded();
+      gw = await startGateway(s, this.log, { processes: count, handed, changed: count > 1 ? share : undefined });
     } catch (e) {
       fail(errorText(e));
     }
@@ -195,7 +234,7 @@ class GatewayProcess {
     const admin = s.flags["admin-addr"];
     if (admin !== null) {
       try {
-        await startAdmin(admin, gw, { version: pkg.version, startedAt: this.#startedAt, workerStats: () => this.#pool?.stats(500) ?? Promise.resolve([]), log: this.log });
+        this.#admin = await startAdmin(admin, gw, { version: pkg.version, startedAt: this.#startedAt, workerStats: () => this.#pool?.stats(500) ?? Promise.resolve([]), log: this.log }, handed.admin);
       } catch (e) {
         fail(`--admin-addr: ${errorText(e)}`);
       }
@@ -208,6 +247,7 @@ class GatewayProcess {
       count,
       log: this.log,
       state: () => snapshot(gw.members, gw.policy),
+      sockets: (k) => gw.proxy.sockets.forProcess(k, count),
       onReport: (msg) => {
         const m = gw.members.list[msg.i];
         if (m === undefined) return;
@@ -218,6 +258,28 @@ class GatewayProcess {
       },
     });
     await this.#pool.ready;
+  }
+
+  /**
+   * SIGUSR2: upgrade in place (src/upgrade.ts). The new gateway gets every listening socket; once it
+   * is ready it becomes systemd's main process and this one drains. Refused while draining or while
+   * another upgrade waits; a new gateway that fails leaves this one serving.
+   */
+  private async upgrade(): Promise<void> {
+    const gw = this.#gateway;
+    if (this.worker !== null || gw === undefined) return;
+    if (this.#draining) return this.log.warn("upgrade refused: this gateway is draining; send SIGUSR2 to the one serving", {});
+    const pending = this.#upgrader.pending;
+    if (pending !== null) return this.log.warn("upgrade refused: another upgrade is in progress", { pid: pending });
+    const sockets = [...gw.proxy.sockets.all, ...this.#admin.map((l) => ({ fd: l.fd, owner: l.owner }))];
+    this.log.info("upgrading in place: starting the new gateway with the listening sockets", { binary: process.execPath, sockets: sockets.length });
+    const r = await this.#upgrader.start(sockets);
+    if (!r.ok) return this.log.error("upgrade failed; still serving", { reason: r.reason });
+    if (this.#draining) return; // told to stop meanwhile: the new gateway was stopped with this one
+    const notified = notify(`MAINPID=${r.pid}`);
+    if (notified !== "sent" && notified !== "unset") this.log.error("failed to tell systemd the new main process", { pid: r.pid, error: notified });
+    this.log.info("upgraded in place: the new gateway serves; draining", { pid: r.pid });
+    await this.drain("upgrade", true);
   }
 
   /** `ready to proxy client requests`, as etcd logs it, then READY=1 to systemd (Type=notify). */
@@ -232,11 +294,15 @@ class GatewayProcess {
       policy: s.flags.policy,
       workers: s.flags.workers,
       ...(admin === null ? {} : { "admin-addr": admin.map((a) => a.address).join(",") }),
+      ...(this.start.predecessor === null ? {} : { "upgraded-from": this.start.predecessor }),
+      ...(this.start.handed.length === 0 ? {} : { "handed-sockets": this.start.handed.length, "from-systemd": this.start.handed.filter((h) => h.owner === "systemd").length }),
     });
     if (s.upstreamTls !== null && s.listenTls === null) {
       const exposed = s.listenAddrs.filter((a) => a.kind === "tcp" && !/^(127\.|::1$|localhost$)/.test(a.tcp.host)).map((a) => a.address);
       if (exposed.length > 0) this.log.warn("listener reachable beyond loopback without TLS while the gateway speaks TLS to members with its own identity", { "listen-addr": exposed });
     }
+    // After an upgrade the old gateway makes this one systemd's main process once it hears from it.
+    if (this.start.predecessor !== null) return tellPredecessor();
     const notified = notify(`READY=1\nMAINPID=${process.pid}`);
     if (notified === "sent") this.log.info("notified init daemon", { state: "READY=1" });
     else if (notified !== "unset") this.log.error("failed to notify systemd for readiness", { error: notified });

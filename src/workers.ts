@@ -1,6 +1,8 @@
 /**
  * `--workers N`: N processes accept on one port (SO_REUSEPORT), and one of them, the primary,
- * decides member state for all. Workers report their dial outcomes to the primary over Bun's IPC
+ * decides member state for all. The primary binds every listening socket and hands each worker its
+ * own at start (src/inherit.ts), keeping a copy: a worker that dies is started again on the same
+ * socket, whose backlog waits meanwhile instead of being reset. Workers report their dial outcomes to the primary over Bun's IPC
  * channel and adopt the state it broadcasts (which members are active, sticky's chosen member), so
  * every worker sends new connections where the others do and probes run only once.
  *
@@ -9,6 +11,8 @@
 import type { Subprocess } from "bun";
 import type { EndpointSpec } from "./addresses.ts";
 import type { DialReports } from "./datapath/dialer.ts";
+import type { ListenSocket } from "./datapath/sockets.ts";
+import { handOver } from "./inherit.ts";
 import type { ProcessStats } from "./metrics.ts";
 import type { Drain, Member, MemberState, MemberTable } from "./members.ts";
 import type { Logger } from "./log.ts";
@@ -75,8 +79,12 @@ export function reportToPrimary(members: MemberTable, send: (msg: ToPrimary) => 
   };
 }
 
-/** The command line that runs this same program again (compiled binary or `bun src/cli.ts`). */
-function selfCommand(): string[] {
+/**
+ * The command line that runs this same program again (compiled binary or `bun src/cli.ts`). Bun
+ * reads the executable's path once at start, so after an upgrade replaced the file this is the
+ * new binary at the same path, not the deleted old one.
+ */
+export function selfCommand(): string[] {
   const script = process.argv[1] ?? "";
   const args = process.argv.slice(2);
   return script.startsWith("/$bunfs/") || script === "" ? [process.execPath, ...args] : [process.execPath, script, ...args];
@@ -88,6 +96,8 @@ export interface PoolOptions {
   log: Logger;
   /** The member state to send a worker that says hello. */
   state: () => SharedState;
+  /** The listening sockets worker k accepts on. */
+  sockets: (k: number) => readonly ListenSocket[];
   /** A worker reported a dial outcome. */
   onReport: (msg: ToPrimary & { t: "failed" | "ok" | "stall" }) => void;
 }
@@ -114,9 +124,10 @@ export class WorkerPool {
   }
 
   private spawn(k: number): void {
+    const { fds, env } = handOver(this.opts.sockets(k));
     const proc = Bun.spawn(selfCommand(), {
-      env: { ...process.env, [WORKER_ENV]: String(k) },
-      stdio: ["ignore", "inherit", "inherit"],
+      env: { ...process.env, ...env, [WORKER_ENV]: String(k) },
+      stdio: ["ignore", "inherit", "inherit", ...fds],
       serialization: "json",
       ipc: (msg: ToPrimary) => this.received(k, proc, msg),
     });

@@ -1,37 +1,31 @@
 /**
- * The listening sockets: TCP and unix socket listeners, optionally serving TLS; pausing at
- * `--max-connections`; accepting with new certificates on reload.
+ * Accepting on the listening sockets (src/datapath/sockets.ts binds or is handed them), optionally
+ * serving TLS; pausing at `--max-connections`; accepting with new certificates on reload.
  *
- * Each address is bound once for the life of the process and the socket is kept open (the
- * "keeper"); Bun accepts on a duplicate of it. Pausing closes only the duplicate, so the address
+ * Bun accepts on a duplicate of each socket. Pausing closes only the duplicate, so the address
  * stays ours and new connects wait in the kernel's backlog until a slot frees, as with HAProxy's
  * maxconn; nobody else can bind it meanwhile (docs/bun.md, "Listening through a file descriptor").
- * Unix sockets are bound here rather than by Bun, whose listener deletes its socket file by name
- * when it stops, whoever owns the path by then.
+ * Stopping closes the duplicates only: the sockets themselves belong to their SocketSet, which the
+ * gateway closes, or hands to its successor (docs/restarts.md).
  *
  * @module
  */
 import type { SocketHandler, TCPSocketListener, UnixSocketListener } from "bun";
 import { lstatSync, readFileSync, unlinkSync, type Stats } from "node:fs";
 import { connect as netConnect } from "node:net";
-import type { ListenAddress } from "../addresses.ts";
 import type { ListenerStats } from "../counters.ts";
 import { ConfigError } from "../flags.ts";
-import { errno, errnoName, libc, listenUnix, removeIfSame, setKeepAlive, UnixListenError } from "../libc.ts";
+import { errno, errnoName, libc, setKeepAlive } from "../libc.ts";
 import { errorText, type Logger } from "../log.ts";
 import type { TlsFiles } from "../tls.ts";
 import type { Leg } from "./pipe.ts";
+import type { ListenSocket } from "./sockets.ts";
 
 type Listener = TCPSocketListener<Leg> | UnixSocketListener<Leg>;
 
 export interface ListenersOptions {
-  readonly addresses: readonly ListenAddress[];
-  /** File mode of unix socket listeners. */
-  readonly socketMode: number;
-  /** SO_REUSEPORT on TCP listeners (worker processes share the port; `--reuse-port`). */
-  readonly reusePort: boolean;
-  /** Refuse a TCP address another socket already listens on, even with SO_REUSEPORT. */
-  readonly exclusive: boolean;
+  /** The sockets this process accepts on. */
+  readonly sockets: readonly ListenSocket[];
   /** Handlers for plaintext listeners, and for TLS ones (with a `handshake` handler). */
   readonly handlers: SocketHandler<Leg>;
   readonly tlsHandlers: SocketHandler<Leg>;
@@ -46,50 +40,32 @@ export interface ListenersSettings {
   readonly listenTls: TlsFiles | null;
 }
 
-/** One address: the listening socket we keep, and Bun's listener on a duplicate of it (null while paused). */
+/** One socket, and Bun's listener on a duplicate of it (null while paused). */
 interface Slot {
-  readonly address: ListenAddress;
-  readonly keeper: number;
+  readonly socket: ListenSocket;
   accepting: Listener | null;
-  /** The socket file we created (unix), to remove only that file at exit. */
-  readonly file: Stats | null;
 }
-
-/** A bind or listen failure on one address, in Go's words (`listen tcp 127.0.0.1:23790: bind: address already in use`). */
-export class ListenError extends Error {
-  constructor(
-    readonly address: string,
-    message: string,
-  ) {
-    super(message);
-  }
-}
-
-const inUse = (a: ListenAddress) =>
-  new ListenError(a.address, `listen ${a.kind} ${a.kind === "tcp" ? a.address : a.path}: bind: address already in use`);
-
-const fdOf = (l: Listener) => (l as unknown as { fd: number }).fd;
 
 export class Listeners {
   #slots: Slot[] = [];
   #paused = false;
   #stopped = false;
-  /** The port of the first TCP listener (0 when there is none). */
-  readonly port: number;
 
-  /** Binds every address. @throws {ListenError} naming the address that cannot be bound. */
+  /** Accepts on every socket. @throws {Error} when Bun cannot listen on one (those started before it are stopped). */
   constructor(
     private readonly opts: ListenersOptions,
     private readonly settings: () => ListenersSettings,
   ) {
     try {
-      for (const a of opts.addresses) this.#slots.push(a.kind === "tcp" ? this.bindTcp(a) : this.bindUnix(a));
+      for (const socket of opts.sockets) {
+        const slot: Slot = { socket, accepting: null };
+        this.#slots.push(slot);
+        slot.accepting = this.acceptOn(slot);
+      }
     } catch (e) {
-      this.release();
+      this.stop();
       throw e;
     }
-    const tcp = this.#slots.find((s) => s.address.kind === "tcp");
-    this.port = tcp === undefined ? 0 : (tcp.accepting as TCPSocketListener<Leg>).port;
   }
 
   private tlsOptions(): object {
@@ -103,47 +79,9 @@ export class Listeners {
     return this.settings().listenTls === null ? this.opts.handlers : this.opts.tlsHandlers;
   }
 
-  private bindTcp(a: Extract<ListenAddress, { kind: "tcp" }>): Slot {
-    const { host, port } = a.tcp;
-    if (this.opts.exclusive && this.opts.reusePort && port !== 0) {
-      // SO_REUSEPORT would let us join another process's listener: bind once without it to see.
-      try {
-        Bun.listen<Leg>({ hostname: host, port, socket: { data() {} } }).stop(true);
-      } catch {
-        throw inUse(a);
-      }
-    }
-    let l: Listener;
-    try {
-      // reusePort is typed only on Bun.connect's options in bun-types, but Bun.listen honours it (docs/bun.md).
-      l = Bun.listen<Leg>({ hostname: host, port, allowHalfOpen: true, ...({ reusePort: this.opts.reusePort } as object), ...this.tlsOptions(), socket: this.handlers() });
-    } catch (e) {
-      throw (e as NodeJS.ErrnoException).code === "EADDRINUSE" ? inUse(a) : new ListenError(a.address, `listen tcp ${a.address}: ${errorText(e)}`);
-    }
-    const keeper = libc().dup(fdOf(l));
-    if (keeper < 0) {
-      l.stop(true);
-      throw new ListenError(a.address, `listen tcp ${a.address}: dup: ${errnoName(errno())}`);
-    }
-    return { address: a, keeper, accepting: l, file: null };
-  }
-
-  private bindUnix(a: Extract<ListenAddress, { kind: "unix" }>): Slot {
-    let bound: { fd: number; file: Stats };
-    try {
-      bound = listenUnix(a.path, this.opts.socketMode, 511);
-    } catch (e) {
-      if (!(e instanceof UnixListenError)) throw e;
-      throw e.errno === "EADDRINUSE" ? inUse(a) : new ListenError(a.address, `listen unix ${a.path}: ${e.message}`);
-    }
-    const slot: Slot = { address: a, keeper: bound.fd, accepting: null, file: bound.file };
-    slot.accepting = this.acceptOn(slot);
-    return slot;
-  }
-
   /** A Bun listener on a new duplicate of the slot's socket. */
   private acceptOn(slot: Slot): Listener {
-    const fd = libc().dup(slot.keeper);
+    const fd = libc().dup(slot.socket.fd);
     if (fd < 0) throw new Error(`dup: ${errnoName(errno())}`);
     try {
       return Bun.listen<Leg>({ fd, allowHalfOpen: true, ...this.tlsOptions(), socket: this.handlers() } as unknown as Parameters<typeof Bun.listen<Leg>>[0]);
@@ -195,7 +133,7 @@ export class Listeners {
         s.accepting?.stop(false);
         s.accepting = next;
       } catch (e) {
-        this.opts.log.error("cannot listen with the reloaded certificates", { address: s.address.address, error: errorText(e) });
+        this.opts.log.error("cannot listen with the reloaded certificates", { address: s.socket.address.address, error: errorText(e) });
       }
     }
   }
@@ -208,29 +146,23 @@ export class Listeners {
    */
   keepClientsAlive(ms: number): void {
     for (const s of this.#slots) {
-      if (s.address.kind !== "tcp" || isLoopback(s.address.tcp.host)) continue;
+      const a = s.socket.address;
+      if (a.kind !== "tcp" || isLoopback(a.tcp.host)) continue;
       try {
-        setKeepAlive(s.keeper, ms);
+        setKeepAlive(s.socket.fd, ms);
       } catch (e) {
-        this.opts.log.warn("cannot set TCP keepalive on a listener; its clients go without", { address: s.address.address, error: errorText(e) });
+        this.opts.log.warn("cannot set TCP keepalive on a listener; its clients go without", { address: a.address, error: errorText(e) });
       }
     }
   }
 
-  /** Stops accepting for good and removes the unix socket files we created; open connections carry on. */
+  /** Stops accepting for good; open connections carry on, and the sockets stay open until their SocketSet closes. */
   stop(): void {
     this.#stopped = true;
-    this.release();
-  }
-
-  private release(): void {
     for (const s of this.#slots) {
       s.accepting?.stop(false);
       s.accepting = null;
-      libc().close(s.keeper);
-      if (s.address.kind === "unix" && s.file !== null) removeIfSame(s.address.path, s.file);
     }
-    this.#slots = [];
   }
 }
 

@@ -10,7 +10,7 @@
  */
 import type { Socket, SocketHandler } from "bun";
 import type { AccessLog, TerminationCode } from "../accesslog.ts";
-import { formatHostPort, type ListenAddress } from "../addresses.ts";
+import { formatHostPort } from "../addresses.ts";
 import { ListenerStats } from "../counters.ts";
 import type { StartFlag } from "../flags.ts";
 import { errorText, type Logger } from "../log.ts";
@@ -24,6 +24,7 @@ import { tlsReason } from "../tls.ts";
 import { Conn, fdOf, type ConnHost, type UpstreamLeg } from "./conn.ts";
 import { Dialer, type Connect, type DialerHost, type DialReports } from "./dialer.ts";
 import { Listeners } from "./listeners.ts";
+import type { ListenSocket, SocketSet } from "./sockets.ts";
 import { forwardFin, pipeHandlers, type Leg } from "./pipe.ts";
 import { Rebalancer, type RebalanceHost } from "./rebalance.ts";
 import { Stalls } from "./stall.ts";
@@ -31,11 +32,10 @@ import { Suspicions, type SuspectHost } from "./suspect.ts";
 import { Sweep, type SweepHost } from "./sweep.ts";
 
 export interface ProxyOptions {
-  readonly addresses: readonly ListenAddress[];
-  /** SO_REUSEPORT on TCP listeners (always on for `--workers`). */
-  readonly reusePort: boolean;
-  /** Refuse a TCP address another socket listens on already (unless sharing it was asked for). */
-  readonly exclusive: boolean;
+  /** Every listening socket this process holds (closed when it stops accepting, or handed over). */
+  readonly sockets: SocketSet;
+  /** The ones it accepts on (a worker's share; all of them in a single process). */
+  readonly accept: readonly ListenSocket[];
   /** The settings in force; read per connection, so a reload applies to new connections. */
   readonly settings: () => Settings;
   readonly policy: () => Policy;
@@ -75,7 +75,7 @@ export class Proxy implements ConnHost, DialerHost, SweepHost, SuspectHost, Reba
   #lastNoMemberLog = -Infinity;
   #suppressedNoMember = 0;
 
-  /** Listens on every address. @throws {Error} from Bun.listen (e.g. EADDRINUSE). */
+  /** Accepts on its sockets. @throws {Error} from Bun.listen. */
   constructor(private readonly opts: ProxyOptions) {
     this.#sweep = new Sweep(this);
     this.#dialer = new Dialer(this, opts.connect);
@@ -85,9 +85,8 @@ export class Proxy implements ConnHost, DialerHost, SweepHost, SuspectHost, Reba
       error: (s, err) => opts.log.warn("connection error", { error: readErrorText(err, clientTarget(s)) }),
     };
     const tlsHandlers: SocketHandler<Leg> = { ...handlers, open: (s) => this.accept(s, true), handshake: (s, ok, err) => this.handshake(s, ok, err) };
-    const { addresses, reusePort, exclusive, log } = opts;
     this.#listeners = new Listeners(
-      { addresses, socketMode: opts.settings().flags["listen-socket-mode"], reusePort, exclusive, handlers, tlsHandlers, stats: this.stats, log },
+      { sockets: opts.accept, handlers, tlsHandlers, stats: this.stats, log: opts.log },
       () => ({ maxConnections: this.maxConnections, listenTls: opts.settings().listenTls }),
     );
     this.#listeners.keepClientsAlive(this.keepAliveMs);
@@ -122,7 +121,12 @@ export class Proxy implements ConnHost, DialerHost, SweepHost, SuspectHost, Reba
 
   /** The port of the first TCP listener (0 when there is none). */
   get port(): number {
-    return this.#listeners.port;
+    return this.opts.sockets.port;
+  }
+
+  /** Every listening socket this process holds: for its workers and its successor. */
+  get sockets(): SocketSet {
+    return this.opts.sockets;
   }
 
   /** Client connections open now (including those still dialing). */
@@ -392,12 +396,16 @@ export class Proxy implements ConnHost, DialerHost, SweepHost, SuspectHost, Reba
     this.opts.reports.stallSuspected?.(member, silentMs);
   }
 
-  /** Stops accepting; open connections carry on. */
-  stopAccepting(): void {
+  /**
+   * Stops accepting and closes the listening sockets; open connections carry on. `handedOver`: a
+   * new gateway holds the sockets now (src/upgrade.ts), so unix socket files stay.
+   */
+  stopAccepting(handedOver = false): void {
     this.#suspicions.stop();
     this.#rebalancer.stop();
     this.#sweep.stopIdle();
     this.#listeners.stop();
+    this.opts.sockets.close(handedOver);
   }
 
   /** Resolves when no connection is open any more. */

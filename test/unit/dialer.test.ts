@@ -11,6 +11,7 @@ import type { AccessRecord } from "../../src/accesslog.ts";
 import type { UpstreamLeg } from "../../src/datapath/conn.ts";
 import { bunConnect, type Connect, type DialReports } from "../../src/datapath/dialer.ts";
 import { Proxy } from "../../src/datapath/proxy.ts";
+import { SocketSet } from "../../src/datapath/sockets.ts";
 import { createLogger } from "../../src/log.ts";
 import { MemberTable, type Member } from "../../src/members.ts";
 import { createPolicy } from "../../src/select.ts";
@@ -34,11 +35,11 @@ function proxyFor(ports: number[], opts: { connect?: Connect; flags?: Record<str
   };
   const records: AccessRecord[] = [];
   const policy = createPolicy("ordered", table);
+  const sockets = SocketSet.bind([{ kind: "tcp", tcp: { host: "127.0.0.1", port: 0, address: "127.0.0.1:0" }, address: "127.0.0.1:0" }], { count: 1, socketMode: 0o600, reusePort: false, exclusive: false }, new Map());
   const proxy = new Proxy({
     members: () => table.list,
-    addresses: [{ kind: "tcp", tcp: { host: "127.0.0.1", port: 0, address: "127.0.0.1:0" }, address: "127.0.0.1:0" }],
-    reusePort: false,
-    exclusive: false,
+    sockets,
+    accept: sockets.all,
     settings: () => settings,
     policy: () => policy,
     reports,

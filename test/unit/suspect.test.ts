@@ -11,6 +11,7 @@ import { parseEndpoint } from "../../src/addresses.ts";
 import type { Conn } from "../../src/datapath/conn.ts";
 import type { DialReports } from "../../src/datapath/dialer.ts";
 import { Proxy } from "../../src/datapath/proxy.ts";
+import { SocketSet } from "../../src/datapath/sockets.ts";
 import { Suspicions, TICK_MS, type SuspectWorld } from "../../src/datapath/suspect.ts";
 import type { CheckResult } from "../../src/health/checks.ts";
 import { CONFIRM_SPACING_MS, Health, type HealthSettings, type HealthWorld } from "../../src/health/monitor.ts";
@@ -170,11 +171,11 @@ function proxyFor(port: number, suspects: { member: number; ms: number }[]) {
   const table = new MemberTable(settings.endpoints, null);
   const reports: DialReports = { dialFailed() {}, dialSucceeded() {}, stallSuspected: (m, ms) => void suspects.push({ member: m.endpoint.port, ms }) };
   const policy = createPolicy("ordered", table);
+  const sockets = SocketSet.bind([{ kind: "tcp", tcp: { host: "127.0.0.1", port: 0, address: "127.0.0.1:0" }, address: "127.0.0.1:0" }], { count: 1, socketMode: 0o600, reusePort: false, exclusive: false }, new Map());
   const proxy = new Proxy({
     members: () => table.list,
-    addresses: [{ kind: "tcp", tcp: { host: "127.0.0.1", port: 0, address: "127.0.0.1:0" }, address: "127.0.0.1:0" }],
-    reusePort: false,
-    exclusive: false,
+    sockets,
+    accept: sockets.all,
     settings: () => settings,
     policy: () => policy,
     reports,
