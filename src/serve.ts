@@ -21,7 +21,7 @@ import { libc } from "./libc.ts";
 import { notify } from "./sdnotify.ts";
 import { filesToReread, loadSettings, RefusedReload, serialize, type Settings } from "./settings.ts";
 import { takePredecessor, tellPredecessor, Upgrader } from "./upgrade.ts";
-import { adopt, joinPrimary, reportToPrimary, sendToPrimary, snapshot, workerNumber, WorkerPool } from "./workers.ts";
+import { adopt, joinPrimary, reportToPrimary, selfCommand, sendToPrimary, snapshot, workerNumber, WorkerPool } from "./workers.ts";
 
 const EXIT_OK = 0;
 const EXIT_USAGE = 1;
@@ -272,7 +272,7 @@ class GatewayProcess {
     const pending = this.#upgrader.pending;
     if (pending !== null) return this.log.warn("upgrade refused: another upgrade is in progress", { pid: pending });
     const sockets = [...gw.proxy.sockets.all, ...this.#admin.map((l) => ({ fd: l.fd, owner: l.owner }))];
-    this.log.info("upgrading in place: starting the new gateway with the listening sockets", { binary: process.execPath, sockets: sockets.length });
+    this.log.info("upgrading in place: starting the new gateway with the listening sockets", { binary: selfCommand()[0], sockets: sockets.length });
     const r = await this.#upgrader.start(sockets);
     if (!r.ok) return this.log.error("upgrade failed; still serving", { reason: r.reason });
     if (this.#draining) return; // told to stop meanwhile: the new gateway was stopped with this one

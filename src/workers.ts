@@ -80,14 +80,17 @@ export function reportToPrimary(members: MemberTable, send: (msg: ToPrimary) => 
 }
 
 /**
- * The command line that runs this same program again (compiled binary or `bun src/cli.ts`). Bun
- * reads the executable's path once at start, so after an upgrade replaced the file this is the
- * new binary at the same path, not the deleted old one.
+ * The executable's path, read as the process starts: Bun reads it from /proc/self/exe on first
+ * use, which names a replaced file `<path> (deleted)`; read early, it is the path, where an
+ * upgrade finds the new binary (test/e2e/upgrade.test.ts).
  */
+const EXEC_PATH = process.execPath.replace(/ \(deleted\)$/, "");
+
+/** The command line that runs this same program again (compiled binary or `bun src/cli.ts`): the binary now at our path. */
 export function selfCommand(): string[] {
   const script = process.argv[1] ?? "";
   const args = process.argv.slice(2);
-  return script.startsWith("/$bunfs/") || script === "" ? [process.execPath, ...args] : [process.execPath, script, ...args];
+  return script.startsWith("/$bunfs/") || script === "" ? [EXEC_PATH, ...args] : [EXEC_PATH, script, ...args];
 }
 
 export interface PoolOptions {

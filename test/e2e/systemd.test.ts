@@ -4,13 +4,15 @@
  * example configuration (contrib/etcd-gateway.yaml): `systemd-analyze verify` finds nothing to say,
  * and the unit does what the README says (issue 14, item 3).
  */
-import { afterEach, describe, expect, test } from "bun:test";
+import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test";
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import { BINARY, startGatewayProcess, stopAllGateways } from "../support/gateway.ts";
 import { freePort, waitFor } from "../support/net.ts";
 import { echoServer, roundTrip } from "../support/peers.ts";
+import { useSharedCluster } from "../support/etcd.ts";
+import { describeReport, startLoad, type Load } from "../support/load.ts";
 import { track, which } from "../support/process.ts";
 
 afterEach(stopAllGateways);
@@ -158,34 +160,70 @@ function cgroupDirs(): Set<string> {
   return out;
 }
 
+/** A systemd booted in its own namespaces with `units` (name to text) and `config` as /etc/etcd-gateway/config.yaml. */
+interface Booted {
+  /** Runs a command inside the namespaces; its exit code and trimmed stdout. */
+  inside(...cmd: string[]): Promise<{ code: number; out: string; err: string }>;
+  /** The service's MainPID as systemd sees it (in the namespace's numbering). */
+  mainPid(): Promise<number>;
+  /** Kills everything in the namespaces and removes what systemd left behind. */
+  stop(): Promise<void>;
+}
+
+async function bootSystemd(dir: string, units: Record<string, string>, config: string): Promise<Booted> {
+  const before = cgroupDirs();
+  const unitDir = join(dir, "units");
+  mkdirSync(unitDir);
+  mkdirSync(join(dir, "ov"));
+  for (const stub of ["sysinit.target", "basic.target", "shutdown.target", "network.target", "network-online.target", "multi-user.target", "sockets.target", "system.slice"]) writeFileSync(join(unitDir, stub), "[Unit]\nDescription=stub\n");
+  const wanted = Object.keys(units).filter((n) => !n.includes("/")).join(" ");
+  writeFileSync(join(unitDir, "gw-test.target"), `[Unit]\nDescription=the gateway alone\nWants=${wanted}\n`);
+  for (const [name, text] of Object.entries(units)) {
+    mkdirSync(dirname(join(unitDir, name)), { recursive: true });
+    writeFileSync(join(unitDir, name), text);
+  }
+  writeFileSync(join(dir, "config.yaml"), config);
+  writeFileSync(join(dir, "boot.sh"), bootScript(dir, join(dir, "config.yaml")));
+  chmodSync(join(dir, "boot.sh"), 0o755);
+  const ns = track(Bun.spawn([which("unshare"), "--pid", "--fork", "--mount", "--mount-proc", join(dir, "boot.sh")], { stdout: Bun.file("/tmp/sd-debug.log"), stderr: Bun.file("/tmp/sd-debug.err") }));
+  let init = 0;
+  // Not spawnSync: the members may be served by this process's event loop.
+  const inside = async (...cmd: string[]) => {
+    const p = Bun.spawn([which("nsenter"), "-t", String(init), "-m", "-p", ...cmd], { stdout: "pipe", stderr: "pipe" });
+    const [out, err, code] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
+    return { code, out: out.trim(), err: err.trim() };
+  };
+  const stop = async () => {
+    if (init > 0) process.kill(init, "SIGKILL"); // the namespace's init: everything in it goes
+    ns.kill("SIGKILL");
+    await ns.exited;
+    for (const d of [...cgroupDirs()].filter((d) => !before.has(d)).sort((a, b) => b.length - a.length)) {
+      try {
+        rmdirSync(d);
+      } catch {}
+    }
+  };
+  try {
+    init = await waitFor("systemd in its namespace", () => Number(readFileSync(`/proc/${ns.pid}/task/${ns.pid}/children`, "utf8").trim().split(" ")[0]) || undefined, 5000);
+    await waitFor("etcd-gateway.service active", async () => (await inside("systemctl", "is-active", "etcd-gateway")).out === "active" || undefined, 15_000, 100);
+  } catch (e) {
+    await stop();
+    throw e;
+  }
+  return { inside, mainPid: async () => Number((await inside("systemctl", "show", "-p", "MainPID", "--value", "etcd-gateway")).out), stop };
+}
+
 describe("the shipped unit under a real systemd", () => {
   test.skipIf(!canBoot)("starts (READY=1), serves TCP and the unix socket in /run/etcd-gateway, logs to /var/log/etcd-gateway as its dynamic user, applies `systemctl reload`, and stops cleanly", async () => {
     const dir = mkdtempSync(join(tmpdir(), "etcd-gateway-systemd-"));
     const echo = await echoServer();
-    const before = cgroupDirs();
     const [port, admin] = [freePort(), freePort()];
-    const units = join(dir, "units");
-    mkdirSync(units);
-    mkdirSync(join(dir, "ov"));
-    for (const stub of ["sysinit.target", "basic.target", "shutdown.target", "network.target", "network-online.target", "multi-user.target", "system.slice"]) writeFileSync(join(units, stub), "[Unit]\nDescription=stub\n");
-    writeFileSync(join(units, "gw-test.target"), "[Unit]\nDescription=the gateway alone\nWants=etcd-gateway.service\n");
-    writeFileSync(join(units, "etcd-gateway.service"), readFileSync(UNIT, "utf8"));
     const config = (policy: string) => `listen-addr:\n  - 127.0.0.1:${port}\n  - unix:///run/etcd-gateway/etcd.sock\nendpoints: 127.0.0.1:${echo.port}\nhealth-check: none\npolicy: ${policy}\nadmin-addr: 127.0.0.1:${admin}\naccess-log: /var/log/etcd-gateway/access.log\n`;
-    writeFileSync(join(dir, "config.yaml"), config("sticky"));
-    writeFileSync(join(dir, "boot.sh"), bootScript(dir, join(dir, "config.yaml")));
-    chmodSync(join(dir, "boot.sh"), 0o755);
-    const ns = track(Bun.spawn([which("unshare"), "--pid", "--fork", "--mount", "--mount-proc", join(dir, "boot.sh")], { stdout: "ignore", stderr: "pipe" }));
-    let init = 0;
-    // Not spawnSync: the member (echo) is served by this process's event loop.
-    const inside = async (...cmd: string[]) => {
-      const p = Bun.spawn([which("nsenter"), "-t", String(init), "-m", "-p", ...cmd], { stdout: "pipe", stderr: "pipe" });
-      const [out, code] = await Promise.all([new Response(p.stdout).text(), p.exited]);
-      return { code, out: out.trim() };
-    };
+    let sd: Booted | undefined;
     try {
-      init = await waitFor("systemd in its namespace", () => Number(readFileSync(`/proc/${ns.pid}/task/${ns.pid}/children`, "utf8").trim().split(" ")[0]) || undefined, 5000);
-      await waitFor("etcd-gateway.service active", async () => (await inside("systemctl", "is-active", "etcd-gateway")).out === "active" || undefined, 15_000, 100);
-      const mainPid = (await inside("systemctl", "show", "-p", "MainPID", "--value", "etcd-gateway")).out;
+      sd = await bootSystemd(dir, { "etcd-gateway.service": readFileSync(UNIT, "utf8") }, config("sticky"));
+      const inside = sd.inside;
+      const mainPid = await sd.mainPid();
       expect((await inside("sh", "-c", `grep ^Uid: /proc/${mainPid}/status`)).out).not.toMatch(/^Uid:\s+0\s/); // DynamicUser
       expect(await roundTrip(port, "over tcp")).toBe("over tcp");
       const unix = await inside("python3", "-c", "import socket; c = socket.socket(socket.AF_UNIX); c.connect('/run/etcd-gateway/etcd.sock'); c.sendall(b'over unix'); print(c.recv(100).decode())");
@@ -200,16 +238,83 @@ describe("the shipped unit under a real systemd", () => {
       expect((await inside("systemctl", "stop", "etcd-gateway")).code).toBe(0);
       expect((await inside("systemctl", "show", "-p", "Result", "-p", "ExecMainStatus", "etcd-gateway")).out.split("\n").sort()).toEqual(["ExecMainStatus=0", "Result=success"]);
     } finally {
-      if (init > 0) process.kill(init, "SIGKILL"); // the namespace's init: everything in it goes
-      ns.kill("SIGKILL");
-      await ns.exited;
+      await sd?.stop();
       await echo.close();
-      for (const d of [...cgroupDirs()].filter((d) => !before.has(d)).sort((a, b) => b.length - a.length)) {
-        try {
-          rmdirSync(d);
-        } catch {}
-      }
       rmSync(dir, { recursive: true, force: true });
     }
   }, 30_000);
+});
+
+const SOCKET_UNIT = join(ROOT, "contrib/systemd/etcd-gateway.socket");
+
+describe("restarts and upgrades under a real systemd (issue 23)", () => {
+  const cluster = useSharedCluster();
+  const MIGRATE = "/proc/sys/net/ipv4/tcp_migrate_req";
+  let savedMigrate: string | undefined;
+  beforeAll(() => {
+    // The kernel's default: neither way may need tcp_migrate_req=1.
+    savedMigrate = readFileSync(MIGRATE, "utf8").trim();
+    writeFileSync(MIGRATE, "0");
+  });
+  afterAll(() => {
+    if (savedMigrate !== undefined) writeFileSync(MIGRATE, savedMigrate);
+  });
+
+  test.skipIf(!canBoot)("with etcd-gateway.socket, 20 `systemctl restart` under load refuse, reset and leave unanswered nothing; then 5 upgrades by `systemctl kill --kill-whom=main --signal=SIGUSR2` move MainPID to each new gateway, which is alone once the old one drained, and stops cleanly", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "etcd-gateway-systemd-"));
+    const port = freePort();
+    const socketUnit = readFileSync(SOCKET_UNIT, "utf8").replace("ListenStream=127.0.0.1:23790", `ListenStream=127.0.0.1:${port}`);
+    const config = `listen-addr: 127.0.0.1:${port}\nendpoints: ${cluster().endpoints}\n`;
+    let sd: Booted | undefined;
+    let load: Load | undefined;
+    try {
+      // 20 restarts in a row are beyond systemd's default start limit (5 in 10 s), which is there for crash loops.
+      const noStartLimit = "[Unit]\nStartLimitIntervalSec=0\n";
+      sd = await bootSystemd(dir, { "etcd-gateway.socket": socketUnit, "etcd-gateway.service": readFileSync(UNIT, "utf8"), "etcd-gateway.service.d/test.conf": noStartLimit }, config);
+      const { inside } = sd;
+      // The gateway listens on systemd's socket: its descriptor 3 is the socket the socket unit holds.
+      const main = await sd.mainPid();
+      expect((await inside("readlink", `/proc/${main}/fd/3`)).out).toMatch(/^socket:/);
+      load = startLoad(port, { loops: 8, longLived: 4 });
+      await waitFor("load through the first gateway", () => load!.answered > 50 || undefined, 10_000);
+      for (let i = 1; i <= 20; i++) {
+        const r = await inside("systemctl", "restart", "etcd-gateway");
+        expect(r.err).toBe("");
+        expect(r.code).toBe(0);
+        const seen = load.answered;
+        await waitFor(`answers after restart ${i}`, () => load!.answered > seen + 30 || undefined, 10_000);
+      }
+      const restarts = await load.stop();
+      load = undefined;
+      console.log(describeReport("20 systemctl restart with etcd-gateway.socket", restarts));
+      expect(restarts.failures).toEqual([]);
+      expect(restarts.refused + restarts.reset + restarts.unanswered).toBe(0);
+
+      load = startLoad(port, { loops: 8, longLived: 4 });
+      for (let i = 1; i <= 5; i++) {
+        const before = await sd.mainPid();
+        expect((await inside("systemctl", "kill", "--kill-whom=main", "--signal=SIGUSR2", "etcd-gateway")).code).toBe(0);
+        await waitFor(`MainPID after upgrade ${i}`, async () => ((await sd!.mainPid()) !== before && (await sd!.mainPid()) > 0) || undefined, 15_000, 100);
+        const seen = load.answered;
+        await waitFor(`answers after upgrade ${i}`, () => load!.answered > seen + 30 || undefined, 10_000);
+      }
+      const upgrades = await load.stop();
+      load = undefined;
+      console.log(describeReport("5 upgrades in place under systemd", upgrades));
+      expect(upgrades.refused + upgrades.reset + upgrades.unanswered).toBe(0);
+      await waitFor("one gateway left", async () => (await inside("pgrep", "-c", "-f", "etcd-gateway start")).out === "1" || undefined, 15_000, 200);
+      const last = await sd.mainPid();
+      expect((await inside("pgrep", "-f", "etcd-gateway start")).out).toBe(String(last));
+      expect((await inside("systemctl", "is-active", "etcd-gateway")).out).toBe("active");
+      // The main process is not systemd's own child now: the unit's ExecStop lets it drain and exit 0, not SIGKILL.
+      expect((await inside("systemctl", "stop", "etcd-gateway")).code).toBe(0);
+      expect((await inside("systemctl", "show", "-p", "Result", "-p", "ExecMainStatus", "-p", "ExecMainPID", "etcd-gateway")).out.split("\n").sort()).toEqual(["ExecMainPID=" + last, "ExecMainStatus=0", "Result=success"]);
+      // systemd still holds the socket: it was never the gateway's to close.
+      expect((await inside("systemctl", "is-active", "etcd-gateway.socket")).out).toBe("active");
+    } finally {
+      await load?.stop();
+      await sd?.stop();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }, 240_000);
 });
