@@ -101,11 +101,10 @@ export function takeInherited(env: Record<string, string | undefined> = process.
   return [...systemd, ...handed];
 }
 
-/** Whether a socket bound to `at` serves `a`; port 0 (any) in `a` matches a gateway's own socket on the same host. */
-export function serves(at: SocketName, a: ListenAddress, owner: Owner): boolean {
+/** Whether a socket bound to `at` serves `a`: the same path, or the same port and host (`localhost` is 127.0.0.1 or ::1). */
+export function serves(at: SocketName, a: ListenAddress): boolean {
   if (a.kind === "unix") return at.family === "unix" && at.path === a.path;
-  if (at.family !== "tcp") return false;
-  if (a.tcp.port !== at.port && !(a.tcp.port === 0 && owner === "gateway")) return false;
+  if (at.family !== "tcp" || a.tcp.port !== at.port) return false;
   const want = a.tcp.host;
   return want === at.host || (want === "localhost" && (at.host === "127.0.0.1" || at.host === "::1"));
 }
@@ -145,12 +144,12 @@ export function matchInherited(handed: readonly Inherited[], listen: readonly Li
   const m: Matched = { listen: new Map(), admin: new Map(), unused: [] };
   const named: Inherited[] = [];
   for (const s of handed) {
-    const l = listen.find((a) => serves(s.at, a, s.owner));
+    const l = listen.find((a) => serves(s.at, a));
     if (l !== undefined) {
       m.listen.set(l.address, [...(m.listen.get(l.address) ?? []), s]);
       continue;
     }
-    const a = admin.find((x) => serves(s.at, x, s.owner) && !m.admin.has(x.address));
+    const a = admin.find((x) => serves(s.at, x) && !m.admin.has(x.address));
     if (a !== undefined) m.admin.set(a.address, s);
     else if (s.owner === "systemd") named.push(s);
     else m.unused.push(s);
@@ -158,7 +157,7 @@ export function matchInherited(handed: readonly Inherited[], listen: readonly Li
   for (const s of named) {
     if (byName(s, listen, admin, m)) continue;
     const wanted = [...listen.map((a) => a.address), ...admin.map((a) => a.address)].join(", ");
-    throw new ConfigError("listen-addr", nameText(s.at), `systemd passed a socket on this address (descriptor ${s.fd}, FileDescriptorName=${s.name}) that serves none of ${wanted}; make ListenStream= one of them, or set FileDescriptorName=listen or admin`);
+    throw new ConfigError("listen-addr", nameText(s.at), `systemd passed a socket on ${nameText(s.at)} (descriptor ${s.fd}, FileDescriptorName=${s.name}) that serves none of ${wanted}; make ListenStream= one of them, or set FileDescriptorName=listen or admin`);
   }
   return m;
 }
