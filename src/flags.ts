@@ -159,7 +159,7 @@ export const START_FLAGS = {
       return parseInt(t, 8);
     },
   },
-  "reuse-port": { type: "boolean", reload: "restart", default: false, description: "let another gateway started with this flag listen on the same address (SO_REUSEPORT), for a zero-downtime restart; without it a taken address is an error" },
+  "reuse-port": { type: "boolean", reload: "restart", default: false, description: "let another gateway started with this flag listen on the same address (SO_REUSEPORT), for blue/green restarts (SIGUSR2 upgrades in place without it); without it a taken address is an error" },
   "max-connections": {
     type: "string", reload: "live", default: "0", valueHint: "N", description: "client connections at most; at the limit the gateway stops accepting (new connects wait in the kernel's backlog) until one closes (0 = as many as the open-files limit allows)",
     parse: (t) => {

@@ -274,8 +274,12 @@ class GatewayProcess {
     const sockets = [...gw.proxy.sockets.all, ...this.#admin.map((l) => ({ fd: l.fd, owner: l.owner }))];
     this.log.info("upgrading in place: starting the new gateway with the listening sockets", { binary: selfCommand()[0], sockets: sockets.length });
     const r = await this.#upgrader.start(sockets);
+    if (this.#draining) {
+      // Told to stop meanwhile: the new gateway stops along with this one.
+      if (r.ok) process.kill(r.pid, "SIGTERM");
+      return this.log.info("upgrade abandoned: this gateway is stopping", r.ok ? { pid: r.pid } : { reason: r.reason });
+    }
     if (!r.ok) return this.log.error("upgrade failed; still serving", { reason: r.reason });
-    if (this.#draining) return; // told to stop meanwhile: the new gateway was stopped with this one
     const notified = notify(`MAINPID=${r.pid}`);
     if (notified !== "sent" && notified !== "unset") this.log.error("failed to tell systemd the new main process", { pid: r.pid, error: notified });
     this.log.info("upgraded in place: the new gateway serves; draining", { pid: r.pid });

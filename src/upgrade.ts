@@ -19,6 +19,9 @@ export const UPGRADE_ENV = "ETCD_GATEWAY_UPGRADE_FROM";
 /** How long the new gateway has to be ready (discovery and member checks included) before it is stopped. */
 export const UPGRADE_READY_MS = 60_000;
 
+/** How long a new gateway that was not ready in time has to exit after SIGTERM before SIGKILL. */
+const STOP_GRACE_MS = 5000;
+
 export type UpgradeResult = { ok: true; pid: number } | { ok: false; reason: string };
 
 /** The new gateway's word to the one it replaces. */
@@ -28,7 +31,11 @@ type Upgraded = { t: "upgraded" };
 export class Upgrader {
   #next: Subprocess | null = null;
 
-  constructor(private readonly readyMs: number = UPGRADE_READY_MS) {}
+  /** @param command the new gateway's command line (tests give their own). */
+  constructor(
+    private readonly readyMs: number = UPGRADE_READY_MS,
+    private readonly command: () => string[] = selfCommand,
+  ) {}
 
   /** The new gateway while an upgrade waits for it, else null. */
   get pending(): number | null {
@@ -53,19 +60,21 @@ export class Upgrader {
       };
       let next: Subprocess;
       try {
-        next = Bun.spawn(selfCommand(), {
+        next = Bun.spawn(this.command(), {
           env: { ...process.env, ...env, [UPGRADE_ENV]: String(process.pid) },
           stdio: ["ignore", "inherit", "inherit", ...fds],
           serialization: "json",
           ipc: (msg: Upgraded) => msg.t === "upgraded" && settle({ ok: true, pid: next.pid }),
         });
       } catch (e) {
-        resolve({ ok: false, reason: `cannot start ${selfCommand()[0]}: ${e instanceof Error ? e.message : String(e)}` });
+        resolve({ ok: false, reason: `cannot start ${this.command()[0]}: ${e instanceof Error ? e.message : String(e)}` });
         return;
       }
       this.#next = next;
       const timer = setTimeout(() => {
         next.kill("SIGTERM");
+        // One that does not even drain (hung before its handlers are in) is killed: it holds our sockets.
+        setTimeout(() => next.exitCode === null && next.signalCode === null && next.kill("SIGKILL"), STOP_GRACE_MS).unref();
         settle({ ok: false, reason: `the new gateway (pid ${next.pid}) was not ready within ${this.readyMs / 1000}s; stopped it` });
       }, this.readyMs);
       void next.exited.then((code) => settle({ ok: false, reason: `the new gateway (pid ${next.pid}) exited before it was ready (${next.signalCode ?? `exit code ${code}`}); its own error is logged above` }));

@@ -85,7 +85,7 @@ function once(dial: Dial, port: number, path: string, unansweredMs: number): Pro
     }
     s.on(ready, () => s.write(`GET ${path} HTTP/1.1\r\nHost: etcd\r\nConnection: close\r\n\r\n`));
     s.on("data", (c: Buffer) => (got += c.toString("latin1")));
-    s.on("error", (e: NodeJS.ErrnoException) => fail(e.code === "ECONNREFUSED" ? "refused" : e.code === "ECONNRESET" || e.code === "EPIPE" ? "reset" : "other", `${e.code ?? ""} ${e.message}`));
+    s.on("error", (e: NodeJS.ErrnoException) => fail(failureKind(e), `${e.code ?? ""} ${e.message}`));
     s.on("close", () => {
       if (settled) return;
       if (statusOk(got)) {
@@ -111,13 +111,21 @@ function takeAnswers(buf: string): [number, string] {
   }
 }
 
+/** How a long-lived connection ended: closed by the client, cut by the gateway, or never opened (refused, reset). */
+type LongEnd = { kind: "mine" } | { kind: "cut"; cut: CutConnection } | { kind: "failed"; failure: string };
+
+/** The failure kind of a socket error: refused, reset, or other. */
+const failureKind = (e: NodeJS.ErrnoException) => (e.code === "ECONNREFUSED" ? "refused" : e.code === "ECONNRESET" || e.code === "EPIPE" ? "reset" : "other");
+
 /** One long-lived connection: asks every 100 ms until its life is over, then closes; resolves how it ended. */
-function longLived(dial: Dial, port: number, path: string, lifeMs: number, onAnswer: () => void, stopped: () => boolean): Promise<CutConnection | null> {
+function longLived(dial: Dial, port: number, path: string, lifeMs: number, onAnswer: () => void, stopped: () => boolean): Promise<LongEnd> {
   const openedAt = Date.now();
   return new Promise((resolve) => {
     const { socket: s, ready } = dial(port);
     let buf = "";
     let mine = false;
+    let opened = false;
+    let failure = "unanswered";
     let timer: Timer | undefined;
     const ask = () => {
       if (stopped() || Date.now() - openedAt >= lifeMs) {
@@ -127,20 +135,25 @@ function longLived(dial: Dial, port: number, path: string, lifeMs: number, onAns
       }
       s.write(`GET ${path} HTTP/1.1\r\nHost: etcd\r\n\r\n`);
     };
-    s.on(ready, ask);
+    s.on(ready, () => {
+      opened = true;
+      ask();
+    });
     s.on("data", (c: Buffer) => {
       const [n, rest] = takeAnswers(buf + c.toString("latin1"));
       buf = rest;
       for (let i = 0; i < n; i++) onAnswer();
       if (n > 0) timer = setTimeout(ask, 100);
     });
-    s.on("error", () => {});
+    s.on("error", (e: NodeJS.ErrnoException) => (failure = failureKind(e)));
     s.on("end", () => {
       if (!mine) s.end();
     });
     s.on("close", (hadError) => {
       clearTimeout(timer);
-      resolve(mine ? null : { openedAt, closedAt: Date.now(), how: hadError ? "reset" : "closed" });
+      if (mine) resolve({ kind: "mine" });
+      else if (!opened) resolve({ kind: "failed", failure });
+      else resolve({ kind: "cut", cut: { openedAt, closedAt: Date.now(), how: hadError ? "reset" : "closed" } });
     });
   });
 }
@@ -158,6 +171,14 @@ export function startLoad(port: number, opts: LoadOptions = {}): Load {
   let running = true;
   const times: number[] = [];
   const r: LoadReport = { ok: 0, refused: 0, reset: 0, unanswered: 0, failures: [], p50Ms: 0, p99Ms: 0, maxMs: 0, longLived: { opened: 0, answered: 0, cut: [] } };
+  /** Counts a failed connection; a client would not retry at once, so neither does the load (10 ms). */
+  const failed = async (kind: string, why: string) => {
+    if (kind === "refused") r.refused++;
+    else if (kind === "reset") r.reset++;
+    else r.unanswered++;
+    if (r.failures.length < 20) r.failures.push(`${kind}: ${why}`);
+    await Bun.sleep(10);
+  };
   const loops = Array.from({ length: opts.loops ?? 8 }, async () => {
     // Bounded in count as well as by stop().
     for (let i = 0; running && i < 200_000; i++) {
@@ -165,19 +186,19 @@ export function startLoad(port: number, opts: LoadOptions = {}): Load {
         times.push(await once(dial, port, path, unansweredMs));
         r.ok++;
       } catch (e) {
-        const kind = (e as { kind?: string }).kind;
-        if (kind === "refused") r.refused++;
-        else if (kind === "reset") r.reset++;
-        else r.unanswered++;
-        if (r.failures.length < 20) r.failures.push(`${kind}: ${(e as Error).message}`);
+        await failed((e as { kind?: string }).kind ?? "other", (e as Error).message);
       }
     }
   });
   const lives = Array.from({ length: opts.longLived ?? 4 }, async () => {
     for (let i = 0; running && i < 10_000; i++) {
+      const end = await longLived(dial, port, path, lifeMin + Math.random() * (lifeMax - lifeMin), () => r.longLived.answered++, () => !running);
+      if (end.kind === "failed") {
+        await failed(end.failure, "a long-lived connection did not open");
+        continue;
+      }
       r.longLived.opened++;
-      const cut = await longLived(dial, port, path, lifeMin + Math.random() * (lifeMax - lifeMin), () => r.longLived.answered++, () => !running);
-      if (cut !== null) r.longLived.cut.push(cut);
+      if (end.kind === "cut") r.longLived.cut.push(end.cut);
     }
   });
   return {
