@@ -16,6 +16,7 @@ import { useSharedCluster } from "../support/etcd.ts";
 import { BINARY, startGatewayProcess, type GatewayProcess } from "../support/gateway.ts";
 import { describeReport, startLoad, type LoadReport } from "../support/load.ts";
 import { freePort, sleep, waitFor } from "../support/net.ts";
+import { alive } from "../support/process.ts";
 
 const cluster = useSharedCluster();
 const MIGRATE = "/proc/sys/net/ipv4/tcp_migrate_req";
@@ -37,14 +38,6 @@ afterAll(() => {
 
 /** Gateways that upgrades started: the harness only knows the first of each chain. */
 const spawned = new Set<number>();
-const alive = (pid: number) => {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-};
 afterEach(() => {
   for (const pid of spawned) if (alive(pid)) process.kill(pid, "SIGKILL");
   spawned.clear();

@@ -7,27 +7,18 @@ import type { Socket } from "node:net";
 import { startGatewayProcess as startGateway, stopAllGateways } from "../support/gateway.ts";
 import { fdCount, freePort, sleep, waitFor } from "../support/net.ts";
 import { closeServer as close, dial, echoOnPort as echoOn, roundTrip } from "../support/peers.ts";
+import { alive } from "../support/process.ts";
 
 /** These members are plain TCP peers, not etcd: no etcd health check (see health.test.ts for those). */
 const startGatewayProcess = (args: string[], opts?: Parameters<typeof startGateway>[1]) => startGateway(["--health-check=none", ...args], opts);
 
 afterEach(stopAllGateways);
 
-
 /** Child processes of `pid` (the workers of a primary). */
 function children(pid: number): number[] {
   const out = Bun.spawnSync(["pgrep", "-P", String(pid)]).stdout.toString().trim();
   return out === "" ? [] : out.split("\n").map(Number);
 }
-
-const alive = (pid: number) => {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-};
 
 describe("--workers", () => {
   test("two processes accept on one port, and sticky sends every connection of both to one member, moving together on failure", async () => {

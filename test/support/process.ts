@@ -72,3 +72,13 @@ export async function runToEnd(cmd: string[], opts: { timeoutMs: number; env?: R
   const code = await proc.exited;
   return timedOut() ? { code: null, stdout, stderr: `${stderr}\n(killed after ${opts.timeoutMs} ms)` } : { code, stdout, stderr };
 }
+
+/** Whether process `pid` exists (a zombie counts until it is reaped). */
+export function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}

@@ -5,6 +5,7 @@
  */
 import { afterEach, expect, test } from "bun:test";
 import { Upgrader } from "../../src/upgrade.ts";
+import { alive } from "../support/process.ts";
 
 const bun = process.execPath;
 const started: number[] = [];
@@ -15,15 +16,6 @@ afterEach(() => {
     } catch {}
   }
 });
-
-const alive = (pid: number) => {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-};
 
 test("a new gateway that says it is ready: ok with its pid, which keeps running", async () => {
   const u = new Upgrader(10_000, () => [bun, "-e", "process.send({ t: 'upgraded' }); setTimeout(() => {}, 30_000)"]);
