@@ -80,7 +80,7 @@ async function blueGreen(cluster: Cluster): Promise<Row> {
     serving = next;
   });
   await stopAllGateways();
-  return { way: "blue/green with --reuse-port (two gateways, then SIGTERM to the old)", ...r };
+  return { way: "blue/green with --reuse-port (the README's recipe before issue 23)", ...r };
 }
 
 async function etcdOwn(cluster: Cluster): Promise<Row> {
@@ -115,7 +115,7 @@ async function systemdRestart(cluster: Cluster, withSocket: boolean): Promise<Ro
       const done = await sd.inside("systemctl", "restart", "etcd-gateway");
       if (done.code !== 0) throw new Error(`systemctl restart: ${done.err}`);
     });
-    return { way: withSocket ? "`systemctl restart` with etcd-gateway.socket" : "`systemctl restart` without the socket unit", ...r };
+    return { way: withSocket ? "`systemctl restart` with etcd-gateway.socket" : "`systemctl restart` without the socket unit (the shipped unit before issue 23)", ...r };
   } finally {
     await sd.stop();
     rmSync(dir, { recursive: true, force: true });

@@ -288,7 +288,7 @@ while True:
   });
 });
 
-describe("zero-downtime restart", () => {
+describe("blue/green restart with --reuse-port", () => {
   // With the kernel default (0) a connection waiting in the old listener's accept queue at the
   // instant it closes is reset: measured 2 of 518 on a loaded machine, 0 of ~2,500 on a quiet one.
   // tcp_migrate_req=1 (Linux 5.14+) hands such connections to the new listener: that is the setup
@@ -329,7 +329,7 @@ describe("zero-downtime restart", () => {
     await sleep(500);
     running = false;
     await Promise.all(loops);
-    console.log(`zero-downtime restart: ${ok} round trips, ${failures.length} failed`);
+    console.log(`blue/green restart: ${ok} round trips, ${failures.length} failed`);
     expect(failures).toEqual([]);
     expect(ok).toBeGreaterThan(50);
     expect(fresh.proc.exitCode).toBeNull();

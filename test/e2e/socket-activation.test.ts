@@ -7,7 +7,7 @@
  * LISTEN_PID to the pid it starts.
  */
 import { afterAll, afterEach, beforeAll, expect, test } from "bun:test";
-import { existsSync, mkdtempSync, openSync, closeSync, rmSync } from "node:fs";
+import { closeSync, existsSync, mkdtempSync, openSync, readdirSync, readlinkSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { connect } from "node:net";
 import { join, resolve } from "node:path";
@@ -63,6 +63,15 @@ function run(fds: number[], env: Record<string, string>, args: string[]): Run {
   return { lines, exited: proc.exited, kill: (sig = "SIGTERM") => proc.kill(sig) };
 }
 
+/** Where a /proc fd link points, or "" when it is gone. */
+function readlinkOr(path: string): string {
+  try {
+    return readlinkSync(path);
+  } catch {
+    return "";
+  }
+}
+
 const ready = (r: Run) => waitFor("ready", () => r.lines.find((l) => l.includes("ready to proxy client requests")), 10_000);
 
 test("a TCP socket from systemd is served as the --listen-addr it is bound to, not bound again (the test holds the address, so a bind would fail)", async () => {
@@ -73,6 +82,21 @@ test("a TCP socket from systemd is served as the --listen-addr it is bound to, n
   expect(line["handed-sockets"]).toBe(1);
   expect(line["from-systemd"]).toBe(1);
   expect(await roundTrip(port, "through systemd's socket")).toBe("through systemd's socket");
+  r.kill();
+  expect(await r.exited).toBe(0);
+});
+
+test("with --workers=2, both processes accept on systemd's one socket (the worker is handed it by the primary)", async () => {
+  const port = freePort();
+  const fd = tcpSocket(port);
+  const r = run([fd], { LISTEN_FDS: "1", LISTEN_FDNAMES: "etcd-gateway.socket" }, [`--listen-addr=127.0.0.1:${port}`, "--workers=2"]);
+  await ready(r);
+  const socketInode = readlinkSync(`/proc/self/fd/${fd}`);
+  const holders = (pid: number) => readdirSync(`/proc/${pid}/fd`).filter((f) => readlinkOr(`/proc/${pid}/fd/${f}`) === socketInode).length;
+  const pids = Bun.spawnSync(["pgrep", "-f", "--", `listen-addr=127.0.0.1:${port}`]).stdout.toString().trim().split("\n").map(Number);
+  expect(pids.length).toBe(2);
+  for (const pid of pids) expect(holders(pid)).toBeGreaterThan(0);
+  for (let i = 0; i < 20; i++) expect(await roundTrip(port, `n${i}`)).toBe(`n${i}`);
   r.kill();
   expect(await r.exited).toBe(0);
 });
