@@ -5,7 +5,11 @@
 # iproute2 (ss and ip: socket inspection, network namespaces), procps (pgrep), util-linux (unshare, nsenter),
 # openssl (test certificates), curl (the installer test), systemd (systemd-analyze verify of the shipped unit),
 # musl-tools and gcc (a musl program that checks how src/libc.ts finds the C library on musl),
-# prometheus (for promtool: /metrics is checked with `promtool check metrics`).
+# prometheus (for promtool: /metrics is checked with `promtool check metrics`, the alert rules with
+# `promtool check rules` and `promtool test rules`), lintian (checks the .deb package), rpm (builds the
+# .rpm), qemu-user-static and libc6-arm64-cross (run the linux-arm64 binary under qemu-aarch64-static),
+# bash-completion, zsh and fish (the completion scripts are loaded by each shell), man-db (man -l
+# renders the man page).
 # Safe to run repeatedly; prints nothing when everything is present.
 set -euo pipefail
 missing=()
@@ -21,6 +25,14 @@ command -v curl >/dev/null || missing+=(curl)
 command -v systemd-analyze >/dev/null || missing+=(systemd)
 command -v gcc >/dev/null || missing+=(gcc)
 command -v musl-gcc >/dev/null || missing+=(musl-tools)
+command -v lintian >/dev/null || missing+=(lintian)
+command -v rpmbuild >/dev/null || missing+=(rpm)
+command -v qemu-aarch64-static >/dev/null || missing+=(qemu-user-static)
+[ -e /usr/aarch64-linux-gnu/lib/ld-linux-aarch64.so.1 ] || missing+=(libc6-arm64-cross)
+[ -e /usr/share/bash-completion/bash_completion ] || missing+=(bash-completion)
+command -v zsh >/dev/null || missing+=(zsh)
+command -v fish >/dev/null || missing+=(fish)
+command -v man >/dev/null || missing+=(man-db)
 need_promtool=0
 command -v promtool >/dev/null || need_promtool=1
 [ ${#missing[@]} -eq 0 ] && [ "$need_promtool" -eq 0 ] && exit 0
