@@ -32,7 +32,7 @@ import type { Logger } from "./log.ts";
 import { fileErrorText } from "./neterror.ts";
 
 /**
- * Who ended a connection and why. Documented in the README; a contract like the log phrases.
+ * Who ended a connection and why. Documented in docs/logging.md; a contract like the log phrases.
  *
  * - `client-close` / `member-close`: that side closed first (FIN), normally.
  * - `client-reset` / `member-reset`: that side reset the connection (RST).

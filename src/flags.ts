@@ -1,8 +1,8 @@
 /**
  * The flags of `etcd-gateway start`: one table gives each flag's default, help text, how its value
  * is validated, and whether a reload (SIGHUP) applies it live or it needs a restart. The table
- * feeds the help text, the strict parser below, the settings snapshots (src/settings.ts) and the
- * README. The seven entries after `config` are `etcd gateway start`'s, with its names and defaults.
+ * feeds the help text, the strict parser below, the settings snapshots (src/settings.ts) and
+ * docs/flags.md (held to it by test/unit/docs.test.ts). The seven entries after `config` are `etcd gateway start`'s, with its names and defaults.
  *
  * The parser follows pflag (the library etcd's flags use), for what citty leaves out (docs/bun.md,
  * trap 12): unknown flags and stray arguments are errors, and repeatable flags accumulate.

@@ -3,7 +3,7 @@
  *
  * The messages that etcd's gateway prints (`ready to proxy client requests`, `deactivated endpoint`,
  * `activated`, `failed to activate endpoint (stay inactive for another interval)`) are part of the
- * contract: scripts grep for them. The README's Logging section lists every message.
+ * contract: scripts grep for them. docs/logging.md lists every message.
  *
  * @module
  */

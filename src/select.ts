@@ -91,7 +91,7 @@ function positionless(name: PolicyName, candidates: () => readonly Member[], pre
  * start, every member gets a score from a hash of the key and its address, and the member with the
  * best score among the usable ones is chosen. One member is still picked at random, by weight, but
  * the choice is a function of which members are usable, so across a fleet of gateways, each with
- * its own key, it stays even after any fault (README, "Selection and failover"):
+ * its own key, it stays even after any fault (docs/selection-and-health.md, "Selection and failover"):
  * - when the chosen member fails, its gateways move to their second choice, spread evenly over the
  *   others, not all to the member next in rotation;
  * - when a member becomes usable (back from down, added by discovery, made ready by an operator),

@@ -24,7 +24,7 @@ export const STATUS_FLAGS = {
   json: { type: "boolean", default: false, description: "print the raw JSON of /status" },
 } as const;
 
-/** Exit codes of `etcd-gateway status` (README, Admin endpoint): 1 is `fail`'s (bad flag, no answer). */
+/** Exit codes of `etcd-gateway status` (docs/admin.md): 1 is `fail`'s (bad flag, no answer). */
 export const STATUS_EXIT = { ok: 0, unreachable: 1, noUsableMember: 2 } as const;
 
 /** What the gateway says of itself: `ready` (absent before issue 14: then any member up). */

@@ -12,7 +12,7 @@
  * - etcd's own gateway, stopped and started again (`etcd gateway start`).
  *
  * Prints a Markdown table; `--write` also puts it in docs/restarts.md (between `<!-- restarts:start -->`
- * and `<!-- restarts:end -->`) and a short one in README.md (`<!-- restarts-summary:… -->`).
+ * and `<!-- restarts:end -->`).
  *
  * @module
  */
@@ -130,11 +130,6 @@ function table(rows: Row[]): string {
   return [head, ...lines].join("\n");
 }
 
-function summary(rows: Row[]): string {
-  const head = "| way | failed connections (refused + reset + unanswered) | longest wait for an answer |\n|---|---:|---:|";
-  return [head, ...rows.map(({ way, report: r }) => `| ${way} | ${failedOf(r)} | ${(r.maxMs / 1000).toFixed(2)} s |`)].join("\n");
-}
-
 /** Replaces what is between `<!-- name:start -->` and `<!-- name:end -->` in `file`. */
 function splice(file: string, name: string, text: string): void {
   const doc = readFileSync(file, "utf8");
@@ -162,7 +157,6 @@ async function main(): Promise<void> {
   console.log(text);
   if (values.write) {
     splice(join(ROOT, "docs/restarts.md"), "restarts", text);
-    splice(join(ROOT, "README.md"), "restarts-summary", summary(rows));
   }
 }
 

@@ -1,7 +1,7 @@
 /**
  * `bun scripts/bench/stall-gaps.ts`: how long a live etcd member stays silent after its clients'
  * bytes reach it, in real traffic, to choose the threshold of the data path's stall suspicion
- * (issue 21; README "Detection bounds"). A recording relay sits between real clients (the `etcd3`
+ * (issue 21; docs/selection-and-health.md, "Detection bounds"). A recording relay sits between real clients (the `etcd3`
  * Node client and `etcdctl`) and one member of a real 3-member cluster, and timestamps every chunk
  * each way. For every connection it reports the silences that a suspicion rule would see: client
  * bytes delivered, then no byte back for a while. Workloads: a lease kept alive with a watch and a

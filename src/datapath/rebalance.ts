@@ -1,7 +1,7 @@
 /**
  * `--rebalance-interval` (off by default): moves open connections, one at a time, to where new
  * connections go, so that long-lived ones (watches, lease keep-alives) do not stay for days where
- * a fault put them (issue 22; README, "Selection and failover").
+ * a fault put them (issue 22; docs/selection-and-health.md, "Selection and failover").
  *
  * An L4 proxy cannot ask a client to go elsewhere (an HTTP/2 GOAWAY is inside the bytes it does
  * not parse), so a connection moves only by being closed, cleanly (a FIN each way), and the client
@@ -117,7 +117,7 @@ export function planMove(members: readonly Member[], preferred: Member | undefin
   const on = new Map<Member, Conn[]>();
   for (const conn of conns) {
     const up = conn.up;
-    // A member an operator drained keeps its open connections (README, "Draining a member").
+    // A member an operator drained keeps its open connections (docs/admin.md, "Draining a member").
     if (up === null || up.sock === null || up.closed || up.connectedAt <= 0 || conn.client.closed || up.member.drain !== "off") continue;
     const list = on.get(up.member);
     if (list === undefined) on.set(up.member, [conn]);

@@ -3,7 +3,7 @@
  * read. They judge what etcd's gateway cannot see: a member that accepts TCP but has no leader, is
  * a learner, is corrupt, belongs to another cluster, or hangs.
  *
- * Two facts come out of every check, kept apart (README, "Health"): whether the member is
+ * Two facts come out of every check, kept apart (docs/selection-and-health.md, "Health"): whether the member is
  * **alive** (its process answered at all: any HTTP status, a TLS alert, a close after connect)
  * and whether it is **healthy**. A check that cannot judge health on a member that answers (its
  * TLS needs a client certificate the gateway lacks, it has no status API) judges it by liveness,

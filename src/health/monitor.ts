@@ -9,7 +9,7 @@
  * gateway behaviour, without its unbounded, piling-up probes) brings it back.
  *
  * What the checks cost the cluster is multiplied by every host that runs a gateway, so they are
- * spent where they matter (README, "What health checks cost the cluster"):
+ * spent where they matter (docs/selection-and-health.md, "What health checks cost the cluster"):
  * - the member in use (carrying this gateway's clients, or the one its policy sends the next client
  *   to) gets a cheap liveness check every `--health-interval` on a kept-alive connection, and a full
  *   check (leader, learner, alarm) every `--health-status-interval` (every
@@ -120,7 +120,7 @@ export const CONFIRM_SPACING_MS = 150;
  * The longest wait between checks of a down member that does not answer at all (refused, timed
  * out), in --health-interval: asking a dead address costs the cluster nothing, and every gateway of a
  * fleet then sees the member back within this many intervals (and --health-rise more), so that new
- * connections spread over it again (issue 22; README, "Selection and failover").
+ * connections spread over it again (issue 22; docs/selection-and-health.md, "Selection and failover").
  */
 export const SILENT_BACKOFF_INTERVALS = 5;
 

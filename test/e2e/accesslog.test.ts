@@ -240,7 +240,7 @@ describe("access log to a stream", () => {
     });
   }
 
-  test("--access-log=stderr: the lines share stderr with the log, told apart by having no level (README)", async () => {
+  test("--access-log=stderr: the lines share stderr with the log, told apart by having no level (docs/logging.md)", async () => {
     const { stdout, stderr } = await oneConnection("stderr");
     expect(stdout).toEqual([]);
     const access = stderr.map((l) => JSON.parse(l) as Record<string, unknown>).filter((r) => !("level" in r));

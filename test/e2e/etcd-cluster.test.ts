@@ -5,7 +5,7 @@
  *
  * One cluster serves the whole file; a test that kills a member gets it restarted in afterEach.
  * Times are the gateway's own (its log timestamps) or a client's own span, never a fixed wait:
- * a test waits for what it expects and then checks how long the gateway took against the README.
+ * a test waits for what it expects and then checks how long the gateway took against docs/selection-and-health.md.
  */
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, test } from "bun:test";
 import { connect } from "node:net";
@@ -80,7 +80,7 @@ function httpGet(port: number, path: string, timeoutMs: number): Promise<string>
 
 /**
  * The longest the gateway may take with its default health flags to mark a member in use that was
- * killed (README, "Detection bounds"): --health-fall (3) checks in a row fail, each started at most
+ * killed (docs/selection-and-health.md, "Detection bounds"): --health-fall (3) checks in a row fail, each started at most
  * --health-interval (2 s, +10 % jitter) after the previous one ended and each lasting at most
  * --health-timeout (1 s). That is a hung member's bound; a killed one refuses at once, so it can
  * only be quicker (measured 4.0-6.2 s in 30 kills with one or two CPU hogs on two cores).
@@ -169,7 +169,7 @@ describe("gateway in front of a 3-member etcd cluster", () => {
       for (const v of ["2", "3", "4", "5"]) await putDirect(key, v, victim);
       await waitEvents("events 2..5 after the kill", ["2", "3", "4", "5"], 15_000);
       expect(watch.exitCode, state()).toBeNull();
-      // The health checks mark the killed member down within the README's bound, by the gateway's clock.
+      // The health checks mark the killed member down within the documented bound (docs/selection-and-health.md), by the gateway's clock.
       expect(await deactivatedSince(gw, cluster.members[victim]!.endpoint, killedAt)).toBeLessThanOrEqual(DEACTIVATION_BOUND_MS);
     } finally {
       watch.kill("SIGKILL");
@@ -195,7 +195,7 @@ describe("gateway in front of a 3-member etcd cluster", () => {
     }
     expect(failures).toEqual([]);
 
-    // The health checks mark the killed member down within the README's bound, by the gateway's clock.
+    // The health checks mark the killed member down within the documented bound (docs/selection-and-health.md), by the gateway's clock.
     expect(await deactivatedSince(gw, cluster.members[victim]!.endpoint, killedAt)).toBeLessThanOrEqual(DEACTIVATION_BOUND_MS);
   }, 60_000);
 

@@ -1,6 +1,6 @@
 /**
  * Issue 20, test strength: the requests the health checks send, as the member receives them
- * (README, "Health"): `health` is `GET /health?serializable=true`, `etcd` is
+ * (docs/selection-and-health.md, "Health"): `health` is `GET /health?serializable=true`, `etcd` is
  * `POST /v3/maintenance/status` (body `{}`) for a full check and `GET /version` for the liveness
  * check of the member in use. A fake member records each request line and body off the wire and
  * answers as etcd would, so the checks pass and go on.

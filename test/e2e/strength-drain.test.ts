@@ -1,6 +1,6 @@
 /**
  * Issue 20, test strength: a drain lasts "through SIGHUP reloads and endpoint-set changes that keep
- * the member" (README, "Draining a member"), against the binary: a member drained with
+ * the member" (docs/admin.md, "Draining a member"), against the binary: a member drained with
  * `etcd-gateway member drain` (on the gateway's unix socket admin address, the one that takes
  * drains) gets no new connection after a SIGHUP whose `--endpoints-file` adds a member, in every
  * --workers process, until `member ready`. Reads go through the TCP admin address.

@@ -1,5 +1,5 @@
 /**
- * Issue 20, test strength: a symlink at a unix listen path is refused and left untouched (README,
+ * Issue 20, test strength: a symlink at a unix listen path is refused and left untouched (docs/flags.md,
  * `--listen-addr`: "a symlink there is an error and is left untouched") also when it points at a
  * stale socket, the one thing the gateway would otherwise replace: a real socket file whose server
  * was killed. Neither the link nor its target may be followed, removed or changed.

@@ -99,7 +99,7 @@ describe("the shipped unit", () => {
     expect(values("ExecReload")).toEqual(["/bin/kill -HUP $MAINPID"]);
   });
 
-  test("the README's /run/etcd-gateway and /var/log/etcd-gateway paths exist under DynamicUser and ProtectSystem=strict", () => {
+  test("the /run/etcd-gateway and /var/log/etcd-gateway paths the README names exist under DynamicUser and ProtectSystem=strict", () => {
     expect(values("DynamicUser")).toEqual(["yes"]);
     expect(values("ProtectSystem")).toEqual(["strict"]);
     expect(values("RuntimeDirectory")).toEqual(["etcd-gateway"]);

@@ -1,5 +1,5 @@
 /**
- * The layout the README's Development section promises, checked on the source itself: no import
+ * The layout docs/development.md promises, checked on the source itself: no import
  * cycles in src/, every src/ file says in its first comment what it owns, every file a comment
  * names exists, no function in src/ runs past 80 lines, and test/ never imports from scripts/.
  */

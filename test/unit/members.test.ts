@@ -114,7 +114,7 @@ describe("--workers: the primary's drain reaches a worker's table", () => {
   });
 });
 
-describe("a drain lasts through endpoint-set changes that keep the member (issue 20; README, Draining a member)", () => {
+describe("a drain lasts through endpoint-set changes that keep the member (issue 20; docs/admin.md, Draining a member)", () => {
   test("MemberTable.replace with a member added keeps the kept members' drain, and says nothing of it", () => {
     const { t, a, b, lines } = table();
     t.update(a, { drain: "close-idle" });

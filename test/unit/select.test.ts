@@ -238,7 +238,7 @@ describe("per-connection cost", () => {
   });
 });
 
-describe("a drained member under each policy (issue 20: what README's Draining a member promises, per policy)", () => {
+describe("a drained member under each policy (issue 20: what docs/admin.md, Draining a member, promises, per policy)", () => {
   const POLICIES = ["sticky", "round-robin", "least-connections", "ordered"] as const;
 
   for (const name of POLICIES) {
