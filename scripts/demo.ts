@@ -1,21 +1,25 @@
 /**
  * `bun run demo`: the README's "try it". Installs Debian's etcd when it is missing, builds
  * dist/etcd-gateway when src/ is newer, starts a 3-member etcd cluster on loopback and the gateway
- * on 127.0.0.1:23790 in front of it, proves one put/get through it, and keeps everything running
+ * on 127.0.0.1:23790 in front of it, with its admin endpoint on 127.0.0.1:23791 (so that
+ * `etcd-gateway status` answers), proves one put/get through it, and keeps everything running
  * until Ctrl-C or SIGTERM, then stops it all and removes the cluster's temp dirs.
  *
  * Usage: bun run demo [-- <gateway flags>]   e.g. bun run demo -- --policy round-robin
- * (a --listen-addr among the flags replaces the default 127.0.0.1:23790)
+ * (a --listen-addr or --admin-addr among the flags replaces the default 127.0.0.1:23790 or
+ * 127.0.0.1:23791; ETCD_GATEWAY_BINARY, as in the tests, runs that binary instead of dist/'s)
  */
 import type { Subprocess } from "bun";
 import { existsSync, readdirSync, statSync } from "node:fs";
 import { connect } from "node:net";
-import { join } from "node:path";
+import { join, relative, resolve } from "node:path";
 import { etcdctl, memberStatus, startCluster, type Cluster } from "../test/support/cluster.ts";
 
 const ROOT = join(import.meta.dir, "..");
-const BINARY = join(ROOT, "dist", "etcd-gateway");
+const BINARY = process.env.ETCD_GATEWAY_BINARY ?? join(ROOT, "dist", "etcd-gateway");
 const DEFAULT_LISTEN = "127.0.0.1:23790";
+/** The admin endpoint `etcd-gateway status` asks when given no --admin-addr. */
+const DEFAULT_ADMIN = "127.0.0.1:23791";
 
 /** Installs etcd-server and etcd-client with apt-get when `etcd` or `etcdctl` is not on PATH. */
 function ensureEtcd(): void {
@@ -46,10 +50,21 @@ function newestMtime(dir: string): number {
 
 /** Runs scripts/build.ts unless dist/etcd-gateway is newer than everything in src/. */
 function ensureBuilt(): void {
+  if (process.env.ETCD_GATEWAY_BINARY !== undefined) return;
   if (existsSync(BINARY) && statSync(BINARY).mtimeMs > newestMtime(join(ROOT, "src"))) return;
   console.log("building dist/etcd-gateway (bun scripts/build.ts)");
   const p = Bun.spawnSync([process.execPath, "scripts/build.ts"], { cwd: ROOT, stdio: ["inherit", "inherit", "inherit"] });
   if (p.exitCode !== 0) throw new Error(`the build failed with exit code ${p.exitCode}`);
+}
+
+/** Where `--name` or `--name=value` is in `args`, or -1. */
+const flagIndex = (args: readonly string[], name: string) => args.findIndex((a) => a === `--${name}` || a.startsWith(`--${name}=`));
+
+/** The value of the flag at `i` (`--name=value` or `--name value`), or undefined. */
+function flagValue(args: readonly string[], i: number): string | undefined {
+  if (i < 0) return undefined;
+  const a = args[i]!;
+  return a.includes("=") ? a.slice(a.indexOf("=") + 1) : args[i + 1];
 }
 
 /** Host and port of `host:port` or `[v6]:port`. */
@@ -85,13 +100,70 @@ async function waitListening(gateway: Subprocess, host: string, port: number): P
   }
 }
 
+/** What the demo runs, and what to try next. */
+interface Running {
+  /** The gateway's client address, and its admin endpoint's. */
+  readonly gw: string;
+  readonly admin: string;
+  readonly members: readonly { readonly name: string; readonly endpoint: string; readonly pid: number }[];
+  /** The member the gateway's connections go to (sticky), or -1. */
+  readonly using: number;
+  readonly roundRobin: boolean;
+}
+
+/**
+ * The lines printed once everything runs: the members, commands to try, and what a killed member
+ * does to the gateway's log (src/health/monitor.ts): the member in use is checked every
+ * --health-interval (2s) and goes down after --health-fall (3) failed checks in a row, so without
+ * traffic `deactivated endpoint` follows the kill within about 4 to 6 s (measured: 5.2 s); a
+ * client's connection that fails to dial it has it checked at once (measured: 0.4 s).
+ */
+function tryIt(r: Running): string[] {
+  // Relative to the repository, where the demo is run from; absolute when the binary lies elsewhere.
+  const rel = relative(ROOT, resolve(BINARY));
+  const bin = rel.startsWith("..") ? resolve(BINARY) : rel;
+  const status = `${bin} status${r.admin === DEFAULT_ADMIN ? "" : ` --admin-addr=${r.admin}`}`;
+  const victim = r.using >= 0 ? r.members[r.using]! : undefined;
+  return [
+    "",
+    `etcd-gateway is proxying ${r.gw} to the cluster; checked with a put and a get through it.`,
+    "",
+    "Members:",
+    ...r.members.map((m, i) => `  ${m.name}  ${m.endpoint}  pid ${m.pid}${i === r.using ? "   <- the gateway's connections go here now" : ""}`),
+    "",
+    "Try it from another terminal:",
+    `  export ETCDCTL_API=3`,
+    `  etcdctl --endpoints=${r.gw} put foo bar`,
+    `  etcdctl --endpoints=${r.gw} get foo`,
+    `  etcdctl --endpoints=${r.gw} endpoint status -w table   # which member answered`,
+    `  etcdctl --endpoints=${r.gw} watch foo                  # keep it open across a failover`,
+    `  ${status}   # the members as the gateway sees them (its admin endpoint, ${r.admin})`,
+    "",
+    r.roundRobin
+      ? "See failover (round-robin sends each new connection to the next member): kill one, then run the get again:"
+      : "See failover: kill the member the gateway uses, then run the get again:",
+    `  kill -9 ${victim?.pid ?? "<pid of a member above>"}`,
+    `  The gateway's log then shows a warn line "deactivated endpoint" for ${victim?.endpoint ?? "the member"}`,
+    `  ("to":"down", "error":"dial tcp ...: connect: connection refused"), and status shows it down.`,
+    "  Without client traffic its health checks find it: within about 4 to 6 s (one every",
+    "  --health-interval=2s, down after --health-fall=3 failures). Run the get at once and its",
+    "  connection's failed dial has the member checked and taken down within a second, the get",
+    "  itself served by another member.",
+    "",
+    "Ctrl-C (or SIGTERM) stops the gateway and the cluster and removes the temp dirs.",
+    "",
+  ];
+}
+
 async function main(): Promise<void> {
   // `bun run demo -- --flag` may hand the script the `--` too.
   const extra = process.argv.slice(2);
   if (extra[0] === "--") extra.shift();
-  const listenFlag = extra.findIndex((a) => a === "--listen-addr" || a.startsWith("--listen-addr="));
-  const listen = listenFlag < 0 ? DEFAULT_LISTEN : (extra[listenFlag]!.split("=")[1] ?? extra[listenFlag + 1] ?? DEFAULT_LISTEN);
+  const listenFlag = flagIndex(extra, "listen-addr");
+  const listen = flagValue(extra, listenFlag) ?? DEFAULT_LISTEN;
   const { host, port } = splitHostPort(listen);
+  const adminFlag = flagIndex(extra, "admin-addr");
+  const admin = flagValue(extra, adminFlag) ?? DEFAULT_ADMIN;
 
   ensureEtcd();
   ensureBuilt();
@@ -124,7 +196,7 @@ async function main(): Promise<void> {
     cluster = await startCluster({ size: 3 });
     console.log(`cluster healthy: ${cluster.endpoints} (data and logs in ${cluster.dir})\n`);
 
-    const args = [BINARY, "start", ...(listenFlag < 0 ? [`--listen-addr=${DEFAULT_LISTEN}`] : []), `--endpoints=${cluster.endpoints}`, ...extra];
+    const args = [BINARY, "start", ...(listenFlag < 0 ? [`--listen-addr=${DEFAULT_LISTEN}`] : []), ...(adminFlag < 0 ? [`--admin-addr=${DEFAULT_ADMIN}`] : []), `--endpoints=${cluster.endpoints}`, ...extra];
     console.log(`$ ${args.map((a) => a.replace(ROOT + "/", "")).join(" ")}`);
     // Inherited stderr: the gateway's own log shows in this terminal.
     gateway = Bun.spawn(args, { stdin: "ignore", stdout: "inherit", stderr: "inherit" });
@@ -142,30 +214,7 @@ async function main(): Promise<void> {
     const status = roundRobin ? null : await memberStatus(port);
     const using = status === null ? -1 : await cluster.indexOfId(status.memberId);
 
-    const lines = [
-      "",
-      `etcd-gateway is proxying ${gw} to the cluster; checked with a put and a get through it.`,
-      "",
-      "Members:",
-      ...cluster.members.map((m, i) => `  ${m.name}  ${m.endpoint}  pid ${m.pid}${i === using ? "   <- the gateway's connections go here now" : ""}`),
-      "",
-      "Try it from another terminal:",
-      `  export ETCDCTL_API=3`,
-      `  etcdctl --endpoints=${gw} put foo bar`,
-      `  etcdctl --endpoints=${gw} get foo`,
-      `  etcdctl --endpoints=${gw} endpoint status -w table   # which member answered`,
-      `  etcdctl --endpoints=${gw} watch foo                  # keep it open across a failover`,
-      "",
-      roundRobin
-        ? "See failover (round-robin sends each new connection to the next member): kill one, then run the get again:"
-        : "See failover: kill the member the gateway uses, then run the get again:",
-      `  kill -9 ${using >= 0 ? cluster.members[using]!.pid : "<pid of a member above>"}`,
-      "  (the gateway logs \"deactivated endpoint\" and serves the next connection from another member)",
-      "",
-      "Ctrl-C (or SIGTERM) stops the gateway and the cluster and removes the temp dirs.",
-      "",
-    ];
-    console.log(lines.join("\n"));
+    console.log(tryIt({ gw, admin, members: cluster.members, using, roundRobin }).join("\n"));
   } catch (e) {
     console.error(`demo failed: ${e instanceof Error ? e.message : String(e)}`);
     await shutdown(1, "failed");

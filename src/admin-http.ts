@@ -86,7 +86,7 @@ export interface HttpLimits {
   readonly lingerMs: number;
 }
 
-/** The admin endpoint's bounds, documented in the README (Admin endpoint). */
+/** The admin endpoint's bounds, documented in docs/admin.md. */
 export const ADMIN_LIMITS: HttpLimits = { connections: 16, headBytes: 8192, headMs: 5000, answerMs: 5000, lingerMs: 1000 };
 
 /** The Host names a TCP listener accepts besides IP literals and `localhost`; `any`: no check (`--admin-host-whitelist=*`). */
@@ -395,7 +395,8 @@ export interface HttpListener {
  * gets `policy.socketMode` before it listens, so no connect can slip in under another mode; the
  * file is removed at stop and at exit, if it is still ours.
  *
- * @throws {Error} `cannot listen on <address>: <why>` when the address cannot be bound.
+ * @throws {Error} `listen tcp <host:port>: bind: <why>` (Go's words) when a TCP address cannot be
+ * bound; `cannot listen on <address>: <why>` for a unix socket.
  */
 export async function serveHttp(address: ListenAddress, route: Route, policy: ListenerPolicy, limits: HttpLimits = ADMIN_LIMITS, handed?: Inherited): Promise<HttpListener> {
   const conns = new AdminConnections(route, limits, policy);
@@ -408,7 +409,9 @@ export async function serveHttp(address: ListenAddress, route: Route, policy: Li
     try {
       l = Bun.listen<Conn>({ hostname: address.tcp.host, port: address.tcp.port, ...common });
     } catch (e) {
-      throw at(errorText(e));
+      // In Go's words, as --listen-addr's (src/datapath/sockets.ts): `listen tcp 127.0.0.1:23791: bind: address already in use`.
+      const go = errnoText((e as NodeJS.ErrnoException).code ?? "");
+      throw new Error(`listen tcp ${address.address}: ${go === undefined ? errorText(e) : `bind: ${go}`}`);
     }
     deferAccept(fdOfListener(l), Math.ceil(limits.headMs / 1000));
     const keeper = libc().dup(fdOfListener(l));

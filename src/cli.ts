@@ -4,12 +4,15 @@
  * command calls one function. citty dispatches; the help is rendered by src/help.ts (citty's
  * neither wraps nor asks whether stdout is a terminal), and parsing is ours (src/flags.ts), since
  * citty ignores unknown flags and keeps only the last of repeated ones (docs/bun.md, trap 12).
+ * Which command the arguments name is found here too (`route`), so that a wrong one is one line
+ * `etcd-gateway: ...`, never citty's own message (coloured even on a pipe, without our prefix).
  *
  * @module
  */
-import { defineCommand, runMain, type ArgsDef } from "citty";
+import { defineCommand, runCommand, type ArgsDef, type CommandDef } from "citty";
 import pkg from "../package.json" with { type: "json" };
 import { printable, START_FLAGS, type FlagSpec } from "./flags.ts";
+import { completion } from "./completion.ts";
 import { showHelp } from "./help.ts";
 import { fail, serve } from "./serve.ts";
 import { MEMBER_FLAGS, runMember } from "./drain.ts";
@@ -32,8 +35,11 @@ const status = defineCommand({
   run: ({ rawArgs }) => runStatus(rawArgs, fail),
 });
 
-/** `member drain|ready <endpoint>`: the endpoint is a positional argument in the help. */
-const endpointArg: ArgsDef = { endpoint: { type: "positional", description: "the member, as `etcd-gateway status` lists it (e.g. 10.0.1.10:2379)", required: true } };
+/**
+ * `member drain|ready <endpoint>`: the endpoint is a positional argument in the help. Not
+ * `required` for citty: runMember says it is missing, in our words (src/drain.ts).
+ */
+const endpointArg: ArgsDef = { endpoint: { type: "positional", description: "the member, as `etcd-gateway status` lists it (e.g. 10.0.1.10:2379)", required: false } };
 const member = defineCommand({
   meta: { name: "member", description: "Take a member of a running gateway out of rotation, or bring it back (asks its --admin-addr)" },
   subCommands: {
@@ -44,7 +50,7 @@ const member = defineCommand({
     }),
     ready: defineCommand({
       meta: { name: "ready", description: "Put a drained member back in rotation" },
-      args: { ...endpointArg, ...helpArgs({ "admin-addr": MEMBER_FLAGS["admin-addr"] }) },
+      args: { ...endpointArg, ...helpArgs({ "admin-addr": MEMBER_FLAGS["admin-addr"], config: MEMBER_FLAGS.config }) },
       run: ({ rawArgs }) => runMember("ready", rawArgs, fail),
     }),
   },
@@ -57,7 +63,7 @@ const version = defineCommand({
   },
 });
 
-const COMMANDS = { start, status, member, version };
+const COMMANDS = { start, status, member, version, completion };
 
 export const main = defineCommand({
   meta: { name: "etcd-gateway", version: pkg.version, description: pkg.description },
@@ -77,10 +83,67 @@ export function withDefaultCommand(argv: readonly string[]): string[] {
   return first !== undefined && first.startsWith("-") && !ROOT_FLAGS.includes(first) ? ["start", ...argv] : [...argv];
 }
 
-if (import.meta.main) {
-  const argv = withDefaultCommand(process.argv.slice(2));
-  const command = argv[0];
-  // citty would print the whole help, then the name in colour on stderr.
-  if (command !== undefined && !command.startsWith("-") && !Object.hasOwn(COMMANDS, command)) fail(printable(`unknown command ${JSON.stringify(command)}; commands: ${Object.keys(COMMANDS).join(", ")}`));
-  void runMain(main, { rawArgs: argv, showUsage: showHelp });
+/** Where the arguments lead: the commands from the root down, the arguments left, and why they lead nowhere (null: they lead to a command that runs). */
+export interface Route {
+  readonly chain: readonly CommandDef[];
+  readonly rest: readonly string[];
+  readonly problem: string | null;
 }
+
+/**
+ * Follows `argv` (after `withDefaultCommand`) down the commands: each word names a command among
+ * its parent's subcommands until one without subcommands is reached. `problem`, when it stops
+ * short: no command, an unknown one, or a flag before the command, worded for `fail`.
+ */
+export function route(argv: readonly string[]): Route {
+  const chain: CommandDef[] = [main as CommandDef];
+  let rest = [...argv];
+  for (;;) {
+    const subs = chain.at(-1)!.subCommands as Record<string, CommandDef> | undefined;
+    if (subs === undefined) return { chain, rest, problem: null };
+    // `member bogus` is "member: unknown command ..."; the root's have no prefix.
+    const at = chain.slice(1).map((c) => `${(c.meta as { name: string }).name}: `).join("");
+    const names = `commands: ${Object.keys(subs).join(", ")}`;
+    const first = rest[0];
+    if (first === undefined) return { chain, rest, problem: `${at}no command given; ${names}` };
+    if (first.startsWith("-")) return { chain, rest, problem: `${at}a command goes before ${printable(JSON.stringify(first))}; ${names}` };
+    if (!Object.hasOwn(subs, first)) return { chain, rest, problem: `${at}unknown command ${printable(JSON.stringify(first))}; ${names}` };
+    chain.push(subs[first]!);
+    rest = rest.slice(1);
+  }
+}
+
+/** citty's built-in flags, which it reads anywhere on the line (before `--`). */
+const HELP = ["--help", "-h"];
+const VERSION = ["--version", "-v"];
+
+/**
+ * Runs the command `argv` names: its help when `--help` is anywhere (before `--`), the version for
+ * `--version` alone; a line that leads to no command is one line through `fail` (the help of the
+ * command that wants a subcommand first on stdout, when none was given: `etcd-gateway member`);
+ * anything citty still refuses is `fail`ed too, its colour removed.
+ */
+export async function runCli(argv: readonly string[]): Promise<void> {
+  const r = route(argv);
+  const flags = argv.slice(0, argv.includes("--") ? argv.indexOf("--") : argv.length);
+  if (flags.some((a) => HELP.includes(a))) {
+    await showHelp(r.chain.at(-1)!, ...r.chain.slice(0, -1));
+    return;
+  }
+  if (argv.length === 1 && VERSION.includes(argv[0]!)) {
+    process.stdout.write(`${pkg.version}\n`);
+    return;
+  }
+  if (r.problem !== null) {
+    if (r.rest.length === 0) await showHelp(r.chain.at(-1)!, ...r.chain.slice(0, -1));
+    fail(r.problem);
+  }
+  try {
+    await runCommand(main, { rawArgs: [...argv] });
+  } catch (e) {
+    if ((e as Error | null)?.name !== "CLIError") throw e;
+    fail(printable((e as Error).message.replace(/\x1b\[[0-9;]*m/g, "")));
+  }
+}
+
+if (import.meta.main) void runCli(withDefaultCommand(process.argv.slice(2)));

@@ -11,14 +11,15 @@ import type { Status } from "./admin.ts";
 import { parseEndpoint, type ListenAddress } from "./addresses.ts";
 import { parseFlags, type ParserSpec } from "./flags.ts";
 import { errorText } from "./log.ts";
-import { adminAddress, askAdmin, memberRowProblem, printable } from "./status.ts";
+import { askAdmin, CONFIG_FLAG, findAdmin, memberRowProblem, printable } from "./status.ts";
 
 /** Where the commands find the privileged admin address by default: the socket contrib/systemd/etcd-gateway.service's RuntimeDirectory holds. */
 export const MEMBER_ADMIN_ADDR = "unix:///run/etcd-gateway/admin.sock";
 
 /** The flags of `etcd-gateway member drain|ready`. */
 export const MEMBER_FLAGS = {
-  "admin-addr": { type: "string", default: MEMBER_ADMIN_ADDR, valueHint: "unix:///path", description: "the gateway's unix socket --admin-addr (a TCP one is read-only)" },
+  "admin-addr": { type: "string", default: MEMBER_ADMIN_ADDR, valueHint: "unix:///path", description: "the gateway's unix socket --admin-addr (a TCP one is read-only); when not given: ETCD_GATEWAY_ADMIN_ADDR, else the --config file's admin-addr (its unix:///path one), else this default" },
+  config: CONFIG_FLAG,
   "close-idle": { type: "boolean", default: false, description: "drain: also reset the member's connections once no byte moved either way for a second" },
 } as const;
 
@@ -47,6 +48,13 @@ export function splitEndpoint(argv: readonly string[], specs: Readonly<Record<st
   return { endpoint: positional[0]!, flags };
 }
 
+/** The configured admin address a drain can use: the unix socket one (a TCP one answers 403). */
+function unixAdmin(list: ListenAddress[], from: string): ListenAddress {
+  const unix = list.find((a) => a.kind === "unix");
+  if (unix === undefined) throw new Error(`--admin-addr (from ${from}): ${list.map((a) => a.address).join(",")} has no unix:///path address, the only one that takes a drain; give --admin-addr=unix:///path`);
+  return unix;
+}
+
 /** Runs `etcd-gateway member <action>` with `argv`; `fail` prints one line and exits 1. */
 export async function runMember(action: MemberAction, argv: readonly string[], fail: (message: string) => never): Promise<void> {
   let addr: ListenAddress;
@@ -55,7 +63,7 @@ export async function runMember(action: MemberAction, argv: readonly string[], f
   try {
     const split = splitEndpoint(argv, MEMBER_FLAGS);
     const v = parseFlags(split.flags, MEMBER_FLAGS);
-    addr = adminAddress(v["admin-addr"], MEMBER_ADMIN_ADDR);
+    addr = findAdmin(v, process.env, unixAdmin, MEMBER_ADMIN_ADDR);
     closeIdle = v["close-idle"] === true;
     if (closeIdle && action === "ready") throw new Error("--close-idle goes with drain");
     // As the gateway spells its members: scheme stripped, IPv6 in brackets.

@@ -18,8 +18,12 @@ export interface HelpPage {
   readonly description: string;
   readonly version?: string;
   readonly flags: readonly HelpFlag[];
+  /** Positional arguments, in order: name and description (shown as `<name>`). */
+  readonly positionals?: readonly (readonly [string, string])[];
   /** Subcommands: name and description. */
   readonly commands: readonly (readonly [string, string])[];
+  /** The root command: flags without a command are its default command's (`start`). */
+  readonly root?: boolean;
 }
 
 export interface HelpFlag {
@@ -120,8 +124,14 @@ export function renderHelp(page: HelpPage, style: HelpStyle): string {
   const out: string[] = [];
   const title = `${page.description} (${page.name}${page.version ? ` v${page.version}` : ""})`;
   out.push(...wrap(words(title, "dim"), width, 0, 0, c), "");
-  const usage = page.commands.length > 0 ? page.commands.map(([n]) => n).join("|") : page.flags.length > 0 ? "[OPTIONS]" : "";
+  const positionals = page.positionals ?? [];
+  const usage = page.commands.length > 0 ? page.commands.map(([n]) => n).join("|") : [...(page.flags.length > 0 ? ["[OPTIONS]"] : []), ...positionals.map(([n]) => `<${n}>`)].join(" ");
   out.push(...wrap([{ text: "USAGE", paint: "head" }, ...words(`${page.name} ${usage}`, "flag")], width, 0, INDENT, c), "");
+  if (positionals.length > 0) {
+    out.push(render([{ text: "ARGUMENTS", paint: "head" }], c), "");
+    for (const [n, d] of positionals) out.push(...wrap(words(`<${n}>`, "flag"), width, 2, INDENT, c), ...(d ? wrap(words(d), width, INDENT, INDENT, c) : []));
+    out.push("");
+  }
   if (page.flags.length > 0) {
     out.push(render([{ text: "OPTIONS", paint: "head" }], c), "");
     for (const f of page.flags) out.push(...wrap(flagWords(f), width, 2, INDENT, c), ...(f.description ? wrap(words(f.description), width, INDENT, INDENT, c) : []));
@@ -136,17 +146,17 @@ export function renderHelp(page: HelpPage, style: HelpStyle): string {
       if (beside) out.push(...wrap([{ text: n.padEnd(column - 3), paint: "flag" }, ...words(d)], width, 2, column, c));
       else out.push(...wrap(words(n, "flag"), width, 2, 2, c), ...wrap(words(d), width, INDENT, INDENT, c));
     }
-    out.push("", ...wrap(words(`Use ${page.name} <command> --help for more about a command; flags without a command are start's.`), width, 0, 0, c));
+    out.push("", ...wrap(words(`Use ${page.name} <command> --help for more about a command${page.root === true ? "; flags without a command are start's" : ""}.`), width, 0, 0, c));
   }
   return out.join("\n").replace(/\n+$/, "") + "\n";
 }
 
 const resolve = async <T>(v: T | (() => T | Promise<T>) | Promise<T> | undefined): Promise<T | undefined> => (typeof v === "function" ? await (v as () => T | Promise<T>)() : await v);
 
-/** The help page of a citty command (under `parent`, when it is a subcommand). */
-export async function helpPage(cmd: CommandDef, parent?: CommandDef): Promise<HelpPage> {
+/** The help page of a citty command; `above`: the commands it is under, the root first. */
+export async function helpPage(cmd: CommandDef, ...above: CommandDef[]): Promise<HelpPage> {
   const meta: CommandMeta = (await resolve(cmd.meta)) ?? {};
-  const parentMeta: CommandMeta = (await resolve(parent?.meta)) ?? {};
+  const aboveMeta: CommandMeta[] = await Promise.all(above.map(async (c) => (await resolve(c.meta)) ?? {}));
   const args: ArgsDef = (await resolve(cmd.args)) ?? {};
   const subs = (await resolve(cmd.subCommands)) ?? {};
   const commands: [string, string][] = [];
@@ -154,19 +164,22 @@ export async function helpPage(cmd: CommandDef, parent?: CommandDef): Promise<He
     const subMeta: CommandMeta | undefined = await resolve((await resolve(sub))?.meta);
     if (subMeta?.hidden !== true) commands.push([name, subMeta?.description ?? ""]);
   }
-  const flags = Object.entries(args).map(([name, a]: [string, ArgDef]) => ({
+  const all = Object.entries(args) as [string, ArgDef][];
+  const flags = all.filter(([, a]) => a.type !== "positional").map(([name, a]) => ({
     name,
     boolean: a.type === "boolean",
     valueHint: a.valueHint,
     default: a.default as string | boolean | undefined,
     description: a.description ?? "",
   }));
-  const name = [parentMeta.name, meta.name].filter((n) => n !== undefined).join(" ");
-  return { name, description: meta.description ?? "", version: meta.version ?? parentMeta.version, flags, commands };
+  const positionals = all.filter(([, a]) => a.type === "positional").map(([name, a]): [string, string] => [name, a.description ?? ""]);
+  const name = [...aboveMeta, meta].map((m) => m.name).filter((n) => n !== undefined).join(" ");
+  const version = [meta, ...aboveMeta.toReversed()].find((m) => m.version !== undefined)?.version;
+  return { name, description: meta.description ?? "", version, flags, positionals, commands, root: above.length === 0 };
 }
 
-/** citty's `showUsage` replaced: the help of `cmd`, for stdout as it is. */
-export async function showHelp<T extends ArgsDef = ArgsDef>(cmd: CommandDef<T>, parent?: CommandDef<T>): Promise<void> {
-  const page = await helpPage(cmd as unknown as CommandDef, parent as unknown as CommandDef | undefined);
+/** The help of `cmd` (under `above`, the root first), for stdout as it is. */
+export async function showHelp(cmd: CommandDef, ...above: CommandDef[]): Promise<void> {
+  const page = await helpPage(cmd, ...above);
   process.stdout.write(renderHelp(page, { width: terminalWidth(), colour: colourAllowed() }));
 }

@@ -92,7 +92,7 @@ const configPath = (flags: RawFlags, env: Record<string, string | undefined>) =>
 export const OTHER_ENV: Readonly<Record<string, string>> = {
   ETCD_GATEWAY_WORKER: "set by the gateway for its --workers processes (src/workers.ts)",
   ETCD_GATEWAY_BASE_URL: "where scripts/install.sh downloads releases from",
-  ETCD_GATEWAY_BINARY: "the binary the tests run (test/support/gateway.ts)",
+  ETCD_GATEWAY_BINARY: "the binary the tests and the demo run (test/support/gateway.ts, scripts/demo.ts)",
   ETCD_GATEWAY_SKIP_BUILD: "tests reuse dist/etcd-gateway (test/support/preload.ts)",
   ETCD_GATEWAY_BEFORE: "an earlier build the benchmarks compare with (scripts/bench/contenders.ts)",
 };

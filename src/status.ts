@@ -4,23 +4,30 @@
  * whatever the member sent) is printed with its control characters escaped, so it cannot move the
  * cursor, clear the screen or retitle the terminal; an answer of another shape is one line, never
  * a stack trace. The endpoint is reached over TCP or its unix socket (`--admin-addr=unix:///path`,
- * the only address that takes a drain).
+ * the only address that takes a drain). Where it is, each command finds as `start` was told
+ * (`findAdmin`): `--admin-addr`, else `ETCD_GATEWAY_ADMIN_ADDR`, else the `--config` file's
+ * `admin-addr`, else the command's default.
  *
  * @module
  */
 import type { Status } from "./admin.ts";
 import { parseListenAddress, type ListenAddress } from "./addresses.ts";
-import { parseFlags } from "./flags.ts";
+import { parseFlags, START_FLAGS } from "./flags.ts";
 import { errorText } from "./log.ts";
+import { gatherFlags } from "./settings.ts";
 import { HttpFailure, httpRequest, requestUrl, type HttpReply, type HttpTarget } from "./http-client.ts";
 import { colourAllowed } from "./terminal.ts";
 
 /** `--admin-addr` of `etcd-gateway status`: reads are served on every admin address, TCP included. */
-export const ADMIN_ADDR_FLAG = { type: "string", default: "127.0.0.1:23791", valueHint: "host:port|unix:///path", description: "the gateway's --admin-addr" } as const;
+export const ADMIN_ADDR_FLAG = { type: "string", default: "127.0.0.1:23791", valueHint: "host:port|unix:///path", description: "the gateway's --admin-addr; when not given: ETCD_GATEWAY_ADMIN_ADDR, else the --config file's admin-addr (its TCP one first), else this default" } as const;
+
+/** `--config` of `status` and `member drain|ready`: start's file (or `ETCD_GATEWAY_CONFIG`), read for its `admin-addr`. */
+export const CONFIG_FLAG = { type: "string", valueHint: "path", description: "the gateway's --config file: ask at its admin-addr when neither --admin-addr nor ETCD_GATEWAY_ADMIN_ADDR is set" } as const;
 
 /** The flags of `etcd-gateway status`. */
 export const STATUS_FLAGS = {
   "admin-addr": ADMIN_ADDR_FLAG,
+  config: CONFIG_FLAG,
   json: { type: "boolean", default: false, description: "print the raw JSON of /status" },
 } as const;
 
@@ -40,6 +47,39 @@ export function adminAddress(value: unknown, fallback: string = ADMIN_ADDR_FLAG.
     throw new Error(`--admin-addr: ${errorText(e)}`);
   }
 }
+
+/**
+ * The gateway's admin addresses as `start` reads them (src/settings.ts): `ETCD_GATEWAY_ADMIN_ADDR`,
+ * else the `admin-addr` of the `--config` file (`config`, else `ETCD_GATEWAY_CONFIG`); null when
+ * neither names one. Also the source, for messages.
+ *
+ * @throws {ConfigError} for an unreadable file, or an address that does not parse, naming where it came from.
+ */
+export function configuredAdmin(config: string | undefined, env: Record<string, string | undefined>): { list: ListenAddress[]; from: string } | null {
+  const g = gatherFlags(config === undefined ? {} : { config }, env);
+  const raw = g.raw["admin-addr"];
+  if (raw === undefined) return null;
+  const from = g.origins["admin-addr"] ?? "--admin-addr";
+  const text = (Array.isArray(raw) ? raw : [String(raw)]).join(",");
+  try {
+    return { list: START_FLAGS["admin-addr"].parse(text) as ListenAddress[], from };
+  } catch (e) {
+    throw new Error(`--admin-addr (from ${from}): ${errorText(e)}`);
+  }
+}
+
+/**
+ * Where a command asks: `--admin-addr` when given; else the configured address `pick` chooses
+ * (`configuredAdmin`; `pick` throws when none suits); else `fallback`.
+ */
+export function findAdmin(v: { readonly "admin-addr"?: unknown; readonly config?: unknown }, env: Record<string, string | undefined>, pick: (list: ListenAddress[], from: string) => ListenAddress, fallback: string): ListenAddress {
+  if (v["admin-addr"] !== undefined) return adminAddress(v["admin-addr"]);
+  const configured = configuredAdmin(typeof v.config === "string" ? v.config : undefined, env);
+  return configured === null ? adminAddress(undefined, fallback) : pick(configured.list, configured.from);
+}
+
+/** `status` reads on any admin address: a TCP one first (no socket mode in the way), else the first. */
+const anyAdmin = (list: ListenAddress[]) => list.find((a) => a.kind === "tcp") ?? list[0]!;
 
 /**
  * Asks the admin endpoint at `at` (TCP or its unix socket) for `path` and resolves with the body
@@ -83,7 +123,7 @@ export async function runStatus(argv: readonly string[], fail: (message: string)
   let json: boolean;
   try {
     const v = parseFlags(argv, STATUS_FLAGS);
-    addr = adminAddress(v["admin-addr"]);
+    addr = findAdmin(v, process.env, anyAdmin, ADMIN_ADDR_FLAG.default);
     json = v.json === true;
   } catch (e) {
     fail(errorText(e));

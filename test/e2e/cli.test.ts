@@ -1,6 +1,7 @@
 import { afterAll, afterEach, describe, expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
+import { main } from "../../src/cli.ts";
 import { BINARY, runBinary, startGatewayProcess, stopAllGateways } from "../support/gateway.ts";
 import { freePort } from "../support/net.ts";
 import { echoServer, roundTrip } from "../support/peers.ts";
@@ -71,10 +72,11 @@ describe("the founding document's commands work as written", () => {
     const r = runBinary(["--bogus"]);
     expect([r.code, r.stderr.trimEnd()]).toEqual([1, "etcd-gateway: unknown flag: --bogus"]);
   });
-  test("no arguments at all still print the help, exit 1", () => {
+  test("no arguments at all still print the help, exit 1, and say why in one line", () => {
     const r = runBinary([]);
     expect(r.code).toBe(1);
     expect(r.stdout).toContain("start");
+    expect(r.stderr).toMatch(/^etcd-gateway: no command given; commands: start, status, member, [^\n]*\n$/);
   });
 });
 
@@ -85,6 +87,11 @@ describe("startup errors at listen time", () => {
     const r = runBinary(["start", `--listen-addr=127.0.0.1:${held.port}`, "--endpoints=127.0.0.1:1"]);
     expect(r.code).toBe(1);
     expect(r.stderr.trim()).toBe(`etcd-gateway: --listen-addr: listen tcp 127.0.0.1:${held.port}: bind: address already in use`);
+  });
+  test("an --admin-addr in use is the same error in Go's words, naming --admin-addr (issue 24, item 6)", () => {
+    // Found: `--admin-addr: cannot listen on 127.0.0.1:21191: EADDRINUSE: Failed to listen at 127.0.0.1`, Bun's words.
+    const r = runBinary(["start", `--listen-addr=127.0.0.1:${freePort()}`, "--endpoints=127.0.0.1:1", "--health-check=none", `--admin-addr=127.0.0.1:${held.port}`]);
+    expect([r.code, r.stderr]).toEqual([1, `etcd-gateway: --admin-addr: listen tcp 127.0.0.1:${held.port}: bind: address already in use\n`]);
   });
 });
 
@@ -123,7 +130,9 @@ describe("version and help", () => {
   });
   test("an unknown command is a one-line error naming it, exit 1", () => {
     const r = runBinary(["bogus"]);
-    expect([r.code, r.stdout, r.stderr]).toEqual([1, "", 'etcd-gateway: unknown command "bogus"; commands: start, status, member, version\n']);
+    const commands = Object.keys(main.subCommands as object);
+    expect(commands.slice(0, 4)).toEqual(["start", "status", "member", "version"]);
+    expect([r.code, r.stdout, r.stderr]).toEqual([1, "", `etcd-gateway: unknown command "bogus"; commands: ${commands.join(", ")}\n`]);
   });
 });
 
@@ -179,10 +188,11 @@ describe("the README says what the binary does (issue 14, item 5)", () => {
     for (const command of usage!.split("|")) expect(line).toContain(`\`etcd-gateway ${command}`);
   });
 
-  test("the --keepalive-time default in the flag table and the data path is the binary's", () => {
+  test("the --keepalive-time default in the flag table (docs/flags.md) and the data path (docs/data-path.md) is the binary's", () => {
     const dflt = /--keepalive-time=<duration>.*\(Default: (\S+)\)/.exec(plain(runBinary(["start", "--help"]).stdout))?.[1];
     expect(dflt).toBe("5s");
-    expect(readme).toContain(`| \`--keepalive-time\` | \`${dflt}\` |`);
-    expect(readme).toContain(`TCP keepalive (\`--keepalive-time\`, ${dflt!.replace(/s$/, " s")})`);
+    const doc = (name: string) => readFileSync(join(import.meta.dir, "../../docs", name), "utf8");
+    expect(doc("flags.md")).toContain(`| \`--keepalive-time\` | \`${dflt}\` |`);
+    expect(doc("data-path.md")).toContain(`TCP keepalive (\`--keepalive-time\`, ${dflt!.replace(/s$/, " s")})`);
   });
 });

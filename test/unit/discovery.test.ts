@@ -1,5 +1,5 @@
-import { describe, expect, test } from "bun:test";
-import { mkdtempSync, writeFileSync } from "node:fs";
+import { afterAll, describe, expect, test } from "bun:test";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { readEndpointsFile } from "../../src/flags.ts";
@@ -18,6 +18,7 @@ describe("SRV names are etcd's", () => {
 
 describe("--endpoints-file", () => {
   const dir = mkdtempSync(join(tmpdir(), "etcd-gateway-epfile-"));
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
   test("takes commas, spaces and lines, and # comments", () => {
     const f = join(dir, "a");
     writeFileSync(f, "# the cluster\n127.0.0.1:2379, 127.0.0.2:2379\nhttps://[::1]:2379 # local\n\n");

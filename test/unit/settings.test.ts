@@ -1,5 +1,5 @@
-import { describe, expect, test } from "bun:test";
-import { mkdtempSync, writeFileSync } from "node:fs";
+import { afterEach, describe, expect, test } from "bun:test";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { ConfigError, parseFlags, START_FLAGS } from "../../src/flags.ts";
@@ -234,8 +234,14 @@ describe("ETCD_GATEWAY_* variables: a flag's, or an error naming the variable (a
 });
 
 describe("bad input is printed escaped", () => {
+  /** Temp dirs the tests made, removed after each. */
+  const dirs: string[] = [];
+  afterEach(() => {
+    for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
+  });
   test("a binary endpoints file: one line, no control characters, no invalid UTF-8, bounded length", () => {
     const dir = mkdtempSync(join(tmpdir(), "etcd-gateway-binary-"));
+    dirs.push(dir);
     const f = join(dir, "endpoints");
     writeFileSync(f, Buffer.from(Array.from({ length: 4096 }, (_, i) => (i * 37) % 256)));
     let err: unknown;
