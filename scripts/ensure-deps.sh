@@ -9,7 +9,8 @@
 # `promtool check rules` and `promtool test rules`), lintian (checks the .deb package), rpm (builds the
 # .rpm), qemu-user-static and libc6-arm64-cross (run the linux-arm64 binary under qemu-aarch64-static),
 # bash-completion, zsh and fish (the completion scripts are loaded by each shell), man-db (man -l
-# renders the man page).
+# renders the man page), openssh-client (ssh-keygen signs and verifies release checksums in the
+# installer tests) and binutils (readelf: the .deb's libc6 dependency).
 # Safe to run repeatedly; prints nothing when everything is present.
 set -euo pipefail
 missing=()
@@ -33,6 +34,8 @@ command -v qemu-aarch64-static >/dev/null || missing+=(qemu-user-static)
 command -v zsh >/dev/null || missing+=(zsh)
 command -v fish >/dev/null || missing+=(fish)
 command -v man >/dev/null || missing+=(man-db)
+command -v ssh-keygen >/dev/null || missing+=(openssh-client)
+command -v readelf >/dev/null || missing+=(binutils)
 need_promtool=0
 command -v promtool >/dev/null || need_promtool=1
 [ ${#missing[@]} -eq 0 ] && [ "$need_promtool" -eq 0 ] && exit 0

@@ -2,10 +2,13 @@
 # Installs the etcd-gateway binary from a release made by scripts/release.ts (docs/install.md).
 #
 #   curl -fsSL <base>/install.sh | sh -s -- [--version X] [--prefix /usr/local] [--base-url URL]
+#     [--verify-key FILE]
 #
 # Picks the build for this machine (Linux x64/arm64, glibc or musl), downloads
 # etcd-gateway-<version>-<target>.gz and SHA256SUMS from the base URL, verifies the checksum, and
-# installs <prefix>/bin/etcd-gateway. On any failure it exits 1 and installs nothing.
+# installs <prefix>/bin/etcd-gateway. With --verify-key it first checks SHA256SUMS.sig, the
+# `ssh-keygen -Y sign` signature scripts/release.ts --sign-key makes, against that public key
+# (or allowed_signers file). On any failure it exits 1 and installs nothing.
 # POSIX sh (checked under dash and bash --posix); Linux only.
 set -eu
 
@@ -17,6 +20,9 @@ me="etcd-gateway install"
 version=""
 prefix="/usr/local"
 base_url="${ETCD_GATEWAY_BASE_URL:-}"
+verify_key=""
+# The namespace scripts/release.ts signs SHA256SUMS for.
+sig_namespace="etcd-gateway-release"
 tmp=""
 staged=""
 
@@ -36,23 +42,25 @@ trap 'exit 129' HUP
 
 usage() {
   cat <<EOF
-Usage: install.sh [--version X] [--prefix DIR] [--base-url URL]
+Usage: install.sh [--version X] [--prefix DIR] [--base-url URL] [--verify-key FILE]
 
   --version X     release to install, e.g. 0.1.0 (default: the VERSION file at the base URL)
   --prefix DIR    installs DIR/bin/etcd-gateway (default: /usr/local)
   --base-url URL  where the release assets are (default: \$ETCD_GATEWAY_BASE_URL, else
                   https://github.com/$REPO/releases/download/v<version>, or
                   .../releases/latest/download without --version)
+  --verify-key FILE  require SHA256SUMS.sig to be a valid signature by this SSH public key
+                  (a .pub file) or by a key in this allowed_signers file; needs ssh-keygen
 EOF
 }
 
 # Flags take `--flag value` or `--flag=value`.
 while [ $# -gt 0 ]; do
   case "$1" in
-    --version|--prefix|--base-url)
+    --version|--prefix|--base-url|--verify-key)
       [ $# -ge 2 ] || die "$1 needs a value"
       opt="$1"; val="$2"; shift 2 ;;
-    --version=*|--prefix=*|--base-url=*)
+    --version=*|--prefix=*|--base-url=*|--verify-key=*)
       opt="${1%%=*}"; val="${1#*=}"; shift ;;
     -h|--help) usage; exit 0 ;;
     *) usage >&2; die "unknown argument: $1" ;;
@@ -62,6 +70,7 @@ while [ $# -gt 0 ]; do
     --version) version="${val#v}" ;;
     --prefix) prefix="$val" ;;
     --base-url) base_url="$val" ;;
+    --verify-key) verify_key="$val" ;;
   esac
 done
 
@@ -112,8 +121,34 @@ else
 fi
 
 command -v gzip >/dev/null 2>&1 || die "gzip is not installed"
+if [ -n "$verify_key" ]; then
+  [ -r "$verify_key" ] || die "--verify-key $verify_key: no such readable file"
+  command -v ssh-keygen >/dev/null 2>&1 || die "--verify-key needs ssh-keygen (OpenSSH 8.2 or later) to check SHA256SUMS.sig"
+fi
 
 # --- download and verify
+
+# Checks $tmp/SHA256SUMS against $base_url/SHA256SUMS.sig with ssh-keygen -Y verify. A public key
+# file (`ssh-ed25519 AAAA... comment`) is trusted as the release key; otherwise the file is an
+# allowed_signers file and the signer must be one of its principals.
+verify_signature() {
+  fetch "$base_url/SHA256SUMS.sig" "$tmp/SHA256SUMS.sig" || die "cannot download $base_url/SHA256SUMS.sig (--verify-key needs a signed release)"
+  key_line=$(grep -v '^[[:space:]]*#' "$verify_key" | grep -v '^[[:space:]]*$' | head -n 1)
+  case "$key_line" in
+    ssh-*|ecdsa-*|sk-*)
+      principal="$sig_namespace"
+      printf '%s namespaces="%s" %s\n' "$principal" "$sig_namespace" "$key_line" > "$tmp/allowed_signers"
+      signers="$tmp/allowed_signers" ;;
+    *)
+      signers="$verify_key"
+      principal=$(ssh-keygen -Y find-principals -s "$tmp/SHA256SUMS.sig" -f "$signers" 2>/dev/null | head -n 1) \
+        || die "SHA256SUMS.sig is not signed by a key in $verify_key: nothing installed" ;;
+  esac
+  [ -n "$principal" ] || die "SHA256SUMS.sig is not signed by a key in $verify_key: nothing installed"
+  ssh-keygen -Y verify -f "$signers" -I "$principal" -n "$sig_namespace" -s "$tmp/SHA256SUMS.sig" < "$tmp/SHA256SUMS" >/dev/null 2>&1 \
+    || die "bad signature: SHA256SUMS.sig does not verify SHA256SUMS with $verify_key: nothing installed"
+  say "SHA256SUMS signature verified ($principal, $verify_key)"
+}
 
 if [ -z "$base_url" ]; then
   if [ -n "$version" ]; then
@@ -141,8 +176,9 @@ esac
 
 asset="etcd-gateway-$version-$target.gz"
 say "installing etcd-gateway $version ($target) from $base_url"
-fetch "$base_url/$asset" "$tmp/$asset" || die "cannot download $base_url/$asset"
 fetch "$base_url/SHA256SUMS" "$tmp/SHA256SUMS" || die "cannot download $base_url/SHA256SUMS"
+[ -z "$verify_key" ] || verify_signature
+fetch "$base_url/$asset" "$tmp/$asset" || die "cannot download $base_url/$asset"
 
 # sha256sum lines are `<hex>  <name>`, or `<hex> *<name>` when written in binary mode.
 expected=$(awk -v f="$asset" '$2 == f || $2 == "*" f { print tolower($1); exit }' "$tmp/SHA256SUMS")

@@ -1,7 +1,9 @@
 /**
  * The release-and-install path, offline: scripts/release.ts builds the host target into a temp dir,
- * Bun.serve publishes it on loopback, and scripts/install.sh installs from there under sh (dash here).
- * Variants of the release (a tampered .gz, a SHA256SUMS without the entry) are served side by side.
+ * signing SHA256SUMS with a throwaway ssh key, Bun.serve publishes it on loopback, and
+ * scripts/install.sh installs from there under sh (dash here). Variants of the release (a tampered
+ * .gz, a SHA256SUMS without the entry, a SHA256SUMS changed after signing, no signature) are served
+ * side by side.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
@@ -12,10 +14,23 @@ import pkg from "../../package.json";
 const root = join(import.meta.dir, "../..");
 const TARGET = "linux-x64";
 const asset = `etcd-gateway-${pkg.version}-${TARGET}.gz`;
+/** Everything a linux-x64 release holds besides the .gz and SHA256SUMS (scripts/release.ts). */
+const OTHER_ASSETS = [
+  `etcd-gateway_${pkg.version}-1_amd64.deb`, `etcd-gateway-${pkg.version}-1.x86_64.rpm`, "etcd-gateway.service", "etcd-gateway.socket",
+  "etcd-gateway.yaml", "README.md", "LICENSE", "VERSION", "install.sh",
+];
+/** Copied into the release unchanged, by their name there. */
+const COPIES: Record<string, string> = {
+  "etcd-gateway.service": "contrib/systemd/etcd-gateway.service", "etcd-gateway.socket": "contrib/systemd/etcd-gateway.socket",
+  "etcd-gateway.yaml": "contrib/etcd-gateway.yaml", "README.md": "README.md", "LICENSE": "LICENSE", "install.sh": "scripts/install.sh",
+};
 
 let work = "";
 let server: ReturnType<typeof Bun.serve> | undefined;
 let base = "";
+let releaseStdout = "";
+/** Throwaway ssh keys: `release` signs the release, `other` signs nothing. */
+const key = (name: string) => join(work, "keys", name);
 
 /** Copies the release into `<work>/served/<name>` and lets `change` alter the copy. */
 function variant(name: string, change: (dir: string) => void): void {
@@ -38,13 +53,25 @@ async function install(args: string[], env: Record<string, string> = {}) {
   return { code, stdout, stderr };
 }
 
+/** Makes the throwaway keys and an allowed_signers file naming `release` as release@example.org. */
+function makeKeys(): void {
+  mkdirSync(join(work, "keys"));
+  for (const name of ["release", "other"]) {
+    const p = Bun.spawnSync(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", key(name)], { stdout: "pipe", stderr: "pipe" });
+    if (p.exitCode !== 0) throw new Error(`ssh-keygen failed: ${p.stderr.toString()}`);
+  }
+  writeFileSync(key("allowed_signers"), `# release keys\nrelease@example.org namespaces="etcd-gateway-release" ${readFileSync(key("release.pub"), "utf8")}`);
+}
+
 beforeAll(async () => {
   work = mkdtempSync(join(tmpdir(), "etcd-gateway-install-"));
-  const release = Bun.spawn([process.execPath, "scripts/release.ts", "--targets", TARGET, "--out", join(work, "served", "good")], {
+  makeKeys();
+  const release = Bun.spawn([process.execPath, "scripts/release.ts", "--targets", TARGET, "--out", join(work, "served", "good"), "--sign-key", key("release")], {
     cwd: root, stdout: "pipe", stderr: "pipe",
   });
   const [out, err, code] = await Promise.all([new Response(release.stdout).text(), new Response(release.stderr).text(), release.exited]);
   if (code !== 0) throw new Error(`scripts/release.ts failed (exit ${code}):\n${out}${err}`);
+  releaseStdout = out;
 
   variant("tampered", (dir) => {
     const bytes = readFileSync(join(dir, asset));
@@ -57,6 +84,12 @@ beforeAll(async () => {
     const hex = line!.split("  ")[0];
     writeFileSync(join(dir, "SHA256SUMS"), `${hex}  etcd-gateway-${pkg.version}-linux-arm64.gz\n${hex}  ${asset}.old\n`);
   });
+  // The .gz still matches its line: only the signature can tell that another line changed.
+  variant("resummed", (dir) => {
+    const sums = readFileSync(join(dir, "SHA256SUMS"), "utf8");
+    writeFileSync(join(dir, "SHA256SUMS"), sums.replace(/^[0-9a-f]{64}(?=  README\.md$)/m, "0".repeat(64)));
+  });
+  variant("unsigned", (dir) => rmSync(join(dir, "SHA256SUMS.sig")));
 
   mkdirSync(join(work, "installer-tmp"));
   const served = join(work, "served");
@@ -71,7 +104,7 @@ beforeAll(async () => {
     },
   });
   base = `http://127.0.0.1:${server.port}`;
-}, 60_000);
+}, 120_000);
 
 afterAll(async () => {
   await server?.stop(true);
@@ -79,13 +112,30 @@ afterAll(async () => {
 });
 
 describe("release assets", () => {
-  test("the release holds the .gz, SHA256SUMS in sha256sum format, VERSION and install.sh", () => {
+  test("the release holds the .gz, the .deb and .rpm, the units, the sample config, README.md, LICENSE, VERSION, install.sh and a signed SHA256SUMS", () => {
     const dir = join(work, "served", "good");
-    expect(readdirSync(dir).sort()).toEqual(["SHA256SUMS", "VERSION", asset, "install.sh"].sort());
-    const sums = readFileSync(join(dir, "SHA256SUMS"), "utf8");
-    const hex = new Bun.CryptoHasher("sha256").update(readFileSync(join(dir, asset))).digest("hex");
-    expect(sums).toBe(`${hex}  ${asset}\n`);
+    expect(readdirSync(dir).sort()).toEqual([asset, ...OTHER_ASSETS, "SHA256SUMS", "SHA256SUMS.sig"].sort());
+    for (const [name, src] of Object.entries(COPIES)) expect(readFileSync(join(dir, name), "utf8")).toBe(readFileSync(join(root, src), "utf8"));
     expect(readFileSync(join(dir, "VERSION"), "utf8")).toBe(`${pkg.version}\n`);
+    expect(releaseStdout).toContain("SHA256SUMS.sig  signed with");
+  });
+
+  test("SHA256SUMS has one sha256sum line for every asset, and sha256sum -c accepts it", () => {
+    const dir = join(work, "served", "good");
+    const names = readFileSync(join(dir, "SHA256SUMS"), "utf8").trimEnd().split("\n").map((l) => l.match(/^[0-9a-f]{64} {2}(\S+)$/)?.[1]);
+    expect(names.sort()).toEqual([asset, ...OTHER_ASSETS].sort());
+    const check = Bun.spawnSync(["sha256sum", "--strict", "-c", "SHA256SUMS"], { cwd: dir, stdout: "pipe", stderr: "pipe" });
+    expect(check.stdout.toString().trimEnd().split("\n").sort()).toEqual(names.map((n) => `${n}: OK`).sort());
+    expect(check.exitCode).toBe(0);
+  });
+
+  test("SHA256SUMS.sig verifies with ssh-keygen -Y verify as docs/install.md shows", () => {
+    const dir = join(work, "served", "good");
+    const verify = Bun.spawnSync(["ssh-keygen", "-Y", "verify", "-f", key("allowed_signers"), "-I", "release@example.org", "-n", "etcd-gateway-release", "-s", join(dir, "SHA256SUMS.sig")], {
+      stdin: readFileSync(join(dir, "SHA256SUMS")), stdout: "pipe", stderr: "pipe",
+    });
+    expect(verify.stdout.toString()).toContain('Good "etcd-gateway-release" signature for release@example.org');
+    expect(verify.exitCode).toBe(0);
   });
 });
 
@@ -122,6 +172,37 @@ describe("install.sh against a loopback release", () => {
       expect(r.code).toBe(1);
       expect(r.stderr).toMatch(c.stderr);
       expect(r.stdout).toBe("");
+      expect(existsSync(prefix)).toBe(false);
+    }, 20_000);
+  }
+
+  const signed = [
+    { name: "the release key's .pub", file: "release.pub", principal: "etcd-gateway-release" },
+    { name: "an allowed_signers file", file: "allowed_signers", principal: "release@example.org" },
+  ];
+  for (const c of signed) {
+    test(`--verify-key with ${c.name} verifies SHA256SUMS.sig, then installs`, async () => {
+      const prefix = join(work, `signed-${c.file}`);
+      const r = await install(["--base-url", `${base}/good`, "--prefix", prefix, "--verify-key", key(c.file)]);
+      expect(r.stderr).toContain(`SHA256SUMS signature verified (${c.principal}, ${key(c.file)})`);
+      expect(r.code).toBe(0);
+      expect(r.stdout).toBe(`installed etcd-gateway ${pkg.version} to ${join(prefix, "bin", "etcd-gateway")}\n`);
+    }, 20_000);
+  }
+
+  const badSignatures = [
+    { name: "a SHA256SUMS changed after signing", dir: "resummed", file: "release.pub", stderr: "error: bad signature: SHA256SUMS.sig does not verify SHA256SUMS" },
+    { name: "another key's .pub", dir: "good", file: "other.pub", stderr: "error: bad signature: SHA256SUMS.sig does not verify SHA256SUMS" },
+    { name: "an allowed_signers file without the signer", dir: "good", file: "other.pub.allowed", stderr: "error: SHA256SUMS.sig is not signed by a key in" },
+    { name: "an unsigned release", dir: "unsigned", file: "release.pub", stderr: "/unsigned/SHA256SUMS.sig (--verify-key needs a signed release)" },
+  ];
+  for (const c of badSignatures) {
+    test(`--verify-key refuses ${c.name}: exit 1, nothing at the prefix`, async () => {
+      writeFileSync(key("other.pub.allowed"), `someone@example.org ${readFileSync(key("other.pub"), "utf8")}`);
+      const prefix = join(work, `refused-sig-${badSignatures.indexOf(c)}`);
+      const r = await install(["--base-url", `${base}/${c.dir}`, "--prefix", prefix, "--verify-key", key(c.file)]);
+      expect(r.code).toBe(1);
+      expect(r.stderr).toContain(c.stderr);
       expect(existsSync(prefix)).toBe(false);
     }, 20_000);
   }
