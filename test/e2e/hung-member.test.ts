@@ -125,11 +125,18 @@ async function hangMemberInUse(role: "leader" | "follower") {
   // Suspicion after 1 s of silence (+ a 100 ms tick), three checks 150 ms apart, each waiting 1 s.
   expect(tookMs).toBeLessThan(1000 + 100 + 2 * 150 + 1000 + 1500);
   expect(client.lost()).toBe(false);
-  expect(ctlAlive).toBe(true);
+  // etcdctl gives its lease up on its own clock: TTL (5 s) after its last keep-alive answer, which
+  // may be 1.7 s before the SIGSTOP. With the follower stopped, the gateway's 2.2 s take-out leaves
+  // room. With the leader stopped, no member answers a keep-alive until the others have elected a
+  // new one (etcd's election timeout, 1–2 s, more on a loaded machine), so etcdctl may give up even
+  // though the gateway moved it in time (seen once in CI in about ten runs: taken out at 2.2 s,
+  // etcdctl's lease lost). The etcd3 client's lease, asserted above in both cases, holds the
+  // gateway to the promise; etcdctl's outcome with the leader stopped is printed.
+  if (role === "follower") expect(ctlAlive).toBe(true);
   expect(gw.proc.exitCode).toBeNull();
 }
 
 describe("a hung member in use, with default flags and active etcd clients", () => {
   test("a follower SIGSTOPped for 10 s: taken out after a confirmed suspicion, the leases (etcd3, etcdctl) survive", () => hangMemberInUse("follower"), 60_000);
-  test("the leader SIGSTOPped for 10 s: the same", () => hangMemberInUse("leader"), 60_000);
+  test("the leader SIGSTOPped for 10 s: the same, except that etcdctl's lease is reported, not asserted (it may expire on etcdctl's clock while the others elect a leader)", () => hangMemberInUse("leader"), 60_000);
 });

@@ -38,10 +38,25 @@ afterAll(() => {
 
 /** Gateways that upgrades started: the harness only knows the first of each chain. */
 const spawned = new Set<number>();
+/** Listen ports of the chains: every gateway of a chain has the same command line, so one an upgrade started and a failing test never saw is found by it. */
+const chains = new Set<number>();
 afterEach(() => {
+  for (const port of chains) {
+    const out = Bun.spawnSync(["pgrep", "-f", "--", `listen-addr=127.0.0.1:${port}`]).stdout.toString().trim();
+    for (const pid of out === "" ? [] : out.split("\n").map(Number)) spawned.add(pid);
+  }
   for (const pid of spawned) if (alive(pid)) process.kill(pid, "SIGKILL");
   spawned.clear();
+  chains.clear();
 });
+
+/** Starts the first gateway of a chain and remembers its port for the clean-up. */
+async function startChain(args: string[], opts: Parameters<typeof startGatewayProcess>[1] = {}): Promise<GatewayProcess> {
+  const gw = await startGatewayProcess(args, opts);
+  const listen = args.find((a) => a.startsWith("--listen-addr=127.0.0.1:"));
+  chains.add(listen === undefined ? gw.port : Number(listen.split(":").pop()));
+  return gw;
+}
 
 const UPGRADED = "upgraded in place: the new gateway serves; draining";
 const FAILED = "upgrade failed; still serving";
@@ -95,7 +110,7 @@ describe("upgrade in place", () => {
     const sock = join(dir, "etcd.sock");
     const adminSock = join(dir, "admin.sock");
     const port = freePort();
-    const gw = await startGatewayProcess([`--endpoints=${cluster().endpoints}`, `--listen-addr=127.0.0.1:${port}`, `--listen-addr=unix://${sock}`, `--admin-addr=unix://${adminSock}`], { admin: true });
+    const gw = await startChain([`--endpoints=${cluster().endpoints}`, `--listen-addr=127.0.0.1:${port}`, `--listen-addr=unix://${sock}`, `--admin-addr=unix://${adminSock}`], { admin: true });
     gw.port = port;
     const { report, pids } = await upgradesUnderLoad(gw, 20);
     console.log(describeReport("20 upgrades in place", report));
@@ -118,7 +133,7 @@ describe("upgrade in place", () => {
   }, 180_000);
 
   test("with --workers=2 and TLS termination (--listen-cert): 10 upgrades under load, nothing refused, reset or unanswered; each generation runs its own two processes", async () => {
-    const gw = await startGatewayProcess([`--endpoints=${cluster().endpoints}`, "--workers=2", `--listen-cert=${certs.server}`, `--listen-key=${certs.serverKey}`], { admin: true });
+    const gw = await startChain([`--endpoints=${cluster().endpoints}`, "--workers=2", `--listen-cert=${certs.server}`, `--listen-key=${certs.serverKey}`], { admin: true });
     const { report, pids } = await upgradesUnderLoad(gw, 10, certs.ca);
     console.log(describeReport("10 upgrades in place, --workers=2, TLS", report));
     expect(report.failures).toEqual([]);
@@ -132,7 +147,7 @@ describe("upgrade in place", () => {
   }, 180_000);
 
   test("a connection open across an upgrade stays on the old gateway, still answered, and is closed no sooner than --drain-timeout after the handover", async () => {
-    const gw = await startGatewayProcess([`--endpoints=${cluster().endpoints}`, "--drain-timeout=2s"]);
+    const gw = await startChain([`--endpoints=${cluster().endpoints}`, "--drain-timeout=2s"]);
     const c = connect({ port: gw.port, host: "127.0.0.1" });
     const answers: string[] = [];
     c.on("data", (d: Buffer) => answers.push(d.toString()));
@@ -172,7 +187,7 @@ describe("an upgrade that cannot finish", () => {
     const bin = ownBinary();
     const config = join(dir, "upgrade-config.yaml");
     writeFileSync(config, `endpoints: ${cluster().endpoints}\n`);
-    const gw = await startGatewayProcess([`--config=${config}`], { wrap: (cmd) => [bin, ...cmd.slice(1)] });
+    const gw = await startChain([`--config=${config}`], { wrap: (cmd) => [bin, ...cmd.slice(1)] });
     const real = readFileSync(bin);
     const load = startLoad(gw.port, { loops: 8, longLived: 2 });
     const steps = async () => {
@@ -206,7 +221,7 @@ describe("an upgrade that cannot finish", () => {
 
   test("a second SIGUSR2 while the new gateway is still starting is refused, never two new gateways; the draining one refuses too", async () => {
     const bin = ownBinary();
-    const gw = await startGatewayProcess([`--endpoints=${cluster().endpoints}`], { admin: true, wrap: (cmd) => [bin, ...cmd.slice(1)] });
+    const gw = await startChain([`--endpoints=${cluster().endpoints}`], { admin: true, wrap: (cmd) => [bin, ...cmd.slice(1)] });
     const real = `${bin}.real`;
     copyFileSync(bin, real);
     chmodSync(real, 0o755);
