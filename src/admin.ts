@@ -76,7 +76,7 @@ export interface AdminContext {
 async function counters(gw: Gateway, ctx: AdminContext): Promise<ProcessStats> {
   const worker = gw.settings.flags.workers > 1 ? 0 : null;
   const members = [...gw.members.list, ...gw.members.retired];
-  return mergeStats(processStats(members, gw.proxy.stats, gw.proxy.active, gw.accessLog?.stats, worker), await ctx.workerStats());
+  return mergeStats(processStats(members, gw.proxy.stats, { active: gw.proxy.active, max: gw.proxy.maxConnections }, gw.accessLog?.stats, worker), await ctx.workerStats());
 }
 
 export function status(gw: Gateway, ctx: AdminContext, all: ProcessStats): Status {

@@ -109,17 +109,20 @@ export interface ProcessStats {
   members: MemberShare[];
   listener: { accepted: number; limitReached: number; tlsFailures: [string, number][]; duration: HistogramData };
   active: number;
+  /** Client connections the process accepts at most now (src/datapath/proxy.ts, maxConnections). */
+  maxConnections: number;
   accessLog: AccessLogStats;
   /** One per process (after mergeStats: every process that answered). */
   processes: ProcessInfo[];
 }
 
 /** This process's counters in a form that survives JSON (IPC to the primary); `accessLog` absent when it is off. */
-export function processStats(members: readonly Member[], listener: ListenerStats, active: number, accessLog: AccessLogStats | undefined, worker: number | null): ProcessStats {
+export function processStats(members: readonly Member[], listener: ListenerStats, conns: { active: number; max: number }, accessLog: AccessLogStats | undefined, worker: number | null): ProcessStats {
   return {
     members: members.map((m) => ({ address: m.address, connections: m.connections, stats: m.stats })),
     listener: { accepted: listener.accepted, limitReached: listener.limitReached, tlsFailures: [...listener.tlsFailures], duration: listener.duration },
-    active,
+    active: conns.active,
+    maxConnections: conns.max,
     accessLog: { dropped: 0, writeErrors: 0, reopenFailures: 0, ...accessLog },
     processes: [processInfo(worker)],
   };
@@ -131,6 +134,7 @@ export function emptyStats(worker: number): ProcessStats {
     members: [],
     listener: { accepted: 0, limitReached: 0, tlsFailures: [], duration: { counts: [], sum: 0 } },
     active: 0,
+    maxConnections: 0,
     accessLog: { dropped: 0, writeErrors: 0, reopenFailures: 0 },
     processes: [processInfo(worker)],
   };
@@ -141,6 +145,7 @@ export function mergeStats(own: ProcessStats, others: readonly ProcessStats[]): 
   const merged = JSON.parse(JSON.stringify(own)) as ProcessStats;
   for (const o of others) {
     merged.active += o.active;
+    merged.maxConnections += o.maxConnections;
     merged.listener.accepted += o.listener.accepted;
     merged.listener.limitReached += o.listener.limitReached;
     addHistogram(merged.listener.duration, o.listener.duration);
@@ -253,7 +258,8 @@ function renderListener(x: Exposition, s: MetricsInput): void {
   const l = s.counters.listener;
   x.metric("etcd_gateway_listener_accepted_total", "counter", "Client connections accepted.", [["", l.accepted]]);
   x.metric("etcd_gateway_listener_connections", "gauge", "Client connections open now.", [["", s.counters.active]]);
-  x.metric("etcd_gateway_listener_limit_reached_total", "counter", "Times the gateway stopped accepting at --max-connections (new connects are refused by the kernel until a connection closes).", [["", l.limitReached]]);
+  x.metric("etcd_gateway_listener_max_connections", "gauge", "Client connections the gateway accepts at most now: --max-connections, or what the open-files limit allows if lower or unset, less what abandoned dials hold (summed over --workers processes).", [["", s.counters.maxConnections]]);
+  x.metric("etcd_gateway_listener_limit_reached_total", "counter", "Times the gateway stopped accepting at its connection limit (new connects wait in the kernel's backlog until a connection closes).", [["", l.limitReached]]);
   x.histogram("etcd_gateway_connection_duration_seconds", "Client connections from accept to close.", CONNECTION_BUCKETS, [["", l.duration]]);
   x.metric("etcd_gateway_tls_handshake_failures_total", "counter", "TLS handshakes that failed, by side (client: --listen-cert; member: --upstream-tls) and reason.", l.tlsFailures.map(([k, n]) => {
     const [side, reason] = k.split("|");

@@ -193,7 +193,7 @@ class GatewayProcess {
       () => {
         const gw = this.#gateway;
         if (gw === undefined) return emptyStats(this.worker!);
-        return processStats([...gw.members.list, ...gw.members.retired], gw.proxy.stats, gw.proxy.active, gw.accessLog?.stats, this.worker);
+        return processStats([...gw.members.list, ...gw.members.retired], gw.proxy.stats, { active: gw.proxy.active, max: gw.proxy.maxConnections }, gw.accessLog?.stats, this.worker);
       },
     );
     try {

@@ -29,7 +29,7 @@ function share(worker: number, connections: number, durations: number[]): Proces
   l.accepted = durations.length;
   for (const d of durations) l.duration.observe(d);
   // Through JSON, as a worker's share arrives over IPC.
-  return JSON.parse(JSON.stringify(processStats(table.list, l, connections, undefined, worker))) as ProcessStats;
+  return JSON.parse(JSON.stringify(processStats(table.list, l, { active: connections, max: 100 }, undefined, worker))) as ProcessStats;
 }
 
 describe("mergeStats", () => {
@@ -38,6 +38,7 @@ describe("mergeStats", () => {
     expect(merged.members[0]!.connections).toBe(6);
     expect(merged.members[0]!.stats.connect.counts[1]).toBe(3);
     expect(merged.listener.accepted).toBe(4);
+    expect(merged.maxConnections).toBe(300); // each process's own limit, summed
     expect(merged.listener.duration.sum).toBe(8201);
     expect(merged.listener.duration.counts[CONNECTION_BUCKETS.indexOf(0.5)]).toBe(2);
     expect(merged.processes.map((p) => p.worker)).toEqual([0, 1, 2]);
