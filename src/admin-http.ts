@@ -38,7 +38,7 @@
  */
 import type { Socket, SocketHandler, TCPSocketListener, UnixSocketListener } from "bun";
 import { ptr } from "bun:ffi";
-import { lstatSync, type Stats } from "node:fs";
+import type { Stats } from "node:fs";
 import { isIP } from "node:net";
 import type { ListenAddress } from "./addresses.ts";
 import type { Inherited, Owner } from "./inherit.ts";
@@ -46,6 +46,7 @@ import { errno, errnoName, libc, listenUnix, receiveQueue, removeIfSame, UnixLis
 import { errorText } from "./log.ts";
 import { errnoText } from "./neterror.ts";
 import { clearStaleSocket } from "./datapath/listeners.ts";
+import { ownedSocketFile } from "./datapath/sockets.ts";
 
 /** What a route answers; `type` defaults to plain UTF-8 text. HEAD gets the same status and headers, no body. */
 export interface Reply {
@@ -465,16 +466,7 @@ function acceptUnix(address: ListenAddress & { kind: "unix" }, fd: number, file:
 
 /** Accepting on a socket handed over by systemd or the gateway this one replaces (src/inherit.ts). */
 function serveHanded(address: ListenAddress, handed: Inherited, conns: AdminConnections, common: AcceptOptions, limits: HttpLimits, at: (why: string) => Error): HttpListener {
-  if (address.kind === "unix") {
-    let file: Stats | null = null;
-    try {
-      const st = lstatSync(address.path);
-      if (handed.owner === "gateway" && st.isSocket()) file = st;
-    } catch {
-      // the file is gone; the socket still accepts whoever holds a connection to it
-    }
-    return acceptUnix(address, handed.fd, file, handed.owner, conns, common, at);
-  }
+  if (address.kind === "unix") return acceptUnix(address, handed.fd, ownedSocketFile(address.path, handed.owner), handed.owner, conns, common, at);
   deferAccept(handed.fd, Math.ceil(limits.headMs / 1000));
   let acceptor: Acceptor;
   try {

@@ -99,18 +99,24 @@ function bindUnix(a: Extract<ListenAddress, { kind: "unix" }>, opts: BindOptions
   }
 }
 
-/** A handed socket of `a`: a unix file is ours to remove at the end only if the gateway owns it. */
-function adopt(a: ListenAddress, s: Inherited): ListenSocket {
-  let file: Stats | null = null;
-  if (a.kind === "unix" && s.owner === "gateway") {
-    try {
-      const st = lstatSync(a.path);
-      if (st.isSocket()) file = st;
-    } catch {
-      // gone: nothing to remove later
-    }
+/**
+ * The unix socket file at `path` to remove when a gateway that took the socket over stops for good:
+ * the file there now, if it is a socket and the gateway owns it (never one systemd made). Also
+ * used for the admin endpoint's handed socket (src/admin-http.ts).
+ */
+export function ownedSocketFile(path: string, owner: Owner): Stats | null {
+  if (owner !== "gateway") return null;
+  try {
+    const st = lstatSync(path);
+    return st.isSocket() ? st : null;
+  } catch {
+    return null; // gone: nothing to remove later
   }
-  return { address: a, fd: s.fd, file, owner: s.owner };
+}
+
+/** A handed socket of `a`. */
+function adopt(a: ListenAddress, s: Inherited): ListenSocket {
+  return { address: a, fd: s.fd, file: a.kind === "unix" ? ownedSocketFile(a.path, s.owner) : null, owner: s.owner };
 }
 
 /** Every listening socket of the addresses, by address. */
