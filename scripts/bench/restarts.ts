@@ -26,11 +26,11 @@ import { startLoad, type Load, type LoadReport } from "../../test/support/load.t
 import { freePort, waitFor } from "../../test/support/net.ts";
 import { track, which } from "../../test/support/process.ts";
 import { bootSystemd, canBoot } from "../../test/support/systemd.ts";
+import { setMigrateReq } from "../../test/support/sysctl.ts";
 
 const { values } = parseArgs({ options: { count: { type: "string", default: "20" }, write: { type: "boolean", default: false } } });
 const COUNT = Number(values.count);
 const ROOT = resolve(import.meta.dir, "../..");
-const MIGRATE = "/proc/sys/net/ipv4/tcp_migrate_req";
 
 interface Row {
   way: string;
@@ -139,8 +139,7 @@ function splice(file: string, name: string, text: string): void {
 }
 
 async function main(): Promise<void> {
-  const saved = readFileSync(MIGRATE, "utf8").trim();
-  writeFileSync(MIGRATE, "0");
+  const restore = setMigrateReq("0");
   const cluster = await startCluster({ size: 3, timeoutMs: 30_000 });
   const rows: Row[] = [];
   try {
@@ -151,7 +150,7 @@ async function main(): Promise<void> {
   } finally {
     await stopAllGateways();
     await cluster.stop();
-    writeFileSync(MIGRATE, saved);
+    restore();
   }
   const text = `${COUNT} restarts or upgrades in a row per way, under 8 connect-request-close loops (each waits 10 ms after a failed connection) and 4 long-lived keep-alive connections (GET /version of a 3-member etcd 3.4 cluster), net.ipv4.tcp_migrate_req=0, measured ${new Date().toISOString().slice(0, 10)} with \`bun run bench:restarts --write\`:\n\n${table(rows)}`;
   console.log(text);

@@ -1,12 +1,13 @@
 /** Listeners and limits: unix sockets with file permissions, several listeners, --max-connections, --idle-timeout. */
-import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test";
-import { existsSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
+import { afterAll, afterEach, describe, expect, test } from "bun:test";
+import { existsSync, lstatSync, mkdirSync, mkdtempSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import { connect, createServer, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { startGatewayProcess as startGateway, stopAllGateways } from "../support/gateway.ts";
 import { freePort, sleep, waitFor } from "../support/net.ts";
 import { dial, echoServer, readAll, roundTrip, type Listening } from "../support/peers.ts";
+import { useMigrateReq } from "../support/sysctl.ts";
 
 /** These members are plain TCP peers, not etcd: no etcd health check. */
 const startGatewayProcess = (args: string[], opts?: Parameters<typeof startGateway>[1]) => startGateway(["--health-check=none", ...args], opts);
@@ -292,16 +293,8 @@ describe("blue/green restart with --reuse-port", () => {
   // With the kernel default (0) a connection waiting in the old listener's accept queue at the
   // instant it closes is reset: measured 2 of 518 on a loaded machine, 0 of ~2,500 on a quiet one.
   // tcp_migrate_req=1 (Linux 5.14+) hands such connections to the new listener: that is the setup
-  // the README recommends, and the one this test holds to zero failures.
-  const knob = "/proc/sys/net/ipv4/tcp_migrate_req";
-  let saved: string | undefined;
-  beforeAll(() => {
-    saved = readFileSync(knob, "utf8").trim();
-    writeFileSync(knob, "1");
-  });
-  afterAll(() => {
-    if (saved !== undefined) writeFileSync(knob, saved);
-  });
+  // docs/restarts.md asks blue/green users to set, and the one this test holds to zero failures.
+  useMigrateReq("1");
 
   test("with net.ipv4.tcp_migrate_req=1, a new gateway on the same address (SO_REUSEPORT) takes over while the old one drains: a connect loop across the switch sees no failure", async () => {
     echo ??= await echoServer();

@@ -5,7 +5,7 @@
  * and the unit does what the README says (issue 14, item 3); under a real systemd, with the socket
  * unit (contrib/systemd/etcd-gateway.socket), restarts and upgrades in place refuse nothing (issue 23).
  */
-import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test";
+import { afterEach, describe, expect, test } from "bun:test";
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
@@ -16,6 +16,7 @@ import { describeReport, startLoad, type Load } from "../support/load.ts";
 import { echoServer, roundTrip } from "../support/peers.ts";
 import { which } from "../support/process.ts";
 import { bootSystemd, canBoot, type Booted } from "../support/systemd.ts";
+import { useMigrateReq } from "../support/sysctl.ts";
 
 afterEach(stopAllGateways);
 
@@ -167,16 +168,8 @@ const SOCKET_UNIT = join(ROOT, "contrib/systemd/etcd-gateway.socket");
 
 describe("restarts and upgrades under a real systemd (issue 23)", () => {
   const cluster = useSharedCluster();
-  const MIGRATE = "/proc/sys/net/ipv4/tcp_migrate_req";
-  let savedMigrate: string | undefined;
-  beforeAll(() => {
-    // The kernel's default: neither way may need tcp_migrate_req=1.
-    savedMigrate = readFileSync(MIGRATE, "utf8").trim();
-    writeFileSync(MIGRATE, "0");
-  });
-  afterAll(() => {
-    if (savedMigrate !== undefined) writeFileSync(MIGRATE, savedMigrate);
-  });
+  // The kernel's default: neither way may need tcp_migrate_req=1.
+  useMigrateReq("0");
 
   test.skipIf(!canBoot)("with etcd-gateway.socket, 20 `systemctl restart` under load refuse, reset and leave unanswered nothing; then 5 upgrades by `systemctl kill --kill-whom=main --signal=SIGUSR2` move MainPID to each new gateway, which is alone once the old one drained, and stops cleanly", async () => {
     const dir = mkdtempSync(join(tmpdir(), "etcd-gateway-systemd-"));

@@ -17,22 +17,19 @@ import { BINARY, startGatewayProcess, type GatewayProcess } from "../support/gat
 import { describeReport, startLoad, type LoadReport } from "../support/load.ts";
 import { freePort, sleep, waitFor } from "../support/net.ts";
 import { alive } from "../support/process.ts";
+import { useMigrateReq } from "../support/sysctl.ts";
 
 const cluster = useSharedCluster();
-const MIGRATE = "/proc/sys/net/ipv4/tcp_migrate_req";
-let savedMigrate: string | undefined;
+// The kernel's default: a socket closed with connects in its backlog resets them. The upgrade must not need the knob.
+useMigrateReq("0");
 let dir = "";
 let certs: Certs;
 
 beforeAll(async () => {
-  // The kernel's default: a socket closed with connects in its backlog resets them. The upgrade must not need the knob.
-  savedMigrate = readFileSync(MIGRATE, "utf8").trim();
-  writeFileSync(MIGRATE, "0");
   dir = mkdtempSync(join(tmpdir(), "etcd-gateway-upgrade-"));
   certs = await makeCerts(join(dir, "certs"));
 });
 afterAll(() => {
-  if (savedMigrate !== undefined) writeFileSync(MIGRATE, savedMigrate);
   rmSync(dir, { recursive: true, force: true });
 });
 
