@@ -11,8 +11,8 @@
  * @module
  */
 import type { Subprocess } from "bun";
-import { handOver, type Owner } from "./inherit.ts";
-import { selfCommand } from "./workers.ts";
+import type { Owner } from "./inherit.ts";
+import { selfCommand, spawnWithSockets } from "./workers.ts";
 
 /** Set in the new gateway's environment to the pid of the one it replaces. */
 export const UPGRADE_ENV = "ETCD_GATEWAY_UPGRADE_FROM";
@@ -48,7 +48,6 @@ export class Upgrader {
    */
   start(sockets: readonly { fd: number; owner: Owner }[]): Promise<UpgradeResult> {
     if (this.#next !== null) return Promise.resolve({ ok: false, reason: `an upgrade is already in progress (new process ${this.#next.pid})` });
-    const { fds, env } = handOver(sockets);
     return new Promise<UpgradeResult>((resolve) => {
       let settled = false;
       const settle = (r: UpgradeResult) => {
@@ -60,12 +59,7 @@ export class Upgrader {
       };
       let next: Subprocess;
       try {
-        next = Bun.spawn(this.command(), {
-          env: { ...process.env, ...env, [UPGRADE_ENV]: String(process.pid) },
-          stdio: ["ignore", "inherit", "inherit", ...fds],
-          serialization: "json",
-          ipc: (msg: Upgraded) => msg.t === "upgraded" && settle({ ok: true, pid: next.pid }),
-        });
+        next = spawnWithSockets(this.command(), sockets, { [UPGRADE_ENV]: String(process.pid) }, (msg: Upgraded) => msg.t === "upgraded" && settle({ ok: true, pid: next.pid }));
       } catch (e) {
         resolve({ ok: false, reason: `cannot start ${this.command()[0]}: ${e instanceof Error ? e.message : String(e)}` });
         return;

@@ -12,7 +12,7 @@ import type { Subprocess } from "bun";
 import type { EndpointSpec } from "./addresses.ts";
 import type { DialReports } from "./datapath/dialer.ts";
 import type { ListenSocket } from "./datapath/sockets.ts";
-import { handOver } from "./inherit.ts";
+import { handOver, type Owner } from "./inherit.ts";
 import type { ProcessStats } from "./metrics.ts";
 import type { Drain, Member, MemberState, MemberTable } from "./members.ts";
 import type { Logger } from "./log.ts";
@@ -93,6 +93,21 @@ export function selfCommand(): string[] {
   return script.startsWith("/$bunfs/") || script === "" ? [EXEC_PATH, ...args] : [EXEC_PATH, script, ...args];
 }
 
+/**
+ * Starts `command` (this program again, as a worker or an upgrade) with `sockets` as its
+ * descriptors from 3 on and the variable that describes them (src/inherit.ts), `env` on top of
+ * ours, its output on ours, and an IPC channel whose messages go to `onMessage`.
+ */
+export function spawnWithSockets<T>(command: string[], sockets: readonly { fd: number; owner: Owner }[], env: Record<string, string>, onMessage: (msg: T) => void): Subprocess {
+  const handed = handOver(sockets);
+  return Bun.spawn(command, {
+    env: { ...process.env, ...handed.env, ...env },
+    stdio: ["ignore", "inherit", "inherit", ...handed.fds],
+    serialization: "json",
+    ipc: onMessage,
+  });
+}
+
 export interface PoolOptions {
   /** Processes in all, the primary included (it is worker 0 and serves too). */
   count: number;
@@ -127,13 +142,7 @@ export class WorkerPool {
   }
 
   private spawn(k: number): void {
-    const { fds, env } = handOver(this.opts.sockets(k));
-    const proc = Bun.spawn(selfCommand(), {
-      env: { ...process.env, ...env, [WORKER_ENV]: String(k) },
-      stdio: ["ignore", "inherit", "inherit", ...fds],
-      serialization: "json",
-      ipc: (msg: ToPrimary) => this.received(k, proc, msg),
-    });
+    const proc = spawnWithSockets(selfCommand(), this.opts.sockets(k), { [WORKER_ENV]: String(k) }, (msg: ToPrimary) => this.received(k, proc, msg));
     this.#procs.set(k, proc);
     void proc.exited.then((code) => {
       this.#procs.delete(k);
