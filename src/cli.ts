@@ -15,7 +15,7 @@ import { printable, START_FLAGS, type FlagSpec } from "./flags.ts";
 import { completion } from "./completion.ts";
 import { showHelp } from "./help.ts";
 import { fail, serve } from "./serve.ts";
-import { MEMBER_FLAGS, runMember } from "./drain.ts";
+import { MEMBER_FLAGS, READY_FLAGS, runMember } from "./drain.ts";
 import { runStatus, STATUS_FLAGS } from "./status.ts";
 
 /** citty's help table from one of our flag tables. */
@@ -50,7 +50,7 @@ const member = defineCommand({
     }),
     ready: defineCommand({
       meta: { name: "ready", description: "Put a drained member back in rotation" },
-      args: { ...endpointArg, ...helpArgs({ "admin-addr": MEMBER_FLAGS["admin-addr"], config: MEMBER_FLAGS.config }) },
+      args: { ...endpointArg, ...helpArgs(READY_FLAGS) },
       run: ({ rawArgs }) => runMember("ready", rawArgs, fail),
     }),
   },

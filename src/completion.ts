@@ -13,7 +13,7 @@
  * @module
  */
 import { defineCommand } from "citty";
-import { MEMBER_FLAGS } from "./drain.ts";
+import { MEMBER_FLAGS, READY_FLAGS } from "./drain.ts";
 import { printable, START_FLAGS } from "./flags.ts";
 import { fail } from "./serve.ts";
 import { STATUS_FLAGS } from "./status.ts";
@@ -72,8 +72,6 @@ export function tableFlags(table: Readonly<Record<string, TableFlag>>): Completi
 
 const command = (name: string, description: string, table: Readonly<Record<string, TableFlag>>, args: readonly string[] = []): CompletionCommand => ({ name, description, flags: tableFlags(table), args, commands: [] });
 
-/** `member ready` takes the flags of `member drain` but `--close-idle`, as src/cli.ts gives them. */
-const { "close-idle": _closeIdle, ...READY_FLAGS } = MEMBER_FLAGS;
 
 /** The commands and their flags; flags on the root without a command are start's (the first command). */
 export const COMPLETION_TREE: CompletionCommand = {

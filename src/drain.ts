@@ -23,6 +23,9 @@ export const MEMBER_FLAGS = {
   "close-idle": { type: "boolean", default: false, description: "drain: also reset the member's connections once no byte moved either way for a second" },
 } as const;
 
+/** The flags of `etcd-gateway member ready`: drain's, but `--close-idle`, which only a drain takes. */
+export const READY_FLAGS = { "admin-addr": MEMBER_FLAGS["admin-addr"], config: MEMBER_FLAGS.config } as const;
+
 export type MemberAction = "drain" | "ready";
 
 /**
