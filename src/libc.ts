@@ -166,6 +166,7 @@ export function receiveQueue(fd: number): number {
 }
 
 const option = new Int32Array(1);
+const optionLength = new Uint32Array(1);
 
 /** setsockopt(2) with an int value; 0, or errno's name of the failure. */
 function setIntOption(fd: number, level: number, name: number, value: number): string | 0 {
@@ -318,8 +319,8 @@ const SOCK_STREAM = 1;
  */
 export function isListeningStream(fd: number): true | string {
   const get = (name: number): number | string => {
-    tcpInfoLength[0] = 4;
-    return libc().getsockopt(fd, SOL_SOCKET, name, ptr(option), ptr(tcpInfoLength)) === 0 ? option[0]! : errnoName(errno());
+    optionLength[0] = 4;
+    return libc().getsockopt(fd, SOL_SOCKET, name, ptr(option), ptr(optionLength)) === 0 ? option[0]! : errnoName(errno());
   };
   const type = get(SO_TYPE);
   if (type === "ENOTSOCK") return "not a socket";
