@@ -1,13 +1,17 @@
 /**
- * One proxied connection: its two legs, what the access log records about it, and who ended it.
- * The client leg reports here; the upstream leg reports to the dialer (src/datapath/dialer.ts),
- * which owns everything about reaching a member.
+ * One proxied connection as one record: it is its own client leg (the pipe's state for the client's
+ * socket, src/datapath/pipe.ts), holds the dial in flight or the paired member leg, what the access
+ * log records about it, who ended it, and its links on the proxy's list of open connections. The
+ * client leg reports here; the upstream leg reports to the dialer (src/datapath/dialer.ts), which
+ * owns everything about reaching a member. Two objects per connection, as the minimal Bun relay
+ * has; yes/no state is bits of one number (docs/performance.md, "Memory per connection").
  *
  * @module
  */
 import type { AccessRecord, TerminationCode } from "../accesslog.ts";
 import type { Member } from "../members.ts";
-import { Leg, passClose, resetPair, type LegOwner } from "./pipe.ts";
+import type { List } from "./list.ts";
+import { bitFlags, Leg, LEG_BITS_USED, passClose, resetPair, type LegOwner } from "./pipe.ts";
 
 /** What a connection needs from the proxy that accepted it. */
 export interface ConnHost {
@@ -39,12 +43,16 @@ export class UpstreamLeg extends Leg {
   connectedAt = 0;
   /** How long the dial may take (`--connect-timeout` when it started). */
   timeoutMs = 0;
+  /** The sweep's list it is on (dials in flight, or connected legs waiting for keepalive; src/datapath/sweep.ts). */
+  prev: UpstreamLeg | null = null;
+  next: UpstreamLeg | null = null;
+  list: List<UpstreamLeg> | null = null;
   /** The dial timed out or failed: its socket is closed if it ever opens, and reports nothing. */
-  abandoned = false;
+  declare abandoned: boolean;
   /** Within the window where an early close counts against the member (see the dialer). */
-  earlyWindow = false;
+  declare earlyWindow: boolean;
   /** The member had failed dials before this connect: its success counts once it proves itself. */
-  probation = false;
+  declare probation: boolean;
   constructor(
     owner: LegOwner,
     readonly conn: Conn,
@@ -53,9 +61,9 @@ export class UpstreamLeg extends Leg {
     super(owner);
   }
 }
+bitFlags(UpstreamLeg.prototype, { abandoned: LEG_BITS_USED, earlyWindow: LEG_BITS_USED << 1, probation: LEG_BITS_USED << 2 });
 
-export class Conn implements LegOwner {
-  readonly client: Leg;
+export class Conn extends Leg implements LegOwner {
   /** The dial in flight, or the paired member connection; null before the first dial and after the last failed. */
   up: UpstreamLeg | null = null;
   /**
@@ -82,15 +90,24 @@ export class Conn implements LegOwner {
   askedAt = 0;
   /** Who ended the connection and why, set by the first end, close or forced close. */
   termination: TerminationCode | null = null;
+  /** The proxy's list of open connections (src/datapath/list.ts). */
+  prev: Conn | null = null;
+  next: Conn | null = null;
+  list: List<Conn> | null = null;
   /** A member was usable when dialing started (else a failure to connect is `no-member`). */
-  hadUsable = false;
+  declare hadUsable: boolean;
   constructor(
     readonly host: ConnHost,
     /** The client's address, kept only with --access-log (a closed socket no longer has it). */
     readonly clientAddr: string | null,
   ) {
-    this.client = new Leg(this);
+    super(null);
     this.activeAt = host.epoch;
+  }
+
+  /** The client's leg: the connection itself. */
+  get client(): Leg {
+    return this;
   }
 
   /** Whether the access log is on (it wants the client's address, the members tried, and the times). */
@@ -170,12 +187,14 @@ export class Conn implements LegOwner {
     this.termination ??= "client-close";
   }
 
-  closed(leg: Leg, err: Error | undefined): void {
+  gone(leg: Leg, err: Error | undefined): void {
     this.termination ??= err === undefined ? "client-close" : timedOut(err) ? "client-timeout" : "client-reset";
     passClose(leg, err);
     if (this.done) this.host.release(this);
   }
 }
+
+bitFlags(Conn.prototype, { hadUsable: LEG_BITS_USED });
 
 const round3 = (ms: number) => Math.round(ms * 1000) / 1000;
 

@@ -338,7 +338,7 @@ export class Dialer implements LegOwner {
     this.earlyEnd(up, "closed right after connect");
   }
 
-  closed(leg: Leg, err: Error | undefined): void {
+  gone(leg: Leg, err: Error | undefined): void {
     const up = leg as UpstreamLeg;
     if (up.abandoned) return;
     const conn = up.conn;

@@ -24,7 +24,34 @@ export interface LegOwner {
   /** The leg's remote end sent FIN (`leg.readDone` is set); the pipe forwards it afterwards. */
   ended(leg: Leg): void;
   /** The leg's socket is gone (`err` on a reset); the owner calls `passClose` when the peer should follow. */
-  closed(leg: Leg, err: Error | undefined): void;
+  gone(leg: Leg, err: Error | undefined): void;
+}
+
+/**
+ * A leg's yes/no state, one bit each of `Leg.bits` (one number instead of a field each: every
+ * field is 8 bytes on every open connection, docs/performance.md "Memory per connection"). The
+ * accessors below keep the code reading `leg.closed`; subclasses take bits from LEG_BITS_USED on.
+ */
+const FIN_PENDING = 1;
+const READ_DONE = 2;
+const WRITE_DONE = 4;
+const CLOSED = 8;
+const GOT_DATA = 16;
+const RESETTING = 32;
+export const LEG_BITS_USED = 64;
+
+/** Defines boolean accessors on `proto`, each reading and writing one bit of `bits`. */
+export function bitFlags(proto: object, flags: Record<string, number>): void {
+  for (const [name, bit] of Object.entries(flags)) {
+    Object.defineProperty(proto, name, {
+      get(this: { bits: number }) {
+        return (this.bits & bit) !== 0;
+      },
+      set(this: { bits: number }, on: boolean) {
+        this.bits = on ? this.bits | bit : this.bits & ~bit;
+      },
+    });
+  }
 }
 
 /** One socket of a proxied pair, as `socket.data`. */
@@ -33,19 +60,26 @@ export class Leg {
   peer: Leg | null = null;
   /** Bytes from the peer waiting to be written to this leg; the peer is paused while this is set. */
   out: Uint8Array[] | null = null;
+  /** The flags declared below (and a subclass's own), one bit each. */
+  bits = 0;
+  readonly owner: LegOwner;
   /** The peer sent FIN: forward it with shutdown() once `out` is flushed. */
-  finPending = false;
+  declare finPending: boolean;
   /** This socket's remote end sent FIN. */
-  readDone = false;
+  declare readDone: boolean;
   /** We forwarded a FIN on this socket. */
-  writeDone = false;
-  closed = false;
+  declare writeDone: boolean;
+  declare closed: boolean;
   /** Bytes have arrived on this socket. */
-  gotData = false;
+  declare gotData: boolean;
   /** We are resetting this leg's connection: its close must reset the peer too, never send it a FIN. */
-  resetting = false;
-  constructor(readonly owner: LegOwner) {}
+  declare resetting: boolean;
+  /** `owner` null: the leg reports to itself (a connection is its own client leg, src/datapath/conn.ts). */
+  constructor(owner: LegOwner | null) {
+    this.owner = owner ?? (this as unknown as LegOwner);
+  }
 }
+bitFlags(Leg.prototype, { finPending: FIN_PENDING, readDone: READ_DONE, writeDone: WRITE_DONE, closed: CLOSED, gotData: GOT_DATA, resetting: RESETTING });
 
 /** Resets both legs of a pair (either may be unpaired): each peer sees an RST, never a FIN. */
 export function resetPair(a: Leg, b: Leg | null): void {
@@ -177,6 +211,6 @@ export const pipeHandlers: Omit<SocketHandler<Leg>, "open"> = {
     const leg = s.data;
     if (leg.closed) return;
     leg.closed = true;
-    leg.owner.closed(leg, err);
+    leg.owner.gone(leg, err);
   },
 };

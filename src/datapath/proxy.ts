@@ -23,6 +23,7 @@ import { connectionCap, openFds, openFilesLimit } from "../limits.ts";
 import { tlsReason } from "../tls.ts";
 import { Conn, fdOf, type ConnHost, type UpstreamLeg } from "./conn.ts";
 import { Dialer, type Connect, type DialerHost, type DialReports } from "./dialer.ts";
+import { List } from "./list.ts";
 import { Listeners } from "./listeners.ts";
 import type { ListenSocket, SocketSet } from "./sockets.ts";
 import { forwardFin, pipeHandlers, type Leg } from "./pipe.ts";
@@ -58,7 +59,8 @@ const TLS_LISTEN_FLAGS: readonly StartFlag[] = ["listen-cert", "listen-key", "li
 
 export class Proxy implements ConnHost, DialerHost, SweepHost, SuspectHost, RebalanceHost {
   readonly stats = new ListenerStats();
-  readonly #conns = new Set<Conn>();
+  /** Every open connection (including those still dialing), oldest first. */
+  readonly #conns = new List<Conn>();
   readonly #sweep: Sweep;
   readonly #stalls = new Stalls();
   readonly #suspicions = new Suspicions(this);

@@ -39,7 +39,7 @@ export class Stalls {
    * Checks the connections in `conns`; `cut` is called for each whose peer went silent (`member`
    * true for the member leg). Returns whether any connection is open (else the sweep can stop).
    */
-  sweep(conns: ReadonlySet<Conn>, limitMs: number, cut: (conn: Conn, member: boolean) => void): boolean {
+  sweep(conns: Iterable<Conn> & { readonly size: number }, limitMs: number, cut: (conn: Conn, member: boolean) => void): boolean {
     const now = performance.now();
     const suspects = new Set<Leg>();
     for (const conn of conns) {

@@ -11,6 +11,7 @@
  * @module
  */
 import type { Conn, UpstreamLeg } from "./conn.ts";
+import { List } from "./list.ts";
 
 /** Granularity of connect timeouts: a dial fails at most this long after --connect-timeout. */
 const DIAL_SWEEP_MS = 20;
@@ -42,10 +43,10 @@ export interface SweepHost {
 export class Sweep {
   /** Advances once per idle period; the data path stamps connections with it when bytes move. */
   epoch = 0;
-  readonly #dials = new Set<UpstreamLeg>();
+  readonly #dials = new List<UpstreamLeg>();
   readonly #handshakes = new Set<Conn>();
   /** Connected member legs without keepalive yet, oldest first. */
-  readonly #young = new Set<UpstreamLeg>();
+  readonly #young = new List<UpstreamLeg>();
   #timer: Timer | null = null;
   #due = 0;
   #idleEvery = 0;
