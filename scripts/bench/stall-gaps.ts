@@ -33,6 +33,12 @@ interface Silence {
   /** How long no byte came back (ms); for one still open at the end, how long so far. */
   ms: number;
   answered: boolean;
+  /**
+   * The member's chunk that ended the silence before this one was smaller than 32 bytes and ended a
+   * wait, and this one's first client chunk came before the member's next: the gateway counts the
+   * client as waiting from that chunk, whatever its size (src/datapath/dialer.ts, received).
+   */
+  resumed: boolean;
 }
 
 interface Recorded {
@@ -49,25 +55,29 @@ function recordingRelay(targetPort: number) {
     const member = connect({ host: "127.0.0.1", port: targetPort });
     const rec: Recorded = { workload, silences: [] };
     records.push(rec);
-    let pending: { at: number; chunks: number; second: number | null; last: number; bytes: number; first: number } | null = null;
+    let pending: { at: number; chunks: number; second: number | null; last: number; bytes: number; first: number; resumed: boolean } | null = null;
+    /** The member's last chunk was small and ended a wait (as the gateway counts one). */
+    let maybeAnswered = false;
     const record = (answered: boolean) => {
-      if (pending !== null) rec.silences.push({ chunks: pending.chunks, secondAfterMs: pending.second, lastAfterMs: pending.last, bytes: pending.bytes, firstBytes: pending.first, ms: performance.now() - pending.at, answered });
+      if (pending !== null) rec.silences.push({ chunks: pending.chunks, secondAfterMs: pending.second, lastAfterMs: pending.last, bytes: pending.bytes, firstBytes: pending.first, ms: performance.now() - pending.at, answered, resumed: pending.resumed });
       pending = null;
     };
     const close = () => record(false);
     open.add({ end: close });
     client.on("data", (d) => {
       const now = performance.now();
-      if (pending === null) pending = { at: now, chunks: 1, second: null, last: 0, bytes: d.length, first: d.length };
+      if (pending === null) pending = { at: now, chunks: 1, second: null, last: 0, bytes: d.length, first: d.length, resumed: maybeAnswered };
       else {
         pending.bytes += d.length;
         pending.chunks++;
         pending.second ??= now - pending.at;
         pending.last = now - pending.at;
       }
+      maybeAnswered = false;
       member.write(d);
     });
     member.on("data", (d) => {
+      maybeAnswered = pending !== null && (pending.chunks >= 2 || pending.first >= 32 || pending.resumed) && d.length < 32;
       record(true);
       client.write(d);
     });
@@ -147,21 +157,23 @@ interface Summary {
  * after the second one, so a lone trailing chunk that expects no answer (an HTTP/2 WINDOW_UPDATE
  * after a reply) is not enough.
  */
-const RULES: { name: string; thresholdMs: number; second: boolean; bytes?: number }[] = [
+const RULES: { name: string; thresholdMs: number; second: boolean; bytes?: number; resume?: boolean }[] = [
   { name: "≥ 1 s", thresholdMs: 1000, second: false },
   { name: "≥ 500 ms after a 2nd chunk", thresholdMs: 500, second: true },
   { name: "≥ 1 s after a 2nd chunk", thresholdMs: 1000, second: true },
   { name: "≥ 500 ms after a 2nd chunk or a first of ≥ 32 bytes", thresholdMs: 500, second: true, bytes: 32 },
-  { name: "≥ 1 s after a 2nd chunk or a first of ≥ 32 bytes (the gateway's rule)", thresholdMs: 1000, second: true, bytes: 32 },
+  { name: "≥ 1 s after a 2nd chunk or a first of ≥ 32 bytes (the rule before issue 25)", thresholdMs: 1000, second: true, bytes: 32 },
+  { name: "≥ 500 ms, the same, or after a client chunk replying to a small chunk that ended a wait", thresholdMs: 500, second: true, bytes: 32, resume: true },
+  { name: "≥ 1 s, the same (the gateway's rule)", thresholdMs: 1000, second: true, bytes: 32, resume: true },
 ];
 
 /**
  * The silence a rule measures: from the first chunk, or (`second`) from the second chunk, or from
  * the first when it has at least `bytes` (src/datapath/conn.ts, ASK_BYTES).
  */
-const measured = (s: Silence, second: boolean, bytes?: number): number => {
+const measured = (s: Silence, second: boolean, bytes?: number, resume = false): number => {
   if (!second) return s.ms;
-  if (bytes !== undefined && s.firstBytes >= bytes) return s.ms;
+  if ((bytes !== undefined && s.firstBytes >= bytes) || (resume && s.resumed)) return s.ms;
   return s.secondAfterMs === null ? -1 : s.ms - s.secondAfterMs;
 };
 
@@ -171,9 +183,9 @@ function summarise(records: Recorded[]): Summary[] {
   return [...byWorkload].map(([workload, rs]) => {
     const all = rs.flatMap((r) => r.silences);
     const suspected: Record<string, number> = {};
-    for (const rule of RULES) suspected[rule.name] = all.filter((s) => measured(s, rule.second, rule.bytes) >= rule.thresholdMs).length;
+    for (const rule of RULES) suspected[rule.name] = all.filter((s) => measured(s, rule.second, rule.bytes, rule.resume) >= rule.thresholdMs).length;
     const answered = all.filter((s) => s.answered);
-    return { workload, connections: rs.length, silences: all.length, maxAnsweredMs: Math.max(0, ...answered.map((s) => s.ms)), maxAfterSecondMs: Math.max(0, ...answered.map((s) => measured(s, true, 32))), suspected };
+    return { workload, connections: rs.length, silences: all.length, maxAnsweredMs: Math.max(0, ...answered.map((s) => s.ms)), maxAfterSecondMs: Math.max(0, ...answered.map((s) => measured(s, true, 32, true))), suspected };
   });
 }
 

@@ -82,7 +82,7 @@ export class Conn extends Leg implements LegOwner {
   /** bytesFromClient + bytesFromMember when both legs were last found with nothing waiting to be sent or acknowledged (src/datapath/stall.ts); -1 before. */
   settledAt = -1;
   /**
-   * Client chunks since the member last sent a byte, a chunk of ASK_BYTES or more counting 2
+   * Client chunks since the member last answered, a chunk of ASK_BYTES or more counting 2
    * (src/datapath/suspect.ts): at 2 the client is waiting on the member.
    */
   unanswered = 0;
@@ -96,6 +96,12 @@ export class Conn extends Leg implements LegOwner {
   list: List<Conn> | null = null;
   /** A member was usable when dialing started (else a failure to connect is `no-member`). */
   declare hadUsable: boolean;
+  /**
+   * The member's last chunk ended a wait and was smaller than ASK_BYTES: an answer, or the member's
+   * own PING (grpc-go sends a WINDOW_UPDATE and a PING on receiving a request, before its answer).
+   * A client chunk before the member's next one (its PING acknowledgement) says which: it waits again.
+   */
+  declare maybeAnswered: boolean;
   constructor(
     readonly host: ConnHost,
     /** The client's address, kept only with --access-log (a closed socket no longer has it). */
@@ -165,7 +171,8 @@ export class Conn extends Leg implements LegOwner {
     this.bytesFromClient += bytes;
     this.up!.member.stats.bytesToMember += bytes;
     const before = this.unanswered;
-    this.unanswered = before + (bytes >= ASK_BYTES ? 2 : 1);
+    this.unanswered = before + (bytes >= ASK_BYTES || this.maybeAnswered ? 2 : 1);
+    this.maybeAnswered = false;
     if (before < 2 && this.unanswered >= 2) this.host.asked(this);
   }
 
@@ -194,7 +201,7 @@ export class Conn extends Leg implements LegOwner {
   }
 }
 
-bitFlags(Conn.prototype, { hadUsable: LEG_BITS_USED });
+bitFlags(Conn.prototype, { hadUsable: LEG_BITS_USED, maybeAnswered: LEG_BITS_USED << 1 });
 
 const round3 = (ms: number) => Math.round(ms * 1000) / 1000;
 

@@ -20,7 +20,7 @@ import type { UpstreamTls } from "../settings.ts";
 import { receiveQueue } from "../libc.ts";
 import { outOfFds } from "../limits.ts";
 import { tlsReason } from "../tls.ts";
-import { Conn, fdOf, timedOut, UpstreamLeg } from "./conn.ts";
+import { ASK_BYTES, Conn, fdOf, timedOut, UpstreamLeg } from "./conn.ts";
 import { flush, forwardFin, pair, passClose, pipeHandlers, type Leg, type LegOwner } from "./pipe.ts";
 
 /** Where the dialer reports what members did (health in the primary; the primary, from a worker). */
@@ -317,6 +317,9 @@ export class Dialer implements LegOwner {
     conn.activeAt = conn.host.epoch;
     conn.bytesFromMember += bytes;
     up.member.stats.bytesFromMember += bytes;
+    // A small chunk that ends a wait may be the member's own PING rather than an answer
+    // (src/datapath/suspect.ts): if the client replies before the member says more, it waits again.
+    conn.maybeAnswered = conn.unanswered > 1 && bytes < ASK_BYTES;
     if (conn.unanswered !== 0) {
       if (conn.unanswered > 1) this.host.answered(conn);
       conn.unanswered = 0;

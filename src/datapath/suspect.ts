@@ -3,9 +3,16 @@
  * pause) still completes TCP handshakes and acknowledges bytes, so only its silence tells. An etcd
  * client talking to a live member gets bytes back within milliseconds; a connection where the
  * client is waiting on the member (it sent a request: a chunk of ASK_BYTES or more, or a second
- * chunk, since the member last sent anything) and the member then stayed silent for
+ * chunk, since the member last answered) and the member then stayed silent for
  * `--health-suspect-after`, makes its member a suspect, and health confirms or clears that at once
  * with checks (src/health/monitor.ts). A suspicion is never a verdict.
+ *
+ * Any member byte ends a wait, but a chunk smaller than ASK_BYTES may be the member's own PING
+ * rather than an answer: grpc-go writes a WINDOW_UPDATE and a PING (30 bytes) on receiving a
+ * request, before answering it, and the client acknowledges the PING at once. So the client's next
+ * chunk after such a small one, before the member says more, is a wait whatever its size
+ * (Conn.maybeAnswered). Without that, a member stopped between the two went unnoticed until the
+ * client's next request (test/e2e/hung-member.test.ts, about 1 run in 20; docs/performance.md).
  *
  * Why not any chunk: a client's last bytes after a reply often expect no answer (an HTTP/2
  * WINDOW_UPDATE or a PING acknowledgement after a watch event or a big range: 13–26 bytes), so one

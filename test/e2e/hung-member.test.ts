@@ -68,15 +68,26 @@ async function issueClient(gw: GatewayProcess) {
   };
 }
 
-/** `etcdctl lease keep-alive` of a new TTL 5 s lease through the gateway, running until killed. */
-async function etcdctlKeepAlive(gw: GatewayProcess): Promise<string> {
+/**
+ * `etcdctl lease keep-alive` of a new TTL 5 s lease through the gateway, running until killed, and
+ * when each of its keep-alive answers arrived (one line each on its output).
+ */
+async function etcdctlKeepAlive(gw: GatewayProcess): Promise<{ id: string; answers: number[] }> {
   const grant = await viaGateway(gw, ["lease", "grant", "5"]);
   expect(grant.code, grant.stderr).toBe(0);
   const id = /lease ([0-9a-f]+) granted/.exec(grant.stdout)?.[1];
   if (id === undefined) throw new Error(`no lease ID in ${grant.stdout}`);
-  const proc = track(Bun.spawn([which("etcdctl"), `--endpoints=${gw.listen}`, "--dial-timeout=2s", "lease", "keep-alive", id], { stdout: "ignore", stderr: "ignore", env: { ...process.env, ETCDCTL_API: "3" } }));
+  const proc = track(Bun.spawn([which("etcdctl"), `--endpoints=${gw.listen}`, "--dial-timeout=2s", "lease", "keep-alive", id], { stdout: "pipe", stderr: "ignore", env: { ...process.env, ETCDCTL_API: "3" } }));
   children.push({ kill: () => proc.kill("SIGKILL") });
-  return id;
+  const answers: number[] = [];
+  void (async () => {
+    const decoder = new TextDecoder();
+    for await (const chunk of proc.stdout) {
+      const lines = decoder.decode(chunk).match(/keepalived with TTL/g) ?? [];
+      for (const _ of lines) answers.push(performance.now());
+    }
+  })();
+  return { id, answers };
 }
 
 /** Whether lease `id` still exists, asked of a member that was not stopped. */
@@ -113,18 +124,21 @@ async function hangMemberInUse(role: "leader" | "follower") {
   process.kill(stopped.pid, "SIGCONT");
   await sleep(2000);
   const result = await client.end();
-  const ctlAlive = await leaseAlive(cluster, ctlLease, inUse);
-  console.log(`${role} stopped: taken out ${tookMs.toFixed(0)} ms after SIGSTOP (${String(down.error)}); etcd3 lease lost: ${client.lost()}; etcdctl lease alive: ${ctlAlive}; puts ${result.puts}, failed ${result.failed}, longest gap between acknowledged puts ${result.longestGapMs.toFixed(0)} ms`);
-  if (process.env.HUNG_DEBUG) for (const r of gw.records()) console.log(JSON.stringify(r));
+  const ctlAlive = await leaseAlive(cluster, ctlLease.id, inUse);
+  const lastBefore = ctlLease.answers.filter((t) => t < at).at(-1) ?? Number.NaN;
+  const firstAfter = ctlLease.answers.find((t) => t > at) ?? Number.NaN;
+  const summary = `${role} stopped: taken out ${tookMs.toFixed(0)} ms after SIGSTOP (${String(down.error)}); suspected ${suspected === undefined ? "never" : `with ${String(suspected["silent-ms"])} ms of silence`}; etcd3 lease lost: ${client.lost()}; etcdctl lease alive: ${ctlAlive} (its answers ${(at - lastBefore).toFixed(0)} ms before the SIGSTOP and ${(firstAfter - at).toFixed(0)} ms after); puts ${result.puts}, failed ${result.failed}, longest gap between acknowledged puts ${result.longestGapMs.toFixed(0)} ms`;
+  console.log(summary);
+  if (process.env.HUNG_DEBUG) for (const r of gw.lines) console.log(r);
   expect(suspected, "a suspicion from client traffic came first").toBeDefined();
   // The check that completes --health-fall failures may be a confirming one (its reason says so)
   // or the member's regular liveness check timing out at the same moment (seen once in CI);
   // either way the time bound below is only reachable with the confirmations counted (three
   // regular checks take 6 s).
-  expect(String(down.error)).toMatch(/confirming a stall seen on client traffic|context deadline exceeded/);
+  expect(String(down.error), summary).toMatch(/confirming a stall seen on client traffic|context deadline exceeded/);
   // Suspicion after 1 s of silence (+ a 100 ms tick), three checks 150 ms apart, each waiting 1 s.
-  expect(tookMs).toBeLessThan(1000 + 100 + 2 * 150 + 1000 + 1500);
-  expect(client.lost()).toBe(false);
+  expect(tookMs, summary).toBeLessThan(1000 + 100 + 2 * 150 + 1000 + 1500);
+  expect(client.lost(), summary).toBe(false);
   // etcdctl gives its lease up on its own clock: TTL (5 s) after its last keep-alive answer, which
   // may be 1.7 s before the SIGSTOP. With the follower stopped, the gateway's 2.2 s take-out leaves
   // room. With the leader stopped, no member answers a keep-alive until the others have elected a
@@ -132,7 +146,7 @@ async function hangMemberInUse(role: "leader" | "follower") {
   // though the gateway moved it in time (seen once in CI in about ten runs: taken out at 2.2 s,
   // etcdctl's lease lost). The etcd3 client's lease, asserted above in both cases, holds the
   // gateway to the issue's promise; etcdctl's outcome with the leader stopped is printed.
-  if (role === "follower") expect(ctlAlive).toBe(true);
+  if (role === "follower") expect(ctlAlive, summary).toBe(true);
   expect(gw.proc.exitCode).toBeNull();
 }
 
