@@ -117,20 +117,29 @@ function sticky(table: MemberTable, random: () => number): Policy {
     const fewest = Math.min(...usable.map((m) => m.failures));
     return rank.best(usable.length > 0 ? usable.filter((m) => m.failures === fewest) : list.filter((m) => !m.wrongCluster));
   };
+  // settle() filters the member list (arrays each time): its answer is kept until the table
+  // changes (every write to it moves its generation) or a choice is adopted, so a new connection
+  // allocates nothing to choose (docs/performance.md, "Memory per connection").
+  let kept: { generation: number; member: Member | undefined } | null = null;
+  const settled = (): Member | undefined => {
+    if (kept === null || kept.generation !== table.generation) kept = { generation: table.generation, member: settle() };
+    return kept.member;
+  };
   const cached = cacheWhileUnchanged(table, (a, b) => rank.compare(a, b));
   return {
     name: "sticky",
-    candidates: () => cached(settle()),
+    candidates: () => cached(settled()),
     position: () => {
-      const m = settle();
+      const m = settled();
       return m === undefined ? -1 : table.list.indexOf(m);
     },
     adopt(position, seed) {
       adopted = table.list[position] ?? null;
       if (seed !== undefined && seed !== key) rank = rendezvous((key = seed));
+      kept = null;
     },
     seed: () => key,
-    preferred: settle,
+    preferred: settled,
   };
 }
 

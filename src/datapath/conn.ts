@@ -72,8 +72,11 @@ export class Conn extends Leg implements LegOwner {
    */
   candidates: readonly Member[] = [];
   attempt = 0;
-  /** Client bytes read before an upstream was paired: at most two reads (see unpaired). */
-  early: Uint8Array[] | null = null;
+  /**
+   * Client bytes read before an upstream was paired: the first read as it came (no array for the
+   * usual single one), two in an array (see unpaired).
+   */
+  early: Uint8Array | Uint8Array[] | null = null;
   /** The idle sweep's counter when bytes last moved. */
   activeAt: number;
   readonly acceptedAt = performance.now();
@@ -88,6 +91,9 @@ export class Conn extends Leg implements LegOwner {
   unanswered = 0;
   /** performance.now() when they first counted 2. */
   askedAt = 0;
+  /** The list of connections waiting on their member (src/datapath/suspect.ts), while `waiting`. */
+  waitPrev: Conn | null = null;
+  waitNext: Conn | null = null;
   /** Who ended the connection and why, set by the first end, close or forced close. */
   termination: TerminationCode | null = null;
   /** The proxy's list of open connections (src/datapath/list.ts). */
@@ -102,6 +108,8 @@ export class Conn extends Leg implements LegOwner {
    * A client chunk before the member's next one (its PING acknowledgement) says which: it waits again.
    */
   declare maybeAnswered: boolean;
+  /** On the list of connections waiting on their member (src/datapath/suspect.ts). */
+  declare waiting: boolean;
   constructor(
     readonly host: ConnHost,
     /** The client's address, kept only with --access-log (a closed socket no longer has it). */
@@ -186,8 +194,14 @@ export class Conn extends Leg implements LegOwner {
    * second one pauses it, so at most two reads are held per connection.
    */
   unpaired(_leg: Leg, chunk: Uint8Array): boolean {
-    (this.early ??= []).push(chunk);
-    return this.early.length > 1;
+    const early = this.early;
+    if (early === null) {
+      this.early = chunk;
+      return false;
+    }
+    if (Array.isArray(early)) early.push(chunk);
+    else this.early = [early, chunk];
+    return true;
   }
 
   ended(): void {
@@ -201,7 +215,7 @@ export class Conn extends Leg implements LegOwner {
   }
 }
 
-bitFlags(Conn.prototype, { hadUsable: LEG_BITS_USED, maybeAnswered: LEG_BITS_USED << 1 });
+bitFlags(Conn.prototype, { hadUsable: LEG_BITS_USED, maybeAnswered: LEG_BITS_USED << 1, waiting: LEG_BITS_USED << 2 });
 
 const round3 = (ms: number) => Math.round(ms * 1000) / 1000;
 

@@ -21,7 +21,7 @@ import { receiveQueue } from "../libc.ts";
 import { outOfFds } from "../limits.ts";
 import { tlsReason } from "../tls.ts";
 import { ASK_BYTES, Conn, fdOf, timedOut, UpstreamLeg } from "./conn.ts";
-import { flush, forwardFin, pair, passClose, pipeHandlers, type Leg, type LegOwner } from "./pipe.ts";
+import { flush, forwardFin, pair, passClose, pipeHandlers, send, type Leg, type LegOwner } from "./pipe.ts";
 
 /** Where the dialer reports what members did (health in the primary; the primary, from a worker). */
 export interface DialReports {
@@ -265,11 +265,17 @@ export class Dialer implements LegOwner {
     const early = conn.early;
     if (early !== null) {
       conn.early = null;
-      let bytes = 0;
-      for (const chunk of early) bytes += chunk.byteLength;
-      conn.received(client, bytes); // counted as they leave, as on a paired leg
-      leg.out = early;
-      flush(leg);
+      // Counted as they leave, as on a paired leg.
+      if (Array.isArray(early)) {
+        let bytes = 0;
+        for (const chunk of early) bytes += chunk.byteLength;
+        conn.received(client, bytes);
+        leg.out = early;
+        flush(leg);
+      } else {
+        conn.received(client, early.byteLength);
+        send(leg, early); // what the kernel does not take is queued; the drain resumes the client
+      }
     }
     if (client.readDone) forwardFin(leg);
     // A client paused by a second early read is resumed by flush; resuming one that was never

@@ -33,7 +33,10 @@ export interface ListenersOptions {
   readonly log: Logger;
 }
 
-/** What the listeners read from the settings in force. */
+/**
+ * What the listeners read from the settings in force, read at each use: the proxy's getters (no
+ * object per accepted connection, docs/performance.md "Memory per connection").
+ */
 export interface ListenersSettings {
   /** Client connections at most (Infinity: no limit). */
   readonly maxConnections: number;
@@ -54,7 +57,7 @@ export class Listeners {
   /** Accepts on every socket. @throws {Error} when Bun cannot listen on one (those started before it are stopped). */
   constructor(
     private readonly opts: ListenersOptions,
-    private readonly settings: () => ListenersSettings,
+    private readonly settings: ListenersSettings,
   ) {
     try {
       for (const socket of opts.sockets) {
@@ -69,14 +72,14 @@ export class Listeners {
   }
 
   private tlsOptions(): object {
-    const t = this.settings().listenTls;
+    const t = this.settings.listenTls;
     if (t === null) return {};
     const mutual = t.ca !== undefined;
     return { tls: { cert: t.cert, key: t.key, ca: t.ca, requestCert: mutual, rejectUnauthorized: mutual } };
   }
 
   private handlers(): SocketHandler<Leg> {
-    return this.settings().listenTls === null ? this.opts.handlers : this.opts.tlsHandlers;
+    return this.settings.listenTls === null ? this.opts.handlers : this.opts.tlsHandlers;
   }
 
   /** A Bun listener on a new duplicate of the slot's socket. */
@@ -96,7 +99,7 @@ export class Listeners {
    * bound and listening, so new connects wait in the kernel's backlog until a slot frees.
    */
   checkLimit(open: number): void {
-    const max = this.settings().maxConnections;
+    const max = this.settings.maxConnections;
     if (this.#paused || this.#stopped || open < max) return;
     this.#paused = true;
     this.opts.stats.limitReached++;
@@ -109,7 +112,7 @@ export class Listeners {
 
   /** Accepts again once below the limit (after a connection closed, or the limit was raised). */
   resumeBelowLimit(open: number): void {
-    const max = this.settings().maxConnections;
+    const max = this.settings.maxConnections;
     if (!this.#paused || this.#stopped || open >= max) return;
     try {
       for (const s of this.#slots) s.accepting ??= this.acceptOn(s);

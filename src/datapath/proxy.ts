@@ -24,7 +24,7 @@ import { tlsReason } from "../tls.ts";
 import { Conn, fdOf, type ConnHost, type UpstreamLeg } from "./conn.ts";
 import { Dialer, type Connect, type DialerHost, type DialReports } from "./dialer.ts";
 import { List } from "./list.ts";
-import { Listeners } from "./listeners.ts";
+import { Listeners, type ListenersSettings } from "./listeners.ts";
 import type { ListenSocket, SocketSet } from "./sockets.ts";
 import { forwardFin, pipeHandlers, type Leg } from "./pipe.ts";
 import { Rebalancer, type RebalanceHost } from "./rebalance.ts";
@@ -57,7 +57,7 @@ export const DRAIN_IDLE_MS = 1000;
 const TLS_LISTEN_FLAGS: readonly StartFlag[] = ["listen-cert", "listen-key", "listen-client-ca"];
 // (--listen-handshake-timeout and the rest are read per connection.)
 
-export class Proxy implements ConnHost, DialerHost, SweepHost, SuspectHost, RebalanceHost {
+export class Proxy implements ConnHost, DialerHost, SweepHost, SuspectHost, RebalanceHost, ListenersSettings {
   readonly stats = new ListenerStats();
   /** Every open connection (including those still dialing), oldest first. */
   readonly #conns = new List<Conn>();
@@ -89,11 +89,16 @@ export class Proxy implements ConnHost, DialerHost, SweepHost, SuspectHost, Reba
     const tlsHandlers: SocketHandler<Leg> = { ...handlers, open: (s) => this.accept(s, true), handshake: (s, ok, err) => this.handshake(s, ok, err) };
     this.#listeners = new Listeners(
       { sockets: opts.accept, handlers, tlsHandlers, stats: this.stats, log: opts.log },
-      () => ({ maxConnections: this.maxConnections, listenTls: opts.settings().listenTls }),
+      this,
     );
     this.#listeners.keepClientsAlive(this.keepAliveMs);
     this.#fdCap = connectionCap(openFilesLimit(), openFds());
     this.#rebalancer = new Rebalancer(this);
+  }
+
+  /** The listening TLS settings in force (Listeners reads them here). */
+  get listenTls(): Settings["listenTls"] {
+    return this.opts.settings().listenTls;
   }
 
   /** What the open-files limit allows (see connectionCap). */
@@ -241,7 +246,7 @@ export class Proxy implements ConnHost, DialerHost, SweepHost, SuspectHost, Reba
 
   release(conn: Conn): void {
     if (!this.#conns.delete(conn)) return;
-    if (conn.unanswered > 1) this.#suspicions.answered(conn);
+    this.#suspicions.answered(conn);
     const now = performance.now();
     this.stats.duration.observe((now - conn.acceptedAt) / 1000);
     this.#sweep.unwatchHandshake(conn);

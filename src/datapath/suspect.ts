@@ -26,8 +26,9 @@
  * them queued here), and nothing of the member's waits in the kernel or here for a slow client.
  *
  * Cost per connection: an addition and two comparisons per client chunk, one comparison per member
- * chunk; a clock read and a set entry only when a client starts waiting. The check runs every
- * TICK_MS while any connection waits so, never otherwise.
+ * chunk; a clock read and a few links set only when a client starts waiting. The check runs every
+ * TICK_MS while any connection waits so, never otherwise, and looks only at connections whose wait
+ * reached the threshold (they are in the order they started waiting).
  *
  * @module
  */
@@ -64,8 +65,14 @@ const realWorld: SuspectWorld = {
 };
 
 export class Suspicions {
-  /** Connections whose client is waiting on its member. */
-  readonly #waiting = new Set<Conn>();
+  /**
+   * Connections whose client is waiting on its member, linked through the connections themselves
+   * (Conn.waitPrev, waitNext; Conn.waiting says it is on): oldest ask first, since a connection is
+   * appended when it starts waiting. No allocation and no hashing per request.
+   */
+  #head: Conn | null = null;
+  #tail: Conn | null = null;
+  #count = 0;
   #cancel: (() => void) | null = null;
 
   constructor(
@@ -77,46 +84,68 @@ export class Suspicions {
   asked(conn: Conn): void {
     if (this.host.suspectAfterMs <= 0) return;
     conn.askedAt = this.world.now();
-    this.#waiting.add(conn);
+    this.unlink(conn); // kept in the order of askedAt
+    conn.waiting = true;
+    conn.waitPrev = this.#tail;
+    conn.waitNext = null;
+    if (this.#tail === null) this.#head = conn;
+    else this.#tail.waitNext = conn;
+    this.#tail = conn;
+    this.#count++;
     this.#cancel ??= this.world.after(TICK_MS, () => this.tick());
   }
 
   /** The member answered `conn` (or it closed). */
   answered(conn: Conn): void {
-    this.#waiting.delete(conn);
+    this.unlink(conn);
   }
 
   /** Connections waiting now (tests). */
   get waiting(): number {
-    return this.#waiting.size;
+    return this.#count;
   }
 
   /** Stops the check (at shutdown). */
   stop(): void {
     this.#cancel?.();
     this.#cancel = null;
-    this.#waiting.clear();
+    while (this.#head !== null) this.unlink(this.#head);
+  }
+
+  private unlink(conn: Conn): void {
+    if (conn.waiting !== true) return;
+    const { waitPrev: prev, waitNext: next } = conn;
+    if (prev === null) this.#head = next;
+    else prev.waitNext = next;
+    if (next === null) this.#tail = prev;
+    else next.waitPrev = prev;
+    conn.waiting = false;
+    conn.waitPrev = null;
+    conn.waitNext = null;
+    this.#count--;
   }
 
   private tick(): void {
     this.#cancel = null;
     const limit = this.host.suspectAfterMs;
     const now = this.world.now();
-    const silent = new Map<Member, { ms: number; connections: number }>();
-    for (const conn of this.#waiting) {
+    let silent: Map<Member, { ms: number; connections: number }> | null = null;
+    for (let conn = this.#head; conn !== null; ) {
+      const next = conn.waitNext;
       const up = conn.up;
-      if (limit <= 0 || up === null || up.sock === null || up.closed || conn.client.closed) {
-        this.#waiting.delete(conn);
-        continue;
+      if (limit <= 0 || up === null || up.sock === null || up.closed || conn.client.closed) this.unlink(conn);
+      else {
+        const ms = now - conn.askedAt;
+        if (ms < limit) break; // the rest started waiting later
+        this.unlink(conn); // looked at once per unanswered request; the member's next byte starts over
+        if (up.out === null && conn.client.out === null && this.world.unread(conn) === 0) {
+          const s = (silent ??= new Map()).get(up.member);
+          silent.set(up.member, { ms: Math.max(ms, s?.ms ?? 0), connections: (s?.connections ?? 0) + 1 });
+        }
       }
-      const ms = now - conn.askedAt;
-      if (ms < limit) continue;
-      this.#waiting.delete(conn); // looked at once per unanswered request; the member's next byte starts over
-      if (up.out !== null || conn.client.out !== null || this.world.unread(conn) !== 0) continue;
-      const s = silent.get(up.member);
-      silent.set(up.member, { ms: Math.max(ms, s?.ms ?? 0), connections: (s?.connections ?? 0) + 1 });
+      conn = next;
     }
-    for (const [member, s] of silent) this.host.suspect(member, s.ms, s.connections);
-    if (this.#waiting.size > 0) this.#cancel = this.world.after(TICK_MS, () => this.tick());
+    if (silent !== null) for (const [member, s] of silent) this.host.suspect(member, s.ms, s.connections);
+    if (this.#count > 0) this.#cancel = this.world.after(TICK_MS, () => this.tick());
   }
 }
