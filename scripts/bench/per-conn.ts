@@ -24,6 +24,9 @@ import { describeMachine, ensureTools } from "./tools.ts";
 
 const DEFAULT_CONTENDERS = ["etcd-gateway", "bun-relay", "haproxy-1t", "haproxy", "etcd-gw"];
 
+/** Connections of a full run's allocation pass (and of `--heap-only`). */
+const FULL_GC_CONNS = 60_000;
+
 const USAGE = `Usage: bun scripts/bench/per-conn.ts [options]
   --contenders <list>  rows (default ${DEFAULT_CONTENDERS.join(",")}; also etcd-gateway-w2, etcd-gateway-all)
   --binary <path>      measure this build of ours instead of dist/etcd-gateway
@@ -31,6 +34,8 @@ const USAGE = `Usage: bun scripts/bench/per-conn.ts [options]
   --rounds <n>         rounds, interleaved (default 3; --quick 1)
   --quick              one short round (smoke test)
   --no-strace          skip the strace pass (perf's counts stay)
+  --heap-only          only the allocation pass (JS heap bytes per connection, ${FULL_GC_CONNS} connections):
+                       what CI's memory guard reads (scripts/bench/memory-guard.ts), about 20 s a row
   --json <path>        default bench-results/per-conn.json
   --doc <path>         rewrite the marked table section of this file (e.g. docs/performance.md);
                        the Markdown always goes to bench-results/per-conn.md too
@@ -38,7 +43,7 @@ const USAGE = `Usage: bun scripts/bench/per-conn.ts [options]
   --from-json <path>   measure nothing: write the Markdown (and --doc) again from a run's JSON
 `;
 
-const FULL: PerConnPlan = { rounds: 3, warm: 1000, cpuConns: 10_000, perfConns: 5000, straceConns: 2000, mallocConns: 5000, gcConns: 60_000, concurrency: 32, smallSeconds: 3, smallConnections: 32 };
+const FULL: PerConnPlan = { rounds: 3, warm: 1000, cpuConns: 10_000, perfConns: 5000, straceConns: 2000, mallocConns: 5000, gcConns: FULL_GC_CONNS, concurrency: 32, smallSeconds: 3, smallConnections: 32 };
 const QUICK: PerConnPlan = { rounds: 1, warm: 200, cpuConns: 2000, perfConns: 1000, straceConns: 300, mallocConns: 1000, gcConns: 10_000, concurrency: 32, smallSeconds: 1, smallConnections: 32 };
 
 function fail(message: string): never {
@@ -104,7 +109,7 @@ async function plainPasses(r: Running, plan: PerConnPlan, tools: Tools, s: PerCo
 async function measure(c: Contender, round: number, up: Upstream, plan: PerConnPlan, tools: Tools): Promise<PerConnSample> {
   const s: PerConnSample = { contender: c.id, round, failures: [] };
   try {
-    await withStarted(c, up, undefined, (r) => plainPasses(r, plan, tools, s));
+    if (plan.heapOnly !== true) await withStarted(c, up, undefined, (r) => plainPasses(r, plan, tools, s));
     const kind = gcLogOf(c.id);
     if (kind !== null) {
       await withStarted(c, up, GC_LOG_ENV[kind], async (r) => {
@@ -136,7 +141,7 @@ async function findTools(wantStrace: boolean): Promise<Tools> {
 
 const OPTIONS = {
   contenders: { type: "string" }, binary: { type: "string" }, before: { type: "string" }, rounds: { type: "string" },
-  quick: { type: "boolean", default: false }, "no-strace": { type: "boolean", default: false },
+  quick: { type: "boolean", default: false }, "no-strace": { type: "boolean", default: false }, "heap-only": { type: "boolean", default: false },
   json: { type: "string" }, doc: { type: "string" }, "keep-logs": { type: "boolean", default: false }, "from-json": { type: "string" },
   help: { type: "boolean", short: "h", default: false },
 } as const;
@@ -150,6 +155,7 @@ function parseCli(): { plan: PerConnPlan; ids: string[]; args: Record<string, st
   }
   if (args.help) return (process.stdout.write(USAGE), process.exit(0));
   const plan = { ...(args.quick ? QUICK : FULL) };
+  if (args["heap-only"]) Object.assign(plan, { heapOnly: true, rounds: 1, gcConns: FULL_GC_CONNS });
   if (args.rounds !== undefined) {
     const n = Number(args.rounds);
     if (!Number.isInteger(n) || n < 1 || n > 20) fail(`--rounds: expected 1..20, got ${JSON.stringify(args.rounds)}`);
@@ -177,7 +183,8 @@ async function main(): Promise<void> {
   const notes = await prepareGateway(false, args.binary as string | undefined);
   const missing = await ensureTools();
   if (missing.length > 0) notes.push(`Missing tools: ${missing.join(", ")}.`);
-  const tools = await findTools(!args["no-strace"]);
+  // The allocation pass needs none of perf, strace or the malloc probes.
+  const tools: Tools = plan.heapOnly === true ? { perf: false, strace: false, mallocEvents: null, notes: [] } : await findTools(!args["no-strace"]);
   notes.push(...tools.notes);
   const machine = await describeMachine();
   const contenders = ids.map((id) => CONTENDERS.find((c) => c.id === id)!);

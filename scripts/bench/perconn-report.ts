@@ -24,6 +24,8 @@ export interface PerConnPlan {
   concurrency: number;
   smallSeconds: number;
   smallConnections: number;
+  /** Only the allocation pass (`--heap-only`: the CI guard, scripts/bench/memory-guard.ts). */
+  heapOnly?: boolean;
 }
 
 /** One contender in one round. */
