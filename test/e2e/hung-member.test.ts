@@ -120,14 +120,19 @@ async function hangMemberInUse(role: "leader" | "follower") {
   const down = await waitFor(`${stopped.endpoint} taken out`, () => gw.records().find((r) => r.msg === "deactivated endpoint" && r.address === stopped.endpoint), STOP_MS, 20);
   const tookMs = performance.now() - at;
   const suspected = gw.records().find((r) => r.msg === "member suspected of a stall; checking it now" && r.address === stopped.endpoint);
+  // The leases are judged while the member is still stopped: what the gateway did for them. After
+  // SIGCONT a resumed leader may revoke them itself (below).
+  await sleep(Math.max(0, STOP_MS - 1000 - (performance.now() - at)));
+  const etcd3Lost = client.lost();
+  const ctlAlive = await leaseAlive(cluster, ctlLease.id, inUse);
   await sleep(Math.max(0, STOP_MS - (performance.now() - at)));
   process.kill(stopped.pid, "SIGCONT");
   await sleep(2000);
   const result = await client.end();
-  const ctlAlive = await leaseAlive(cluster, ctlLease.id, inUse);
+  const ctlAliveAfter = await leaseAlive(cluster, ctlLease.id, inUse);
   const lastBefore = ctlLease.answers.filter((t) => t < at).at(-1) ?? Number.NaN;
   const firstAfter = ctlLease.answers.find((t) => t > at) ?? Number.NaN;
-  const summary = `${role} stopped: taken out ${tookMs.toFixed(0)} ms after SIGSTOP (${String(down.error)}); suspected ${suspected === undefined ? "never" : `with ${String(suspected["silent-ms"])} ms of silence`}; etcd3 lease lost: ${client.lost()}; etcdctl lease alive: ${ctlAlive} (its answers ${(at - lastBefore).toFixed(0)} ms before the SIGSTOP and ${(firstAfter - at).toFixed(0)} ms after); puts ${result.puts}, failed ${result.failed}, longest gap between acknowledged puts ${result.longestGapMs.toFixed(0)} ms`;
+  const summary = `${role} stopped: taken out ${tookMs.toFixed(0)} ms after SIGSTOP (${String(down.error)}); suspected ${suspected === undefined ? "never" : `with ${String(suspected["silent-ms"])} ms of silence`}; etcd3 lease lost: ${etcd3Lost} (after the SIGCONT: ${client.lost()}); etcdctl lease alive: ${ctlAlive} (after the SIGCONT: ${ctlAliveAfter}; its answers ${(at - lastBefore).toFixed(0)} ms before the SIGSTOP and ${(firstAfter - at).toFixed(0)} ms after); puts ${result.puts}, failed ${result.failed}, longest gap between acknowledged puts ${result.longestGapMs.toFixed(0)} ms`;
   console.log(summary);
   if (process.env.HUNG_DEBUG) for (const r of gw.lines) console.log(r);
   expect(suspected, "a suspicion from client traffic came first").toBeDefined();
@@ -138,7 +143,7 @@ async function hangMemberInUse(role: "leader" | "follower") {
   expect(String(down.error), summary).toMatch(/confirming a stall seen on client traffic|context deadline exceeded/);
   // Suspicion after 1 s of silence (+ a 100 ms tick), three checks 150 ms apart, each waiting 1 s.
   expect(tookMs, summary).toBeLessThan(1000 + 100 + 2 * 150 + 1000 + 1500);
-  expect(client.lost(), summary).toBe(false);
+  expect(etcd3Lost, summary).toBe(false);
   // etcdctl gives its lease up on its own clock: TTL (5 s) after its last keep-alive answer, which
   // may be 1.7 s before the SIGSTOP. With the follower stopped, the gateway's 2.2 s take-out leaves
   // room. With the leader stopped, no member answers a keep-alive until the others have elected a
@@ -146,6 +151,11 @@ async function hangMemberInUse(role: "leader" | "follower") {
   // though the gateway moved it in time (seen once in CI in about ten runs: taken out at 2.2 s,
   // etcdctl's lease lost). The etcd3 client's lease, asserted above in both cases, holds the
   // gateway to the issue's promise; etcdctl's outcome with the leader stopped is printed.
+  // Both are judged 9 s after the SIGSTOP, the member still stopped: a leader resumed after 10 s
+  // still counts its leases on its own clock, finds them expired and asks to revoke them, and its
+  // request reaches the new leader once it follows it (etcd's doing, not the gateway's: seen here
+  // as both leases gone after the SIGCONT in 1 leader run of 12, and etcdctl's in 1 of 8, while
+  // both were kept alive through the hang). Their state after the SIGCONT is printed.
   if (role === "follower") expect(ctlAlive, summary).toBe(true);
   expect(gw.proc.exitCode).toBeNull();
 }
