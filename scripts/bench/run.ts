@@ -34,6 +34,7 @@ const FULL: Plan = {
   quick: false,
   rounds: 3,
   wrkSeconds: { small: 5, etcd: 2, churn: 2 },
+  wrkWarmSeconds: 1,
   wrkConnections: 64,
   wrkThreads: 1,
   iperfSeconds: 4,

@@ -15,6 +15,12 @@ export interface Plan {
   rounds: number;
   /** wrk run length per workload, seconds. */
   wrkSeconds: { small: number; etcd: number; churn: number };
+  /**
+   * The same wrk load, not measured, before each measured window: every contender is started afresh
+   * for each round, and a runtime with a JIT (ours, the relay) runs slower in its first seconds than
+   * a gateway that has run for a while (docs/performance.md, "Memory per connection").
+   */
+  wrkWarmSeconds: number;
   /** wrk connections (keep-alive ones for small/etcd; concurrent churners for churn). */
   wrkConnections: number;
   /** wrk threads: 1, so wrk takes one of the 2 cores and the proxy + backend share the other. */

@@ -11,14 +11,16 @@ import { emptyMeasured, noteCrash, withContender, type Running } from "./contend
 import { failoverWorkload } from "./failover.ts";
 import { idleWorkload } from "./idle.ts";
 import { iperfCommand, runIperf, runWrk, wrkCommand, wrkProblem, type WrkOptions } from "./tools.ts";
-import type { Measured, Workload } from "./types.ts";
+import type { Measured, Plan, Workload } from "./types.ts";
 
 export const ETCD_RANGE_SCRIPT = join(import.meta.dir, "etcd-range.lua");
 
 /** One wrk run through `r`; its numbers go to `<prefix>.rps|p50|p99`, or its problem to the failures. */
-async function wrkThrough(r: Running, prefix: string, o: Omit<WrkOptions, "url">, path = "/"): Promise<Measured> {
+async function wrkThrough(r: Running, prefix: string, o: Omit<WrkOptions, "url">, warmSeconds: number, path = "/"): Promise<Measured> {
   const m = emptyMeasured();
-  const res = await runWrk({ ...o, url: `http://127.0.0.1:${r.port}${path}` });
+  const url = `http://127.0.0.1:${r.port}${path}`;
+  if (warmSeconds > 0) await runWrk({ ...o, seconds: warmSeconds, url }); // not measured (Plan.wrkWarmSeconds)
+  const res = await runWrk({ ...o, url });
   m.details.wrk = res;
   const problem = wrkProblem(res);
   if (problem !== "") m.failures["*"] = problem;
@@ -29,14 +31,18 @@ async function wrkThrough(r: Running, prefix: string, o: Omit<WrkOptions, "url">
   return m;
 }
 
+/** How the report says that each measured wrk window follows an unmeasured one. */
+const warmNote = (plan: Plan) => `# each measured window follows ${plan.wrkWarmSeconds} s of the same load, not measured (a fresh start of each contender per round)`;
+
 const small: Workload = {
   id: "small",
   title: "Small request/response",
   commands: (plan) => [
     HELLO_COMMAND,
     wrkCommand({ url: "http://127.0.0.1:<port>/", connections: plan.wrkConnections, threads: plan.wrkThreads, seconds: plan.wrkSeconds.small }).join(" "),
+    warmNote(plan),
   ],
-  setup: (plan) => helloEnv((r) => wrkThrough(r, "small", { connections: plan.wrkConnections, threads: plan.wrkThreads, seconds: plan.wrkSeconds.small })),
+  setup: (plan) => helloEnv((r) => wrkThrough(r, "small", { connections: plan.wrkConnections, threads: plan.wrkThreads, seconds: plan.wrkSeconds.small }, plan.wrkWarmSeconds)),
 };
 
 const churn: Workload = {
@@ -47,6 +53,7 @@ const churn: Workload = {
     wrkCommand({ url: "http://127.0.0.1:<port>/", connections: plan.wrkConnections, threads: plan.wrkThreads, seconds: plan.wrkSeconds.churn, headers: ["Connection: close"] })
       .map((a) => (a.includes(" ") ? `"${a}"` : a))
       .join(" "),
+    warmNote(plan),
   ],
   setup: (plan) =>
     helloEnv(async (r) => {
@@ -55,7 +62,7 @@ const churn: Workload = {
         threads: plan.wrkThreads,
         seconds: plan.wrkSeconds.churn,
         headers: ["Connection: close"],
-      });
+      }, plan.wrkWarmSeconds);
       // One request per connection: requests/s is connections/s. Latency is not reported here.
       const rps = m.values["churn.rps"];
       m.values = rps === undefined ? {} : { "churn.cps": rps };
@@ -69,6 +76,7 @@ const etcd: Workload = {
   commands: (plan) => [
     "etcdctl put foo bar   # 3-member etcd cluster on loopback (test/support/cluster.ts)",
     `${wrkCommand({ url: "http://127.0.0.1:<port>/v3/kv/range", connections: plan.wrkConnections, threads: plan.wrkThreads, seconds: plan.wrkSeconds.etcd, script: "scripts/bench/etcd-range.lua" }).join(" ")}   # POST {"key":"Zm9v"}`,
+    warmNote(plan),
   ],
   async setup(plan) {
     const cluster = await etcdCluster();
@@ -87,7 +95,7 @@ const etcd: Workload = {
           const m = await withContender(c, { backends, etcd: true }, async (r) => {
             member = c.balance === "round-robin" ? -1 : await memberBehind(r.port, cluster).catch(() => -1);
             if (c.balance === "sticky" && member !== want && start < STICKY_STARTS) return null;
-            const m = await wrkThrough(r, "etcd", options, "/v3/kv/range");
+            const m = await wrkThrough(r, "etcd", options, plan.wrkWarmSeconds, "/v3/kv/range");
             delete m.values["etcd.p50"];
             const leader = await cluster.leaderIndex(3000).catch(() => -1);
             m.details.leader = leader < 0 ? null : `m${leader}`;
