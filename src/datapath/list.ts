@@ -27,10 +27,6 @@ export class List<T extends Listed<T>> implements Iterable<T> {
     return this.#size;
   }
 
-  has(item: T): boolean {
-    return item.list === this;
-  }
-
   /** Appends `item`, taking it off another list it is on; no-op when it is on this one already. */
   add(item: T): void {
     if (item.list === this) return;
@@ -56,11 +52,6 @@ export class List<T extends Listed<T>> implements Iterable<T> {
     item.prev = null;
     this.#size--;
     return true;
-  }
-
-  /** The first item (the oldest added), or null. */
-  get first(): T | null {
-    return this.#head;
   }
 
   *[Symbol.iterator](): Iterator<T> {

@@ -30,15 +30,14 @@ describe("List", () => {
     expect(list.size).toBe(4);
     expect(list.delete(items[2]!)).toBe(true);
     expect(list.delete(items[2]!)).toBe(false);
-    expect(list.has(items[2]!)).toBe(false);
+    expect(items[2]!.list).toBeNull();
     expect(ids(list)).toEqual([0, 1, 3]);
     expect(list.delete(items[0]!)).toBe(true);
     expect(list.delete(items[3]!)).toBe(true);
     expect(ids(list)).toEqual([1]);
-    expect(list.first?.id).toBe(1);
     expect(list.delete(items[1]!)).toBe(true);
     expect(list.size).toBe(0);
-    expect(list.first).toBeNull();
+    expect(ids(list)).toEqual([]);
     list.add(items[3]!);
     expect(ids(list)).toEqual([3]);
   });
