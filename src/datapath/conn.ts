@@ -179,8 +179,9 @@ export class Conn extends Leg implements LegOwner {
     this.bytesFromClient += bytes;
     this.up!.member.stats.bytesToMember += bytes;
     const before = this.unanswered;
-    this.unanswered = before + (bytes >= ASK_BYTES || this.maybeAnswered ? 2 : 1);
-    this.maybeAnswered = false;
+    const reply = this.maybeAnswered; // a reply to the member's small chunk: a wait whatever its size
+    if (reply) this.maybeAnswered = false;
+    this.unanswered = before + (bytes >= ASK_BYTES || reply ? 2 : 1);
     if (before < 2 && this.unanswered >= 2) this.host.asked(this);
   }
 
