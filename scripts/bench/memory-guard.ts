@@ -26,7 +26,7 @@ export const HEAP_BYTES_BOUND = 1400;
 const idleFile = process.argv[2] ?? "bench-results/latest.json";
 const heapFile = process.argv[3] ?? "bench-results/per-conn.json";
 
-function read<T>(file: string, pick: (json: unknown) => T | undefined, what: string): T {
+function read<T>(file: string, pick: (json: unknown) => T | null | undefined, what: string): T {
   try {
     const v = pick(JSON.parse(readFileSync(file, "utf8")));
     if (v !== undefined && v !== null) return v;
@@ -37,10 +37,10 @@ function read<T>(file: string, pick: (json: unknown) => T | undefined, what: str
   process.exit(1);
 }
 
-const kib = read(idleFile, (j) => (j as { medians: Record<string, Record<string, number | null>> }).medians["etcd-gateway"]?.["idle.kib"] ?? undefined, "idle.kib");
+const kib = read(idleFile, (j) => (j as { medians: Record<string, Record<string, number | null>> }).medians["etcd-gateway"]?.["idle.kib"], "idle.kib");
 const heap = read(
   heapFile,
-  (j) => (j as { samples: { contender: string; gc?: { bytesPerConn: number | null } }[] }).samples.find((s) => s.contender === "etcd-gateway")?.gc?.bytesPerConn ?? undefined,
+  (j) => (j as { samples: { contender: string; gc?: { bytesPerConn: number | null } }[] }).samples.find((s) => s.contender === "etcd-gateway")?.gc?.bytesPerConn,
   "heap bytes per connection",
 );
 const idleOk = kib <= IDLE_KIB_BOUND;

@@ -35,7 +35,7 @@ const USAGE = `Usage: bun scripts/bench/per-conn.ts [options]
   --quick              one short round (smoke test)
   --no-strace          skip the strace pass (perf's counts stay)
   --heap-only          only the allocation pass (JS heap bytes per connection, ${FULL_GC_CONNS} connections):
-                       what CI's memory guard reads (scripts/bench/memory-guard.ts), about 20 s a row
+                       what CI's memory guard reads (scripts/bench/memory-guard.ts), about 7 s a row
   --json <path>        default bench-results/per-conn.json
   --doc <path>         rewrite the marked table section of this file (e.g. docs/performance.md);
                        the Markdown always goes to bench-results/per-conn.md too
